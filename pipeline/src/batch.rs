@@ -1,0 +1,215 @@
+//! Batches, the unit of work: B consecutive records numbered in file order.
+//! [`encode_batch`] fuses parse, validate and encode for one batch on a
+//! worker thread, producing a ready binary COPY body plus the batch's
+//! rejects; the loader only streams the bytes.
+
+use crate::csv::{Field, Unterminated, parse_fields};
+use crate::encode::{COPY_HEADER, COPY_TRAILER, encode_field, put_i16, put_i32, put_i64};
+use crate::plan::Plan;
+use crate::source::Encoding;
+
+/// How much of a rejected record's text is kept.
+pub const REJECT_RAW_MAX: usize = 4096;
+
+/// Where one record of a [`RawBatch`] lies.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordMeta {
+    pub start: u32,
+    pub end: u32,
+    pub line: u64,
+    pub oversized: bool,
+    pub unterminated: bool,
+}
+
+/// Records as read, before parsing.
+#[derive(Debug, Default)]
+pub struct RawBatch {
+    pub seq: u64,
+    pub data: Vec<u8>,
+    pub records: Vec<RecordMeta>,
+    /// Raw input bytes consumed when the batch was cut.
+    pub bytes_end: u64,
+}
+
+impl RawBatch {
+    pub fn record(&self, i: usize) -> &[u8] {
+        let r = &self.records[i];
+        &self.data[r.start as usize..r.end as usize]
+    }
+
+    /// The record's text for a reject, cut to [`REJECT_RAW_MAX`] bytes.
+    pub fn raw_text(&self, i: usize) -> String {
+        let bytes = self.record(i);
+        let cut = &bytes[..bytes.len().min(REJECT_RAW_MAX)];
+        String::from_utf8_lossy(cut).into_owned()
+    }
+}
+
+/// A row that was not loaded, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reject {
+    /// 1-based physical line where the record starts.
+    pub line: u64,
+    pub column: Option<String>,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// A valid row inside [`EncodedBatch::copy`].
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedRow {
+    pub start: u32,
+    pub end: u32,
+    /// Index of its record in the raw batch.
+    pub record: u32,
+}
+
+/// A batch ready for COPY.
+#[derive(Debug)]
+pub struct EncodedBatch {
+    pub seq: u64,
+    /// Records in the batch (valid + rejected).
+    pub rows_read: u64,
+    /// A complete binary COPY body: header, rows, trailer.
+    pub copy: Vec<u8>,
+    pub rows: Vec<EncodedRow>,
+    pub rejects: Vec<Reject>,
+    pub raw: RawBatch,
+}
+
+impl EncodedBatch {
+    /// A COPY body holding only the given rows (for narrowing a failed batch).
+    pub fn copy_subset(&self, rows: &[usize]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(COPY_HEADER.len() + COPY_TRAILER.len() + 64 * rows.len());
+        out.extend_from_slice(COPY_HEADER);
+        for &i in rows {
+            let r = self.rows[i];
+            out.extend_from_slice(&self.copy[r.start as usize..r.end as usize]);
+        }
+        out.extend_from_slice(COPY_TRAILER);
+        out
+    }
+
+    /// Turns row `i` into a reject.
+    pub fn reject_row(&self, i: usize, column: Option<String>, reason: String) -> Reject {
+        let rec = self.rows[i].record as usize;
+        Reject {
+            line: self.raw.records[rec].line,
+            column,
+            reason,
+            raw: self.raw.raw_text(rec),
+        }
+    }
+}
+
+/// Reusable per-worker buffers.
+#[derive(Default)]
+pub struct Scratch {
+    fields_buf: Vec<u8>,
+    fields: Vec<Field>,
+}
+
+/// Parses, validates and encodes one batch.
+pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> EncodedBatch {
+    let model = &plan.model;
+    let input = &model.input;
+    let ncols = plan.copy_columns.len() + plan.line_column as usize;
+    let mut copy = Vec::with_capacity(raw.data.len() + raw.records.len() * (2 + 4 * ncols) + 32);
+    copy.extend_from_slice(COPY_HEADER);
+    let mut rows = Vec::with_capacity(raw.records.len());
+    let mut rejects = Vec::new();
+    let check_utf8 = input.encoding == Encoding::Utf8;
+
+    'records: for (ri, meta) in raw.records.iter().enumerate() {
+        let mut reject = |column: Option<&str>, reason: String| {
+            rejects.push(Reject {
+                line: meta.line,
+                column: column.map(str::to_string),
+                reason,
+                raw: raw.raw_text(ri),
+            });
+        };
+        if meta.oversized {
+            reject(None, format!(
+                "record is longer than the limit of {} bytes (max_record_bytes)",
+                input.max_record_bytes
+            ));
+            continue;
+        }
+        if meta.unterminated {
+            reject(None, "unterminated quoted field: a quote opened on this line is never closed before the end of the file".into());
+            continue;
+        }
+        let bytes = raw.record(ri);
+        if check_utf8 && let Err(e) = std::str::from_utf8(bytes) {
+            reject(None, format!(
+                "invalid UTF-8 at byte {} of the record; if the file is not UTF-8, load it with encoding latin1 or windows-1252",
+                e.valid_up_to() + 1
+            ));
+            continue;
+        }
+        if parse_fields(bytes, input.delimiter, input.quote, &mut scratch.fields_buf, &mut scratch.fields)
+            == Err(Unterminated)
+        {
+            reject(None, "unterminated quoted field".into());
+            continue;
+        }
+        if scratch.fields.len() != plan.input_fields {
+            reject(None, format!(
+                "expected {} fields, found {}",
+                plan.input_fields,
+                scratch.fields.len()
+            ));
+            continue;
+        }
+        let row_start = copy.len();
+        put_i16(&mut copy, ncols as i16);
+        for (k, &ci) in plan.copy_columns.iter().enumerate() {
+            let col = &model.columns[ci];
+            let f = scratch.fields[plan.field_of[k]];
+            let text = &scratch.fields_buf[f.start as usize..f.end as usize];
+            if !f.quoted && input.null.iter().any(|n| n.as_slice() == text) {
+                if col.required {
+                    copy.truncate(row_start);
+                    reject(Some(&col.name), format!("`{}` is required but empty", col.name));
+                    continue 'records;
+                }
+                put_i32(&mut copy, -1);
+                continue;
+            }
+            // The record is valid UTF-8 (checked above, or transcoded) and fields
+            // split at ASCII bytes, so each field is too.
+            let text = match std::str::from_utf8(text) {
+                Ok(t) => t,
+                Err(_) => {
+                    copy.truncate(row_start);
+                    reject(Some(&col.name), "invalid UTF-8".into());
+                    continue 'records;
+                }
+            };
+            if let Err(reason) = encode_field(col, &input.timezone, text, &mut copy) {
+                copy.truncate(row_start);
+                reject(Some(&col.name), reason);
+                continue 'records;
+            }
+        }
+        if plan.line_column {
+            put_i32(&mut copy, 8);
+            put_i64(&mut copy, meta.line as i64);
+        }
+        rows.push(EncodedRow {
+            start: row_start as u32,
+            end: copy.len() as u32,
+            record: ri as u32,
+        });
+    }
+    copy.extend_from_slice(COPY_TRAILER);
+    EncodedBatch {
+        seq: raw.seq,
+        rows_read: raw.records.len() as u64,
+        copy,
+        rows,
+        rejects,
+        raw,
+    }
+}

@@ -1,0 +1,308 @@
+//! CSV as PostgreSQL's `COPY … (FORMAT csv)` reads it, in two steps:
+//! [`RecordReader`] finds record bounds (quote-aware, so a quoted CR or LF
+//! stays inside its field) and physical line numbers without parsing
+//! fields; [`parse_fields`] then splits one record into fields on a worker.
+//!
+//! Hand-written rather than `csv-core` because PostgreSQL's rules differ in
+//! ways that change data: a quote toggles quoting anywhere in a field
+//! (`a"b,c"d` is one field `ab,cd`), and NULL is an *unquoted* empty field
+//! while `""` is the empty string. Every file PostgreSQL accepts parses to
+//! the same values here (tests/csv_differential.rs proves it); files it
+//! refuses become per-row rejects instead of one error for the whole load.
+
+use std::io::{self, Read};
+
+use memchr::{memchr, memchr2, memchr3};
+
+const READ_BUF: usize = 256 << 10;
+/// How much of an oversized record is kept for its reject's raw text.
+pub const RAW_PREFIX: usize = 1024;
+
+/// Where one record sits in the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordInfo {
+    /// 1-based physical line on which the record starts.
+    pub line: u64,
+    /// The record exceeded the size limit; only its first [`RAW_PREFIX`] bytes were kept.
+    pub oversized: bool,
+    /// The input ended inside a quoted field.
+    pub unterminated: bool,
+}
+
+/// Splits a byte stream into records.
+pub struct RecordReader<R> {
+    src: R,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+    started: bool,
+    quote: u8,
+    max_record: usize,
+    /// Line on which the next record starts.
+    line: u64,
+    /// The last byte consumed was a CR: a following LF belongs to it.
+    prev_cr: bool,
+}
+
+impl<R: Read> RecordReader<R> {
+    pub fn new(src: R, quote: u8, max_record: usize) -> RecordReader<R> {
+        RecordReader {
+            src,
+            buf: vec![0; READ_BUF].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            eof: false,
+            started: false,
+            quote,
+            max_record,
+            line: 1,
+            prev_cr: false,
+        }
+    }
+
+    /// Refills the buffer; false at end of input.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.pos < self.len {
+            return Ok(true);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        self.pos = 0;
+        self.len = 0;
+        loop {
+            match self.src.read(&mut self.buf[self.len..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.len += n;
+                    // The first fill reads at least enough to see a BOM.
+                    if self.started || self.len >= 3 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.started {
+            self.started = true;
+            if self.buf[..self.len].starts_with(b"\xEF\xBB\xBF") {
+                self.pos = 3;
+            }
+        }
+        Ok(self.pos < self.len)
+    }
+
+    /// Appends the next record's bytes (without its line end) to `out`.
+    pub fn read_record(&mut self, out: &mut Vec<u8>) -> io::Result<Option<RecordInfo>> {
+        if !self.fill()? {
+            return Ok(None);
+        }
+        if self.prev_cr && self.buf[self.pos] == b'\n' {
+            self.pos += 1;
+            self.prev_cr = false;
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+        let start = out.len();
+        let mut info = RecordInfo {
+            line: self.line,
+            oversized: false,
+            unterminated: false,
+        };
+        let mut in_quote = false;
+        loop {
+            if !self.fill()? {
+                info.unterminated = in_quote;
+                return Ok(Some(info));
+            }
+            let chunk = &self.buf[self.pos..self.len];
+            let Some(i) = memchr3(self.quote, b'\n', b'\r', chunk) else {
+                append(out, chunk, start, self.max_record, &mut info);
+                self.pos = self.len;
+                self.prev_cr = false;
+                continue;
+            };
+            let b = chunk[i];
+            let lf_of_crlf = b == b'\n' && i == 0 && self.prev_cr;
+            self.prev_cr = b == b'\r';
+            if b == self.quote || in_quote {
+                if b == self.quote {
+                    in_quote = !in_quote;
+                } else if !lf_of_crlf {
+                    self.line += 1;
+                }
+                append(out, &chunk[..=i], start, self.max_record, &mut info);
+                self.pos += i + 1;
+                continue;
+            }
+            append(out, &chunk[..i], start, self.max_record, &mut info);
+            self.pos += i + 1;
+            self.line += 1;
+            return Ok(Some(info));
+        }
+    }
+}
+
+fn append(out: &mut Vec<u8>, seg: &[u8], start: usize, max: usize, info: &mut RecordInfo) {
+    if info.oversized {
+        return;
+    }
+    out.extend_from_slice(seg);
+    if out.len() - start > max {
+        out.truncate(start + RAW_PREFIX.min(max));
+        info.oversized = true;
+    }
+}
+
+/// One parsed field: a range of the scratch buffer [`parse_fields`] fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub start: u32,
+    pub end: u32,
+    /// Any part of the field was quoted: such a field is never NULL.
+    pub quoted: bool,
+}
+
+/// The record ends inside a quoted field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unterminated;
+
+/// Splits `record` into fields with PostgreSQL's CSV rules (escape = quote).
+pub fn parse_fields(
+    record: &[u8],
+    delimiter: u8,
+    quote: u8,
+    scratch: &mut Vec<u8>,
+    fields: &mut Vec<Field>,
+) -> Result<(), Unterminated> {
+    scratch.clear();
+    fields.clear();
+    let n = record.len();
+    let mut i = 0;
+    loop {
+        let start = scratch.len() as u32;
+        let mut quoted = false;
+        loop {
+            let Some(j) = memchr2(delimiter, quote, &record[i..]) else {
+                scratch.extend_from_slice(&record[i..]);
+                fields.push(Field {
+                    start,
+                    end: scratch.len() as u32,
+                    quoted,
+                });
+                return Ok(());
+            };
+            scratch.extend_from_slice(&record[i..i + j]);
+            i += j + 1;
+            if record[i - 1] == delimiter {
+                break;
+            }
+            quoted = true;
+            loop {
+                let Some(k) = memchr(quote, &record[i..]) else {
+                    return Err(Unterminated);
+                };
+                scratch.extend_from_slice(&record[i..i + k]);
+                i += k + 1;
+                if i < n && record[i] == quote {
+                    scratch.push(quote);
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        fields.push(Field {
+            start,
+            end: scratch.len() as u32,
+            quoted,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(input: &[u8]) -> Vec<(String, RecordInfo)> {
+        let mut r = RecordReader::new(input, b'"', 1 << 20);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(info) = r.read_record(&mut buf).unwrap() {
+            out.push((String::from_utf8(buf.clone()).unwrap(), info));
+            buf.clear();
+        }
+        out
+    }
+
+    fn fields(rec: &str) -> Vec<(String, bool)> {
+        let (mut s, mut f) = (Vec::new(), Vec::new());
+        parse_fields(rec.as_bytes(), b',', b'"', &mut s, &mut f).unwrap();
+        f.iter()
+            .map(|f| {
+                (
+                    String::from_utf8(s[f.start as usize..f.end as usize].to_vec()).unwrap(),
+                    f.quoted,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn splits_records_and_counts_lines() {
+        let r = records(b"\xEF\xBB\xBFa,b\r\n\"x\r\ny\",2\r\n\r\nlast");
+        let texts: Vec<_> = r.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(texts, ["a,b", "\"x\r\ny\",2", "", "last"]);
+        let lines: Vec<_> = r.iter().map(|(_, i)| i.line).collect();
+        assert_eq!(lines, [1, 2, 4, 5]);
+        assert!(records(b"a\n").len() == 1);
+        assert!(records(b"").is_empty());
+    }
+
+    #[test]
+    fn bare_cr_ends_records() {
+        let r = records(b"a\rb\r");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].1.line, 2);
+    }
+
+    #[test]
+    fn unterminated_quote_runs_to_end() {
+        let r = records(b"a,b\n\"open,\nmore\n");
+        assert_eq!(r.len(), 2);
+        assert!(r[1].1.unterminated);
+        assert_eq!(r[1].1.line, 2);
+    }
+
+    #[test]
+    fn oversized_records_are_cut_but_scanned_through() {
+        let mut input = vec![b'x'; 5000];
+        input.extend_from_slice(b"\nnext\n");
+        let mut r = RecordReader::new(&input[..], b'"', 2048);
+        let mut buf = Vec::new();
+        let info = r.read_record(&mut buf).unwrap().unwrap();
+        assert!(info.oversized);
+        assert_eq!(buf.len(), RAW_PREFIX);
+        buf.clear();
+        r.read_record(&mut buf).unwrap().unwrap();
+        assert_eq!(buf, b"next");
+    }
+
+    #[test]
+    fn fields_follow_postgres_rules() {
+        assert_eq!(fields("a,,\"\""), [("a".into(), false), ("".into(), false), ("".into(), true)]);
+        assert_eq!(fields("\"a\"\"b\",c"), [("a\"b".into(), true), ("c".into(), false)]);
+        // A quote toggles quoting anywhere in a field.
+        assert_eq!(fields("a\"b,c\"d,e"), [("ab,cd".into(), true), ("e".into(), false)]);
+        assert_eq!(fields(""), [("".into(), false)]);
+        assert_eq!(fields("x,"), [("x".into(), false), ("".into(), false)]);
+        let (mut s, mut f) = (Vec::new(), Vec::new());
+        assert_eq!(parse_fields(b"\"abc", b',', b'"', &mut s, &mut f), Err(Unterminated));
+    }
+}

@@ -1,0 +1,184 @@
+//! Named value formats a model column may require (`format = "email"`, …):
+//! checks for the kinds of text that bulk feeds carry most often.
+
+/// A named format rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Email,
+    /// ISO 3166-1 alpha-2 country code, upper case.
+    CountryCode,
+    /// ISO 4217 currency code, upper case.
+    CurrencyCode,
+    /// 64 hexadecimal digits.
+    Sha256Hex,
+    /// `type/subtype`, as in a `Content-Type` header (without parameters).
+    MimeType,
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] =
+        &["email", "country_code", "currency_code", "sha256_hex", "mime_type"];
+
+    pub fn parse(name: &str) -> Result<Format, String> {
+        Ok(match name {
+            "email" => Format::Email,
+            "country_code" | "iso3166_alpha2" => Format::CountryCode,
+            "currency_code" | "iso4217" => Format::CurrencyCode,
+            "sha256_hex" | "sha256" => Format::Sha256Hex,
+            "mime_type" => Format::MimeType,
+            other => {
+                return Err(format!(
+                    "unknown format `{other}` (known: {})",
+                    Format::NAMES.join(", ")
+                ));
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Email => "email",
+            Format::CountryCode => "country_code",
+            Format::CurrencyCode => "currency_code",
+            Format::Sha256Hex => "sha256_hex",
+            Format::MimeType => "mime_type",
+        }
+    }
+
+    /// Checks `value`; on failure, says what was expected.
+    pub fn check(self, value: &str) -> Result<(), &'static str> {
+        let ok = match self {
+            Format::Email => is_email(value),
+            Format::CountryCode => value.len() == 2 && COUNTRIES.binary_search(&value).is_ok(),
+            Format::CurrencyCode => value.len() == 3 && CURRENCIES.binary_search(&value).is_ok(),
+            Format::Sha256Hex => value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+            Format::MimeType => is_mime_type(value),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(match self {
+                Format::Email => "is not a valid email address",
+                Format::CountryCode => "is not an ISO 3166-1 alpha-2 country code (upper case, e.g. DE)",
+                Format::CurrencyCode => "is not an ISO 4217 currency code (upper case, e.g. EUR)",
+                Format::Sha256Hex => "is not a SHA-256 digest (64 hex digits)",
+                Format::MimeType => "is not a MIME type (type/subtype)",
+            })
+        }
+    }
+}
+
+/// A pragmatic address check: what mail systems accept in practice, not the
+/// whole of RFC 5322 (no quoted local parts, no IP-literal domains).
+fn is_email(v: &str) -> bool {
+    if v.len() > 254 {
+        return false;
+    }
+    let Some((local, domain)) = v.rsplit_once('@') else {
+        return false;
+    };
+    if local.is_empty() || local.len() > 64 || local.starts_with('.') || local.ends_with('.') {
+        return false;
+    }
+    let local_ok = local.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b) || b >= 0x80
+    }) && !local.contains("..");
+    if !local_ok || domain.len() < 3 {
+        return false;
+    }
+    let mut labels = 0;
+    for label in domain.split('.') {
+        labels += 1;
+        if label.is_empty()
+            || label.len() > 63
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
+        {
+            return false;
+        }
+    }
+    let tld = domain.rsplit('.').next().unwrap_or("");
+    labels >= 2 && tld.len() >= 2 && !tld.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_mime_type(v: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 127
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    match v.split_once('/') {
+        Some((t, s)) => token(t) && token(s),
+        None => false,
+    }
+}
+
+/// ISO 3166-1 alpha-2, sorted for binary search.
+const COUNTRIES: &[&str] = &[
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
+    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
+    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
+    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
+    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
+    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
+    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
+    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
+    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
+    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
+    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
+    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
+    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
+    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
+    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
+];
+
+/// ISO 4217 active codes, sorted for binary search.
+const CURRENCIES: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD",
+    "CDF", "CHF", "CLP", "CNY", "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD",
+    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ",
+    "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD",
+    "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR",
+    "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR",
+    "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN",
+    "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR",
+    "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB",
+    "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS",
+    "VES", "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_sorted() {
+        assert!(COUNTRIES.windows(2).all(|w| w[0] < w[1]));
+        assert!(CURRENCIES.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn emails() {
+        for ok in ["a@b.co", "first.last+tag@mail.example.org", "x_y@sub-domain.io"] {
+            assert!(is_email(ok), "{ok}");
+        }
+        for bad in ["", "a", "a@", "@b.co", "a@b", "a@b.c", "a..b@c.de", "a b@c.de", "a@-b.de", "a@b.123"] {
+            assert!(!is_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn codes() {
+        assert!(Format::CountryCode.check("DE").is_ok());
+        assert!(Format::CountryCode.check("de").is_err());
+        assert!(Format::CountryCode.check("XX").is_err());
+        assert!(Format::CurrencyCode.check("EUR").is_ok());
+        assert!(Format::CurrencyCode.check("EURO").is_err());
+        assert!(Format::MimeType.check("application/json").is_ok());
+        assert!(Format::MimeType.check("json").is_err());
+    }
+}

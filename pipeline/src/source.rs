@@ -1,0 +1,217 @@
+//! Input sources: a file or stdin, gzip or zstd compressed or not, in UTF-8
+//! or a single-byte encoding transcoded to UTF-8 on the way in. Everything
+//! downstream sees one `Read` of UTF-8-intended bytes; the raw byte count
+//! (before decompression) is kept for progress against the file size.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+/// The character encoding of an input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Utf8,
+    /// ISO 8859-1: each byte is the code point of the same value.
+    Latin1,
+    Windows1252,
+}
+
+impl Encoding {
+    pub fn parse(text: &str) -> Result<Encoding, String> {
+        match text.to_ascii_lowercase().replace('_', "-").as_str() {
+            "utf-8" | "utf8" => Ok(Encoding::Utf8),
+            "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" => Ok(Encoding::Latin1),
+            "windows-1252" | "cp1252" => Ok(Encoding::Windows1252),
+            _ => Err(format!(
+                "unknown encoding `{text}` (use utf-8, latin1 or windows-1252)"
+            )),
+        }
+    }
+}
+
+/// Counts the bytes read through it; shared with the progress reporter.
+pub struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Compression recognised by the first bytes of the stream, so that a
+/// compressed stdin works as well as a `.gz` name.
+fn decompress<R: BufRead + Send + 'static>(mut r: R) -> io::Result<Box<dyn Read + Send>> {
+    let head = r.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// Opens `path` (or stdin for `-`) as decompressed, UTF-8 bytes.
+pub fn open(
+    path: &Path,
+    encoding: Encoding,
+    raw_bytes: Arc<AtomicU64>,
+) -> io::Result<Box<dyn Read + Send>> {
+    let raw: Box<dyn Read + Send> = if path.as_os_str() == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(File::open(path)?)
+    };
+    let counted = CountingReader {
+        inner: raw,
+        count: raw_bytes,
+    };
+    let plain = decompress(BufReader::with_capacity(256 << 10, counted))?;
+    Ok(match encoding {
+        Encoding::Utf8 => plain,
+        other => Box::new(Transcoder::new(plain, other)),
+    })
+}
+
+/// SHA-256 of a file's bytes as stored (before decompression): the identity
+/// of "the same file" for skip and resume.
+pub fn hash_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    hash_reader(&mut f, |_| Ok(()))
+}
+
+/// Hashes everything `r` yields, handing each chunk to `sink` on the way
+/// (so stdin can be spooled and hashed in one pass).
+pub fn hash_reader(
+    r: &mut dyn Read,
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        sink(&buf[..n])?;
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Transcodes a single-byte encoding to UTF-8 as it is read.
+struct Transcoder {
+    inner: Box<dyn Read + Send>,
+    encoding: Encoding,
+    decoder: encoding_rs::Decoder,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    out_pos: usize,
+    eof: bool,
+}
+
+impl Transcoder {
+    fn new(inner: Box<dyn Read + Send>, encoding: Encoding) -> Transcoder {
+        Transcoder {
+            inner,
+            encoding,
+            decoder: encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling(),
+            input: vec![0; 64 << 10],
+            output: Vec::with_capacity(192 << 10),
+            out_pos: 0,
+            eof: false,
+        }
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        self.output.clear();
+        self.out_pos = 0;
+        let n = self.inner.read(&mut self.input)?;
+        if n == 0 {
+            self.eof = true;
+            return Ok(());
+        }
+        let input = &self.input[..n];
+        match self.encoding {
+            Encoding::Latin1 => {
+                for &b in input {
+                    if b < 0x80 {
+                        self.output.push(b);
+                    } else {
+                        self.output.push(0xC0 | (b >> 6));
+                        self.output.push(0x80 | (b & 0x3F));
+                    }
+                }
+            }
+            _ => {
+                // Windows-1252 maps every byte, and at most 3 UTF-8 bytes each.
+                self.output.resize(n * 3, 0);
+                let (_, _, written, _) =
+                    self.decoder
+                        .decode_to_utf8(input, &mut self.output, false);
+                self.output.truncate(written);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for Transcoder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.out_pos >= self.output.len() {
+            if self.eof {
+                return Ok(0);
+            }
+            self.refill()?;
+        }
+        let n = buf.len().min(self.output.len() - self.out_pos);
+        buf[..n].copy_from_slice(&self.output[self.out_pos..self.out_pos + n]);
+        self.out_pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transcode(bytes: &[u8], enc: Encoding) -> String {
+        let mut t = Transcoder::new(Box::new(io::Cursor::new(bytes.to_vec())), enc);
+        let mut s = String::new();
+        t.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn transcodes_single_byte_encodings() {
+        assert_eq!(transcode(b"caf\xe9 \x80", Encoding::Latin1), "café \u{80}");
+        assert_eq!(transcode(b"caf\xe9 \x80", Encoding::Windows1252), "café €");
+    }
+
+    #[test]
+    fn hashes() {
+        let h = hash_reader(&mut io::Cursor::new(b"abc".to_vec()), |_| Ok(())).unwrap();
+        assert_eq!(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
