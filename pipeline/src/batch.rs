@@ -78,18 +78,6 @@ pub struct EncodedBatch {
 }
 
 impl EncodedBatch {
-    /// A COPY body holding only the given rows (for narrowing a failed batch).
-    pub fn copy_subset(&self, rows: &[usize]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(COPY_HEADER.len() + COPY_TRAILER.len() + 64 * rows.len());
-        out.extend_from_slice(COPY_HEADER);
-        for &i in rows {
-            let r = self.rows[i];
-            out.extend_from_slice(&self.copy[r.start as usize..r.end as usize]);
-        }
-        out.extend_from_slice(COPY_TRAILER);
-        out
-    }
-
     /// Turns row `i` into a reject.
     pub fn reject_row(&self, i: usize, column: Option<String>, reason: String) -> Reject {
         let rec = self.rows[i].record as usize;

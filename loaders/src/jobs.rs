@@ -1,0 +1,289 @@
+//! Job records in `nexus.jobs`: creating, finding one to resume, finishing
+//! with counters derived from the committed checkpoints, listing, and the
+//! per-job rejects. The one place that writes the job table.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::{Client, GenericClient, Row};
+use uuid::Uuid;
+
+/// Statuses a job can have.
+pub const STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "cancelled", "skipped"];
+
+/// A job as reported by `--json`, `jobs show` and (later) the HTTP API.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    pub job_id: Uuid,
+    pub model: String,
+    pub target: String,
+    pub mode: String,
+    pub atomic: bool,
+    pub status: String,
+    pub file_name: Option<String>,
+    pub file_hash: String,
+    pub rows_read: i64,
+    pub rows_committed: i64,
+    pub rows_rejected: i64,
+    pub bytes_read: i64,
+    pub bytes_total: Option<i64>,
+    pub duration_ms: i64,
+    pub rows_per_sec: f64,
+    pub error: Option<String>,
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const JOB_COLUMNS: &str = "id, model, target, mode, atomic, status, file_name, file_hash, rows_read, \
+    rows_committed, rows_rejected, bytes_read, bytes_total, duration_ms, error, owner, created_at, \
+    started_at, finished_at";
+
+impl JobRecord {
+    fn from_row(r: &Row) -> JobRecord {
+        let duration_ms: i64 = r.get(13);
+        let rows_read: i64 = r.get(8);
+        JobRecord {
+            job_id: r.get(0),
+            model: r.get(1),
+            target: r.get(2),
+            mode: r.get(3),
+            atomic: r.get(4),
+            status: r.get(5),
+            file_name: r.get(6),
+            file_hash: r.get(7),
+            rows_read,
+            rows_committed: r.get(9),
+            rows_rejected: r.get(10),
+            bytes_read: r.get(11),
+            bytes_total: r.get(12),
+            duration_ms,
+            rows_per_sec: if duration_ms > 0 {
+                (rows_read as f64 * 1000.0 / duration_ms as f64).round()
+            } else {
+                0.0
+            },
+            error: r.get(14),
+            owner: r.get(15),
+            created_at: r.get(16),
+            started_at: r.get(17),
+            finished_at: r.get(18),
+        }
+    }
+}
+
+/// What a new job is.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub model: &'a str,
+    pub target: &'a str,
+    pub mode: &'a str,
+    pub atomic: bool,
+    pub status: &'a str,
+    pub file_name: Option<&'a str>,
+    pub file_hash: &'a str,
+    pub bytes_total: Option<i64>,
+    pub options: serde_json::Value,
+    pub owner: Option<&'a str>,
+}
+
+pub async fn create(c: &impl GenericClient, job: &NewJob<'_>) -> Result<Uuid, tokio_postgres::Error> {
+    let id = Uuid::new_v4();
+    c.execute(
+        "INSERT INTO nexus.jobs (id, model, target, mode, atomic, status, file_name, file_hash,
+                                 bytes_total, options, owner, started_at, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                 CASE WHEN $6 = 'running' THEN now() END,
+                 CASE WHEN $6 = 'skipped' THEN now() END)",
+        &[
+            &id,
+            &job.model,
+            &job.target,
+            &job.mode,
+            &job.atomic,
+            &job.status,
+            &job.file_name,
+            &job.file_hash,
+            &job.bytes_total,
+            &job.options,
+            &job.owner,
+        ],
+    )
+    .await?;
+    Ok(id)
+}
+
+/// The newest unfinished job for this file, model and mode, with its options.
+pub async fn find_resumable(
+    c: &impl GenericClient,
+    model: &str,
+    file_hash: &str,
+    mode: &str,
+    atomic: bool,
+) -> Result<Option<(Uuid, serde_json::Value)>, tokio_postgres::Error> {
+    Ok(c
+        .query_opt(
+            "SELECT id, options FROM nexus.jobs
+             WHERE model = $1 AND file_hash = $2 AND mode = $3 AND atomic = $4
+               AND status IN ('queued', 'running', 'failed', 'cancelled')
+             ORDER BY created_at DESC LIMIT 1",
+            &[&model, &file_hash, &mode, &atomic],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// The job that already loaded this file into this model, if any.
+pub async fn loaded_by(c: &impl GenericClient, model: &str, file_hash: &str) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    Ok(c
+        .query_opt(
+            "SELECT job_id FROM nexus.loaded_files WHERE model = $1 AND file_hash = $2",
+            &[&model, &file_hash],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Marks a job running again (a resume) and clears its last error.
+pub async fn mark_running(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "UPDATE nexus.jobs SET status = 'running', error = NULL, cancel_requested = false,
+                started_at = now(), finished_at = NULL WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sequence numbers of the job's committed batches.
+pub async fn committed_seqs(c: &impl GenericClient, id: Uuid) -> Result<Vec<u64>, tokio_postgres::Error> {
+    Ok(c
+        .query("SELECT seq FROM nexus.job_batches WHERE job_id = $1", &[&id])
+        .await?
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect())
+}
+
+/// Counters derived from what is committed: (read, committed, rejected).
+pub async fn committed_counts(c: &impl GenericClient, id: Uuid) -> Result<(i64, i64), tokio_postgres::Error> {
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(rows_committed), 0)::bigint,
+                    (SELECT count(*) FROM nexus.rejects WHERE job_id = $1)
+             FROM nexus.job_batches WHERE job_id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+/// Closes a run of the job; counters come from the checkpoints, so
+/// `rows_read = rows_committed + rows_rejected` holds by construction.
+pub async fn finish(
+    c: &impl GenericClient,
+    id: Uuid,
+    status: &str,
+    error: Option<&str>,
+    bytes_read: i64,
+    duration_ms: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let (committed, rejected) = committed_counts(c, id).await?;
+    c.execute(
+        "UPDATE nexus.jobs SET status = $2, error = $3, rows_committed = $4, rows_rejected = $5,
+                rows_read = $4 + $5, bytes_read = $6, duration_ms = $7, finished_at = now()
+         WHERE id = $1",
+        &[&id, &status, &error, &committed, &rejected, &bytes_read, &duration_ms],
+    )
+    .await?;
+    if status == "succeeded" {
+        c.execute(
+            "INSERT INTO nexus.loaded_files (model, file_hash, job_id)
+             SELECT model, file_hash, id FROM nexus.jobs WHERE id = $1
+             ON CONFLICT (model, file_hash) DO UPDATE SET job_id = EXCLUDED.job_id, loaded_at = now()",
+            &[&id],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<JobRecord>, tokio_postgres::Error> {
+    Ok(c
+        .query_opt(&format!("SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE id = $1"), &[&id])
+        .await?
+        .map(|r| JobRecord::from_row(&r)))
+}
+
+/// Newest first.
+pub async fn list(c: &impl GenericClient, status: Option<&str>, limit: i64) -> Result<Vec<JobRecord>, tokio_postgres::Error> {
+    Ok(c
+        .query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE ($1::text IS NULL OR status = $1)
+                 ORDER BY created_at DESC LIMIT $2"
+            ),
+            &[&status, &limit],
+        )
+        .await?
+        .iter()
+        .map(JobRecord::from_row)
+        .collect())
+}
+
+/// Asks a running job to stop at its next batch boundary; a job that is not
+/// running is cancelled at once. Returns the status it had, if it exists.
+pub async fn request_cancel(c: &Client, id: Uuid) -> Result<Option<String>, tokio_postgres::Error> {
+    let Some(row) = c.query_opt("SELECT status FROM nexus.jobs WHERE id = $1", &[&id]).await? else {
+        return Ok(None);
+    };
+    let status: String = row.get(0);
+    match status.as_str() {
+        "running" => {
+            c.execute("UPDATE nexus.jobs SET cancel_requested = true WHERE id = $1", &[&id]).await?;
+        }
+        "queued" | "failed" => {
+            c.execute(
+                "UPDATE nexus.jobs SET status = 'cancelled', finished_at = now() WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(Some(status))
+}
+
+pub async fn cancel_requested(c: &Client, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+    Ok(c
+        .query_one("SELECT cancel_requested FROM nexus.jobs WHERE id = $1", &[&id])
+        .await?
+        .get(0))
+}
+
+/// One reject of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectRow {
+    pub line: i64,
+    pub column: Option<String>,
+    pub reason: String,
+    pub raw: String,
+}
+
+pub async fn rejects(c: &impl GenericClient, id: Uuid, limit: Option<i64>) -> Result<Vec<RejectRow>, tokio_postgres::Error> {
+    Ok(c
+        .query(
+            "SELECT line, \"column\", reason, raw FROM nexus.rejects WHERE job_id = $1
+             ORDER BY line LIMIT $2",
+            &[&id, &limit],
+        )
+        .await?
+        .iter()
+        .map(|r| RejectRow {
+            line: r.get(0),
+            column: r.get(1),
+            reason: r.get(2),
+            raw: r.get(3),
+        })
+        .collect())
+}

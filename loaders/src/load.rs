@@ -1,0 +1,493 @@
+//! One load, end to end: claim (or resume, or skip) the job, start the
+//! pipeline stages, run K COPY writers, enforce reject limits, cancel and
+//! interrupt at batch boundaries, and close the job with counters derived
+//! from what committed. `nexus load` and the service's job workers both
+//! call [`run_load`]; there is no second copy of this path.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nexus_pipeline::progress::Progress;
+use nexus_pipeline::runner::{self, RunOptions};
+use nexus_pipeline::{EncodedBatch, Model, source};
+use serde::Serialize;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::catalog;
+use crate::gate::SeqGate;
+use crate::jobs::{self, JobRecord, NewJob};
+use crate::migrate::migrate;
+use crate::pg::{self, describe};
+use crate::writer::{BatchWriter, Committed, Target, WriteError, insert_rejects};
+
+/// A batch is also cut at this many bytes of input, bounding memory for
+/// files of very long rows. Stored with the job: resume must cut alike.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Append,
+    Upsert,
+    Replace,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Append => "append",
+            Mode::Upsert => "upsert",
+            Mode::Replace => "replace",
+        }
+    }
+}
+
+/// Everything one load needs.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    pub model: Arc<Model>,
+    /// The name jobs and the loaded-file ledger know this target by.
+    pub model_key: String,
+    pub path: PathBuf,
+    pub file_name: Option<String>,
+    pub file_hash: String,
+    pub bytes_total: Option<u64>,
+    pub mode: Mode,
+    pub atomic: bool,
+    pub force: bool,
+    pub has_header: bool,
+    pub copy_connections: usize,
+    pub workers: usize,
+    /// Create the model's table if missing (`--model`; not `--table`).
+    pub create_table: bool,
+    pub owner: Option<String>,
+    /// Set by a signal handler: stop at the next batch boundary, resumable.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+pub struct LoadOutcome {
+    pub job: JobRecord,
+    /// The job failed because its rejects passed `max_rejects` or the ratio.
+    pub rejects_exceeded: bool,
+    pub resumed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("database: {}", describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("this file is being loaded by another process right now (job {0})")]
+    Busy(Uuid),
+    #[error("{0}")]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("job {0} disappeared while it ran")]
+    Vanished(Uuid),
+}
+
+enum Claim {
+    Skipped(Uuid),
+    Run { id: Uuid, resumed: bool, options: JobOptions },
+}
+
+/// What fixes a job's batch bounds; kept with the job for resume.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct JobOptions {
+    batch_size: usize,
+    max_batch_bytes: usize,
+    has_header: bool,
+}
+
+async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadError> {
+    let tx = control.transaction().await?;
+    let ledger_key = format!("{}\n{}", req.model_key, req.file_hash);
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&ledger_key])
+        .await?;
+    let lock_job = |id: Uuid| format!("job {id}");
+    if let Some((id, opts)) =
+        jobs::find_resumable(&tx, &req.model_key, &req.file_hash, req.mode.as_str(), req.atomic).await?
+    {
+        let locked: bool = tx
+            .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 1))", &[&lock_job(id)])
+            .await?
+            .get(0);
+        if !locked {
+            return Err(LoadError::Busy(id));
+        }
+        jobs::mark_running(&tx, id).await?;
+        tx.commit().await?;
+        let options = serde_json::from_value(opts).unwrap_or(JobOptions {
+            batch_size: req.model.batch_size,
+            max_batch_bytes: MAX_BATCH_BYTES,
+            has_header: req.has_header,
+        });
+        return Ok(Claim::Run { id, resumed: true, options });
+    }
+    let options = JobOptions {
+        batch_size: req.model.batch_size,
+        max_batch_bytes: MAX_BATCH_BYTES,
+        has_header: req.has_header,
+    };
+    let already = if req.force {
+        None
+    } else {
+        jobs::loaded_by(&tx, &req.model_key, &req.file_hash).await?
+    };
+    let target = req.model.qualified_table();
+    let new = NewJob {
+        model: &req.model_key,
+        target: &target,
+        mode: req.mode.as_str(),
+        atomic: req.atomic,
+        status: if already.is_some() { "skipped" } else { "running" },
+        file_name: req.file_name.as_deref(),
+        file_hash: &req.file_hash,
+        bytes_total: req.bytes_total.map(|b| b as i64),
+        options: serde_json::to_value(&options).unwrap_or_default(),
+        owner: req.owner.as_deref(),
+    };
+    let id = jobs::create(&tx, &new).await?;
+    if already.is_some() {
+        tx.commit().await?;
+        return Ok(Claim::Skipped(id));
+    }
+    tx.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 1))", &[&lock_job(id)])
+        .await?;
+    tx.commit().await?;
+    Ok(Claim::Run { id, resumed: false, options })
+}
+
+/// State the writers share.
+struct Shared {
+    stop: AtomicBool,
+    cancelled: AtomicBool,
+    exceeded: AtomicBool,
+    error: Mutex<Option<String>>,
+    progress: Arc<Progress>,
+    max_rejects: Option<u64>,
+    model: String,
+}
+
+impl Shared {
+    fn fail(&self, message: String) {
+        let mut e = self.error.lock().expect("error slot");
+        if e.is_none() {
+            *e = Some(message);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn count(&self, c: Committed, rows_read: u64) {
+        self.progress.add_batch(c.committed, c.rejected);
+        let model = self.model.clone();
+        metrics::counter!("nexus_rows_read_total", "model" => model.clone()).increment(rows_read);
+        metrics::counter!("nexus_rows_committed_total", "model" => model.clone()).increment(c.committed);
+        metrics::counter!("nexus_rows_rejected_total", "model" => model).increment(c.rejected);
+        if let Some(max) = self.max_rejects
+            && self.progress.rows_rejected.load(Ordering::Relaxed) > max
+        {
+            self.exceeded.store(true, Ordering::SeqCst);
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Runs one load to its end and returns the closed job.
+pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> Result<LoadOutcome, LoadError> {
+    let started = Instant::now();
+    let mut control = pg::connect_retrying(url).await?;
+    migrate(&mut control).await?;
+    if req.create_table && !catalog::table_exists(&control, &req.model).await? {
+        catalog::ensure_table(&control, &req.model).await?;
+    }
+    let (job_id, resumed, options) = match claim(&mut control, &req).await? {
+        Claim::Skipped(id) => {
+            let job = jobs::get(&control, id).await?.ok_or(LoadError::Vanished(id))?;
+            return Ok(LoadOutcome {
+                job,
+                rejects_exceeded: false,
+                resumed: false,
+            });
+        }
+        Claim::Run { id, resumed, options } => (id, resumed, options),
+    };
+    let whole = req.atomic || req.mode == Mode::Replace;
+    let mut committed: HashSet<u64> = jobs::committed_seqs(&control, job_id).await?.into_iter().collect();
+    if whole {
+        // An atomic run commits all or nothing: a re-run starts over.
+        control
+            .execute("DELETE FROM nexus.rejects WHERE job_id = $1", &[&job_id])
+            .await?;
+        committed.clear();
+    }
+    let (done_rows, done_rejects) = jobs::committed_counts(&control, job_id).await?;
+    progress.rows_committed.store(done_rows as u64, Ordering::Relaxed);
+    progress.rows_rejected.store(done_rejects as u64, Ordering::Relaxed);
+    progress.rows_read.store((done_rows + done_rejects) as u64, Ordering::Relaxed);
+    let control = Arc::new(control);
+
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        cancelled: AtomicBool::new(false),
+        exceeded: AtomicBool::new(false),
+        error: Mutex::new(None),
+        progress: progress.clone(),
+        max_rejects: req.model.input.max_rejects,
+        model: req.model_key.clone(),
+    });
+    let watcher = spawn_stop_watcher(control.clone(), job_id, shared.clone(), req.interrupt.clone());
+
+    let writers = if whole { 1 } else { req.copy_connections.max(1) };
+    let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(writers * 2);
+    let run_opts = RunOptions {
+        batch_size: options.batch_size,
+        max_batch_bytes: options.max_batch_bytes,
+        workers: req.workers.max(1),
+        has_header: options.has_header,
+        line_column: req.mode == Mode::Upsert,
+        require_key: req.mode == Mode::Upsert,
+        skip: Arc::new(committed.clone()),
+    };
+    let sink_shared = shared.clone();
+    let sink = move |batch: EncodedBatch| !sink_shared.stop.load(Ordering::SeqCst) && tx.blocking_send(batch).is_ok();
+    let (path, model, bytes) = (req.path.clone(), req.model.clone(), progress.bytes_read.clone());
+    let encoding = req.model.input.encoding;
+    let stages = tokio::task::spawn_blocking(move || {
+        let input = source::open(&path, encoding, bytes.clone())?;
+        runner::start(input, model, run_opts, bytes, sink)
+    })
+    .await
+    .map_err(|e| runner::PipelineError::Panic(e.to_string()))
+    .and_then(|r| r);
+
+    let stages = match stages {
+        Ok(s) => Some(s),
+        Err(e) => {
+            shared.fail(e.to_string());
+            None
+        }
+    };
+    if let Some(stages) = &stages {
+        let target = Arc::new(Target {
+            table: req.model.qualified_table(),
+            columns: stages.plan.column_names().iter().map(|s| s.to_string()).collect(),
+            key: req.model.key.clone(),
+            mode: req.mode,
+        });
+        if whole {
+            run_whole(url, target, job_id, rx, &shared, &control, req.mode == Mode::Replace, &req).await;
+        } else {
+            run_parallel(url, target, job_id, rx, &shared, writers, &committed).await;
+        }
+    } else {
+        drop(rx);
+    }
+    let read_result = match stages {
+        Some(s) => tokio::task::spawn_blocking(move || s.finish())
+            .await
+            .map_err(|e| runner::PipelineError::Panic(e.to_string()))
+            .and_then(|r| r),
+        None => Ok(Default::default()),
+    };
+    watcher.abort();
+
+    let snapshot = progress.snapshot();
+    let ratio_exceeded = match req.model.input.max_reject_ratio {
+        Some(r) if snapshot.rows_read > 0 => snapshot.rows_rejected as f64 / snapshot.rows_read as f64 > r,
+        _ => false,
+    };
+    let writer_error = shared.error.lock().expect("error slot").clone();
+    let (status, error, exceeded) = if let Some(e) = writer_error {
+        ("failed", Some(e), false)
+    } else if let Err(e) = read_result {
+        ("failed", Some(e.to_string()), false)
+    } else if shared.exceeded.load(Ordering::SeqCst) {
+        let max = req.model.input.max_rejects.unwrap_or(0);
+        let msg = format!("stopped: more than {max} rejects (--max-rejects {max})");
+        ("failed", Some(msg), true)
+    } else if ratio_exceeded {
+        let r = req.model.input.max_reject_ratio.unwrap_or(0.0);
+        let msg = format!(
+            "{} of {} rows rejected, over the allowed ratio {r}",
+            snapshot.rows_rejected, snapshot.rows_read
+        );
+        ("failed", Some(msg), true)
+    } else if req.interrupt.load(Ordering::SeqCst) {
+        let msg = "interrupted; run the same command again to resume".to_string();
+        ("failed", Some(msg), false)
+    } else if shared.cancelled.load(Ordering::SeqCst) {
+        ("cancelled", None, false)
+    } else {
+        ("succeeded", None, false)
+    };
+    // A whole-load transaction is decided here (see run_whole); its result
+    // is already in `shared` by now.
+    let duration_ms = started.elapsed().as_millis() as i64;
+    jobs::finish(
+        control.as_ref(),
+        job_id,
+        status,
+        error.as_deref(),
+        progress.bytes_read.load(Ordering::Relaxed) as i64,
+        duration_ms,
+    )
+    .await?;
+    let job = jobs::get(control.as_ref(), job_id).await?.ok_or(LoadError::Vanished(job_id))?;
+    Ok(LoadOutcome {
+        job,
+        rejects_exceeded: exceeded,
+        resumed,
+    })
+}
+
+/// Polls the job's cancel flag and the interrupt flag; either stops the load
+/// at the next batch boundary.
+fn spawn_stop_watcher(
+    control: Arc<Client>,
+    job_id: Uuid,
+    shared: Arc<Shared>,
+    interrupt: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut polls = 0u32;
+        loop {
+            tick.tick().await;
+            if interrupt.load(Ordering::SeqCst) {
+                shared.stop.store(true, Ordering::SeqCst);
+                return;
+            }
+            polls += 1;
+            if polls % 3 == 0
+                && let Ok(true) = jobs::cancel_requested(&control, job_id).await
+            {
+                shared.cancelled.store(true, Ordering::SeqCst);
+                shared.stop.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    })
+}
+
+/// K writers, each committing whole batches in their own transactions.
+async fn run_parallel(
+    url: &str,
+    target: Arc<Target>,
+    job_id: Uuid,
+    rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
+    shared: &Arc<Shared>,
+    writers: usize,
+    committed: &HashSet<u64>,
+) {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let gate = (target.mode == Mode::Upsert).then(|| Arc::new(SeqGate::new(committed.iter().copied())));
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (rx, shared, target, gate, url) = (rx.clone(), shared.clone(), target.clone(), gate.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut writer = match BatchWriter::connect(&url, target, job_id).await {
+                Ok(w) => w,
+                Err(e) => {
+                    shared.fail(format!("cannot connect a COPY writer: {}", describe(&e)));
+                    if let Some(g) = &gate {
+                        g.abort();
+                    }
+                    return;
+                }
+            };
+            loop {
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Some(batch) = rx.lock().await.recv().await else {
+                    break;
+                };
+                let rows_read = batch.rows_read;
+                match writer.write_batch(batch, gate.as_deref()).await {
+                    Ok(c) => shared.count(c, rows_read),
+                    Err(WriteError::Aborted) => break,
+                    Err(e) => {
+                        shared.fail(e.to_string());
+                        if let Some(g) = &gate {
+                            g.abort();
+                        }
+                        break;
+                    }
+                }
+            }
+            // A stopped writer lets waiting upserts go: they will see `stop`.
+            if shared.stop.load(Ordering::SeqCst)
+                && let Some(g) = &gate
+            {
+                g.abort();
+            }
+        }));
+    }
+    drop(rx);
+    for t in tasks {
+        if let Err(e) = t.await {
+            shared.fail(format!("a COPY writer panicked: {e}"));
+        }
+    }
+}
+
+/// One writer, one transaction for the whole load (`--atomic`, `replace`).
+/// Rejects go through the control connection so they outlive a rollback.
+#[allow(clippy::too_many_arguments)]
+async fn run_whole(
+    url: &str,
+    target: Arc<Target>,
+    job_id: Uuid,
+    mut rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
+    shared: &Arc<Shared>,
+    control: &Client,
+    replace: bool,
+    req: &LoadRequest,
+) {
+    let mut writer = match BatchWriter::connect(url, target, job_id).await {
+        Ok(w) => w,
+        Err(e) => {
+            shared.fail(format!("cannot connect a COPY writer: {}", describe(&e)));
+            return;
+        }
+    };
+    if let Err(e) = writer.begin_whole(replace).await {
+        shared.fail(describe(&e));
+        return;
+    }
+    while !shared.stop.load(Ordering::SeqCst) {
+        let Some(batch) = rx.recv().await else { break };
+        let rows_read = batch.rows_read;
+        match writer.apply_in_whole(batch).await {
+            Ok((c, rejects)) => {
+                if let Err(e) = insert_rejects(control, None, job_id, &rejects).await {
+                    shared.fail(describe(&e));
+                    break;
+                }
+                shared.count(c, rows_read);
+            }
+            Err(e) => {
+                shared.fail(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let snapshot = shared.progress.snapshot();
+    let ratio_ok = match req.model.input.max_reject_ratio {
+        Some(r) if snapshot.rows_read > 0 => snapshot.rows_rejected as f64 / snapshot.rows_read as f64 <= r,
+        _ => true,
+    };
+    let commit = !shared.stop.load(Ordering::SeqCst) && ratio_ok && !req.interrupt.load(Ordering::SeqCst);
+    if let Err(e) = writer.finish_whole(commit).await {
+        shared.fail(describe(&e));
+    }
+    if !commit {
+        // Nothing of this run is kept but its rejects.
+        shared.progress.rows_committed.store(0, Ordering::Relaxed);
+    }
+}

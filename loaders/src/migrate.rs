@@ -1,0 +1,105 @@
+//! The service's own schema `nexus`, created and upgraded by embedded,
+//! numbered migrations. Each applies once, in order, in one transaction
+//! under an advisory lock, so concurrent starts are safe and re-runs are no-ops.
+
+use tokio_postgres::Client;
+
+/// (version, name, SQL). Append only: a released migration never changes.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "jobs, checkpoints, rejects, loaded files",
+    r#"
+CREATE TABLE nexus.jobs (
+    id              uuid PRIMARY KEY,
+    model           text NOT NULL,
+    target          text NOT NULL,
+    mode            text NOT NULL CHECK (mode IN ('append', 'upsert', 'replace')),
+    atomic          boolean NOT NULL DEFAULT false,
+    status          text NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'skipped')),
+    file_name       text,
+    file_hash       text NOT NULL,
+    bytes_total     bigint,
+    options         jsonb NOT NULL DEFAULT '{}',
+    rows_read       bigint NOT NULL DEFAULT 0,
+    rows_committed  bigint NOT NULL DEFAULT 0,
+    rows_rejected   bigint NOT NULL DEFAULT 0,
+    bytes_read      bigint NOT NULL DEFAULT 0,
+    duration_ms     bigint NOT NULL DEFAULT 0,
+    error           text,
+    owner           text,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    finished_at     timestamptz
+);
+CREATE INDEX jobs_file ON nexus.jobs (model, file_hash);
+CREATE INDEX jobs_created ON nexus.jobs (created_at DESC);
+CREATE INDEX jobs_status ON nexus.jobs (status);
+
+CREATE TABLE nexus.job_batches (
+    job_id          uuid NOT NULL REFERENCES nexus.jobs (id) ON DELETE CASCADE,
+    seq             bigint NOT NULL,
+    rows_read       bigint NOT NULL,
+    rows_committed  bigint NOT NULL,
+    rows_rejected   bigint NOT NULL,
+    bytes_end       bigint NOT NULL,
+    committed_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, seq)
+);
+
+CREATE TABLE nexus.rejects (
+    job_id  uuid NOT NULL REFERENCES nexus.jobs (id) ON DELETE CASCADE,
+    line    bigint NOT NULL,
+    "column" text,
+    reason  text NOT NULL,
+    raw     text NOT NULL
+);
+CREATE INDEX rejects_job ON nexus.rejects (job_id, line);
+
+CREATE TABLE nexus.loaded_files (
+    model       text NOT NULL,
+    file_hash   text NOT NULL,
+    job_id      uuid NOT NULL REFERENCES nexus.jobs (id) ON DELETE CASCADE,
+    loaded_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model, file_hash)
+);
+"#,
+)];
+
+/// An arbitrary, fixed advisory-lock key for migrations ("NXMG").
+const LOCK_KEY: i64 = 0x4e58_4d47;
+
+/// Applies pending migrations; returns the versions applied now.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS nexus;
+         CREATE TABLE IF NOT EXISTS nexus.schema_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let done: Vec<i32> = tx
+        .query("SELECT version FROM nexus.schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO nexus.schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        applied.push(*version);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}

@@ -1,0 +1,430 @@
+//! The batch writer: one PostgreSQL connection that COPYs encoded batches
+//! in binary. Per batch, in one transaction: the rows (appended, or staged
+//! and merged for upsert), the batch's rejects and its checkpoint row — so a
+//! batch is either wholly committed and recorded, or not at all.
+//!
+//! A batch the database refuses because of some rows (a constraint or a
+//! value it will not take) is narrowed by bisection under savepoints until
+//! the offending rows are isolated; they become rejects naming the
+//! constraint, the rest commits. Connection loss and PostgreSQL's transient
+//! errors are retried with backoff; after a lost COMMIT the checkpoint table
+//! says whether the batch made it, so a retry never loads it twice.
+
+use std::pin::pin;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use nexus_pipeline::batch::EncodedRow;
+use nexus_pipeline::encode::{COPY_HEADER, COPY_TRAILER};
+use nexus_pipeline::types::quote_ident;
+use nexus_pipeline::{EncodedBatch, Reject};
+use tokio_postgres::{Client, Statement};
+use uuid::Uuid;
+
+use crate::gate::SeqGate;
+use crate::load::Mode;
+use crate::pg::{self, ErrorKind, backoff, classify, describe};
+
+/// What a load writes into: the SQL shared by all its writers.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub key: Vec<String>,
+    pub mode: Mode,
+}
+
+const STAGE: &str = "nexus_stage";
+const LINE_COL: &str = "__nexus_line";
+
+impl Target {
+    fn copy_sql(&self) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        match self.mode {
+            Mode::Upsert => format!(
+                "COPY pg_temp.{STAGE} ({}, {LINE_COL}) FROM STDIN (FORMAT binary)",
+                cols.join(", ")
+            ),
+            _ => format!("COPY {} ({}) FROM STDIN (FORMAT binary)", self.table, cols.join(", ")),
+        }
+    }
+
+    fn stage_sql(&self) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {STAGE} AS SELECT {} FROM {} WITH NO DATA;
+             ALTER TABLE pg_temp.{STAGE} ADD COLUMN IF NOT EXISTS {LINE_COL} bigint",
+            cols.join(", "),
+            self.table
+        )
+    }
+
+    /// Within a batch the last row for a key wins (`DISTINCT ON … line DESC`).
+    fn merge_sql(&self) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        let key: Vec<String> = self.key.iter().map(|c| quote_ident(c)).collect();
+        let updates: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !self.key.contains(c))
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+            .collect();
+        let action = if updates.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        format!(
+            "INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM pg_temp.{STAGE}
+             ORDER BY {key}, {LINE_COL} DESC ON CONFLICT ({key}) {action}",
+            table = self.table,
+            cols = cols.join(", "),
+            key = key.join(", "),
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{}", describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the load was stopped")]
+    Aborted,
+}
+
+/// The outcome of one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub committed: u64,
+    pub rejected: u64,
+}
+
+struct Prepared {
+    rejects: Statement,
+    checkpoint: Statement,
+}
+
+pub struct BatchWriter {
+    url: String,
+    client: Client,
+    target: std::sync::Arc<Target>,
+    job_id: Uuid,
+    prepared: Option<Prepared>,
+    copy_sql: String,
+    merge_sql: String,
+    staged: bool,
+}
+
+/// A batch taken apart for writing: the COPY body as cheap-to-slice bytes.
+struct Parts<'a> {
+    seq: u64,
+    body: Bytes,
+    batch: &'a EncodedBatch,
+}
+
+impl BatchWriter {
+    pub async fn connect(url: &str, target: std::sync::Arc<Target>, job_id: Uuid) -> Result<BatchWriter, tokio_postgres::Error> {
+        let client = pg::connect_retrying(url).await?;
+        Ok(BatchWriter {
+            url: url.to_string(),
+            client,
+            copy_sql: target.copy_sql(),
+            merge_sql: target.merge_sql(),
+            target,
+            job_id,
+            prepared: None,
+            staged: false,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn prepare(&mut self) -> Result<(), tokio_postgres::Error> {
+        if self.prepared.is_none() {
+            let rejects = self
+                .client
+                .prepare(
+                    "INSERT INTO nexus.rejects (job_id, line, \"column\", reason, raw)
+                     SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[])",
+                )
+                .await?;
+            let checkpoint = self
+                .client
+                .prepare(
+                    "INSERT INTO nexus.job_batches (job_id, seq, rows_read, rows_committed, rows_rejected, bytes_end)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .await?;
+            self.prepared = Some(Prepared { rejects, checkpoint });
+        }
+        if self.target.mode == Mode::Upsert && !self.staged {
+            self.client.batch_execute(&self.target.stage_sql()).await?;
+            self.staged = true;
+        }
+        Ok(())
+    }
+
+    async fn reconnect(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.client = pg::connect_retrying(&self.url).await?;
+        self.prepared = None;
+        self.staged = false;
+        Ok(())
+    }
+
+    /// Commits one batch in its own transaction, retrying transient failures.
+    pub async fn write_batch(&mut self, batch: EncodedBatch, gate: Option<&SeqGate>) -> Result<Committed, WriteError> {
+        let started = Instant::now();
+        let mut batch = batch;
+        let body = Bytes::from(std::mem::take(&mut batch.copy));
+        let parts = Parts {
+            seq: batch.seq,
+            body,
+            batch: &batch,
+        };
+        let mut attempt = 0;
+        loop {
+            let result = self.try_batch(&parts, gate).await;
+            match result {
+                Ok(c) => {
+                    metrics::histogram!("nexus_batch_commit_seconds").record(started.elapsed().as_secs_f64());
+                    return Ok(c);
+                }
+                Err(WriteError::Db(e)) if classify(&e) == ErrorKind::Transient && attempt < pg::RETRIES => {
+                    attempt += 1;
+                    metrics::counter!("nexus_batch_retries_total").increment(1);
+                    tracing::warn!(error = %e, seq = parts.seq, attempt, "batch failed transiently; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    if self.client.is_closed() {
+                        self.reconnect().await?;
+                    } else {
+                        let _ = self.client.batch_execute("ROLLBACK").await;
+                    }
+                    if let Some(c) = self.already_committed(parts.seq).await? {
+                        return Ok(c);
+                    }
+                }
+                Err(e) => {
+                    if !self.client.is_closed() {
+                        let _ = self.client.batch_execute("ROLLBACK").await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn already_committed(&self, seq: u64) -> Result<Option<Committed>, tokio_postgres::Error> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT rows_committed, rows_rejected FROM nexus.job_batches WHERE job_id = $1 AND seq = $2",
+                &[&self.job_id, &(seq as i64)],
+            )
+            .await?
+            .map(|r| Committed {
+                committed: r.get::<_, i64>(0) as u64,
+                rejected: r.get::<_, i64>(1) as u64,
+            }))
+    }
+
+    async fn try_batch(&mut self, parts: &Parts<'_>, gate: Option<&SeqGate>) -> Result<Committed, WriteError> {
+        self.prepare().await?;
+        self.client.batch_execute("BEGIN").await?;
+        let mut rejects = parts.batch.rejects.clone();
+        let committed = self.apply(parts, gate, &mut rejects).await?;
+        self.insert_rejects(&rejects).await?;
+        self.checkpoint(parts, committed, rejects.len()).await?;
+        self.client.batch_execute("COMMIT").await?;
+        if let Some(g) = gate {
+            g.done(parts.seq);
+        }
+        Ok(Committed {
+            committed,
+            rejected: rejects.len() as u64,
+        })
+    }
+
+    /// Records the batch as committed, inside its transaction.
+    async fn checkpoint(&mut self, parts: &Parts<'_>, committed: u64, rejected: usize) -> Result<(), tokio_postgres::Error> {
+        self.prepare().await?;
+        let prepared = self.prepared.as_ref().expect("prepared above");
+        self.client
+            .execute(
+                &prepared.checkpoint,
+                &[
+                    &self.job_id,
+                    &(parts.seq as i64),
+                    &(parts.batch.rows_read as i64),
+                    &(committed as i64),
+                    &(rejected as i64),
+                    &(parts.batch.raw.bytes_end as i64),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Opens the one transaction of an atomic or replace load.
+    pub async fn begin_whole(&mut self, empty_first: bool) -> Result<(), tokio_postgres::Error> {
+        self.prepare().await?;
+        self.client.batch_execute("BEGIN").await?;
+        if empty_first {
+            // DELETE, not TRUNCATE: readers keep seeing the old rows until COMMIT.
+            self.client.batch_execute(&format!("DELETE FROM {}", self.target.table)).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a batch (and its checkpoint) inside the open whole-load
+    /// transaction; returns its rejects for the caller to record outside it,
+    /// so that they survive a rollback and explain it.
+    pub async fn apply_in_whole(&mut self, batch: EncodedBatch) -> Result<(Committed, Vec<Reject>), WriteError> {
+        let mut batch = batch;
+        let body = Bytes::from(std::mem::take(&mut batch.copy));
+        let parts = Parts {
+            seq: batch.seq,
+            body,
+            batch: &batch,
+        };
+        let mut rejects = batch.rejects.clone();
+        let committed = self.apply(&parts, None, &mut rejects).await?;
+        self.checkpoint(&parts, committed, rejects.len()).await?;
+        Ok((
+            Committed {
+                committed,
+                rejected: rejects.len() as u64,
+            },
+            rejects,
+        ))
+    }
+
+    pub async fn finish_whole(&mut self, commit: bool) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" }).await
+    }
+
+    /// Loads the batch's rows; rows the database refuses are narrowed out
+    /// into `rejects`. Returns how many rows were applied.
+    async fn apply(&mut self, parts: &Parts<'_>, gate: Option<&SeqGate>, rejects: &mut Vec<Reject>) -> Result<u64, WriteError> {
+        let rows = &parts.batch.rows;
+        if rows.is_empty() {
+            if let Some(g) = gate
+                && !g.wait_turn(parts.seq).await
+            {
+                return Err(WriteError::Aborted);
+            }
+            return Ok(0);
+        }
+        let upsert = self.target.mode == Mode::Upsert;
+        if upsert {
+            // Stage in parallel with other writers; merge in sequence order.
+            self.client.batch_execute(&format!("TRUNCATE pg_temp.{STAGE}")).await?;
+            self.copy(parts.body.clone()).await?;
+            if let Some(g) = gate
+                && !g.wait_turn(parts.seq).await
+            {
+                return Err(WriteError::Aborted);
+            }
+        }
+        let mut applied = 0u64;
+        // Ranges of row indices still to apply; the first is the whole batch.
+        let mut work: Vec<(usize, usize)> = vec![(0, rows.len())];
+        let mut first = true;
+        while let Some((lo, hi)) = work.pop() {
+            self.client.batch_execute("SAVEPOINT nexus_rows").await?;
+            let result = if first && upsert {
+                self.client.batch_execute(&self.merge_sql).await
+            } else if first {
+                self.copy(parts.body.clone()).await
+            } else {
+                let body = Bytes::from(copy_subset(&parts.body, &rows[lo..hi]));
+                if upsert {
+                    self.stage_and_merge(body).await
+                } else {
+                    self.copy(body).await
+                }
+            };
+            first = false;
+            match result {
+                Ok(()) => {
+                    self.client.batch_execute("RELEASE SAVEPOINT nexus_rows").await?;
+                    applied += (hi - lo) as u64;
+                }
+                Err(e) if classify(&e) == ErrorKind::Row => {
+                    self.client
+                        .batch_execute("ROLLBACK TO SAVEPOINT nexus_rows; RELEASE SAVEPOINT nexus_rows")
+                        .await?;
+                    if hi - lo == 1 {
+                        let column = e.as_db_error().and_then(|d| d.column()).map(str::to_string);
+                        rejects.push(parts.batch.reject_row(lo, column, describe(&e)));
+                    } else {
+                        let mid = lo + (hi - lo) / 2;
+                        work.push((mid, hi));
+                        work.push((lo, mid));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        rejects.sort_by_key(|r| r.line);
+        Ok(applied)
+    }
+
+    async fn stage_and_merge(&self, body: Bytes) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute(&format!("TRUNCATE pg_temp.{STAGE}")).await?;
+        self.copy(body).await?;
+        self.client.batch_execute(&self.merge_sql).await
+    }
+
+    async fn copy(&self, body: Bytes) -> Result<(), tokio_postgres::Error> {
+        let sink = self.client.copy_in::<_, Bytes>(&self.copy_sql).await?;
+        let mut sink = pin!(sink);
+        sink.send(body).await?;
+        sink.as_mut().finish().await?;
+        Ok(())
+    }
+
+    async fn insert_rejects(&mut self, rejects: &[Reject]) -> Result<(), tokio_postgres::Error> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        self.prepare().await?;
+        insert_rejects(&self.client, self.prepared.as_ref().map(|p| &p.rejects), self.job_id, rejects).await
+    }
+}
+
+/// Writes rejects with one statement (`unnest` of arrays); NUL characters,
+/// which PostgreSQL text cannot hold, are shown as U+FFFD.
+pub async fn insert_rejects(
+    client: &Client,
+    prepared: Option<&Statement>,
+    job_id: Uuid,
+    rejects: &[Reject],
+) -> Result<(), tokio_postgres::Error> {
+    let clean = |s: &str| s.replace('\0', "\u{FFFD}");
+    let lines: Vec<i64> = rejects.iter().map(|r| r.line as i64).collect();
+    let cols: Vec<Option<String>> = rejects.iter().map(|r| r.column.as_deref().map(clean)).collect();
+    let reasons: Vec<String> = rejects.iter().map(|r| clean(&r.reason)).collect();
+    let raws: Vec<String> = rejects.iter().map(|r| clean(&r.raw)).collect();
+    let sql = "INSERT INTO nexus.rejects (job_id, line, \"column\", reason, raw)
+               SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[])";
+    match prepared {
+        Some(stmt) => client.execute(stmt, &[&job_id, &lines, &cols, &reasons, &raws]).await?,
+        None => client.execute(sql, &[&job_id, &lines, &cols, &reasons, &raws]).await?,
+    };
+    Ok(())
+}
+
+/// A COPY body holding only `rows` of `body`.
+fn copy_subset(body: &[u8], rows: &[EncodedRow]) -> Vec<u8> {
+    let size: usize = rows.iter().map(|r| (r.end - r.start) as usize).sum();
+    let mut out = Vec::with_capacity(COPY_HEADER.len() + size + COPY_TRAILER.len());
+    out.extend_from_slice(COPY_HEADER);
+    for r in rows {
+        out.extend_from_slice(&body[r.start as usize..r.end as usize]);
+    }
+    out.extend_from_slice(COPY_TRAILER);
+    out
+}
