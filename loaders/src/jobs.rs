@@ -191,7 +191,7 @@ pub async fn finish(
     let (committed, rejected) = committed_counts(c, id).await?;
     c.execute(
         "UPDATE nexus.jobs SET status = $2, error = $3, rows_committed = $4, rows_rejected = $5,
-                rows_read = $4 + $5, bytes_read = $6, duration_ms = $7, finished_at = now()
+                rows_read = $4::bigint + $5::bigint, bytes_read = $6, duration_ms = $7, finished_at = now()
          WHERE id = $1",
         &[&id, &status, &error, &committed, &rejected, &bytes_read, &duration_ms],
     )

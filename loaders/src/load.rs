@@ -137,7 +137,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
     } else {
         jobs::loaded_by(&tx, &req.model_key, &req.file_hash).await?
     };
-    let target = req.model.qualified_table();
+    let target = req.model.def.table.clone();
     let new = NewJob {
         model: &req.model_key,
         target: &target,

@@ -1,0 +1,120 @@
+//! `nexus jobs`: list, show, cancel and export rejects of jobs.
+
+use std::io::Write;
+
+use clap::Subcommand;
+use nexus_loaders::jobs::{self, STATUSES};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::db::Database;
+use crate::exit;
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Recent jobs, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job, as JSON.
+    Show { id: String },
+    /// Stop a running job at its next batch boundary.
+    Cancel { id: String },
+    /// A job's rejects as CSV (line,column,reason,raw).
+    Rejects {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_id(id: &str) -> anyhow::Result<Uuid> {
+    Uuid::parse_str(id).map_err(|_| exit::usage(format!("`{id}` is not a job id")))
+}
+
+pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
+    if let JobsCommand::List { status: Some(s), .. } = &command
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(exit::usage(format!("--status {s}: use one of {}", STATUSES.join(", "))));
+    }
+    let database = Database::open(config).await?;
+    let result = async {
+        let mut client = database.connect().await?;
+        nexus_loaders::migrate::migrate(&mut client).await?;
+        let mut out = std::io::stdout().lock();
+        match command {
+            JobsCommand::List { status, limit, json } => {
+                let list = jobs::list(&client, status.as_deref(), limit.clamp(1, 10_000)).await?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&list)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:<36}  {:<9}  {:<20}  {:>10}  {:>10}  {:>8}  {:<20}  file",
+                        "job", "status", "model", "read", "committed", "rejected", "created"
+                    )?;
+                    for j in list {
+                        writeln!(
+                            out,
+                            "{:<36}  {:<9}  {:<20}  {:>10}  {:>10}  {:>8}  {:<20}  {}",
+                            j.job_id,
+                            j.status,
+                            j.model,
+                            j.rows_read,
+                            j.rows_committed,
+                            j.rows_rejected,
+                            j.created_at.format("%Y-%m-%d %H:%M:%S"),
+                            j.file_name.unwrap_or_default()
+                        )?;
+                    }
+                }
+            }
+            JobsCommand::Show { id } => {
+                let id = parse_id(&id)?;
+                let job = jobs::get(&client, id).await?.ok_or_else(|| exit::failed(format!("no job {id}")))?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&job)?)?;
+            }
+            JobsCommand::Cancel { id } => {
+                let id = parse_id(&id)?;
+                match jobs::request_cancel(&client, id).await? {
+                    None => return Err(exit::failed(format!("no job {id}"))),
+                    Some(s) if s == "running" => writeln!(out, "cancelling job {id}: it stops at its next batch")?,
+                    Some(s) if s == "queued" || s == "failed" => writeln!(out, "cancelled job {id}")?,
+                    Some(s) => return Err(exit::failed(format!("job {id} is {s}; nothing to cancel"))),
+                }
+            }
+            JobsCommand::Rejects { id, json } => {
+                let id = parse_id(&id)?;
+                if jobs::get(&client, id).await?.is_none() {
+                    return Err(exit::failed(format!("no job {id}")));
+                }
+                let rejects = jobs::rejects(&client, id, None).await?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&rejects)?)?;
+                } else {
+                    let mut w = csv::Writer::from_writer(out);
+                    w.write_record(["line", "column", "reason", "raw"])?;
+                    for r in rejects {
+                        w.write_record([
+                            r.line.to_string(),
+                            r.column.unwrap_or_default(),
+                            r.reason,
+                            r.raw,
+                        ])?;
+                    }
+                    w.flush()?;
+                }
+            }
+        }
+        Ok(0)
+    }
+    .await;
+    database.close().await;
+    result
+}

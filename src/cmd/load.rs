@@ -1,0 +1,320 @@
+//! `nexus load`: runs loads in-process, for people and for cron. Per file:
+//! hash it (stdin is spooled first), run the shared load path, show a
+//! progress bar on a terminal, and print one summary (a line, or JSON).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use nexus_loaders::catalog;
+use nexus_loaders::jobs::JobRecord;
+use nexus_loaders::load::{LoadOutcome, LoadRequest, Mode, run_load};
+use nexus_pipeline::Model;
+use nexus_pipeline::model::InputDef;
+use nexus_pipeline::progress::Progress;
+
+use crate::config::Config;
+use crate::db::{self, Database};
+use crate::exit::{self, FAILED, TOO_MANY_REJECTS};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Append,
+    Upsert,
+    Replace,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The model to load into.
+    #[arg(long, required_unless_present = "table", conflicts_with = "table")]
+    model: Option<String>,
+    /// Load into an existing table (SCHEMA.TABLE); the model is derived from its columns.
+    #[arg(long)]
+    table: Option<String>,
+    /// Files to load; `-` reads stdin. `.gz` and `.zst` are decompressed.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "append")]
+    mode: ModeArg,
+    /// Input format (csv; ndjson and parquet are not supported yet).
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// Field delimiter (one ASCII character; `\t` for tab).
+    #[arg(long)]
+    delimiter: Option<String>,
+    /// Quote character.
+    #[arg(long)]
+    quote: Option<String>,
+    /// An unquoted field text meaning NULL (repeatable; default: the empty field).
+    #[arg(long = "null")]
+    null: Vec<String>,
+    /// Input encoding: utf-8, latin1 or windows-1252.
+    #[arg(long)]
+    encoding: Option<String>,
+    /// Timezone for timestamps without an offset (IANA name or +HH:MM).
+    #[arg(long)]
+    timezone: Option<String>,
+    /// The file has no header row: fields map to the model's columns by position.
+    #[arg(long)]
+    no_header: bool,
+    /// Fail (exit 3) once more than N rows are rejected.
+    #[arg(long)]
+    max_rejects: Option<u64>,
+    /// Fail (exit 3) when more than this fraction of rows is rejected.
+    #[arg(long)]
+    max_reject_ratio: Option<f64>,
+    /// Load the whole file in one transaction: all or nothing.
+    #[arg(long)]
+    atomic: bool,
+    /// Load even if this file was already loaded into this model.
+    #[arg(long)]
+    force: bool,
+    /// Print one JSON summary object per file on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    fn overrides(&self) -> InputDef {
+        InputDef {
+            null: (!self.null.is_empty()).then(|| self.null.clone()),
+            timezone: self.timezone.clone(),
+            encoding: self.encoding.clone(),
+            delimiter: self.delimiter.clone(),
+            quote: self.quote.clone(),
+            max_rejects: self.max_rejects,
+            max_reject_ratio: self.max_reject_ratio,
+            max_record_bytes: None,
+        }
+    }
+}
+
+pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<u8> {
+    if args.format != "csv" {
+        return Err(exit::usage(format!(
+            "--format {}: only csv is supported in this version",
+            args.format
+        )));
+    }
+    let models = db::models(config)?;
+    let named = match &args.model {
+        Some(name) => Some(models.get(name).map_err(|e| exit::usage(e.to_string()))?),
+        None => None,
+    };
+    for f in &args.files {
+        if !crate::is_stdin(f) && !f.is_file() {
+            return Err(exit::failed(format!("{}: no such file", f.display())));
+        }
+    }
+    let database = Database::open(config).await?;
+    let result = load_all(config, &args, named, &database).await;
+    database.close().await;
+    result
+}
+
+async fn load_all(
+    config: &Config,
+    args: &LoadArgs,
+    named: Option<Arc<Model>>,
+    database: &Database,
+) -> anyhow::Result<u8> {
+    let (model, model_key, create_table) = match named {
+        Some(m) => {
+            let key = m.name.clone();
+            (m, key, true)
+        }
+        None => {
+            let table = args.table.as_deref().unwrap_or_default();
+            let client = database.connect().await?;
+            let m = catalog::model_from_table(&client, table).await.map_err(|e| match e {
+                catalog::CatalogError::Db(e) => exit::failed(nexus_loaders::pg::describe(&e)),
+                other => exit::usage(other.to_string()),
+            })?;
+            let key = format!("table:{}", m.def.table);
+            (Arc::new(m), key, false)
+        }
+    };
+    let model = Arc::new(model.with_input(&args.overrides()).map_err(|e| exit::usage(e.to_string()))?);
+    let mode = match args.mode {
+        ModeArg::Append => Mode::Append,
+        ModeArg::Upsert => Mode::Upsert,
+        ModeArg::Replace => Mode::Replace,
+    };
+    if mode == Mode::Upsert && model.key.is_empty() {
+        return Err(exit::usage(format!(
+            "--mode upsert needs a key, and `{}` has none (give the table a primary key or the model a key)",
+            model.name
+        )));
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    spawn_signal_handler(interrupt.clone());
+    let mut code = 0u8;
+    for file in &args.files {
+        let spool = if crate::is_stdin(file) {
+            Some(spool_stdin(&config.data_dir).await?)
+        } else {
+            None
+        };
+        let (path, hash) = match &spool {
+            Some((p, h)) => (p.clone(), h.clone()),
+            None => {
+                let p = file.clone();
+                let h = tokio::task::spawn_blocking(move || nexus_pipeline::source::hash_file(&p))
+                    .await?
+                    .map_err(|e| exit::failed(format!("{}: {e}", file.display())))?;
+                (file.clone(), h)
+            }
+        };
+        let req = LoadRequest {
+            model: model.clone(),
+            model_key: model_key.clone(),
+            bytes_total: std::fs::metadata(&path).ok().map(|m| m.len()),
+            path,
+            file_name: Some(file.display().to_string()),
+            file_hash: hash,
+            mode,
+            atomic: args.atomic,
+            force: args.force,
+            has_header: !args.no_header,
+            copy_connections: config.copy_connections,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            create_table,
+            owner: std::env::var("USER").ok(),
+            interrupt: interrupt.clone(),
+        };
+        let progress = Arc::new(Progress::default());
+        let bar = (!args.json && std::io::stderr().is_terminal()).then(|| progress_bar(&req, progress.clone()));
+        let outcome = run_load(&database.url, req, progress).await;
+        if let Some((bar, ticker)) = bar {
+            ticker.abort();
+            bar.finish_and_clear();
+        }
+        if let Some((p, _)) = spool {
+            let _ = std::fs::remove_file(p);
+        }
+        let outcome = outcome.map_err(|e| exit::failed(e.to_string()))?;
+        print_summary(&outcome, args.json)?;
+        code = code.max(exit_code(&outcome));
+        if interrupt.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    Ok(code)
+}
+
+fn exit_code(o: &LoadOutcome) -> u8 {
+    match o.job.status.as_str() {
+        "succeeded" | "skipped" => 0,
+        _ if o.rejects_exceeded => TOO_MANY_REJECTS,
+        _ => FAILED,
+    }
+}
+
+/// SIGINT/SIGTERM stop the load at the next batch boundary; it stays resumable.
+fn spawn_signal_handler(flag: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("nexus: stopping at the next batch boundary (run the same command again to resume)");
+        flag.store(true, Ordering::SeqCst);
+    });
+}
+
+/// Copies stdin to a spool file while hashing it, so that a piped load has a
+/// content identity (for skip and resume) like a file does.
+async fn spool_stdin(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let dir = data_dir.join("spool");
+    std::fs::create_dir_all(&dir).map_err(|e| exit::failed(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("stdin-{}", uuid::Uuid::new_v4()));
+    let p = path.clone();
+    let hash = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&p)?);
+        let hash = nexus_pipeline::source::hash_reader(&mut std::io::stdin().lock(), |chunk| out.write_all(chunk))?;
+        out.flush()?;
+        Ok(hash)
+    })
+    .await?
+    .map_err(|e| exit::failed(format!("reading stdin: {e}")))?;
+    Ok((path, hash))
+}
+
+fn progress_bar(req: &LoadRequest, progress: Arc<Progress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = ProgressBar::new(req.bytes_total.unwrap_or(0));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
+    let ticker = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(150));
+        loop {
+            tick.tick().await;
+            let s = progress.snapshot();
+            b.set_position(s.bytes_read);
+            let rate = s.rows_read as f64 / start.elapsed().as_secs_f64().max(0.001);
+            b.set_message(format!(
+                "{} rows ({} rejected), {:.0} rows/s",
+                s.rows_read, s.rows_rejected, rate
+            ));
+        }
+    });
+    (bar, ticker)
+}
+
+fn print_summary(o: &LoadOutcome, json: bool) -> anyhow::Result<()> {
+    let j: &JobRecord = &o.job;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut v = serde_json::to_value(j)?;
+        v["resumed"] = serde_json::Value::Bool(o.resumed);
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    let file = j.file_name.as_deref().unwrap_or("-");
+    if j.status == "skipped" {
+        writeln!(
+            out,
+            "skipped: {file} was already loaded into {} (use --force to load it again) [job {}]",
+            j.model, j.job_id
+        )?;
+        return Ok(());
+    }
+    write!(
+        out,
+        "{}: {} → {} ({}{}): {} rows read, {} committed, {} rejected in {:.2}s ({} rows/s) [job {}]",
+        j.status,
+        file,
+        j.target,
+        j.mode,
+        if j.atomic { ", atomic" } else { "" },
+        j.rows_read,
+        j.rows_committed,
+        j.rows_rejected,
+        j.duration_ms as f64 / 1000.0,
+        j.rows_per_sec,
+        j.job_id
+    )?;
+    if o.resumed {
+        write!(out, " (resumed)")?;
+    }
+    if let Some(e) = &j.error {
+        write!(out, "\n  error: {e}")?;
+    }
+    if j.rows_rejected > 0 {
+        write!(out, "\n  see the rejects: nexus jobs rejects {}", j.job_id)?;
+    }
+    writeln!(out)?;
+    Ok(())
+}

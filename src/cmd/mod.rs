@@ -1,0 +1,5 @@
+//! One module per command group.
+
+pub mod jobs;
+pub mod load;
+pub mod models;

@@ -1,0 +1,55 @@
+//! The database a command talks to: `DATABASE_URL`, or the embedded
+//! default (see `embedded.rs`), which is stopped again when the command ends.
+
+use nexus_pipeline::ModelSet;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::embedded::{EmbeddedError, EmbeddedPg};
+use crate::exit;
+
+pub struct Database {
+    pub url: String,
+    embedded: Option<EmbeddedPg>,
+}
+
+impl Database {
+    pub async fn open(config: &Config) -> anyhow::Result<Database> {
+        if let Some(url) = &config.database_url {
+            return Ok(Database {
+                url: url.clone(),
+                embedded: None,
+            });
+        }
+        let dir = config.data_dir.clone();
+        let pg = tokio::task::spawn_blocking(move || EmbeddedPg::start(&dir)).await?;
+        match pg {
+            Ok(pg) => Ok(Database {
+                url: pg.url.clone(),
+                embedded: Some(pg),
+            }),
+            Err(e @ EmbeddedError::NoBinaries) => Err(exit::usage(e.to_string())),
+            Err(e) => Err(exit::failed(e.to_string())),
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        nexus_loaders::pg::connect_retrying(&self.url)
+            .await
+            .map_err(|e| exit::failed(format!("cannot connect to PostgreSQL: {}", nexus_loaders::pg::describe(&e))))
+    }
+
+    pub async fn close(self) {
+        if let Some(pg) = self.embedded {
+            pg.stop().await;
+        }
+    }
+}
+
+/// The model set in force: `NEXUS_MODELS`, or the built-in models.
+pub fn models(config: &Config) -> anyhow::Result<ModelSet> {
+    match &config.models {
+        Some(path) => ModelSet::from_path(path).map_err(|e| exit::usage(e.to_string())),
+        None => Ok(ModelSet::builtin()),
+    }
+}

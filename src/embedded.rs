@@ -1,0 +1,185 @@
+//! The embedded default database: with no `DATABASE_URL`, a private
+//! PostgreSQL cluster under `$NEXUS_DATA_DIR/pg`, made with the server
+//! binaries installed on the machine and listening on a private port on
+//! loopback. Started (or reused, if another nexus process runs it) on
+//! demand and stopped on exit by the process that started it, unless other
+//! clients are still connected.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "no DATABASE_URL is set and no PostgreSQL server binaries were found \
+         (looked at `pg_config --bindir` and /usr/lib/postgresql/*/bin).\n\
+         Install them (Debian/Ubuntu: apt-get install postgresql) or set DATABASE_URL."
+    )]
+    NoBinaries,
+    #[error("embedded PostgreSQL: {0}")]
+    Failed(String),
+}
+
+pub struct EmbeddedPg {
+    bindir: PathBuf,
+    dir: PathBuf,
+    pub url: String,
+    started_here: bool,
+    run_as: Option<(u32, u32)>,
+}
+
+/// Where `initdb` and `pg_ctl` are.
+pub fn find_bindir() -> Option<PathBuf> {
+    let has_tools = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(d) = std::env::var_os("NEXUS_PG_BINDIR").map(PathBuf::from) {
+        return has_tools(&d).then_some(d);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_tools(&d) {
+            return Some(d);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            has_tools(&bin).then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, d)| d)
+}
+
+/// PostgreSQL refuses to run as root: then the cluster belongs to the
+/// `postgres` system user, which the server package creates.
+fn run_as() -> Result<Option<(u32, u32)>, EmbeddedError> {
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+    if me != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == "postgres").then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            EmbeddedError::Failed("running as root, but there is no `postgres` user to run the server as".into())
+        })
+}
+
+impl EmbeddedPg {
+    fn command(&self, tool: &str) -> Command {
+        let mut c = Command::new(self.bindir.join(tool));
+        if let Some((uid, gid)) = self.run_as {
+            c.uid(uid).gid(gid);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, mut c: Command, what: &str) -> Result<(), EmbeddedError> {
+        let out = c.output().map_err(|e| EmbeddedError::Failed(format!("{what}: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(EmbeddedError::Failed(format!(
+                "{what} failed: {}{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            )))
+        }
+    }
+
+    /// Creates the cluster if needed and makes sure it runs.
+    pub fn start(data_dir: &Path) -> Result<EmbeddedPg, EmbeddedError> {
+        let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
+        let fail = |m: String| EmbeddedError::Failed(m);
+        std::fs::create_dir_all(data_dir).map_err(|e| fail(format!("{}: {e}", data_dir.display())))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .map_err(|e| fail(format!("{}: {e}", data_dir.display())))?;
+        // One process at a time creates or starts the cluster.
+        let lock = std::fs::File::create(data_dir.join("pg.lock")).map_err(|e| fail(e.to_string()))?;
+        lock.lock().map_err(|e| fail(e.to_string()))?;
+        let dir = data_dir.join("pg");
+        let mut pg = EmbeddedPg {
+            bindir,
+            dir: dir.clone(),
+            url: String::new(),
+            started_here: false,
+            run_as: run_as()?,
+        };
+        if !dir.join("PG_VERSION").exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+            if let Some((uid, gid)) = pg.run_as {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| fail(e.to_string()))?;
+            }
+            let mut c = pg.command("initdb");
+            c.args(["-D"]).arg(&dir).args(["-U", "nexus", "--auth=trust", "-E", "UTF8", "--locale=C"]);
+            pg.run(c, "initdb")?;
+        }
+        let port_file = dir.join("nexus.port");
+        let port: u16 = match std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok()) {
+            Some(p) => p,
+            None => {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail(e.to_string()))?;
+                let p = l.local_addr().map_err(|e| fail(e.to_string()))?.port();
+                std::fs::write(&port_file, p.to_string()).map_err(|e| fail(e.to_string()))?;
+                p
+            }
+        };
+        let mut status = pg.command("pg_ctl");
+        status.arg("status").arg("-D").arg(&dir);
+        let running = status.output().map(|o| o.status.success()).unwrap_or(false);
+        if !running {
+            let mut c = pg.command("pg_ctl");
+            c.arg("start")
+                .arg("-D")
+                .arg(&dir)
+                .arg("-l")
+                .arg(dir.join("server.log"))
+                .args(["-w", "-t", "60", "-o"])
+                .arg(format!(
+                    "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=on"
+                ));
+            pg.run(c, "pg_ctl start")?;
+            pg.started_here = true;
+        }
+        pg.url = format!("host=127.0.0.1 port={port} user=nexus dbname=postgres");
+        Ok(pg)
+    }
+
+    /// Stops the cluster if this process started it and nobody else is connected.
+    pub async fn stop(self) {
+        if !self.started_here {
+            return;
+        }
+        if let Ok(c) = nexus_loaders::pg::connect(&self.url).await {
+            let others: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(0);
+            if others > 0 {
+                return;
+            }
+        }
+        let mut c = self.command("pg_ctl");
+        c.arg("stop").arg("-D").arg(&self.dir).args(["-m", "fast", "-w"]);
+        if let Err(e) = self.run(c, "pg_ctl stop") {
+            tracing::warn!(error = %e, "stopping the embedded PostgreSQL failed");
+        }
+    }
+}
