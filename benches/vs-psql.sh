@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Side by side: `psql \copy` (CSV) against `nexus load` of the same
+# deterministic 1,000,000-row customer CSV, into fresh logged tables with the
+# primary key, alternating, 3 rounds each. Prints the median rows/s of each,
+# their ratio, and nexus's peak RSS (from /usr/bin/time -v).
+#
+# usage: benches/vs-psql.sh [ROWS]     (needs PostgreSQL; DATABASE_URL or
+#        the local server on 127.0.0.1:5432 as user postgres)
+set -euo pipefail
+export PGOPTIONS="-c client_min_messages=warning"
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+rounds=${ROUNDS:-3}
+admin_url=${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+db=nexus_bench
+data=bench-data
+mkdir -p "$data"
+csv="$data/customer-$rows.csv"
+[ -s "$csv" ] || python3 benches/gen-customers.py "$rows" > "$csv"
+command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)"; exit 2; }
+cargo build --release --quiet
+nexus=target/release/nexus
+
+psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+url="${admin_url%/*}/$db"
+export DATABASE_URL="$url"
+$nexus migrate --schema-only >/dev/null
+
+now() { date +%s.%N; }
+psql_rates=(); nexus_rates=(); rss=()
+for round in $(seq 1 "$rounds"); do
+  psql -q "$url" -c "DROP TABLE IF EXISTS customer_psql" \
+    -c "CREATE TABLE customer_psql (id bigint PRIMARY KEY, external_id uuid, name text NOT NULL,
+        email text NOT NULL, country char(2), segment text, credit_limit numeric(12,2),
+        created_at timestamptz, active boolean, score integer)"
+  t0=$(now)
+  psql -q "$url" -c "\\copy customer_psql FROM '$csv' WITH (FORMAT csv, HEADER)"
+  t1=$(now)
+  psql_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
+
+  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs CASCADE"
+  t0=$(now)
+  /usr/bin/time -v -o "$data/time.txt" $nexus load --model customer "$csv" >/dev/null
+  t1=$(now)
+  nexus_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
+  rss+=("$(awk '/Maximum resident/ {print $NF}' "$data/time.txt")")
+  n=$(psql -qtA "$url" -c "SELECT count(*) FROM customer")
+  [ "$n" = "$rows" ] || { echo "nexus loaded $n rows, expected $rows"; exit 1; }
+  echo "round $round: psql ${psql_rates[-1]} rows/s, nexus ${nexus_rates[-1]} rows/s, nexus peak RSS ${rss[-1]} KiB"
+done
+python3 - "${psql_rates[*]}" "${nexus_rates[*]}" "${rss[*]}" <<'PY'
+import statistics, sys
+p = [int(x) for x in sys.argv[1].split()]
+n = [int(x) for x in sys.argv[2].split()]
+r = [int(x) for x in sys.argv[3].split()]
+mp, mn = statistics.median(p), statistics.median(n)
+print(f"median psql \\copy: {mp:,.0f} rows/s")
+print(f"median nexus load: {mn:,.0f} rows/s")
+print(f"ratio nexus/psql: {mn / mp:.2f}")
+print(f"nexus peak RSS: {max(r) / 1024:.1f} MiB (max of {len(r)} runs)")
+PY
+psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db"
