@@ -1,0 +1,469 @@
+//! `nexus load` end to end against a real PostgreSQL: modes, rejects, NULLs,
+//! encodings, compression, skip/force, exit codes and bad input.
+
+mod common;
+
+use std::io::Write;
+
+use common::{TestDb, customers, fixture};
+
+#[test]
+fn demo_fixture_loads_with_rejects_and_line_numbers() {
+    let db = TestDb::new();
+    let path = fixture("customers.csv");
+    let (r, s) = db.load_json(&["--model", "customer", path.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["status"], "succeeded");
+    assert_eq!(s["rows_read"], 1000);
+    assert_eq!(s["rows_committed"], 995);
+    assert_eq!(s["rows_rejected"], 5);
+    for field in ["job_id", "model", "mode", "bytes_read", "duration_ms", "rows_per_sec"] {
+        assert!(!s[field].is_null(), "summary lacks {field}: {s}");
+    }
+    assert_eq!(db.count("customer"), 995);
+    let job = s["job_id"].as_str().unwrap();
+    let rejects = db.run(&["jobs", "rejects", job]);
+    assert_eq!(rejects.code, 0);
+    let mut lines = rejects.stdout.lines();
+    assert_eq!(lines.next(), Some("line,column,reason,raw"));
+    let first = lines.next().unwrap();
+    // Row id 200 sits on physical line 201 (line 1 is the header).
+    assert!(first.starts_with("201,country,"), "{first}");
+    assert!(first.contains("ISO 3166-1"), "{first}");
+    assert_eq!(rejects.stdout.lines().count(), 6);
+    let show = db.run(&["jobs", "show", job]);
+    let v: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(v["rows_committed"], 995);
+    let list = db.run(&["jobs", "list"]);
+    assert!(list.stdout.contains(job), "{list:?}");
+}
+
+#[test]
+fn a_loaded_file_is_skipped_unless_forced() {
+    let db = TestDb::new();
+    let f = db.file("c.csv", customers(1, 10));
+    let path = f.to_str().unwrap();
+    let (_, first) = db.load_json(&["--model", "customer", path]);
+    assert_eq!(first["status"], "succeeded");
+    let (r, again) = db.load_json(&["--model", "customer", path]);
+    assert_eq!(r.code, 0);
+    assert_eq!(again["status"], "skipped");
+    assert_eq!(db.count("customer"), 10);
+    // Forced, the same rows collide with the primary key: all rejected, none doubled.
+    let (r, forced) = db.load_json(&["--model", "customer", "--force", path]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(forced["status"], "succeeded");
+    assert_eq!(forced["rows_rejected"], 10);
+    assert_eq!(db.count("customer"), 10);
+    let reason = db.value("SELECT reason FROM nexus.rejects ORDER BY line LIMIT 1").unwrap();
+    assert!(reason.contains("customer_pkey"), "{reason}");
+    // The same content under another name is the same file.
+    let copy = db.file("copy.csv", customers(1, 10));
+    let (_, s) = db.load_json(&["--model", "customer", copy.to_str().unwrap()]);
+    assert_eq!(s["status"], "skipped");
+}
+
+#[test]
+fn upsert_updates_and_the_last_row_for_a_key_wins() {
+    let db = TestDb::new();
+    let models = db.file(
+        "m.toml",
+        "[models.kv]\ntable = \"kv\"\nkey = [\"k\"]\nbatch_size = 2\n\
+         [[models.kv.columns]]\nname = \"k\"\ntype = \"int\"\n\
+         [[models.kv.columns]]\nname = \"v\"\ntype = \"text\"\n",
+    );
+    let m = models.to_str().unwrap();
+    let a = db.file("a.csv", "k,v\n1,a\n2,b\n3,c\n");
+    let r = db.run_with_models(&models, &["load", "--model", "kv", a.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Key 1 appears three times across batches of 2; the last one must win.
+    let b = db.file("b.csv", "k,v\n1,x\n4,d\n1,y\n2,B\n5,e\n1,z\n");
+    let r = db.run_with_models(
+        &models,
+        &["load", "--json", "--model", "kv", "--mode", "upsert", b.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{r:?} with {m}");
+    let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(s["rows_committed"], 6);
+    assert_eq!(s["rows_rejected"], 0);
+    let rows: Vec<(i32, String)> = db
+        .sql("SELECT k, v FROM kv ORDER BY k")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        [(1, "z".into()), (2, "B".into()), (3, "c".into()), (4, "d".into()), (5, "e".into())]
+    );
+}
+
+#[test]
+fn replace_empties_the_table_first() {
+    let db = TestDb::new();
+    let a = db.file("a.csv", customers(1, 20));
+    assert_eq!(db.run(&["load", "--model", "customer", a.to_str().unwrap()]).code, 0);
+    let b = db.file("b.csv", customers(100, 5));
+    let (r, s) = db.load_json(&["--model", "customer", "--mode", "replace", b.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 5);
+    assert_eq!(db.count("customer"), 5);
+    assert_eq!(db.value("SELECT min(id)::text FROM customer").unwrap(), "100");
+}
+
+#[test]
+fn replace_and_atomic_keep_nothing_when_rejects_exceed_the_limit() {
+    let db = TestDb::new();
+    let a = db.file("a.csv", customers(1, 20));
+    assert_eq!(db.run(&["load", "--model", "customer", a.to_str().unwrap()]).code, 0);
+    let mut bad = customers(100, 30);
+    bad.push_str("999,,,bad,XX,smb,1,2024-01-01,true,1\n");
+    let b = db.file("b.csv", &bad);
+    let r = db.run(&["load", "--model", "customer", "--mode", "replace", "--max-rejects", "0", b.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(db.count("customer"), 20, "replace rolled back: the old rows stay");
+    let r = db.run(&["load", "--model", "customer", "--atomic", "--max-rejects", "0", b.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(db.count("customer"), 20, "atomic rolled back");
+    // The rejects that failed the job are kept, to say why.
+    assert_eq!(db.count("nexus.rejects"), 2);
+    // Atomic success commits everything.
+    let r = db.run(&["load", "--model", "customer", "--atomic", b.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(db.count("customer"), 50);
+}
+
+#[test]
+fn max_rejects_and_ratio_exit_3() {
+    let db = TestDb::new();
+    let mut text = customers(1, 10);
+    text.push_str("11,,N,bad-email,DE,smb,1,2024-01-01T00:00:00Z,true,1\n12,,N,bad,DE,smb,1,2024-01-01T00:00:00Z,true,1\n");
+    let f = db.file("c.csv", &text);
+    let p = f.to_str().unwrap();
+    let (r, s) = db.load_json(&["--model", "customer", "--max-rejects", "1", p]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(s["status"], "failed");
+    assert!(s["error"].as_str().unwrap().contains("max-rejects"), "{s}");
+    let db2 = TestDb::new();
+    let f = db2.file("c.csv", &text);
+    let (r, _) = db2.load_json(&["--model", "customer", "--max-reject-ratio", "0.1", f.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let (r, s) = db2.load_json(&["--model", "customer", "--max-reject-ratio", "0.5", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_rejected"], 2);
+}
+
+#[test]
+fn null_semantics_follow_postgres_csv() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, a text, b text)");
+    let f = db.file("n.csv", "id,a,b\n1,,\"\"\n2,NULL,\\N\n");
+    let r = db.run(&["load", "--table", "public.t", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let rows: Vec<(Option<String>, Option<String>)> =
+        db.sql("SELECT a, b FROM t ORDER BY id").iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(rows[0], (None, Some(String::new())), "unquoted empty = NULL, quoted empty = ''");
+    assert_eq!(rows[1], (Some("NULL".into()), Some("\\N".into())), "NULL and \\N are text by default");
+    // Listed tokens become NULL.
+    db.sql("TRUNCATE t");
+    let r = db.run(&["load", "--table", "public.t", "--force", "--null", "NULL", "--null", "\\N", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let rows: Vec<(Option<String>, Option<String>)> =
+        db.sql("SELECT a, b FROM t ORDER BY id").iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(rows[1], (None, None));
+    assert_eq!(rows[0], (Some(String::new()), Some(String::new())), "as with COPY's NULL option");
+}
+
+#[test]
+fn encodings_are_transcoded_and_bad_utf8_is_rejected() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, name text)");
+    let latin1 = db.file("l.csv", b"id,name\n1,Jos\xe9\n2,\x80\n");
+    let r = db.run(&["load", "--table", "t", "--encoding", "latin1", latin1.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(db.value("SELECT name FROM t WHERE id = 1").unwrap(), "José");
+    assert_eq!(db.value("SELECT name FROM t WHERE id = 2").unwrap(), "\u{80}");
+    db.sql("TRUNCATE t");
+    let r = db.run(&["load", "--table", "t", "--encoding", "windows-1252", "--force", latin1.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(db.value("SELECT name FROM t WHERE id = 2").unwrap(), "€");
+    db.sql("TRUNCATE t");
+    let bad = db.file("b.csv", b"id,name\n1,ok\n2,bad\xff\xfe\n3,fine\n");
+    let (r, s) = db.load_json(&["--table", "t", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 2);
+    assert_eq!(s["rows_rejected"], 1);
+    let reason = db.value("SELECT line || ': ' || reason FROM nexus.rejects").unwrap();
+    assert!(reason.starts_with("3: invalid UTF-8"), "{reason}");
+}
+
+#[test]
+fn gzip_zstd_and_stdin_inputs() {
+    let db = TestDb::new();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(customers(1, 50).as_bytes()).unwrap();
+    let gz = db.file("c.csv.gz", gz.finish().unwrap());
+    let (r, s) = db.load_json(&["--model", "customer", gz.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 50);
+    let zst = db.file("c.csv.zst", zstd::encode_all(customers(51, 50).as_bytes(), 3).unwrap());
+    let (r, s) = db.load_json(&["--model", "customer", zst.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 50);
+    // stdin, itself compressed.
+    let mut child = db
+        .nexus()
+        .args(["load", "--json", "--model", "customer", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(customers(101, 7).as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(&gz.finish().unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["rows_committed"], 7);
+    assert_eq!(db.count("customer"), 107);
+}
+
+#[test]
+fn no_header_maps_by_position() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, a text, b int)");
+    let f = db.file("n.csv", "1,x,10\n2,y\n3,z,30\n");
+    let (r, s) = db.load_json(&["--table", "t", "--no-header", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 2);
+    let reason = db.value("SELECT line || ': ' || reason FROM nexus.rejects").unwrap();
+    assert_eq!(reason, "2: expected 3 fields, found 2");
+}
+
+#[test]
+fn derived_models_cover_every_supported_type() {
+    let db = TestDb::new();
+    db.sql(
+        "CREATE TABLE everything (
+            i8 bigint PRIMARY KEY, i4 integer, i2 smallint, n numeric(10,3), r real, d double precision,
+            t text, vc varchar(5), c char(3), b boolean, dt date, ts timestamp, tz timestamptz,
+            u uuid, j jsonb, by bytea)",
+    );
+    let header = "i8,i4,i2,n,r,d,t,vc,c,b,dt,ts,tz,u,j,by\n";
+    let good = "1,-2147483648,32767,-1234.5678,1.5,2.25,hello,abcde,ab,yes,2024-02-29,2024-01-02 03:04:05.123456,2024-01-02T03:04:05+02:00,a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11,\"{\"\"a\"\": [1, 2]}\",\\x00ff\n";
+    let bad = [
+        "2,2147483648,,,,,,,,,,,,,,\n",
+        "3,,32768,,,,,,,,,,,,,\n",
+        "4,,,12345678.1,,,,,,,,,,,,\n",
+        "5,,,,abc,,,,,,,,,,,\n",
+        "6,,,,,,,abcdef,,,,,,,,\n",
+        "7,,,,,,,,abcd,,,,,,,\n",
+        "8,,,,,,,,,maybe,,,,,,\n",
+        "9,,,,,,,,,,2023-02-29,,,,,\n",
+        "10,,,,,,,,,,,noon,,,,\n",
+        "11,,,,,,,,,,,,,not-a-uuid,,\n",
+        "12,,,,,,,,,,,,,,{bad,\n",
+        "13,,,,,,,,,,,,,,,\\xZZ\n",
+    ];
+    let mut text = String::from(header);
+    text.push_str(good);
+    for b in bad {
+        text.push_str(b);
+    }
+    let f = db.file("e.csv", &text);
+    let (r, s) = db.load_json(&["--table", "public.everything", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 1, "{s}");
+    assert_eq!(s["rows_rejected"], bad.len());
+    let row = db.value(
+        "SELECT concat_ws('|', i4, i2, n, r, d, t, vc, c, b, dt, ts, tz AT TIME ZONE 'UTC', u, j::text, encode(by, 'hex'))
+         FROM everything",
+    );
+    assert_eq!(
+        row.unwrap(),
+        "-2147483648|32767|-1234.568|1.5|2.25|hello|abcde|ab |t|2024-02-29|2024-01-02 03:04:05.123456|2024-01-02 01:04:05|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|{\"a\": [1, 2]}|00ff"
+    );
+    let columns: Vec<String> = db
+        .sql("SELECT \"column\" FROM nexus.rejects ORDER BY line")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(columns, ["i4", "i2", "n", "r", "vc", "c", "b", "dt", "ts", "u", "j", "by"]);
+    // models import prints a model file that loads back.
+    let imported = db.run(&["models", "import", "--table", "public.everything"]);
+    assert_eq!(imported.code, 0, "{imported:?}");
+    assert!(imported.stdout.contains("type = \"numeric(10,3)\""), "{}", imported.stdout);
+    let m = db.file("imported.toml", &imported.stdout);
+    let check = db.run(&["models", "check", m.to_str().unwrap()]);
+    assert_eq!(check.code, 0, "{check:?}");
+}
+
+#[test]
+fn constraint_violations_are_narrowed_to_rows() {
+    let db = TestDb::new();
+    db.exec(
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         INSERT INTO parent VALUES (1), (2);
+         CREATE TABLE child (
+            id int PRIMARY KEY,
+            parent_id int CONSTRAINT child_parent_fk REFERENCES parent (id),
+            qty int CONSTRAINT qty_positive CHECK (qty > 0),
+            label text NOT NULL DEFAULT 'x',
+            code text CONSTRAINT code_unique UNIQUE)",
+    );
+    let mut text = String::from("id,parent_id,qty,label,code\n");
+    for i in 1..=40 {
+        let (parent, qty, label, code) = match i {
+            7 => (3, 1, "l".to_string(), format!("c{i}")),
+            13 => (1, 0, "l".to_string(), format!("c{i}")),
+            21 => (1, 1, String::new(), format!("c{i}")),
+            30 => (1, 1, "l".to_string(), "c5".to_string()),
+            _ => (1 + i % 2, 1, "l".to_string(), format!("c{i}")),
+        };
+        text.push_str(&format!("{i},{parent},{qty},{label},{code}\n"));
+    }
+    text.push_str("5,1,1,l,c99\n");
+    let f = db.file("c.csv", &text);
+    let (r, s) = db.load_json(&["--table", "child", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 36);
+    assert_eq!(s["rows_rejected"], 5);
+    assert_eq!(db.count("child"), 36);
+    let rejects: Vec<(i64, String)> = db
+        .sql("SELECT line, reason FROM nexus.rejects ORDER BY line")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expect = [
+        (8, "child_parent_fk"),
+        (14, "qty_positive"),
+        (22, "not-null"),
+        (31, "code_unique"),
+        (42, "child_pkey"),
+    ];
+    for ((line, reason), (want_line, want)) in rejects.iter().zip(expect) {
+        assert_eq!(*line, want_line);
+        assert!(reason.contains(want), "line {line}: {reason} should name {want}");
+    }
+}
+
+#[test]
+fn header_problems_fail_before_any_row_loads() {
+    let db = TestDb::new();
+    let cases: [(&str, &str); 4] = [
+        ("id,external_id,name,email,nickname\n1,,a,a@b.de,x\n", "`nickname` not in model"),
+        ("id,name\n1,a\n", "required column `email` missing"),
+        ("id,name,email,ID\n1,a,a@b.de,1\n", "appears more than once"),
+        ("", "empty"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let f = db.file(&format!("h{i}.csv"), text);
+        let r = db.run(&["load", "--model", "customer", f.to_str().unwrap()]);
+        assert_eq!(r.code, 1, "{text:?}: {r:?}");
+        assert!(r.stdout.contains(want), "{text:?}: {}", r.stdout);
+    }
+    assert_eq!(db.count("customer"), 0);
+    // A header without rows is a successful load of nothing.
+    let f = db.file("only.csv", "id,name,email\n");
+    let (r, s) = db.load_json(&["--model", "customer", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_read"], 0);
+}
+
+#[test]
+fn unterminated_quote_and_huge_line_become_rejects() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, a text)");
+    let f = db.file("q.csv", "id,a\n1,ok\n2,\"never closed\n3,x\n");
+    let (r, s) = db.load_json(&["--table", "t", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 1);
+    assert_eq!(s["rows_rejected"], 1);
+    let reason = db.value("SELECT line || ': ' || reason FROM nexus.rejects").unwrap();
+    assert!(reason.starts_with("3: unterminated quoted field"), "{reason}");
+
+    let mut big = b"id,a\n10,before\n11,".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 50 << 20));
+    big.extend_from_slice(b"\n12,after\n");
+    let f = db.file("big.csv", &big);
+    let (r, s) = db.load_json(&["--table", "t", "--force", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_rejected"], 1);
+    assert_eq!(db.value("SELECT a FROM t WHERE id = 12").unwrap(), "after");
+    let reason = db.value("SELECT line || ': ' || reason FROM nexus.rejects WHERE reason LIKE '%limit%'").unwrap();
+    assert!(reason.starts_with("3: record is longer than the limit"), "{reason}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let db = TestDb::new();
+    let f = db.file("c.csv", customers(1, 1));
+    let p = f.to_str().unwrap();
+    let r = db.run(&["load", "--model", "nope", p]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("unknown model `nope`"), "{r:?}");
+    assert!(r.stderr.contains("customer"), "the message lists known models: {r:?}");
+    assert_eq!(db.run(&["load", p]).code, 2, "neither --model nor --table");
+    assert_eq!(db.run(&["load", "--model", "customer", "--mode", "merge", p]).code, 2);
+    assert_eq!(db.run(&["load", "--model", "customer", "--encoding", "ebcdic", p]).code, 2);
+    assert_eq!(db.run(&["load", "--model", "customer", "--timezone", "Mars/Base", p]).code, 2);
+    let missing = db.run(&["load", "--model", "customer", "/nonexistent.csv"]);
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("no such file"), "{missing:?}");
+    let bad = db.file("bad.toml", "[models.x]\ntable = 't'\n");
+    let r = db.run(&["models", "check", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("columns"), "{r:?}");
+}
+
+#[test]
+fn names_that_look_like_sql_stay_names() {
+    let db = TestDb::new();
+    let evil = "t\"; DROP TABLE victim; --";
+    db.sql("CREATE TABLE victim (x int)");
+    db.sql(&format!(
+        "CREATE TABLE \"{}\" (\"id\"\"; DROP TABLE victim; --\" int, \"a b\" text)",
+        evil.replace('"', "\"\"")
+    ));
+    let f = db.file("e.csv", "\"id\"\"; DROP TABLE victim; --\",a b\n1,x\n");
+    let (r, s) = db.load_json(&["--table", &format!("public.{evil}"), f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_committed"], 1);
+    assert_eq!(db.count("victim"), 0, "the victim table still exists");
+    let r = db.run(&["load", "--table", "public.x'; DROP TABLE victim; --", f.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("does not exist"), "{r:?}");
+    assert_eq!(db.count("victim"), 0);
+}
+
+#[test]
+fn timezone_applies_to_naive_timestamps() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz)");
+    let f = db.file("t.csv", "id,at\n1,2024-07-01 12:00:00\n2,2024-07-01T12:00:00Z\n");
+    let r = db.run(&["load", "--table", "t", "--timezone", "Europe/Berlin", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let got: Vec<String> = db
+        .sql("SELECT to_char(at AT TIME ZONE 'UTC', 'HH24:MI') FROM t ORDER BY id")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, ["10:00", "12:00"]);
+}
+
+#[test]
+fn migrate_is_idempotent_and_creates_model_tables() {
+    let db = TestDb::new();
+    let r = db.run(&["migrate"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("applied migrations [1]"), "{r:?}");
+    let r = db.run(&["migrate"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("up to date"), "{r:?}");
+    for t in ["customer", "company", "quote", "document", "product_classification", "classification_cache"] {
+        assert_eq!(db.count(t), 0);
+    }
+    let list = db.run(&["models", "list"]);
+    assert_eq!(list.stdout.lines().count(), 7, "{list:?}");
+    let show = db.run(&["models", "show", "customer"]);
+    assert!(show.stdout.contains("format = \"email\""), "{show:?}");
+}
