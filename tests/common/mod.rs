@@ -155,3 +155,25 @@ pub fn customers(first: i64, n: i64) -> String {
     }
     s
 }
+
+/// A child process that is killed if the test panics before waiting for it.
+pub struct Reaped(pub Option<std::process::Child>);
+
+impl Reaped {
+    pub fn get(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Exactly once across crashes: a load SIGKILLed at arbitrary moments, then
+//! run again, leaves every row exactly once — on a table without a primary
+//! key, where a duplicate would show.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Reaped, TestDb, wait_for};
+
+const ROWS: i64 = 300_000;
+
+fn setup(db: &TestDb) -> (std::path::PathBuf, std::path::PathBuf) {
+    let models = db.file(
+        "m.toml",
+        "[models.ev]\ntable = \"ev\"\nbatch_size = 200\n\
+         [[models.ev.columns]]\nname = \"id\"\ntype = \"bigint\"\nrequired = true\n\
+         [[models.ev.columns]]\nname = \"payload\"\ntype = \"text\"\n",
+    );
+    let mut csv = String::from("id,payload\n");
+    for i in 1..=ROWS {
+        csv.push_str(&format!("{i},\"row {i}, with a comma\"\n"));
+        if i % 1000 == 0 {
+            csv.push_str("bad,row\n");
+        }
+    }
+    let r = db.run(&["migrate", "--schema-only"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    (models, db.file("ev.csv", csv))
+}
+
+fn batches(db: &TestDb) -> i64 {
+    db.value("SELECT count(*)::text FROM nexus.job_batches")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let args = ["load", "--json", "--model", "ev", file.to_str().unwrap()];
+    // Kill three times, each later than the last.
+    for min_batches in [3, 150, 400] {
+        let mut child = Reaped(Some(
+            db.nexus()
+                .env("NEXUS_MODELS", &models)
+                .env("NEXUS_COPY_CONNECTIONS", "2")
+                .args(args)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        wait_for("batches to commit", Duration::from_secs(120), || {
+            batches(&db) >= min_batches || child.get().try_wait().unwrap().is_some()
+        });
+        assert!(child.get().try_wait().unwrap().is_none(), "the load finished before it could be killed");
+        drop(child);
+        let status = db.value("SELECT status FROM nexus.jobs").unwrap();
+        assert_eq!(status, "running", "a killed job is left as it was");
+    }
+    let before = db.count("ev");
+    assert!(before > 0 && before < ROWS, "partially loaded: {before}");
+    let r = common::run(db.nexus().env("NEXUS_MODELS", &models).args(args));
+    assert_eq!(r.code, 0, "{r:?}");
+    let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(s["status"], "succeeded");
+    assert_eq!(s["resumed"], true);
+    assert_eq!(s["rows_committed"], ROWS);
+    assert_eq!(s["rows_rejected"], ROWS / 1000);
+    assert_eq!(s["rows_read"], ROWS + ROWS / 1000);
+    assert_eq!(db.count("ev"), ROWS);
+    assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS, "no row twice");
+    assert_eq!(db.count("nexus.rejects"), ROWS / 1000, "no reject twice");
+    assert_eq!(db.count("nexus.jobs"), 1, "the same job resumed");
+    // And now it is done: the same file is skipped.
+    let r = common::run(db.nexus().env("NEXUS_MODELS", &models).args(args));
+    let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(s["status"], "skipped");
+}
+
+#[test]
+fn sigterm_stops_at_a_batch_boundary_and_stays_resumable() {
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let args = ["load", "--json", "--model", "ev", file.to_str().unwrap()];
+    let mut child = Reaped(Some(
+        db.nexus()
+            .env("NEXUS_MODELS", &models)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for("batches to commit", Duration::from_secs(120), || batches(&db) >= 5);
+    let pid = child.get().id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = child.take().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["status"], "failed");
+    assert!(s["error"].as_str().unwrap().contains("resume"), "{s}");
+    assert_eq!(s["rows_read"].as_i64().unwrap(), s["rows_committed"].as_i64().unwrap() + s["rows_rejected"].as_i64().unwrap());
+    let r = common::run(db.nexus().env("NEXUS_MODELS", &models).args(args));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(db.count("ev"), ROWS);
+    assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS);
+}
+
+#[test]
+fn a_second_concurrent_run_of_the_same_file_refuses() {
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let args = ["load", "--model", "ev", file.to_str().unwrap()];
+    let mut first = Reaped(Some(
+        db.nexus().env("NEXUS_MODELS", &models).args(args).stdout(Stdio::null()).spawn().unwrap(),
+    ));
+    wait_for("the first run to commit", Duration::from_secs(120), || batches(&db) >= 1);
+    let second = common::run(db.nexus().env("NEXUS_MODELS", &models).args(args));
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(second.stderr.contains("being loaded by another process"), "{second:?}");
+    assert!(first.get().wait().unwrap().success());
+    assert_eq!(db.count("ev"), ROWS);
+}
+
+#[test]
+fn jobs_cancel_stops_a_running_load() {
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let child = Reaped(Some(
+        db.nexus()
+            .env("NEXUS_MODELS", &models)
+            .args(["load", "--json", "--model", "ev", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for("batches to commit", Duration::from_secs(120), || batches(&db) >= 2);
+    let id = db.value("SELECT id::text FROM nexus.jobs").unwrap();
+    let r = db.run(&["jobs", "cancel", &id]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = child.take().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["status"], "cancelled");
+    let committed = s["rows_committed"].as_i64().unwrap();
+    assert!(committed < ROWS, "stopped early");
+    assert_eq!(db.count("ev"), committed, "the counters match the table");
+}
