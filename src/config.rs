@@ -46,12 +46,18 @@ impl Config {
             None if Path::new("nexus.toml").exists() => read_file(Path::new("nexus.toml"))?,
             None => FileConfig::default(),
         };
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let copy_connections = match env("NEXUS_COPY_CONNECTIONS") {
-            Some(v) => v.parse::<usize>().ok().filter(|n| (1..=64).contains(n)).ok_or(ConfigError::Var {
-                name: "NEXUS_COPY_CONNECTIONS",
-                message: format!("`{v}` is not a number from 1 to 64"),
-            })?,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or(ConfigError::Var {
+                    name: "NEXUS_COPY_CONNECTIONS",
+                    message: format!("`{v}` is not a number from 1 to 64"),
+                })?,
             None => file.copy_connections.unwrap_or(cores),
         };
         Ok(Config {

@@ -36,7 +36,12 @@ impl Database {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         nexus_loaders::pg::connect_retrying(&self.url)
             .await
-            .map_err(|e| exit::failed(format!("cannot connect to PostgreSQL: {}", nexus_loaders::pg::describe(&e))))
+            .map_err(|e| {
+                exit::failed(format!(
+                    "cannot connect to PostgreSQL: {}",
+                    nexus_loaders::pg::describe(&e)
+                ))
+            })
     }
 
     pub async fn close(self) {

@@ -58,7 +58,9 @@ pub fn find_bindir() -> Option<PathBuf> {
 /// PostgreSQL refuses to run as root: then the cluster belongs to the
 /// `postgres` system user, which the server package creates.
 fn run_as() -> Result<Option<(u32, u32)>, EmbeddedError> {
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
     if me != 0 {
         return Ok(None);
     }
@@ -67,12 +69,42 @@ fn run_as() -> Result<Option<(u32, u32)>, EmbeddedError> {
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == "postgres").then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+            (f.len() > 3 && f[0] == "postgres")
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
         })
         .map(Some)
         .ok_or_else(|| {
-            EmbeddedError::Failed("running as root, but there is no `postgres` user to run the server as".into())
+            EmbeddedError::Failed(
+                "running as root, but there is no `postgres` user to run the server as".into(),
+            )
         })
+}
+
+/// As root, the cluster's owner must be able to reach the data directory:
+/// it is opened to others for traversal (not listing), and every ancestor
+/// must already allow it.
+fn reachable_by(data_dir: &Path, uid: u32) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(data_dir).map_err(|e| EmbeddedError::Failed(e.to_string()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(mode | 0o001))
+            .map_err(|e| EmbeddedError::Failed(e.to_string()))?;
+    }
+    for dir in data_dir.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(dir) else {
+            continue;
+        };
+        if m.uid() != uid && m.permissions().mode() & 0o001 == 0 {
+            return Err(EmbeddedError::Failed(format!(
+                "running as root, the server runs as user `postgres`, which cannot reach {} \
+                 (no search permission on {}); set NEXUS_DATA_DIR to a directory it can reach",
+                data_dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl EmbeddedPg {
@@ -86,7 +118,9 @@ impl EmbeddedPg {
     }
 
     fn run(&self, mut c: Command, what: &str) -> Result<(), EmbeddedError> {
-        let out = c.output().map_err(|e| EmbeddedError::Failed(format!("{what}: {e}")))?;
+        let out = c
+            .output()
+            .map_err(|e| EmbeddedError::Failed(format!("{what}: {e}")))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -102,12 +136,14 @@ impl EmbeddedPg {
     pub fn start(data_dir: &Path) -> Result<EmbeddedPg, EmbeddedError> {
         let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
         let fail = |m: String| EmbeddedError::Failed(m);
-        std::fs::create_dir_all(data_dir).map_err(|e| fail(format!("{}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| fail(format!("{}: {e}", data_dir.display())))?;
         let data_dir = data_dir
             .canonicalize()
             .map_err(|e| fail(format!("{}: {e}", data_dir.display())))?;
         // One process at a time creates or starts the cluster.
-        let lock = std::fs::File::create(data_dir.join("pg.lock")).map_err(|e| fail(e.to_string()))?;
+        let lock =
+            std::fs::File::create(data_dir.join("pg.lock")).map_err(|e| fail(e.to_string()))?;
         lock.lock().map_err(|e| fail(e.to_string()))?;
         let dir = data_dir.join("pg");
         let mut pg = EmbeddedPg {
@@ -117,20 +153,35 @@ impl EmbeddedPg {
             started_here: false,
             run_as: run_as()?,
         };
+        if let Some((uid, _)) = pg.run_as {
+            reachable_by(&data_dir, uid)?;
+        }
         if !dir.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
             if let Some((uid, gid)) = pg.run_as {
-                std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| fail(e.to_string()))?;
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                    .map_err(|e| fail(e.to_string()))?;
             }
             let mut c = pg.command("initdb");
-            c.args(["-D"]).arg(&dir).args(["-U", "nexus", "--auth=trust", "-E", "UTF8", "--locale=C"]);
+            c.args(["-D"]).arg(&dir).args([
+                "-U",
+                "nexus",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]);
             pg.run(c, "initdb")?;
         }
         let port_file = dir.join("nexus.port");
-        let port: u16 = match std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok()) {
+        let port: u16 = match std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
             Some(p) => p,
             None => {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail(e.to_string()))?;
+                let l =
+                    std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail(e.to_string()))?;
                 let p = l.local_addr().map_err(|e| fail(e.to_string()))?.port();
                 std::fs::write(&port_file, p.to_string()).map_err(|e| fail(e.to_string()))?;
                 p
@@ -177,7 +228,10 @@ impl EmbeddedPg {
             }
         }
         let mut c = self.command("pg_ctl");
-        c.arg("stop").arg("-D").arg(&self.dir).args(["-m", "fast", "-w"]);
+        c.arg("stop")
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "fast", "-w"]);
         if let Err(e) = self.run(c, "pg_ctl stop") {
             tracing::warn!(error = %e, "stopping the embedded PostgreSQL failed");
         }

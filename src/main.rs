@@ -7,7 +7,6 @@ mod db;
 mod embedded;
 mod exit;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +14,11 @@ use clap::{Parser, Subcommand};
 use crate::exit::Exit;
 
 #[derive(Parser)]
-#[command(name = "nexus", version, about = "Bulk ingestion into PostgreSQL: validated, resumable, faster than psql \\copy")]
+#[command(
+    name = "nexus",
+    version,
+    about = "Bulk ingestion into PostgreSQL: validated, resumable, faster than psql \\copy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load files into a model's table (or any table), in-process; for cron.
-    Load(cmd::load::LoadArgs),
+    Load(Box<cmd::load::LoadArgs>),
     /// Inspect and cancel jobs.
     Jobs {
         #[command(subcommand)]
@@ -46,13 +49,16 @@ enum Command {
 fn init_logging(format: Option<&str>) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let json = match format {
         Some("json") => true,
         Some("pretty") => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -70,7 +76,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("nexus: cannot start the runtime: {e}");
@@ -79,7 +88,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Load(args) => cmd::load::run(&config, args).await,
+            Command::Load(args) => cmd::load::run(&config, *args).await,
             Command::Jobs { command } => cmd::jobs::run(&config, command).await,
             Command::Models { command } => cmd::models::run(&config, command).await,
             Command::Migrate { schema_only } => cmd::models::migrate(&config, schema_only).await,
@@ -100,5 +109,5 @@ fn main() -> ExitCode {
 
 /// A path argument that may be `-` for stdin.
 pub fn is_stdin(p: &std::path::Path) -> bool {
-    p == PathBuf::from("-")
+    p.as_os_str() == "-"
 }

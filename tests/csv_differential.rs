@@ -16,8 +16,8 @@ use tokio_postgres::NoTls;
 use common::TestDb;
 
 const POOL: &[&str] = &[
-    "a", "b", "z", "0", "9", " ", "  ", "\t", ",", ";", "|", "\"", "\r", "\n", "\r\n", "é", "日本", "🦀", "\\", "\\N", "N",
-    "NULL", ".", "'",
+    "a", "b", "z", "0", "9", " ", "  ", "\t", ",", ";", "|", "\"", "\r", "\n", "\r\n", "é", "日本",
+    "🦀", "\\", "\\N", "N", "NULL", ".", "'",
 ];
 
 /// One field in CSV form: unquoted and quoted segments, quoting toggled
@@ -55,7 +55,9 @@ fn file(rng: &mut StdRng, columns: usize, rows: usize, delimiter: char) -> Vec<u
     if rng.random_bool(0.3) {
         s.push('\u{feff}');
     }
-    let header: Vec<String> = std::iter::once("id".to_string()).chain((1..=columns).map(|i| format!("c{i}"))).collect();
+    let header: Vec<String> = std::iter::once("id".to_string())
+        .chain((1..=columns).map(|i| format!("c{i}")))
+        .collect();
     s.push_str(&header.join(&delimiter.to_string()));
     for id in 1..=rows {
         s.push_str(eol);
@@ -85,7 +87,10 @@ fn rows(db: &TestDb, table: &str, columns: usize) -> Vec<Vec<Option<String>>> {
 #[test]
 fn nexus_reads_csv_exactly_as_postgres_copy_does() {
     let db = TestDb::new();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for seed in 0..30u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let columns = rng.random_range(1..=5);
@@ -94,9 +99,16 @@ fn nexus_reads_csv_exactly_as_postgres_copy_does() {
         let bytes = file(&mut rng, columns, n, delimiter);
         let cols: Vec<String> = (1..=columns).map(|i| format!("c{i} text")).collect();
         for t in ["by_pg", "by_nexus"] {
-            db.exec(&format!("DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int, {})", cols.join(", ")));
+            db.exec(&format!(
+                "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int, {})",
+                cols.join(", ")
+            ));
         }
-        let delim_sql = if delimiter == '\t' { "E'\\t'".to_string() } else { format!("'{delimiter}'") };
+        let delim_sql = if delimiter == '\t' {
+            "E'\\t'".to_string()
+        } else {
+            format!("'{delimiter}'")
+        };
         runtime.block_on(async {
             let (client, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
             tokio::spawn(conn);
@@ -108,10 +120,17 @@ fn nexus_reads_csv_exactly_as_postgres_copy_does() {
                 .unwrap();
             let mut sink = pin!(sink);
             sink.send(bytes::Bytes::from(bytes.clone())).await.unwrap();
-            sink.as_mut().finish().await.unwrap_or_else(|e| panic!("seed {seed}: PostgreSQL refused the file: {e:?}"));
+            sink.as_mut()
+                .finish()
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: PostgreSQL refused the file: {e:?}"));
         });
         let path = db.file(&format!("seed{seed}.csv"), &bytes);
-        let delim_arg = if delimiter == '\t' { "\\t".to_string() } else { delimiter.to_string() };
+        let delim_arg = if delimiter == '\t' {
+            "\\t".to_string()
+        } else {
+            delimiter.to_string()
+        };
         let (r, s) = db.load_json(&[
             "--table",
             "by_nexus",

@@ -17,7 +17,14 @@ fn demo_fixture_loads_with_rejects_and_line_numbers() {
     assert_eq!(s["rows_read"], 1000);
     assert_eq!(s["rows_committed"], 995);
     assert_eq!(s["rows_rejected"], 5);
-    for field in ["job_id", "model", "mode", "bytes_read", "duration_ms", "rows_per_sec"] {
+    for field in [
+        "job_id",
+        "model",
+        "mode",
+        "bytes_read",
+        "duration_ms",
+        "rows_per_sec",
+    ] {
         assert!(!s[field].is_null(), "summary lacks {field}: {s}");
     }
     assert_eq!(db.count("customer"), 995);
@@ -55,7 +62,9 @@ fn a_loaded_file_is_skipped_unless_forced() {
     assert_eq!(forced["status"], "succeeded");
     assert_eq!(forced["rows_rejected"], 10);
     assert_eq!(db.count("customer"), 10);
-    let reason = db.value("SELECT reason FROM nexus.rejects ORDER BY line LIMIT 1").unwrap();
+    let reason = db
+        .value("SELECT reason FROM nexus.rejects ORDER BY line LIMIT 1")
+        .unwrap();
     assert!(reason.contains("customer_pkey"), "{reason}");
     // The same content under another name is the same file.
     let copy = db.file("copy.csv", customers(1, 10));
@@ -80,7 +89,15 @@ fn upsert_updates_and_the_last_row_for_a_key_wins() {
     let b = db.file("b.csv", "k,v\n1,x\n4,d\n1,y\n2,B\n5,e\n1,z\n");
     let r = db.run_with_models(
         &models,
-        &["load", "--json", "--model", "kv", "--mode", "upsert", b.to_str().unwrap()],
+        &[
+            "load",
+            "--json",
+            "--model",
+            "kv",
+            "--mode",
+            "upsert",
+            b.to_str().unwrap(),
+        ],
     );
     assert_eq!(r.code, 0, "{r:?} with {m}");
     let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
@@ -93,7 +110,13 @@ fn upsert_updates_and_the_last_row_for_a_key_wins() {
         .collect();
     assert_eq!(
         rows,
-        [(1, "z".into()), (2, "B".into()), (3, "c".into()), (4, "d".into()), (5, "e".into())]
+        [
+            (1, "z".into()),
+            (2, "B".into()),
+            (3, "c".into()),
+            (4, "d".into()),
+            (5, "e".into())
+        ]
     );
 }
 
@@ -101,33 +124,77 @@ fn upsert_updates_and_the_last_row_for_a_key_wins() {
 fn replace_empties_the_table_first() {
     let db = TestDb::new();
     let a = db.file("a.csv", customers(1, 20));
-    assert_eq!(db.run(&["load", "--model", "customer", a.to_str().unwrap()]).code, 0);
+    assert_eq!(
+        db.run(&["load", "--model", "customer", a.to_str().unwrap()])
+            .code,
+        0
+    );
     let b = db.file("b.csv", customers(100, 5));
-    let (r, s) = db.load_json(&["--model", "customer", "--mode", "replace", b.to_str().unwrap()]);
+    let (r, s) = db.load_json(&[
+        "--model",
+        "customer",
+        "--mode",
+        "replace",
+        b.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_committed"], 5);
     assert_eq!(db.count("customer"), 5);
-    assert_eq!(db.value("SELECT min(id)::text FROM customer").unwrap(), "100");
+    assert_eq!(
+        db.value("SELECT min(id)::text FROM customer").unwrap(),
+        "100"
+    );
 }
 
 #[test]
 fn replace_and_atomic_keep_nothing_when_rejects_exceed_the_limit() {
     let db = TestDb::new();
     let a = db.file("a.csv", customers(1, 20));
-    assert_eq!(db.run(&["load", "--model", "customer", a.to_str().unwrap()]).code, 0);
+    assert_eq!(
+        db.run(&["load", "--model", "customer", a.to_str().unwrap()])
+            .code,
+        0
+    );
     let mut bad = customers(100, 30);
     bad.push_str("999,,,bad,XX,smb,1,2024-01-01,true,1\n");
     let b = db.file("b.csv", &bad);
-    let r = db.run(&["load", "--model", "customer", "--mode", "replace", "--max-rejects", "0", b.to_str().unwrap()]);
+    let r = db.run(&[
+        "load",
+        "--model",
+        "customer",
+        "--mode",
+        "replace",
+        "--max-rejects",
+        "0",
+        b.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 3, "{r:?}");
-    assert_eq!(db.count("customer"), 20, "replace rolled back: the old rows stay");
-    let r = db.run(&["load", "--model", "customer", "--atomic", "--max-rejects", "0", b.to_str().unwrap()]);
+    assert_eq!(
+        db.count("customer"),
+        20,
+        "replace rolled back: the old rows stay"
+    );
+    let r = db.run(&[
+        "load",
+        "--model",
+        "customer",
+        "--atomic",
+        "--max-rejects",
+        "0",
+        b.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 3, "{r:?}");
     assert_eq!(db.count("customer"), 20, "atomic rolled back");
     // The rejects that failed the job are kept, to say why.
     assert_eq!(db.count("nexus.rejects"), 2);
     // Atomic success commits everything.
-    let r = db.run(&["load", "--model", "customer", "--atomic", b.to_str().unwrap()]);
+    let r = db.run(&[
+        "load",
+        "--model",
+        "customer",
+        "--atomic",
+        b.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(db.count("customer"), 50);
 }
@@ -145,9 +212,21 @@ fn max_rejects_and_ratio_exit_3() {
     assert!(s["error"].as_str().unwrap().contains("max-rejects"), "{s}");
     let db2 = TestDb::new();
     let f = db2.file("c.csv", &text);
-    let (r, _) = db2.load_json(&["--model", "customer", "--max-reject-ratio", "0.1", f.to_str().unwrap()]);
+    let (r, _) = db2.load_json(&[
+        "--model",
+        "customer",
+        "--max-reject-ratio",
+        "0.1",
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 3, "{r:?}");
-    let (r, s) = db2.load_json(&["--model", "customer", "--max-reject-ratio", "0.5", f.to_str().unwrap()]);
+    let (r, s) = db2.load_json(&[
+        "--model",
+        "customer",
+        "--max-reject-ratio",
+        "0.5",
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_rejected"], 2);
 }
@@ -159,18 +238,46 @@ fn null_semantics_follow_postgres_csv() {
     let f = db.file("n.csv", "id,a,b\n1,,\"\"\n2,NULL,\\N\n");
     let r = db.run(&["load", "--table", "public.t", f.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
-    let rows: Vec<(Option<String>, Option<String>)> =
-        db.sql("SELECT a, b FROM t ORDER BY id").iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(rows[0], (None, Some(String::new())), "unquoted empty = NULL, quoted empty = ''");
-    assert_eq!(rows[1], (Some("NULL".into()), Some("\\N".into())), "NULL and \\N are text by default");
+    let rows: Vec<(Option<String>, Option<String>)> = db
+        .sql("SELECT a, b FROM t ORDER BY id")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows[0],
+        (None, Some(String::new())),
+        "unquoted empty = NULL, quoted empty = ''"
+    );
+    assert_eq!(
+        rows[1],
+        (Some("NULL".into()), Some("\\N".into())),
+        "NULL and \\N are text by default"
+    );
     // Listed tokens become NULL.
     db.sql("TRUNCATE t");
-    let r = db.run(&["load", "--table", "public.t", "--force", "--null", "NULL", "--null", "\\N", f.to_str().unwrap()]);
+    let r = db.run(&[
+        "load",
+        "--table",
+        "public.t",
+        "--force",
+        "--null",
+        "NULL",
+        "--null",
+        "\\N",
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
-    let rows: Vec<(Option<String>, Option<String>)> =
-        db.sql("SELECT a, b FROM t ORDER BY id").iter().map(|r| (r.get(0), r.get(1))).collect();
+    let rows: Vec<(Option<String>, Option<String>)> = db
+        .sql("SELECT a, b FROM t ORDER BY id")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     assert_eq!(rows[1], (None, None));
-    assert_eq!(rows[0], (Some(String::new()), Some(String::new())), "as with COPY's NULL option");
+    assert_eq!(
+        rows[0],
+        (Some(String::new()), Some(String::new())),
+        "as with COPY's NULL option"
+    );
 }
 
 #[test]
@@ -178,12 +285,30 @@ fn encodings_are_transcoded_and_bad_utf8_is_rejected() {
     let db = TestDb::new();
     db.sql("CREATE TABLE t (id int PRIMARY KEY, name text)");
     let latin1 = db.file("l.csv", b"id,name\n1,Jos\xe9\n2,\x80\n");
-    let r = db.run(&["load", "--table", "t", "--encoding", "latin1", latin1.to_str().unwrap()]);
+    let r = db.run(&[
+        "load",
+        "--table",
+        "t",
+        "--encoding",
+        "latin1",
+        latin1.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(db.value("SELECT name FROM t WHERE id = 1").unwrap(), "José");
-    assert_eq!(db.value("SELECT name FROM t WHERE id = 2").unwrap(), "\u{80}");
+    assert_eq!(
+        db.value("SELECT name FROM t WHERE id = 2").unwrap(),
+        "\u{80}"
+    );
     db.sql("TRUNCATE t");
-    let r = db.run(&["load", "--table", "t", "--encoding", "windows-1252", "--force", latin1.to_str().unwrap()]);
+    let r = db.run(&[
+        "load",
+        "--table",
+        "t",
+        "--encoding",
+        "windows-1252",
+        "--force",
+        latin1.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(db.value("SELECT name FROM t WHERE id = 2").unwrap(), "€");
     db.sql("TRUNCATE t");
@@ -192,7 +317,9 @@ fn encodings_are_transcoded_and_bad_utf8_is_rejected() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_committed"], 2);
     assert_eq!(s["rows_rejected"], 1);
-    let reason = db.value("SELECT line || ': ' || reason FROM nexus.rejects").unwrap();
+    let reason = db
+        .value("SELECT line || ': ' || reason FROM nexus.rejects")
+        .unwrap();
     assert!(reason.starts_with("3: invalid UTF-8"), "{reason}");
 }
 
@@ -205,7 +332,10 @@ fn gzip_zstd_and_stdin_inputs() {
     let (r, s) = db.load_json(&["--model", "customer", gz.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_committed"], 50);
-    let zst = db.file("c.csv.zst", zstd::encode_all(customers(51, 50).as_bytes(), 3).unwrap());
+    let zst = db.file(
+        "c.csv.zst",
+        zstd::encode_all(customers(51, 50).as_bytes(), 3).unwrap(),
+    );
     let (r, s) = db.load_json(&["--model", "customer", zst.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_committed"], 50);
@@ -219,7 +349,12 @@ fn gzip_zstd_and_stdin_inputs() {
         .unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(customers(101, 7).as_bytes()).unwrap();
-    child.stdin.take().unwrap().write_all(&gz.finish().unwrap()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&gz.finish().unwrap())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -235,7 +370,9 @@ fn no_header_maps_by_position() {
     let (r, s) = db.load_json(&["--table", "t", "--no-header", f.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_committed"], 2);
-    let reason = db.value("SELECT line || ': ' || reason FROM nexus.rejects").unwrap();
+    let reason = db
+        .value("SELECT line || ': ' || reason FROM nexus.rejects")
+        .unwrap();
     assert_eq!(reason, "2: expected 3 fields, found 2");
 }
 
@@ -287,11 +424,20 @@ fn derived_models_cover_every_supported_type() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(columns, ["i4", "i2", "n", "r", "vc", "c", "b", "dt", "ts", "u", "j", "by"]);
+    assert_eq!(
+        columns,
+        [
+            "i4", "i2", "n", "r", "vc", "c", "b", "dt", "ts", "u", "j", "by"
+        ]
+    );
     // models import prints a model file that loads back.
     let imported = db.run(&["models", "import", "--table", "public.everything"]);
     assert_eq!(imported.code, 0, "{imported:?}");
-    assert!(imported.stdout.contains("type = \"numeric(10,3)\""), "{}", imported.stdout);
+    assert!(
+        imported.stdout.contains("type = \"numeric(10,3)\""),
+        "{}",
+        imported.stdout
+    );
     let m = db.file("imported.toml", &imported.stdout);
     let check = db.run(&["models", "check", m.to_str().unwrap()]);
     assert_eq!(check.code, 0, "{check:?}");
@@ -342,7 +488,10 @@ fn constraint_violations_are_narrowed_to_rows() {
     ];
     for ((line, reason), (want_line, want)) in rejects.iter().zip(expect) {
         assert_eq!(*line, want_line);
-        assert!(reason.contains(want), "line {line}: {reason} should name {want}");
+        assert!(
+            reason.contains(want),
+            "line {line}: {reason} should name {want}"
+        );
     }
 }
 
@@ -350,7 +499,10 @@ fn constraint_violations_are_narrowed_to_rows() {
 fn header_problems_fail_before_any_row_loads() {
     let db = TestDb::new();
     let cases: [(&str, &str); 4] = [
-        ("id,external_id,name,email,nickname\n1,,a,a@b.de,x\n", "`nickname` not in model"),
+        (
+            "id,external_id,name,email,nickname\n1,,a,a@b.de,x\n",
+            "`nickname` not in model",
+        ),
         ("id,name\n1,a\n", "required column `email` missing"),
         ("id,name,email,ID\n1,a,a@b.de,1\n", "appears more than once"),
         ("", "empty"),
@@ -378,8 +530,13 @@ fn unterminated_quote_and_huge_line_become_rejects() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_committed"], 1);
     assert_eq!(s["rows_rejected"], 1);
-    let reason = db.value("SELECT line || ': ' || reason FROM nexus.rejects").unwrap();
-    assert!(reason.starts_with("3: unterminated quoted field"), "{reason}");
+    let reason = db
+        .value("SELECT line || ': ' || reason FROM nexus.rejects")
+        .unwrap();
+    assert!(
+        reason.starts_with("3: unterminated quoted field"),
+        "{reason}"
+    );
 
     let mut big = b"id,a\n10,before\n11,".to_vec();
     big.extend(std::iter::repeat_n(b'x', 50 << 20));
@@ -389,8 +546,13 @@ fn unterminated_quote_and_huge_line_become_rejects() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_rejected"], 1);
     assert_eq!(db.value("SELECT a FROM t WHERE id = 12").unwrap(), "after");
-    let reason = db.value("SELECT line || ': ' || reason FROM nexus.rejects WHERE reason LIKE '%limit%'").unwrap();
-    assert!(reason.starts_with("3: record is longer than the limit"), "{reason}");
+    let reason = db
+        .value("SELECT line || ': ' || reason FROM nexus.rejects WHERE reason LIKE '%limit%'")
+        .unwrap();
+    assert!(
+        reason.starts_with("3: record is longer than the limit"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -401,11 +563,26 @@ fn usage_errors_exit_2() {
     let r = db.run(&["load", "--model", "nope", p]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("unknown model `nope`"), "{r:?}");
-    assert!(r.stderr.contains("customer"), "the message lists known models: {r:?}");
+    assert!(
+        r.stderr.contains("customer"),
+        "the message lists known models: {r:?}"
+    );
     assert_eq!(db.run(&["load", p]).code, 2, "neither --model nor --table");
-    assert_eq!(db.run(&["load", "--model", "customer", "--mode", "merge", p]).code, 2);
-    assert_eq!(db.run(&["load", "--model", "customer", "--encoding", "ebcdic", p]).code, 2);
-    assert_eq!(db.run(&["load", "--model", "customer", "--timezone", "Mars/Base", p]).code, 2);
+    assert_eq!(
+        db.run(&["load", "--model", "customer", "--mode", "merge", p])
+            .code,
+        2
+    );
+    assert_eq!(
+        db.run(&["load", "--model", "customer", "--encoding", "ebcdic", p])
+            .code,
+        2
+    );
+    assert_eq!(
+        db.run(&["load", "--model", "customer", "--timezone", "Mars/Base", p])
+            .code,
+        2
+    );
     let missing = db.run(&["load", "--model", "customer", "/nonexistent.csv"]);
     assert_eq!(missing.code, 1);
     assert!(missing.stderr.contains("no such file"), "{missing:?}");
@@ -429,7 +606,12 @@ fn names_that_look_like_sql_stay_names() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s["rows_committed"], 1);
     assert_eq!(db.count("victim"), 0, "the victim table still exists");
-    let r = db.run(&["load", "--table", "public.x'; DROP TABLE victim; --", f.to_str().unwrap()]);
+    let r = db.run(&[
+        "load",
+        "--table",
+        "public.x'; DROP TABLE victim; --",
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("does not exist"), "{r:?}");
     assert_eq!(db.count("victim"), 0);
@@ -439,8 +621,18 @@ fn names_that_look_like_sql_stay_names() {
 fn timezone_applies_to_naive_timestamps() {
     let db = TestDb::new();
     db.sql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz)");
-    let f = db.file("t.csv", "id,at\n1,2024-07-01 12:00:00\n2,2024-07-01T12:00:00Z\n");
-    let r = db.run(&["load", "--table", "t", "--timezone", "Europe/Berlin", f.to_str().unwrap()]);
+    let f = db.file(
+        "t.csv",
+        "id,at\n1,2024-07-01 12:00:00\n2,2024-07-01T12:00:00Z\n",
+    );
+    let r = db.run(&[
+        "load",
+        "--table",
+        "t",
+        "--timezone",
+        "Europe/Berlin",
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     let got: Vec<String> = db
         .sql("SELECT to_char(at AT TIME ZONE 'UTC', 'HH24:MI') FROM t ORDER BY id")
@@ -459,7 +651,14 @@ fn migrate_is_idempotent_and_creates_model_tables() {
     let r = db.run(&["migrate"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("up to date"), "{r:?}");
-    for t in ["customer", "company", "quote", "document", "product_classification", "classification_cache"] {
+    for t in [
+        "customer",
+        "company",
+        "quote",
+        "document",
+        "product_classification",
+        "classification_cache",
+    ] {
         assert_eq!(db.count(t), 0);
     }
     let list = db.run(&["models", "list"]);

@@ -56,7 +56,10 @@ fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
         wait_for("batches to commit", Duration::from_secs(120), || {
             batches(&db) >= min_batches || child.get().try_wait().unwrap().is_some()
         });
-        assert!(child.get().try_wait().unwrap().is_none(), "the load finished before it could be killed");
+        assert!(
+            child.get().try_wait().unwrap().is_none(),
+            "the load finished before it could be killed"
+        );
         drop(child);
         let status = db.value("SELECT status FROM nexus.jobs").unwrap();
         assert_eq!(status, "running", "a killed job is left as it was");
@@ -72,7 +75,11 @@ fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
     assert_eq!(s["rows_rejected"], ROWS / 1000);
     assert_eq!(s["rows_read"], ROWS + ROWS / 1000);
     assert_eq!(db.count("ev"), ROWS);
-    assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS, "no row twice");
+    assert_eq!(
+        db.count("(SELECT DISTINCT id FROM ev) d"),
+        ROWS,
+        "no row twice"
+    );
     assert_eq!(db.count("nexus.rejects"), ROWS / 1000, "no reject twice");
     assert_eq!(db.count("nexus.jobs"), 1, "the same job resumed");
     // And now it is done: the same file is skipped.
@@ -95,15 +102,26 @@ fn sigterm_stops_at_a_batch_boundary_and_stays_resumable() {
             .spawn()
             .unwrap(),
     ));
-    wait_for("batches to commit", Duration::from_secs(120), || batches(&db) >= 5);
+    wait_for("batches to commit", Duration::from_secs(120), || {
+        batches(&db) >= 5
+    });
     let pid = child.get().id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = child.take().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["status"], "failed");
     assert!(s["error"].as_str().unwrap().contains("resume"), "{s}");
-    assert_eq!(s["rows_read"].as_i64().unwrap(), s["rows_committed"].as_i64().unwrap() + s["rows_rejected"].as_i64().unwrap());
+    assert_eq!(
+        s["rows_read"].as_i64().unwrap(),
+        s["rows_committed"].as_i64().unwrap() + s["rows_rejected"].as_i64().unwrap()
+    );
     let r = common::run(db.nexus().env("NEXUS_MODELS", &models).args(args));
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(db.count("ev"), ROWS);
@@ -117,12 +135,22 @@ fn a_second_concurrent_run_of_the_same_file_refuses() {
     db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
     let args = ["load", "--model", "ev", file.to_str().unwrap()];
     let mut first = Reaped(Some(
-        db.nexus().env("NEXUS_MODELS", &models).args(args).stdout(Stdio::null()).spawn().unwrap(),
+        db.nexus()
+            .env("NEXUS_MODELS", &models)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
     ));
-    wait_for("the first run to commit", Duration::from_secs(120), || batches(&db) >= 1);
+    wait_for("the first run to commit", Duration::from_secs(120), || {
+        batches(&db) >= 1
+    });
     let second = common::run(db.nexus().env("NEXUS_MODELS", &models).args(args));
     assert_eq!(second.code, 1, "{second:?}");
-    assert!(second.stderr.contains("being loaded by another process"), "{second:?}");
+    assert!(
+        second.stderr.contains("being loaded by another process"),
+        "{second:?}"
+    );
     assert!(first.get().wait().unwrap().success());
     assert_eq!(db.count("ev"), ROWS);
 }
@@ -140,7 +168,9 @@ fn jobs_cancel_stops_a_running_load() {
             .spawn()
             .unwrap(),
     ));
-    wait_for("batches to commit", Duration::from_secs(120), || batches(&db) >= 2);
+    wait_for("batches to commit", Duration::from_secs(120), || {
+        batches(&db) >= 2
+    });
     let id = db.value("SELECT id::text FROM nexus.jobs").unwrap();
     let r = db.run(&["jobs", "cancel", &id]);
     assert_eq!(r.code, 0, "{r:?}");

@@ -106,7 +106,10 @@ pub async fn model_from_table(client: &Client, name: &str) -> Result<Model, Cata
 /// Whether the model's table exists.
 pub async fn table_exists(client: &Client, model: &Model) -> Result<bool, tokio_postgres::Error> {
     let row = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&model.qualified_table()])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&model.qualified_table()],
+        )
         .await?;
     Ok(row.get(0))
 }
@@ -115,7 +118,10 @@ pub async fn table_exists(client: &Client, model: &Model) -> Result<bool, tokio_
 pub fn create_table_sql(model: &Model) -> String {
     let mut sql = String::new();
     if let Some(s) = &model.schema {
-        sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(s)));
+        sql.push_str(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {};\n",
+            quote_ident(s)
+        ));
     }
     let mut parts: Vec<String> = model
         .columns

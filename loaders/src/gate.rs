@@ -39,7 +39,11 @@ impl SeqGate {
     /// Waits until every batch before `seq` is committed; false if aborted.
     pub async fn wait_turn(&self, seq: u64) -> bool {
         let mut rx = self.next.subscribe();
-        let next = rx.wait_for(|n| *n >= seq).await.map(|n| *n).unwrap_or(u64::MAX);
+        let next = rx
+            .wait_for(|n| *n >= seq)
+            .await
+            .map(|n| *n)
+            .unwrap_or(u64::MAX);
         next != u64::MAX
     }
 

@@ -8,7 +8,14 @@ use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
 /// Statuses a job can have.
-pub const STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "cancelled", "skipped"];
+pub const STATUSES: &[&str] = &[
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "skipped",
+];
 
 /// A job as reported by `--json`, `jobs show` and (later) the HTTP API.
 #[derive(Debug, Clone, Serialize)]
@@ -87,7 +94,10 @@ pub struct NewJob<'a> {
     pub owner: Option<&'a str>,
 }
 
-pub async fn create(c: &impl GenericClient, job: &NewJob<'_>) -> Result<Uuid, tokio_postgres::Error> {
+pub async fn create(
+    c: &impl GenericClient,
+    job: &NewJob<'_>,
+) -> Result<Uuid, tokio_postgres::Error> {
     let id = Uuid::new_v4();
     c.execute(
         "INSERT INTO nexus.jobs (id, model, target, mode, atomic, status, file_name, file_hash,
@@ -121,27 +131,29 @@ pub async fn find_resumable(
     mode: &str,
     atomic: bool,
 ) -> Result<Option<(Uuid, serde_json::Value)>, tokio_postgres::Error> {
-    Ok(c
-        .query_opt(
-            "SELECT id, options FROM nexus.jobs
+    Ok(c.query_opt(
+        "SELECT id, options FROM nexus.jobs
              WHERE model = $1 AND file_hash = $2 AND mode = $3 AND atomic = $4
                AND status IN ('queued', 'running', 'failed', 'cancelled')
              ORDER BY created_at DESC LIMIT 1",
-            &[&model, &file_hash, &mode, &atomic],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1))))
+        &[&model, &file_hash, &mode, &atomic],
+    )
+    .await?
+    .map(|r| (r.get(0), r.get(1))))
 }
 
 /// The job that already loaded this file into this model, if any.
-pub async fn loaded_by(c: &impl GenericClient, model: &str, file_hash: &str) -> Result<Option<Uuid>, tokio_postgres::Error> {
-    Ok(c
-        .query_opt(
-            "SELECT job_id FROM nexus.loaded_files WHERE model = $1 AND file_hash = $2",
-            &[&model, &file_hash],
-        )
-        .await?
-        .map(|r| r.get(0)))
+pub async fn loaded_by(
+    c: &impl GenericClient,
+    model: &str,
+    file_hash: &str,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    Ok(c.query_opt(
+        "SELECT job_id FROM nexus.loaded_files WHERE model = $1 AND file_hash = $2",
+        &[&model, &file_hash],
+    )
+    .await?
+    .map(|r| r.get(0)))
 }
 
 /// Marks a job running again (a resume) and clears its last error.
@@ -156,17 +168,25 @@ pub async fn mark_running(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_
 }
 
 /// Sequence numbers of the job's committed batches.
-pub async fn committed_seqs(c: &impl GenericClient, id: Uuid) -> Result<Vec<u64>, tokio_postgres::Error> {
-    Ok(c
-        .query("SELECT seq FROM nexus.job_batches WHERE job_id = $1", &[&id])
-        .await?
-        .iter()
-        .map(|r| r.get::<_, i64>(0) as u64)
-        .collect())
+pub async fn committed_seqs(
+    c: &impl GenericClient,
+    id: Uuid,
+) -> Result<Vec<u64>, tokio_postgres::Error> {
+    Ok(c.query(
+        "SELECT seq FROM nexus.job_batches WHERE job_id = $1",
+        &[&id],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get::<_, i64>(0) as u64)
+    .collect())
 }
 
 /// Counters derived from what is committed: (read, committed, rejected).
-pub async fn committed_counts(c: &impl GenericClient, id: Uuid) -> Result<(i64, i64), tokio_postgres::Error> {
+pub async fn committed_counts(
+    c: &impl GenericClient,
+    id: Uuid,
+) -> Result<(i64, i64), tokio_postgres::Error> {
     let r = c
         .query_one(
             "SELECT coalesce(sum(rows_committed), 0)::bigint,
@@ -208,39 +228,54 @@ pub async fn finish(
     Ok(())
 }
 
-pub async fn get(c: &impl GenericClient, id: Uuid) -> Result<Option<JobRecord>, tokio_postgres::Error> {
-    Ok(c
-        .query_opt(&format!("SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE id = $1"), &[&id])
-        .await?
-        .map(|r| JobRecord::from_row(&r)))
+pub async fn get(
+    c: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<JobRecord>, tokio_postgres::Error> {
+    Ok(c.query_opt(
+        &format!("SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE id = $1"),
+        &[&id],
+    )
+    .await?
+    .map(|r| JobRecord::from_row(&r)))
 }
 
 /// Newest first.
-pub async fn list(c: &impl GenericClient, status: Option<&str>, limit: i64) -> Result<Vec<JobRecord>, tokio_postgres::Error> {
-    Ok(c
-        .query(
-            &format!(
-                "SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE ($1::text IS NULL OR status = $1)
+pub async fn list(
+    c: &impl GenericClient,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<JobRecord>, tokio_postgres::Error> {
+    Ok(c.query(
+        &format!(
+            "SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE ($1::text IS NULL OR status = $1)
                  ORDER BY created_at DESC LIMIT $2"
-            ),
-            &[&status, &limit],
-        )
-        .await?
-        .iter()
-        .map(JobRecord::from_row)
-        .collect())
+        ),
+        &[&status, &limit],
+    )
+    .await?
+    .iter()
+    .map(JobRecord::from_row)
+    .collect())
 }
 
 /// Asks a running job to stop at its next batch boundary; a job that is not
 /// running is cancelled at once. Returns the status it had, if it exists.
 pub async fn request_cancel(c: &Client, id: Uuid) -> Result<Option<String>, tokio_postgres::Error> {
-    let Some(row) = c.query_opt("SELECT status FROM nexus.jobs WHERE id = $1", &[&id]).await? else {
+    let Some(row) = c
+        .query_opt("SELECT status FROM nexus.jobs WHERE id = $1", &[&id])
+        .await?
+    else {
         return Ok(None);
     };
     let status: String = row.get(0);
     match status.as_str() {
         "running" => {
-            c.execute("UPDATE nexus.jobs SET cancel_requested = true WHERE id = $1", &[&id]).await?;
+            c.execute(
+                "UPDATE nexus.jobs SET cancel_requested = true WHERE id = $1",
+                &[&id],
+            )
+            .await?;
         }
         "queued" | "failed" => {
             c.execute(
@@ -255,10 +290,12 @@ pub async fn request_cancel(c: &Client, id: Uuid) -> Result<Option<String>, toki
 }
 
 pub async fn cancel_requested(c: &Client, id: Uuid) -> Result<bool, tokio_postgres::Error> {
-    Ok(c
-        .query_one("SELECT cancel_requested FROM nexus.jobs WHERE id = $1", &[&id])
-        .await?
-        .get(0))
+    Ok(c.query_one(
+        "SELECT cancel_requested FROM nexus.jobs WHERE id = $1",
+        &[&id],
+    )
+    .await?
+    .get(0))
 }
 
 /// One reject of a job.
@@ -270,20 +307,23 @@ pub struct RejectRow {
     pub raw: String,
 }
 
-pub async fn rejects(c: &impl GenericClient, id: Uuid, limit: Option<i64>) -> Result<Vec<RejectRow>, tokio_postgres::Error> {
-    Ok(c
-        .query(
-            "SELECT line, \"column\", reason, raw FROM nexus.rejects WHERE job_id = $1
+pub async fn rejects(
+    c: &impl GenericClient,
+    id: Uuid,
+    limit: Option<i64>,
+) -> Result<Vec<RejectRow>, tokio_postgres::Error> {
+    Ok(c.query(
+        "SELECT line, \"column\", reason, raw FROM nexus.rejects WHERE job_id = $1
              ORDER BY line LIMIT $2",
-            &[&id, &limit],
-        )
-        .await?
-        .iter()
-        .map(|r| RejectRow {
-            line: r.get(0),
-            column: r.get(1),
-            reason: r.get(2),
-            raw: r.get(3),
-        })
-        .collect())
+        &[&id, &limit],
+    )
+    .await?
+    .iter()
+    .map(|r| RejectRow {
+        line: r.get(0),
+        column: r.get(1),
+        reason: r.get(2),
+        raw: r.get(3),
+    })
+    .collect())
 }

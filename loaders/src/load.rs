@@ -91,7 +91,11 @@ pub enum LoadError {
 
 enum Claim {
     Skipped(Uuid),
-    Run { id: Uuid, resumed: bool, options: JobOptions },
+    Run {
+        id: Uuid,
+        resumed: bool,
+        options: JobOptions,
+    },
 }
 
 /// What fixes a job's batch bounds; kept with the job for resume.
@@ -105,14 +109,26 @@ struct JobOptions {
 async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
     let ledger_key = format!("{}\n{}", req.model_key, req.file_hash);
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&ledger_key])
-        .await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&ledger_key],
+    )
+    .await?;
     let lock_job = |id: Uuid| format!("job {id}");
-    if let Some((id, opts)) =
-        jobs::find_resumable(&tx, &req.model_key, &req.file_hash, req.mode.as_str(), req.atomic).await?
+    if let Some((id, opts)) = jobs::find_resumable(
+        &tx,
+        &req.model_key,
+        &req.file_hash,
+        req.mode.as_str(),
+        req.atomic,
+    )
+    .await?
     {
         let locked: bool = tx
-            .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 1))", &[&lock_job(id)])
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
+                &[&lock_job(id)],
+            )
             .await?
             .get(0);
         if !locked {
@@ -125,7 +141,11 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
             max_batch_bytes: MAX_BATCH_BYTES,
             has_header: req.has_header,
         });
-        return Ok(Claim::Run { id, resumed: true, options });
+        return Ok(Claim::Run {
+            id,
+            resumed: true,
+            options,
+        });
     }
     let options = JobOptions {
         batch_size: req.model.batch_size,
@@ -143,7 +163,11 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         target: &target,
         mode: req.mode.as_str(),
         atomic: req.atomic,
-        status: if already.is_some() { "skipped" } else { "running" },
+        status: if already.is_some() {
+            "skipped"
+        } else {
+            "running"
+        },
         file_name: req.file_name.as_deref(),
         file_hash: &req.file_hash,
         bytes_total: req.bytes_total.map(|b| b as i64),
@@ -155,10 +179,17 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         tx.commit().await?;
         return Ok(Claim::Skipped(id));
     }
-    tx.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 1))", &[&lock_job(id)])
-        .await?;
+    tx.query_one(
+        "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
+        &[&lock_job(id)],
+    )
+    .await?;
     tx.commit().await?;
-    Ok(Claim::Run { id, resumed: false, options })
+    Ok(Claim::Run {
+        id,
+        resumed: false,
+        options,
+    })
 }
 
 /// State the writers share.
@@ -185,7 +216,8 @@ impl Shared {
         self.progress.add_batch(c.committed, c.rejected);
         let model = self.model.clone();
         metrics::counter!("nexus_rows_read_total", "model" => model.clone()).increment(rows_read);
-        metrics::counter!("nexus_rows_committed_total", "model" => model.clone()).increment(c.committed);
+        metrics::counter!("nexus_rows_committed_total", "model" => model.clone())
+            .increment(c.committed);
         metrics::counter!("nexus_rows_rejected_total", "model" => model).increment(c.rejected);
         if let Some(max) = self.max_rejects
             && self.progress.rows_rejected.load(Ordering::Relaxed) > max
@@ -197,7 +229,11 @@ impl Shared {
 }
 
 /// Runs one load to its end and returns the closed job.
-pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> Result<LoadOutcome, LoadError> {
+pub async fn run_load(
+    url: &str,
+    req: LoadRequest,
+    progress: Arc<Progress>,
+) -> Result<LoadOutcome, LoadError> {
     let started = Instant::now();
     let mut control = pg::connect_retrying(url).await?;
     migrate(&mut control).await?;
@@ -206,17 +242,26 @@ pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> R
     }
     let (job_id, resumed, options) = match claim(&mut control, &req).await? {
         Claim::Skipped(id) => {
-            let job = jobs::get(&control, id).await?.ok_or(LoadError::Vanished(id))?;
+            let job = jobs::get(&control, id)
+                .await?
+                .ok_or(LoadError::Vanished(id))?;
             return Ok(LoadOutcome {
                 job,
                 rejects_exceeded: false,
                 resumed: false,
             });
         }
-        Claim::Run { id, resumed, options } => (id, resumed, options),
+        Claim::Run {
+            id,
+            resumed,
+            options,
+        } => (id, resumed, options),
     };
     let whole = req.atomic || req.mode == Mode::Replace;
-    let mut committed: HashSet<u64> = jobs::committed_seqs(&control, job_id).await?.into_iter().collect();
+    let mut committed: HashSet<u64> = jobs::committed_seqs(&control, job_id)
+        .await?
+        .into_iter()
+        .collect();
     if whole {
         // An atomic run commits all or nothing: a re-run starts over.
         control
@@ -225,9 +270,15 @@ pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> R
         committed.clear();
     }
     let (done_rows, done_rejects) = jobs::committed_counts(&control, job_id).await?;
-    progress.rows_committed.store(done_rows as u64, Ordering::Relaxed);
-    progress.rows_rejected.store(done_rejects as u64, Ordering::Relaxed);
-    progress.rows_read.store((done_rows + done_rejects) as u64, Ordering::Relaxed);
+    progress
+        .rows_committed
+        .store(done_rows as u64, Ordering::Relaxed);
+    progress
+        .rows_rejected
+        .store(done_rejects as u64, Ordering::Relaxed);
+    progress
+        .rows_read
+        .store((done_rows + done_rejects) as u64, Ordering::Relaxed);
     let control = Arc::new(control);
 
     let shared = Arc::new(Shared {
@@ -239,9 +290,18 @@ pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> R
         max_rejects: req.model.input.max_rejects,
         model: req.model_key.clone(),
     });
-    let watcher = spawn_stop_watcher(control.clone(), job_id, shared.clone(), req.interrupt.clone());
+    let watcher = spawn_stop_watcher(
+        control.clone(),
+        job_id,
+        shared.clone(),
+        req.interrupt.clone(),
+    );
 
-    let writers = if whole { 1 } else { req.copy_connections.max(1) };
+    let writers = if whole {
+        1
+    } else {
+        req.copy_connections.max(1)
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(writers * 2);
     let run_opts = RunOptions {
         batch_size: options.batch_size,
@@ -253,8 +313,14 @@ pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> R
         skip: Arc::new(committed.clone()),
     };
     let sink_shared = shared.clone();
-    let sink = move |batch: EncodedBatch| !sink_shared.stop.load(Ordering::SeqCst) && tx.blocking_send(batch).is_ok();
-    let (path, model, bytes) = (req.path.clone(), req.model.clone(), progress.bytes_read.clone());
+    let sink = move |batch: EncodedBatch| {
+        !sink_shared.stop.load(Ordering::SeqCst) && tx.blocking_send(batch).is_ok()
+    };
+    let (path, model, bytes) = (
+        req.path.clone(),
+        req.model.clone(),
+        progress.bytes_read.clone(),
+    );
     let encoding = req.model.input.encoding;
     let stages = tokio::task::spawn_blocking(move || {
         let input = source::open(&path, encoding, bytes.clone())?;
@@ -274,12 +340,27 @@ pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> R
     if let Some(stages) = &stages {
         let target = Arc::new(Target {
             table: req.model.qualified_table(),
-            columns: stages.plan.column_names().iter().map(|s| s.to_string()).collect(),
+            columns: stages
+                .plan
+                .column_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             key: req.model.key.clone(),
             mode: req.mode,
         });
         if whole {
-            run_whole(url, target, job_id, rx, &shared, &control, req.mode == Mode::Replace, &req).await;
+            run_whole(
+                url,
+                target,
+                job_id,
+                rx,
+                &shared,
+                &control,
+                req.mode == Mode::Replace,
+                &req,
+            )
+            .await;
         } else {
             run_parallel(url, target, job_id, rx, &shared, writers, &committed).await;
         }
@@ -297,7 +378,9 @@ pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> R
 
     let snapshot = progress.snapshot();
     let ratio_exceeded = match req.model.input.max_reject_ratio {
-        Some(r) if snapshot.rows_read > 0 => snapshot.rows_rejected as f64 / snapshot.rows_read as f64 > r,
+        Some(r) if snapshot.rows_read > 0 => {
+            snapshot.rows_rejected as f64 / snapshot.rows_read as f64 > r
+        }
         _ => false,
     };
     let writer_error = shared.error.lock().expect("error slot").clone();
@@ -336,7 +419,9 @@ pub async fn run_load(url: &str, req: LoadRequest, progress: Arc<Progress>) -> R
         duration_ms,
     )
     .await?;
-    let job = jobs::get(control.as_ref(), job_id).await?.ok_or(LoadError::Vanished(job_id))?;
+    let job = jobs::get(control.as_ref(), job_id)
+        .await?
+        .ok_or(LoadError::Vanished(job_id))?;
     Ok(LoadOutcome {
         job,
         rejects_exceeded: exceeded,
@@ -362,7 +447,7 @@ fn spawn_stop_watcher(
                 return;
             }
             polls += 1;
-            if polls % 3 == 0
+            if polls.is_multiple_of(3)
                 && let Ok(true) = jobs::cancel_requested(&control, job_id).await
             {
                 shared.cancelled.store(true, Ordering::SeqCst);
@@ -384,10 +469,17 @@ async fn run_parallel(
     committed: &HashSet<u64>,
 ) {
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let gate = (target.mode == Mode::Upsert).then(|| Arc::new(SeqGate::new(committed.iter().copied())));
+    let gate =
+        (target.mode == Mode::Upsert).then(|| Arc::new(SeqGate::new(committed.iter().copied())));
     let mut tasks = Vec::new();
     for _ in 0..writers {
-        let (rx, shared, target, gate, url) = (rx.clone(), shared.clone(), target.clone(), gate.clone(), url.to_string());
+        let (rx, shared, target, gate, url) = (
+            rx.clone(),
+            shared.clone(),
+            target.clone(),
+            gate.clone(),
+            url.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut writer = match BatchWriter::connect(&url, target, job_id).await {
                 Ok(w) => w,
@@ -479,10 +571,13 @@ async fn run_whole(
     drop(rx);
     let snapshot = shared.progress.snapshot();
     let ratio_ok = match req.model.input.max_reject_ratio {
-        Some(r) if snapshot.rows_read > 0 => snapshot.rows_rejected as f64 / snapshot.rows_read as f64 <= r,
+        Some(r) if snapshot.rows_read > 0 => {
+            snapshot.rows_rejected as f64 / snapshot.rows_read as f64 <= r
+        }
         _ => true,
     };
-    let commit = !shared.stop.load(Ordering::SeqCst) && ratio_ok && !req.interrupt.load(Ordering::SeqCst);
+    let commit =
+        !shared.stop.load(Ordering::SeqCst) && ratio_ok && !req.interrupt.load(Ordering::SeqCst);
     if let Err(e) = writer.finish_whole(commit).await {
         shared.fail(describe(&e));
     }

@@ -72,7 +72,8 @@ const LOCK_KEY: i64 = 0x4e58_4d47;
 /// Applies pending migrations; returns the versions applied now.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS nexus;
          CREATE TABLE IF NOT EXISTS nexus.schema_migrations (

@@ -46,7 +46,11 @@ impl Target {
                 "COPY pg_temp.{STAGE} ({}, {LINE_COL}) FROM STDIN (FORMAT binary)",
                 cols.join(", ")
             ),
-            _ => format!("COPY {} ({}) FROM STDIN (FORMAT binary)", self.table, cols.join(", ")),
+            _ => format!(
+                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                self.table,
+                cols.join(", ")
+            ),
         }
     }
 
@@ -124,7 +128,11 @@ struct Parts<'a> {
 }
 
 impl BatchWriter {
-    pub async fn connect(url: &str, target: std::sync::Arc<Target>, job_id: Uuid) -> Result<BatchWriter, tokio_postgres::Error> {
+    pub async fn connect(
+        url: &str,
+        target: std::sync::Arc<Target>,
+        job_id: Uuid,
+    ) -> Result<BatchWriter, tokio_postgres::Error> {
         let client = pg::connect_retrying(url).await?;
         Ok(BatchWriter {
             url: url.to_string(),
@@ -158,7 +166,10 @@ impl BatchWriter {
                      VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .await?;
-            self.prepared = Some(Prepared { rejects, checkpoint });
+            self.prepared = Some(Prepared {
+                rejects,
+                checkpoint,
+            });
         }
         if self.target.mode == Mode::Upsert && !self.staged {
             self.client.batch_execute(&self.target.stage_sql()).await?;
@@ -175,7 +186,11 @@ impl BatchWriter {
     }
 
     /// Commits one batch in its own transaction, retrying transient failures.
-    pub async fn write_batch(&mut self, batch: EncodedBatch, gate: Option<&SeqGate>) -> Result<Committed, WriteError> {
+    pub async fn write_batch(
+        &mut self,
+        batch: EncodedBatch,
+        gate: Option<&SeqGate>,
+    ) -> Result<Committed, WriteError> {
         let started = Instant::now();
         let mut batch = batch;
         let body = Bytes::from(std::mem::take(&mut batch.copy));
@@ -189,10 +204,13 @@ impl BatchWriter {
             let result = self.try_batch(&parts, gate).await;
             match result {
                 Ok(c) => {
-                    metrics::histogram!("nexus_batch_commit_seconds").record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("nexus_batch_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     return Ok(c);
                 }
-                Err(WriteError::Db(e)) if classify(&e) == ErrorKind::Transient && attempt < pg::RETRIES => {
+                Err(WriteError::Db(e))
+                    if classify(&e) == ErrorKind::Transient && attempt < pg::RETRIES =>
+                {
                     attempt += 1;
                     metrics::counter!("nexus_batch_retries_total").increment(1);
                     tracing::warn!(error = %e, seq = parts.seq, attempt, "batch failed transiently; retrying");
@@ -216,7 +234,10 @@ impl BatchWriter {
         }
     }
 
-    async fn already_committed(&self, seq: u64) -> Result<Option<Committed>, tokio_postgres::Error> {
+    async fn already_committed(
+        &self,
+        seq: u64,
+    ) -> Result<Option<Committed>, tokio_postgres::Error> {
         Ok(self
             .client
             .query_opt(
@@ -230,7 +251,11 @@ impl BatchWriter {
             }))
     }
 
-    async fn try_batch(&mut self, parts: &Parts<'_>, gate: Option<&SeqGate>) -> Result<Committed, WriteError> {
+    async fn try_batch(
+        &mut self,
+        parts: &Parts<'_>,
+        gate: Option<&SeqGate>,
+    ) -> Result<Committed, WriteError> {
         self.prepare().await?;
         self.client.batch_execute("BEGIN").await?;
         let mut rejects = parts.batch.rejects.clone();
@@ -248,7 +273,12 @@ impl BatchWriter {
     }
 
     /// Records the batch as committed, inside its transaction.
-    async fn checkpoint(&mut self, parts: &Parts<'_>, committed: u64, rejected: usize) -> Result<(), tokio_postgres::Error> {
+    async fn checkpoint(
+        &mut self,
+        parts: &Parts<'_>,
+        committed: u64,
+        rejected: usize,
+    ) -> Result<(), tokio_postgres::Error> {
         self.prepare().await?;
         let prepared = self.prepared.as_ref().expect("prepared above");
         self.client
@@ -273,7 +303,9 @@ impl BatchWriter {
         self.client.batch_execute("BEGIN").await?;
         if empty_first {
             // DELETE, not TRUNCATE: readers keep seeing the old rows until COMMIT.
-            self.client.batch_execute(&format!("DELETE FROM {}", self.target.table)).await?;
+            self.client
+                .batch_execute(&format!("DELETE FROM {}", self.target.table))
+                .await?;
         }
         Ok(())
     }
@@ -281,7 +313,10 @@ impl BatchWriter {
     /// Applies a batch (and its checkpoint) inside the open whole-load
     /// transaction; returns its rejects for the caller to record outside it,
     /// so that they survive a rollback and explain it.
-    pub async fn apply_in_whole(&mut self, batch: EncodedBatch) -> Result<(Committed, Vec<Reject>), WriteError> {
+    pub async fn apply_in_whole(
+        &mut self,
+        batch: EncodedBatch,
+    ) -> Result<(Committed, Vec<Reject>), WriteError> {
         let mut batch = batch;
         let body = Bytes::from(std::mem::take(&mut batch.copy));
         let parts = Parts {
@@ -302,12 +337,19 @@ impl BatchWriter {
     }
 
     pub async fn finish_whole(&mut self, commit: bool) -> Result<(), tokio_postgres::Error> {
-        self.client.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" }).await
+        self.client
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
     }
 
     /// Loads the batch's rows; rows the database refuses are narrowed out
     /// into `rejects`. Returns how many rows were applied.
-    async fn apply(&mut self, parts: &Parts<'_>, gate: Option<&SeqGate>, rejects: &mut Vec<Reject>) -> Result<u64, WriteError> {
+    async fn apply(
+        &mut self,
+        parts: &Parts<'_>,
+        gate: Option<&SeqGate>,
+        rejects: &mut Vec<Reject>,
+    ) -> Result<u64, WriteError> {
         let rows = &parts.batch.rows;
         if rows.is_empty() {
             if let Some(g) = gate
@@ -320,7 +362,9 @@ impl BatchWriter {
         let upsert = self.target.mode == Mode::Upsert;
         if upsert {
             // Stage in parallel with other writers; merge in sequence order.
-            self.client.batch_execute(&format!("TRUNCATE pg_temp.{STAGE}")).await?;
+            self.client
+                .batch_execute(&format!("TRUNCATE pg_temp.{STAGE}"))
+                .await?;
             self.copy(parts.body.clone()).await?;
             if let Some(g) = gate
                 && !g.wait_turn(parts.seq).await
@@ -349,12 +393,16 @@ impl BatchWriter {
             first = false;
             match result {
                 Ok(()) => {
-                    self.client.batch_execute("RELEASE SAVEPOINT nexus_rows").await?;
+                    self.client
+                        .batch_execute("RELEASE SAVEPOINT nexus_rows")
+                        .await?;
                     applied += (hi - lo) as u64;
                 }
                 Err(e) if classify(&e) == ErrorKind::Row => {
                     self.client
-                        .batch_execute("ROLLBACK TO SAVEPOINT nexus_rows; RELEASE SAVEPOINT nexus_rows")
+                        .batch_execute(
+                            "ROLLBACK TO SAVEPOINT nexus_rows; RELEASE SAVEPOINT nexus_rows",
+                        )
                         .await?;
                     if hi - lo == 1 {
                         let column = e.as_db_error().and_then(|d| d.column()).map(str::to_string);
@@ -373,7 +421,9 @@ impl BatchWriter {
     }
 
     async fn stage_and_merge(&self, body: Bytes) -> Result<(), tokio_postgres::Error> {
-        self.client.batch_execute(&format!("TRUNCATE pg_temp.{STAGE}")).await?;
+        self.client
+            .batch_execute(&format!("TRUNCATE pg_temp.{STAGE}"))
+            .await?;
         self.copy(body).await?;
         self.client.batch_execute(&self.merge_sql).await
     }
@@ -391,7 +441,13 @@ impl BatchWriter {
             return Ok(());
         }
         self.prepare().await?;
-        insert_rejects(&self.client, self.prepared.as_ref().map(|p| &p.rejects), self.job_id, rejects).await
+        insert_rejects(
+            &self.client,
+            self.prepared.as_ref().map(|p| &p.rejects),
+            self.job_id,
+            rejects,
+        )
+        .await
     }
 }
 
@@ -405,14 +461,25 @@ pub async fn insert_rejects(
 ) -> Result<(), tokio_postgres::Error> {
     let clean = |s: &str| s.replace('\0', "\u{FFFD}");
     let lines: Vec<i64> = rejects.iter().map(|r| r.line as i64).collect();
-    let cols: Vec<Option<String>> = rejects.iter().map(|r| r.column.as_deref().map(clean)).collect();
+    let cols: Vec<Option<String>> = rejects
+        .iter()
+        .map(|r| r.column.as_deref().map(clean))
+        .collect();
     let reasons: Vec<String> = rejects.iter().map(|r| clean(&r.reason)).collect();
     let raws: Vec<String> = rejects.iter().map(|r| clean(&r.raw)).collect();
     let sql = "INSERT INTO nexus.rejects (job_id, line, \"column\", reason, raw)
                SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[])";
     match prepared {
-        Some(stmt) => client.execute(stmt, &[&job_id, &lines, &cols, &reasons, &raws]).await?,
-        None => client.execute(sql, &[&job_id, &lines, &cols, &reasons, &raws]).await?,
+        Some(stmt) => {
+            client
+                .execute(stmt, &[&job_id, &lines, &cols, &reasons, &raws])
+                .await?
+        }
+        None => {
+            client
+                .execute(sql, &[&job_id, &lines, &cols, &reasons, &raws])
+                .await?
+        }
     };
     Ok(())
 }

@@ -118,10 +118,13 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
             });
         };
         if meta.oversized {
-            reject(None, format!(
-                "record is longer than the limit of {} bytes (max_record_bytes)",
-                input.max_record_bytes
-            ));
+            reject(
+                None,
+                format!(
+                    "record is longer than the limit of {} bytes (max_record_bytes)",
+                    input.max_record_bytes
+                ),
+            );
             continue;
         }
         if meta.unterminated {
@@ -130,24 +133,35 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
         }
         let bytes = raw.record(ri);
         if check_utf8 && let Err(e) = std::str::from_utf8(bytes) {
-            reject(None, format!(
-                "invalid UTF-8 at byte {} of the record; if the file is not UTF-8, load it with encoding latin1 or windows-1252",
-                e.valid_up_to() + 1
-            ));
+            reject(
+                None,
+                format!(
+                    "invalid UTF-8 at byte {} of the record; if the file is not UTF-8, load it with encoding latin1 or windows-1252",
+                    e.valid_up_to() + 1
+                ),
+            );
             continue;
         }
-        if parse_fields(bytes, input.delimiter, input.quote, &mut scratch.fields_buf, &mut scratch.fields)
-            == Err(Unterminated)
+        if parse_fields(
+            bytes,
+            input.delimiter,
+            input.quote,
+            &mut scratch.fields_buf,
+            &mut scratch.fields,
+        ) == Err(Unterminated)
         {
             reject(None, "unterminated quoted field".into());
             continue;
         }
         if scratch.fields.len() != plan.input_fields {
-            reject(None, format!(
-                "expected {} fields, found {}",
-                plan.input_fields,
-                scratch.fields.len()
-            ));
+            reject(
+                None,
+                format!(
+                    "expected {} fields, found {}",
+                    plan.input_fields,
+                    scratch.fields.len()
+                ),
+            );
             continue;
         }
         let row_start = copy.len();
@@ -159,7 +173,10 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
             if !f.quoted && input.null.iter().any(|n| n.as_slice() == text) {
                 if col.required {
                     copy.truncate(row_start);
-                    reject(Some(&col.name), format!("`{}` is required but empty", col.name));
+                    reject(
+                        Some(&col.name),
+                        format!("`{}` is required but empty", col.name),
+                    );
                     continue 'records;
                 }
                 put_i32(&mut copy, -1);

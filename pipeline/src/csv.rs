@@ -296,13 +296,25 @@ mod tests {
 
     #[test]
     fn fields_follow_postgres_rules() {
-        assert_eq!(fields("a,,\"\""), [("a".into(), false), ("".into(), false), ("".into(), true)]);
-        assert_eq!(fields("\"a\"\"b\",c"), [("a\"b".into(), true), ("c".into(), false)]);
+        assert_eq!(
+            fields("a,,\"\""),
+            [("a".into(), false), ("".into(), false), ("".into(), true)]
+        );
+        assert_eq!(
+            fields("\"a\"\"b\",c"),
+            [("a\"b".into(), true), ("c".into(), false)]
+        );
         // A quote toggles quoting anywhere in a field.
-        assert_eq!(fields("a\"b,c\"d,e"), [("ab,cd".into(), true), ("e".into(), false)]);
+        assert_eq!(
+            fields("a\"b,c\"d,e"),
+            [("ab,cd".into(), true), ("e".into(), false)]
+        );
         assert_eq!(fields(""), [("".into(), false)]);
         assert_eq!(fields("x,"), [("x".into(), false), ("".into(), false)]);
         let (mut s, mut f) = (Vec::new(), Vec::new());
-        assert_eq!(parse_fields(b"\"abc", b',', b'"', &mut s, &mut f), Err(Unterminated));
+        assert_eq!(
+            parse_fields(b"\"abc", b',', b'"', &mut s, &mut f),
+            Err(Unterminated)
+        );
     }
 }

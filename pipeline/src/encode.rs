@@ -97,7 +97,10 @@ pub fn encode_field(col: &Column, tz: &TimeZone, v: &str, out: &mut Vec<u8>) -> 
         }
         ColumnType::Boolean => {
             let b = parse_bool(v).ok_or_else(|| {
-                format!("{} is not a boolean (use true/false, t/f, yes/no, on/off or 1/0)", show(v))
+                format!(
+                    "{} is not a boolean (use true/false, t/f, yes/no, on/off or 1/0)",
+                    show(v)
+                )
             })?;
             put_i32(out, 1);
             out.push(b as u8);
@@ -176,11 +179,19 @@ fn check_text(col: &Column, v: &str) -> Result<(), String> {
         _ => None,
     };
     if limit.is_some() || rules.min_length.is_some() || rules.max_length.is_some() {
-        let chars = if v.is_ascii() { v.len() } else { v.chars().count() };
+        let chars = if v.is_ascii() {
+            v.len()
+        } else {
+            v.chars().count()
+        };
         if let Some(n) = limit
             && chars > n
         {
-            return Err(format!("{} is {chars} characters, longer than {}", show(v), col.ty));
+            return Err(format!(
+                "{} is {chars} characters, longer than {}",
+                show(v),
+                col.ty
+            ));
         }
         if let Some(min) = rules.min_length
             && chars < min
@@ -190,7 +201,10 @@ fn check_text(col: &Column, v: &str) -> Result<(), String> {
         if let Some(max) = rules.max_length
             && chars > max
         {
-            return Err(format!("{} is {chars} characters, longer than {max}", show(v)));
+            return Err(format!(
+                "{} is {chars} characters, longer than {max}",
+                show(v)
+            ));
         }
     }
     if let Some(set) = &rules.one_of
@@ -204,7 +218,11 @@ fn check_text(col: &Column, v: &str) -> Result<(), String> {
     if let Some(p) = &rules.pattern
         && !p.is_match(v)
     {
-        return Err(format!("{} does not match the pattern {}", show(v), p.as_str()));
+        return Err(format!(
+            "{} does not match the pattern {}",
+            show(v),
+            p.as_str()
+        ));
     }
     Ok(())
 }
@@ -255,11 +273,13 @@ fn parse_bool(v: &str) -> Option<bool> {
 
 fn decode_hex(h: &str) -> Option<Vec<u8>> {
     let b = h.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     let val = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    b.chunks(2).map(|p| Some(val(p[0])? << 4 | val(p[1])?)).collect()
+    b.chunks(2)
+        .map(|p| Some(val(p[0])? << 4 | val(p[1])?))
+        .collect()
 }
 
 /// Days since 0000-03-01 in the proleptic Gregorian calendar.
@@ -295,7 +315,11 @@ fn parse_date(t: &str) -> Option<i64> {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let (y, m, d) = (digits(&b[..4])? as i64, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (y, m, d) = (
+        digits(&b[..4])? as i64,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    );
     if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
         return None;
     }
@@ -317,7 +341,11 @@ fn parse_timestamp(v: &str, tz: &TimeZone, with_tz: bool) -> Result<i64, String>
     let days = parse_date(t.get(..10).ok_or_else(bad)?).ok_or_else(bad)?;
     let mut i = 10;
     let (mut secs, mut micros) = (0i64, 0i64);
-    if i < b.len() && (b[i] == b'T' || b[i] == b't' || b[i] == b' ') && b.len() >= i + 6 && b[i + 3] == b':' {
+    if i < b.len()
+        && (b[i] == b'T' || b[i] == b't' || b[i] == b' ')
+        && b.len() >= i + 6
+        && b[i + 3] == b':'
+    {
         let h = digits(&b[i + 1..i + 3]).ok_or_else(bad)?;
         let m = digits(&b[i + 4..i + 6]).ok_or_else(bad)?;
         i += 6;
@@ -367,7 +395,10 @@ fn parse_timestamp(v: &str, tz: &TimeZone, with_tz: bool) -> Result<i64, String>
         let body: Vec<u8> = rb[1..].iter().copied().filter(|c| *c != b':').collect();
         let (h, m) = match body.len() {
             2 => (digits(&body).ok_or_else(bad)?, 0),
-            4 => (digits(&body[..2]).ok_or_else(bad)?, digits(&body[2..]).ok_or_else(bad)?),
+            4 => (
+                digits(&body[..2]).ok_or_else(bad)?,
+                digits(&body[2..]).ok_or_else(bad)?,
+            ),
             _ => return Err(bad()),
         };
         if h > 15 || m > 59 {
@@ -387,7 +418,9 @@ fn parse_timestamp(v: &str, tz: &TimeZone, with_tz: bool) -> Result<i64, String>
                         (dt.timestamp() - PG_EPOCH_UNIX_SECS) * 1_000_000
                             + dt.timestamp_subsec_micros() as i64
                     })
-                    .ok_or_else(|| format!("{} does not exist in timezone {z} (a DST gap)", show(v)))
+                    .ok_or_else(|| {
+                        format!("{} does not exist in timezone {z} (a DST gap)", show(v))
+                    })
             }
         }
     };
@@ -399,7 +432,9 @@ fn parse_timestamp(v: &str, tz: &TimeZone, with_tz: bool) -> Result<i64, String>
                 let off = chrono::DateTime::from_timestamp(unix, 0)
                     .map(|dt| {
                         use chrono::Offset;
-                        z.offset_from_utc_datetime(&dt.naive_utc()).fix().local_minus_utc()
+                        z.offset_from_utc_datetime(&dt.naive_utc())
+                            .fix()
+                            .local_minus_utc()
                     })
                     .unwrap_or(0);
                 utc + off as i64 * 1_000_000
@@ -517,7 +552,7 @@ fn encode_numeric(v: &str, typmod: Option<(u16, u16)>, out: &mut Vec<u8>) -> Res
     let int_pad = (4 - point % 4) % 4;
     let mut padded = vec![0u8; int_pad];
     padded.extend_from_slice(&ds);
-    while (padded.len() - int_pad - point) % 4 != 0 {
+    while !(padded.len() - int_pad - point).is_multiple_of(4) {
         padded.push(0);
     }
     let mut groups: Vec<i16> = padded
@@ -550,18 +585,27 @@ mod tests {
     fn numeric(v: &str, typmod: Option<(u16, u16)>) -> Result<Vec<i16>, String> {
         let mut out = Vec::new();
         encode_numeric(v, typmod, &mut out)?;
-        Ok(out.chunks(2).map(|c| i16::from_be_bytes([c[0], c[1]])).collect())
+        Ok(out
+            .chunks(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+            .collect())
     }
 
     #[test]
     fn numerics_match_postgres_binary() {
         // ndigits, weight, sign, dscale, digits…
-        assert_eq!(numeric("1234.5", Some((12, 2))).unwrap(), [2, 0, 0, 2, 1234, 5000]);
+        assert_eq!(
+            numeric("1234.5", Some((12, 2))).unwrap(),
+            [2, 0, 0, 2, 1234, 5000]
+        );
         assert_eq!(numeric("-0.01", None).unwrap(), [1, -1, 0x4000, 2, 100]);
         assert_eq!(numeric("0", Some((12, 2))).unwrap(), [0, 0, 0, 2]);
         assert_eq!(numeric("12345678", None).unwrap(), [2, 1, 0, 0, 1234, 5678]);
         assert_eq!(numeric("10000", None).unwrap(), [1, 1, 0, 0, 1]);
-        assert_eq!(numeric("1.005", Some((5, 2))).unwrap(), [2, 0, 0, 2, 1, 100]);
+        assert_eq!(
+            numeric("1.005", Some((5, 2))).unwrap(),
+            [2, 0, 0, 2, 1, 100]
+        );
         assert_eq!(numeric("9.995", Some((5, 2))).unwrap(), [1, 0, 0, 2, 10]);
         assert_eq!(numeric("1e3", None).unwrap(), [1, 0, 0, 0, 1000]);
         assert!(numeric("123456789012", Some((12, 2))).is_err());
@@ -576,16 +620,28 @@ mod tests {
         assert_eq!(parse_date("1999-12-31"), Some(-1));
         assert_eq!(parse_date("2024-02-29"), Some(8825));
         assert_eq!(parse_date("2023-02-29"), None);
-        assert_eq!(parse_timestamp("2000-01-01T00:00:01Z", &utc, true).unwrap(), 1_000_000);
-        assert_eq!(parse_timestamp("2000-01-01 01:00:00+01:00", &utc, true).unwrap(), 0);
-        assert_eq!(parse_timestamp("2000-01-01T00:00:00.5", &utc, true).unwrap(), 500_000);
+        assert_eq!(
+            parse_timestamp("2000-01-01T00:00:01Z", &utc, true).unwrap(),
+            1_000_000
+        );
+        assert_eq!(
+            parse_timestamp("2000-01-01 01:00:00+01:00", &utc, true).unwrap(),
+            0
+        );
+        assert_eq!(
+            parse_timestamp("2000-01-01T00:00:00.5", &utc, true).unwrap(),
+            500_000
+        );
         let berlin = TimeZone::parse("Europe/Berlin").unwrap();
         assert_eq!(
             parse_timestamp("2000-01-01T01:00:00", &berlin, true).unwrap(),
             0,
             "a naive timestamp takes the model's zone"
         );
-        assert!(parse_timestamp("2024-03-31T02:30:00", &berlin, true).is_err(), "DST gap");
+        assert!(
+            parse_timestamp("2024-03-31T02:30:00", &berlin, true).is_err(),
+            "DST gap"
+        );
         assert!(parse_timestamp("yesterday", &utc, true).is_err());
         assert!(parse_timestamp("2024-01-01T25:00:00Z", &utc, true).is_err());
     }

@@ -16,8 +16,13 @@ pub enum Format {
 }
 
 impl Format {
-    pub const NAMES: &'static [&'static str] =
-        &["email", "country_code", "currency_code", "sha256_hex", "mime_type"];
+    pub const NAMES: &'static [&'static str] = &[
+        "email",
+        "country_code",
+        "currency_code",
+        "sha256_hex",
+        "mime_type",
+    ];
 
     pub fn parse(name: &str) -> Result<Format, String> {
         Ok(match name {
@@ -59,7 +64,9 @@ impl Format {
         } else {
             Err(match self {
                 Format::Email => "is not a valid email address",
-                Format::CountryCode => "is not an ISO 3166-1 alpha-2 country code (upper case, e.g. DE)",
+                Format::CountryCode => {
+                    "is not an ISO 3166-1 alpha-2 country code (upper case, e.g. DE)"
+                }
                 Format::CurrencyCode => "is not an ISO 4217 currency code (upper case, e.g. EUR)",
                 Format::Sha256Hex => "is not a SHA-256 digest (64 hex digits)",
                 Format::MimeType => "is not a MIME type (type/subtype)",
@@ -80,9 +87,10 @@ fn is_email(v: &str) -> bool {
     if local.is_empty() || local.len() > 64 || local.starts_with('.') || local.ends_with('.') {
         return false;
     }
-    let local_ok = local.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b) || b >= 0x80
-    }) && !local.contains("..");
+    let local_ok = local
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b) || b >= 0x80)
+        && !local.contains("..");
     if !local_ok || domain.len() < 3 {
         return false;
     }
@@ -93,7 +101,9 @@ fn is_email(v: &str) -> bool {
             || label.len() > 63
             || label.starts_with('-')
             || label.ends_with('-')
-            || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
         {
             return false;
         }
@@ -163,10 +173,25 @@ mod tests {
 
     #[test]
     fn emails() {
-        for ok in ["a@b.co", "first.last+tag@mail.example.org", "x_y@sub-domain.io"] {
+        for ok in [
+            "a@b.co",
+            "first.last+tag@mail.example.org",
+            "x_y@sub-domain.io",
+        ] {
             assert!(is_email(ok), "{ok}");
         }
-        for bad in ["", "a", "a@", "@b.co", "a@b", "a@b.c", "a..b@c.de", "a b@c.de", "a@-b.de", "a@b.123"] {
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.co",
+            "a@b",
+            "a@b.c",
+            "a..b@c.de",
+            "a b@c.de",
+            "a@-b.de",
+            "a@b.123",
+        ] {
             assert!(!is_email(bad), "{bad}");
         }
     }

@@ -91,7 +91,16 @@ impl InputDef {
         macro_rules! take {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
         }
-        take!(null, timezone, encoding, delimiter, quote, max_rejects, max_reject_ratio, max_record_bytes);
+        take!(
+            null,
+            timezone,
+            encoding,
+            delimiter,
+            quote,
+            max_rejects,
+            max_reject_ratio,
+            max_record_bytes
+        );
     }
 }
 
@@ -155,7 +164,9 @@ impl TimeZone {
     pub fn parse(text: &str) -> Result<TimeZone, String> {
         let t = text.trim();
         if t.eq_ignore_ascii_case("utc") || t == "Z" {
-            return Ok(TimeZone::Fixed(FixedOffset::east_opt(0).expect("zero offset")));
+            return Ok(TimeZone::Fixed(
+                FixedOffset::east_opt(0).expect("zero offset"),
+            ));
         }
         if let Some(rest) = t.strip_prefix(['+', '-']) {
             let sign = if t.starts_with('-') { -1 } else { 1 };
@@ -171,7 +182,11 @@ impl TimeZone {
         }
         t.parse::<chrono_tz::Tz>()
             .map(TimeZone::Named)
-            .map_err(|_| format!("unknown timezone `{text}` (use an IANA name like Europe/Berlin, or +02:00)"))
+            .map_err(|_| {
+                format!(
+                    "unknown timezone `{text}` (use an IANA name like Europe/Berlin, or +02:00)"
+                )
+            })
     }
 }
 
@@ -201,7 +216,11 @@ impl InputOptions {
         };
         let delimiter = byte("delimiter", &def.delimiter, b',')?;
         let quote = byte("quote", &def.quote, b'"')?;
-        if delimiter == quote || [delimiter, quote].iter().any(|b| *b == b'\r' || *b == b'\n') {
+        if delimiter == quote
+            || [delimiter, quote]
+                .iter()
+                .any(|b| *b == b'\r' || *b == b'\n')
+        {
             return Err("delimiter and quote must differ and be neither CR nor LF".into());
         }
         if let Some(r) = def.max_reject_ratio
@@ -301,7 +320,10 @@ impl Model {
         let mut columns = Vec::with_capacity(def.columns.len());
         for c in &def.columns {
             if c.name.is_empty() || !seen.insert(c.name.to_lowercase()) {
-                return Err(invalid(format!("column name `{}` is empty or repeated", c.name)));
+                return Err(invalid(format!(
+                    "column name `{}` is empty or repeated",
+                    c.name
+                )));
             }
             let col = compile_column(c, def.key.contains(&c.name))
                 .map_err(|m| invalid(format!("column `{}`: {m}", c.name)))?;
@@ -309,12 +331,16 @@ impl Model {
         }
         for k in &def.key {
             if !def.columns.iter().any(|c| &c.name == k) {
-                return Err(invalid(format!("key column `{k}` is not among the columns")));
+                return Err(invalid(format!(
+                    "key column `{k}` is not among the columns"
+                )));
             }
         }
         let batch_size = def.batch_size.unwrap_or(5000);
         if !(1..=1_000_000).contains(&batch_size) {
-            return Err(invalid(format!("batch_size must be 1..=1000000, not {batch_size}")));
+            return Err(invalid(format!(
+                "batch_size must be 1..=1000000, not {batch_size}"
+            )));
         }
         let cache = match &def.cache {
             None => CachePolicy {
@@ -342,7 +368,11 @@ impl Model {
         let extra_columns_ignore = match def.extra_columns.as_deref() {
             None | Some("error") => false,
             Some("ignore") => true,
-            Some(o) => return Err(invalid(format!("extra_columns = `{o}` (use error or ignore)"))),
+            Some(o) => {
+                return Err(invalid(format!(
+                    "extra_columns = `{o}` (use error or ignore)"
+                )));
+            }
         };
         let input = InputOptions::from_def(&def.input).map_err(invalid)?;
         Ok(Model {
@@ -397,7 +427,10 @@ fn compile_column(c: &ColumnDef, is_key: bool) -> Result<Column, String> {
     if (c.min.is_some() || c.max.is_some()) && !ty.is_numeric() {
         return Err("min/max apply to numeric types only".into());
     }
-    if (c.min_length.is_some() || c.max_length.is_some() || c.pattern.is_some() || c.format.is_some())
+    if (c.min_length.is_some()
+        || c.max_length.is_some()
+        || c.pattern.is_some()
+        || c.format.is_some())
         && !ty.is_textual()
     {
         return Err("min_length, max_length, pattern and format apply to text types only".into());
@@ -457,10 +490,13 @@ impl ModelSet {
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Model>, ModelError> {
-        self.models.get(name).cloned().ok_or_else(|| ModelError::Unknown {
-            name: name.to_string(),
-            known: self.models.keys().cloned().collect(),
-        })
+        self.models
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ModelError::Unknown {
+                name: name.to_string(),
+                known: self.models.keys().cloned().collect(),
+            })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Model>> {
@@ -478,7 +514,14 @@ mod tests {
         let names: Vec<_> = set.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            ["classification_cache", "company", "customer", "document", "product_classification", "quote"]
+            [
+                "classification_cache",
+                "company",
+                "customer",
+                "document",
+                "product_classification",
+                "quote"
+            ]
         );
         let c = set.get("customer").unwrap();
         assert_eq!(c.batch_size, 5000);
@@ -487,7 +530,18 @@ mod tests {
         let cols: Vec<_> = c.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             cols,
-            ["id", "external_id", "name", "email", "country", "segment", "credit_limit", "created_at", "active", "score"]
+            [
+                "id",
+                "external_id",
+                "name",
+                "email",
+                "country",
+                "segment",
+                "credit_limit",
+                "created_at",
+                "active",
+                "score"
+            ]
         );
         assert!(matches!(set.get("nope"), Err(ModelError::Unknown { .. })));
     }
@@ -495,12 +549,30 @@ mod tests {
     #[test]
     fn rejects_bad_definitions() {
         let bad = [
-            ("[models.m]\ntable='t'\nkey=['x']\n[[models.m.columns]]\nname='a'\ntype='text'\n", "key column"),
-            ("[models.m]\ntable='t'\n[[models.m.columns]]\nname='a'\ntype='money'\n", "unsupported type"),
-            ("[models.m]\ntable='t'\n[[models.m.columns]]\nname='a'\ntype='int'\nformat='email'\n", "text types only"),
-            ("[models.m]\ntable='t'\n[[models.m.columns]]\nname='a'\ntype='text'\npattern='('\n", "pattern"),
-            ("[models.m]\ntable='t'\nbogus=1\n[[models.m.columns]]\nname='a'\ntype='text'\n", "unknown field"),
-            ("[models.m]\ntable='t'\ntimezone='Mars/Base'\n[[models.m.columns]]\nname='a'\ntype='text'\n", "timezone"),
+            (
+                "[models.m]\ntable='t'\nkey=['x']\n[[models.m.columns]]\nname='a'\ntype='text'\n",
+                "key column",
+            ),
+            (
+                "[models.m]\ntable='t'\n[[models.m.columns]]\nname='a'\ntype='money'\n",
+                "unsupported type",
+            ),
+            (
+                "[models.m]\ntable='t'\n[[models.m.columns]]\nname='a'\ntype='int'\nformat='email'\n",
+                "text types only",
+            ),
+            (
+                "[models.m]\ntable='t'\n[[models.m.columns]]\nname='a'\ntype='text'\npattern='('\n",
+                "pattern",
+            ),
+            (
+                "[models.m]\ntable='t'\nbogus=1\n[[models.m.columns]]\nname='a'\ntype='text'\n",
+                "unknown field",
+            ),
+            (
+                "[models.m]\ntable='t'\ntimezone='Mars/Base'\n[[models.m.columns]]\nname='a'\ntype='text'\n",
+                "timezone",
+            ),
         ];
         for (text, want) in bad {
             let err = ModelSet::parse(text).unwrap_err().to_string();
@@ -510,7 +582,10 @@ mod tests {
 
     #[test]
     fn timezones() {
-        assert!(matches!(TimeZone::parse("Europe/Berlin"), Ok(TimeZone::Named(_))));
+        assert!(matches!(
+            TimeZone::parse("Europe/Berlin"),
+            Ok(TimeZone::Named(_))
+        ));
         assert!(matches!(TimeZone::parse("+05:30"), Ok(TimeZone::Fixed(_))));
         assert!(TimeZone::parse("+25:00").is_err());
     }

@@ -54,16 +54,27 @@ pub struct Plan {
 
 impl Plan {
     /// Maps header names to columns, case-insensitively, by `source` or name.
-    pub fn from_header(model: Arc<Model>, header: &[String], line_column: bool) -> Result<Plan, PlanError> {
+    pub fn from_header(
+        model: Arc<Model>,
+        header: &[String],
+        line_column: bool,
+    ) -> Result<Plan, PlanError> {
         let mut copy_columns = Vec::new();
         let mut field_of = Vec::new();
         let mut unknown = Vec::new();
         for (f, raw) in header.iter().enumerate() {
             let name = raw.trim();
-            if header[..f].iter().any(|h| h.trim().eq_ignore_ascii_case(name)) {
+            if header[..f]
+                .iter()
+                .any(|h| h.trim().eq_ignore_ascii_case(name))
+            {
                 return Err(PlanError::DuplicateHeader(name.to_string()));
             }
-            match model.columns.iter().position(|c| c.header().eq_ignore_ascii_case(name)) {
+            match model
+                .columns
+                .iter()
+                .position(|c| c.header().eq_ignore_ascii_case(name))
+            {
                 Some(ci) => {
                     copy_columns.push(ci);
                     field_of.push(f);
@@ -75,7 +86,12 @@ impl Plan {
             return Err(PlanError::UnknownColumns {
                 names: unknown,
                 model: model.name.clone(),
-                known: model.columns.iter().map(|c| c.header()).collect::<Vec<_>>().join(", "),
+                known: model
+                    .columns
+                    .iter()
+                    .map(|c| c.header())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         let missing: Vec<String> = model
@@ -112,7 +128,11 @@ impl Plan {
     /// Upsert merges on the key, so every key column must come from the input.
     pub fn require_key(&self) -> Result<(), PlanError> {
         for k in &self.model.key {
-            if !self.copy_columns.iter().any(|&c| &self.model.columns[c].name == k) {
+            if !self
+                .copy_columns
+                .iter()
+                .any(|&c| &self.model.columns[c].name == k)
+            {
                 return Err(PlanError::MissingKey(k.clone()));
             }
         }
@@ -121,10 +141,16 @@ impl Plan {
 
     /// The COPY column names, in order.
     pub fn column_names(&self) -> Vec<&str> {
-        self.copy_columns.iter().map(|&c| self.model.columns[c].name.as_str()).collect()
+        self.copy_columns
+            .iter()
+            .map(|&c| self.model.columns[c].name.as_str())
+            .collect()
     }
 
     pub fn column_types(&self) -> Vec<ColumnType> {
-        self.copy_columns.iter().map(|&c| self.model.columns[c].ty).collect()
+        self.copy_columns
+            .iter()
+            .map(|&c| self.model.columns[c].ty)
+            .collect()
     }
 }

@@ -41,7 +41,8 @@ impl Progress {
     pub fn add_batch(&self, committed: u64, rejected: u64) {
         self.rows_committed.fetch_add(committed, Ordering::Relaxed);
         self.rows_rejected.fetch_add(rejected, Ordering::Relaxed);
-        self.rows_read.fetch_add(committed + rejected, Ordering::Relaxed);
+        self.rows_read
+            .fetch_add(committed + rejected, Ordering::Relaxed);
         self.batches_committed.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -81,8 +81,14 @@ pub fn start(
         }
         let text = std::str::from_utf8(&header).map_err(|_| PlanError::HeaderEncoding)?;
         let (mut buf, mut fields) = (Vec::new(), Vec::new());
-        parse_fields(text.as_bytes(), model.input.delimiter, model.input.quote, &mut buf, &mut fields)
-            .map_err(|_| PlanError::HeaderQuote)?;
+        parse_fields(
+            text.as_bytes(),
+            model.input.delimiter,
+            model.input.quote,
+            &mut buf,
+            &mut fields,
+        )
+        .map_err(|_| PlanError::HeaderQuote)?;
         let names: Vec<String> = fields
             .iter()
             .map(|f| String::from_utf8_lossy(&buf[f.start as usize..f.end as usize]).into_owned())
@@ -112,7 +118,9 @@ pub fn start(
                     records: Vec::with_capacity(opts.batch_size.min(65536)),
                     bytes_end: 0,
                 };
-                while batch.records.len() < opts.batch_size && batch.data.len() < opts.max_batch_bytes {
+                while batch.records.len() < opts.batch_size
+                    && batch.data.len() < opts.max_batch_bytes
+                {
                     let start = batch.data.len() as u32;
                     let Some(info) = reader.read_record(&mut batch.data)? else {
                         break;

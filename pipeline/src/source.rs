@@ -168,8 +168,7 @@ impl Transcoder {
                 // Windows-1252 maps every byte, and at most 3 UTF-8 bytes each.
                 self.output.resize(n * 3, 0);
                 let (_, _, written, _) =
-                    self.decoder
-                        .decode_to_utf8(input, &mut self.output, false);
+                    self.decoder.decode_to_utf8(input, &mut self.output, false);
                 self.output.truncate(written);
             }
         }
@@ -212,6 +211,9 @@ mod tests {
     #[test]
     fn hashes() {
         let h = hash_reader(&mut io::Cursor::new(b"abc".to_vec()), |_| Ok(())).unwrap();
-        assert_eq!(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            h,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -68,7 +68,9 @@ impl ColumnType {
                 [p, s] if (1..=1000).contains(p) && s <= p => {
                     Ok(ColumnType::Numeric(Some((*p as u16, *s as u16))))
                 }
-                _ => Err(format!("`{text}`: numeric needs 1 ≤ precision ≤ 1000 and scale ≤ precision")),
+                _ => Err(format!(
+                    "`{text}`: numeric needs 1 ≤ precision ≤ 1000 and scale ≤ precision"
+                )),
             },
             "varchar" | "character varying" => match args.as_slice() {
                 [] => Ok(ColumnType::Varchar(None)),
@@ -169,10 +171,19 @@ mod tests {
             ColumnType::parse("timestamp with time zone").unwrap(),
             ColumnType::Timestamptz
         );
-        assert_eq!(ColumnType::parse("character(2)").unwrap(), ColumnType::Char(2));
+        assert_eq!(
+            ColumnType::parse("character(2)").unwrap(),
+            ColumnType::Char(2)
+        );
         assert!(ColumnType::parse("money").is_err());
         assert!(ColumnType::parse("numeric(2,5)").is_err());
-        for t in ["numeric(12,2)", "varchar(9)", "char(3)", "double precision", "timestamptz"] {
+        for t in [
+            "numeric(12,2)",
+            "varchar(9)",
+            "char(3)",
+            "double precision",
+            "timestamptz",
+        ] {
             let ty = ColumnType::parse(t).unwrap();
             assert_eq!(ColumnType::parse(&ty.to_string()).unwrap(), ty);
         }
@@ -181,6 +192,9 @@ mod tests {
     #[test]
     fn quotes_identifiers() {
         assert_eq!(quote_ident("a"), "\"a\"");
-        assert_eq!(quote_ident("x\"; DROP TABLE y; --"), "\"x\"\"; DROP TABLE y; --\"");
+        assert_eq!(
+            quote_ident("x\"; DROP TABLE y; --"),
+            "\"x\"\"; DROP TABLE y; --\""
+        );
     }
 }

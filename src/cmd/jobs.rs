@@ -38,10 +38,15 @@ fn parse_id(id: &str) -> anyhow::Result<Uuid> {
 }
 
 pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
-    if let JobsCommand::List { status: Some(s), .. } = &command
+    if let JobsCommand::List {
+        status: Some(s), ..
+    } = &command
         && !STATUSES.contains(&s.as_str())
     {
-        return Err(exit::usage(format!("--status {s}: use one of {}", STATUSES.join(", "))));
+        return Err(exit::usage(format!(
+            "--status {s}: use one of {}",
+            STATUSES.join(", ")
+        )));
     }
     let database = Database::open(config).await?;
     let result = async {
@@ -49,7 +54,11 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
         nexus_loaders::migrate::migrate(&mut client).await?;
         let mut out = std::io::stdout().lock();
         match command {
-            JobsCommand::List { status, limit, json } => {
+            JobsCommand::List {
+                status,
+                limit,
+                json,
+            } => {
                 let list = jobs::list(&client, status.as_deref(), limit.clamp(1, 10_000)).await?;
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&list)?)?;
@@ -77,16 +86,24 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
             }
             JobsCommand::Show { id } => {
                 let id = parse_id(&id)?;
-                let job = jobs::get(&client, id).await?.ok_or_else(|| exit::failed(format!("no job {id}")))?;
+                let job = jobs::get(&client, id)
+                    .await?
+                    .ok_or_else(|| exit::failed(format!("no job {id}")))?;
                 writeln!(out, "{}", serde_json::to_string_pretty(&job)?)?;
             }
             JobsCommand::Cancel { id } => {
                 let id = parse_id(&id)?;
                 match jobs::request_cancel(&client, id).await? {
                     None => return Err(exit::failed(format!("no job {id}"))),
-                    Some(s) if s == "running" => writeln!(out, "cancelling job {id}: it stops at its next batch")?,
-                    Some(s) if s == "queued" || s == "failed" => writeln!(out, "cancelled job {id}")?,
-                    Some(s) => return Err(exit::failed(format!("job {id} is {s}; nothing to cancel"))),
+                    Some(s) if s == "running" => {
+                        writeln!(out, "cancelling job {id}: it stops at its next batch")?
+                    }
+                    Some(s) if s == "queued" || s == "failed" => {
+                        writeln!(out, "cancelled job {id}")?
+                    }
+                    Some(s) => {
+                        return Err(exit::failed(format!("job {id} is {s}; nothing to cancel")));
+                    }
                 }
             }
             JobsCommand::Rejects { id, json } => {

@@ -131,15 +131,21 @@ async fn load_all(
         None => {
             let table = args.table.as_deref().unwrap_or_default();
             let client = database.connect().await?;
-            let m = catalog::model_from_table(&client, table).await.map_err(|e| match e {
-                catalog::CatalogError::Db(e) => exit::failed(nexus_loaders::pg::describe(&e)),
-                other => exit::usage(other.to_string()),
-            })?;
+            let m = catalog::model_from_table(&client, table)
+                .await
+                .map_err(|e| match e {
+                    catalog::CatalogError::Db(e) => exit::failed(nexus_loaders::pg::describe(&e)),
+                    other => exit::usage(other.to_string()),
+                })?;
             let key = format!("table:{}", m.def.table);
             (Arc::new(m), key, false)
         }
     };
-    let model = Arc::new(model.with_input(&args.overrides()).map_err(|e| exit::usage(e.to_string()))?);
+    let model = Arc::new(
+        model
+            .with_input(&args.overrides())
+            .map_err(|e| exit::usage(e.to_string()))?,
+    );
     let mode = match args.mode {
         ModeArg::Append => Mode::Append,
         ModeArg::Upsert => Mode::Upsert,
@@ -182,13 +188,16 @@ async fn load_all(
             force: args.force,
             has_header: !args.no_header,
             copy_connections: config.copy_connections,
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             create_table,
             owner: std::env::var("USER").ok(),
             interrupt: interrupt.clone(),
         };
         let progress = Arc::new(Progress::default());
-        let bar = (!args.json && std::io::stderr().is_terminal()).then(|| progress_bar(&req, progress.clone()));
+        let bar = (!args.json && std::io::stderr().is_terminal())
+            .then(|| progress_bar(&req, progress.clone()));
         let outcome = run_load(&database.url, req, progress).await;
         if let Some((bar, ticker)) = bar {
             ticker.abort();
@@ -218,15 +227,18 @@ fn exit_code(o: &LoadOutcome) -> u8 {
 /// SIGINT/SIGTERM stop the load at the next batch boundary; it stays resumable.
 fn spawn_signal_handler(flag: Arc<AtomicBool>) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("nexus: stopping at the next batch boundary (run the same command again to resume)");
+        eprintln!(
+            "nexus: stopping at the next batch boundary (run the same command again to resume)"
+        );
         flag.store(true, Ordering::SeqCst);
     });
 }
@@ -240,7 +252,9 @@ async fn spool_stdin(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     let p = path.clone();
     let hash = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&p)?);
-        let hash = nexus_pipeline::source::hash_reader(&mut std::io::stdin().lock(), |chunk| out.write_all(chunk))?;
+        let hash = nexus_pipeline::source::hash_reader(&mut std::io::stdin().lock(), |chunk| {
+            out.write_all(chunk)
+        })?;
         out.flush()?;
         Ok(hash)
     })
@@ -249,11 +263,16 @@ async fn spool_stdin(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     Ok((path, hash))
 }
 
-fn progress_bar(req: &LoadRequest, progress: Arc<Progress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+fn progress_bar(
+    req: &LoadRequest,
+    progress: Arc<Progress>,
+) -> (ProgressBar, tokio::task::JoinHandle<()>) {
     let bar = ProgressBar::new(req.bytes_total.unwrap_or(0));
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let b = bar.clone();
     let ticker = tokio::spawn(async move {

@@ -45,14 +45,18 @@ pub async fn run(config: &Config, command: ModelsCommand) -> anyhow::Result<u8> 
                     m.def.table,
                     m.key.join(","),
                     m.batch_size,
-                    serde_json::to_value(m.cache.strategy)?.as_str().unwrap_or_default(),
+                    serde_json::to_value(m.cache.strategy)?
+                        .as_str()
+                        .unwrap_or_default(),
                     m.cache_ttl_text(),
                     m.columns.len()
                 )?;
             }
         }
         ModelsCommand::Show { model } => {
-            let m = db::models(config)?.get(&model).map_err(|e| exit::usage(e.to_string()))?;
+            let m = db::models(config)?
+                .get(&model)
+                .map_err(|e| exit::usage(e.to_string()))?;
             write!(out, "{}", m.to_toml())?;
         }
         ModelsCommand::Check { file } => {
@@ -69,10 +73,14 @@ pub async fn run(config: &Config, command: ModelsCommand) -> anyhow::Result<u8> 
             let database = Database::open(config).await?;
             let result = async {
                 let client = database.connect().await?;
-                let def = catalog::model_def_from_table(&client, &table).await.map_err(|e| match e {
-                    catalog::CatalogError::Db(e) => exit::failed(nexus_loaders::pg::describe(&e)),
-                    other => exit::usage(other.to_string()),
-                })?;
+                let def = catalog::model_def_from_table(&client, &table)
+                    .await
+                    .map_err(|e| match e {
+                        catalog::CatalogError::Db(e) => {
+                            exit::failed(nexus_loaders::pg::describe(&e))
+                        }
+                        other => exit::usage(other.to_string()),
+                    })?;
                 let name = catalog::split_name(&def.table).1.to_string();
                 let mut file = ModelFile::default();
                 file.models.insert(name, def);
@@ -101,7 +109,12 @@ pub async fn migrate(config: &Config, schema_only: bool) -> anyhow::Result<u8> {
         if !schema_only {
             for m in models.iter() {
                 catalog::ensure_table(&client, m).await?;
-                writeln!(out, "table {} ready (model {})", m.qualified_table(), m.name)?;
+                writeln!(
+                    out,
+                    "table {} ready (model {})",
+                    m.qualified_table(),
+                    m.name
+                )?;
             }
         }
         Ok(0)

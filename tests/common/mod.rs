@@ -11,19 +11,31 @@ use tokio_postgres::{NoTls, Row};
 
 /// The server the tests create their databases on.
 pub fn admin_url() -> String {
-    std::env::var("NEXUS_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("NEXUS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn exec(url: &str, sql: &str) -> Vec<Row> {
     runtime().block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect to PostgreSQL");
+        let (client, conn) = tokio_postgres::connect(url, NoTls)
+            .await
+            .expect("connect to PostgreSQL");
         tokio::spawn(conn);
-        client.simple_query("SET client_min_messages = warning").await.unwrap();
-        client.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        client
+            .simple_query("SET client_min_messages = warning")
+            .await
+            .unwrap();
+        client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
     })
 }
 
@@ -55,7 +67,10 @@ impl TestDb {
         runtime().block_on(async {
             let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
             tokio::spawn(conn);
-            client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            client
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         })
     }
 
@@ -108,7 +123,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        exec(&admin_url(), &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        exec(
+            &admin_url(),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
@@ -120,7 +138,11 @@ pub struct Run {
 }
 
 pub fn run(c: &mut Command) -> Run {
-    let Output { status, stdout, stderr } = c.output().expect("run nexus");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().expect("run nexus");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -139,12 +161,16 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 /// The repository's fixtures folder.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// A customer CSV of `n` valid rows, ids from `first`.
 pub fn customers(first: i64, n: i64) -> String {
-    let mut s = String::from("id,external_id,name,email,country,segment,credit_limit,created_at,active,score\n");
+    let mut s = String::from(
+        "id,external_id,name,email,country,segment,credit_limit,created_at,active,score\n",
+    );
     for i in first..first + n {
         s.push_str(&format!(
             "{i},{},Name {i},user{i}@example.com,DE,smb,{}.50,2024-01-02T03:04:05Z,true,{}\n",

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Tests need a PostgreSQL server on
+# 127.0.0.1:5432 that user `postgres` can reach (NEXUS_TEST_PG overrides the
+# URL); this script uses the running one, starts an installed one, or
+# installs Debian's package and starts it. Each test makes its own database.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+need_pkg() { # command package
+  command -v "$1" >/dev/null 2>&1 && return
+  [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+export NEXUS_TEST_PG=${NEXUS_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  need_pkg pg_ctlcluster postgresql
+  need_pkg pg_isready postgresql-client
+  version=$(ls /etc/postgresql | sort -n | tail -1)
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root pg_ctlcluster "$version" main start
+  for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+fi
+# A fresh Debian cluster asks for a password over TCP: give postgres one.
+if ! psql "$NEXUS_TEST_PG" -qAtc 'SELECT 1' >/dev/null 2>&1; then
+  as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\""
+  export NEXUS_TEST_PG=postgres://postgres:postgres@127.0.0.1:5432/postgres
+fi
+cargo test --workspace --locked "$@"
