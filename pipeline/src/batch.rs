@@ -6,7 +6,6 @@
 use crate::csv::{Field, Unterminated, parse_fields};
 use crate::encode::{COPY_HEADER, COPY_TRAILER, encode_field, put_i16, put_i32, put_i64};
 use crate::plan::Plan;
-use crate::source::Encoding;
 
 /// How much of a rejected record's text is kept.
 pub const REJECT_RAW_MAX: usize = 4096;
@@ -93,7 +92,7 @@ impl EncodedBatch {
 /// Reusable per-worker buffers.
 #[derive(Default)]
 pub struct Scratch {
-    fields_buf: Vec<u8>,
+    fields_buf: String,
     fields: Vec<Field>,
 }
 
@@ -106,7 +105,7 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
     copy.extend_from_slice(COPY_HEADER);
     let mut rows = Vec::with_capacity(raw.records.len());
     let mut rejects = Vec::new();
-    let check_utf8 = input.encoding == Encoding::Utf8;
+    let default_null = input.null.len() == 1 && input.null[0].is_empty();
 
     'records: for (ri, meta) in raw.records.iter().enumerate() {
         let mut reject = |column: Option<&str>, reason: String| {
@@ -131,19 +130,23 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
             reject(None, "unterminated quoted field: a quote opened on this line is never closed before the end of the file".into());
             continue;
         }
-        let bytes = raw.record(ri);
-        if check_utf8 && let Err(e) = std::str::from_utf8(bytes) {
-            reject(
-                None,
-                format!(
-                    "invalid UTF-8 at byte {} of the record; if the file is not UTF-8, load it with encoding latin1 or windows-1252",
-                    e.valid_up_to() + 1
-                ),
-            );
-            continue;
-        }
+        // Transcoded input is UTF-8 by construction; this also catches bytes
+        // that are not UTF-8 in a file read as UTF-8.
+        let record = match std::str::from_utf8(raw.record(ri)) {
+            Ok(r) => r,
+            Err(e) => {
+                reject(
+                    None,
+                    format!(
+                        "invalid UTF-8 at byte {} of the record; if the file is not UTF-8, load it with encoding latin1 or windows-1252",
+                        e.valid_up_to() + 1
+                    ),
+                );
+                continue;
+            }
+        };
         if parse_fields(
-            bytes,
+            record,
             input.delimiter,
             input.quote,
             &mut scratch.fields_buf,
@@ -170,7 +173,13 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
             let col = &model.columns[ci];
             let f = scratch.fields[plan.field_of[k]];
             let text = &scratch.fields_buf[f.start as usize..f.end as usize];
-            if !f.quoted && input.null.iter().any(|n| n.as_slice() == text) {
+            let is_null = !f.quoted
+                && if default_null {
+                    text.is_empty()
+                } else {
+                    input.null.iter().any(|n| n.as_slice() == text.as_bytes())
+                };
+            if is_null {
                 if col.required {
                     copy.truncate(row_start);
                     reject(
@@ -182,16 +191,6 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                 put_i32(&mut copy, -1);
                 continue;
             }
-            // The record is valid UTF-8 (checked above, or transcoded) and fields
-            // split at ASCII bytes, so each field is too.
-            let text = match std::str::from_utf8(text) {
-                Ok(t) => t,
-                Err(_) => {
-                    copy.truncate(row_start);
-                    reject(Some(&col.name), "invalid UTF-8".into());
-                    continue 'records;
-                }
-            };
             if let Err(reason) = encode_field(col, &input.timezone, text, &mut copy) {
                 copy.truncate(row_start);
                 reject(Some(&col.name), reason);

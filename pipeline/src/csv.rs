@@ -160,7 +160,7 @@ fn append(out: &mut Vec<u8>, seg: &[u8], start: usize, max: usize, info: &mut Re
     }
 }
 
-/// One parsed field: a range of the scratch buffer [`parse_fields`] fills.
+/// One parsed field: a range of the scratch text [`parse_fields`] fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Field {
     pub start: u32,
@@ -174,23 +174,27 @@ pub struct Field {
 pub struct Unterminated;
 
 /// Splits `record` into fields with PostgreSQL's CSV rules (escape = quote).
+/// Delimiter and quote are ASCII, so every cut falls on a character
+/// boundary and the fields stay valid text without being checked again.
 pub fn parse_fields(
-    record: &[u8],
+    record: &str,
     delimiter: u8,
     quote: u8,
-    scratch: &mut Vec<u8>,
+    scratch: &mut String,
     fields: &mut Vec<Field>,
 ) -> Result<(), Unterminated> {
     scratch.clear();
     fields.clear();
-    let n = record.len();
+    let bytes = record.as_bytes();
+    let n = bytes.len();
+    let quote_char = quote as char;
     let mut i = 0;
     loop {
         let start = scratch.len() as u32;
         let mut quoted = false;
         loop {
-            let Some(j) = memchr2(delimiter, quote, &record[i..]) else {
-                scratch.extend_from_slice(&record[i..]);
+            let Some(j) = memchr2(delimiter, quote, &bytes[i..]) else {
+                scratch.push_str(&record[i..]);
                 fields.push(Field {
                     start,
                     end: scratch.len() as u32,
@@ -198,20 +202,20 @@ pub fn parse_fields(
                 });
                 return Ok(());
             };
-            scratch.extend_from_slice(&record[i..i + j]);
+            scratch.push_str(&record[i..i + j]);
             i += j + 1;
-            if record[i - 1] == delimiter {
+            if bytes[i - 1] == delimiter {
                 break;
             }
             quoted = true;
             loop {
-                let Some(k) = memchr(quote, &record[i..]) else {
+                let Some(k) = memchr(quote, &bytes[i..]) else {
                     return Err(Unterminated);
                 };
-                scratch.extend_from_slice(&record[i..i + k]);
+                scratch.push_str(&record[i..i + k]);
                 i += k + 1;
-                if i < n && record[i] == quote {
-                    scratch.push(quote);
+                if i < n && bytes[i] == quote {
+                    scratch.push(quote_char);
                     i += 1;
                 } else {
                     break;
@@ -242,15 +246,10 @@ mod tests {
     }
 
     fn fields(rec: &str) -> Vec<(String, bool)> {
-        let (mut s, mut f) = (Vec::new(), Vec::new());
-        parse_fields(rec.as_bytes(), b',', b'"', &mut s, &mut f).unwrap();
+        let (mut s, mut f) = (String::new(), Vec::new());
+        parse_fields(rec, b',', b'"', &mut s, &mut f).unwrap();
         f.iter()
-            .map(|f| {
-                (
-                    String::from_utf8(s[f.start as usize..f.end as usize].to_vec()).unwrap(),
-                    f.quoted,
-                )
-            })
+            .map(|f| (s[f.start as usize..f.end as usize].to_string(), f.quoted))
             .collect()
     }
 
@@ -311,9 +310,9 @@ mod tests {
         );
         assert_eq!(fields(""), [("".into(), false)]);
         assert_eq!(fields("x,"), [("x".into(), false), ("".into(), false)]);
-        let (mut s, mut f) = (Vec::new(), Vec::new());
+        let (mut s, mut f) = (String::new(), Vec::new());
         assert_eq!(
-            parse_fields(b"\"abc", b',', b'"', &mut s, &mut f),
+            parse_fields("\"abc", b',', b'"', &mut s, &mut f),
             Err(Unterminated)
         );
     }

@@ -229,7 +229,10 @@ fn check_text(col: &Column, v: &str) -> Result<(), String> {
 
 /// Integers as PostgreSQL reads them: optional surrounding spaces and sign.
 fn parse_int(v: &str, min: i64, max: i64, ty: &str) -> Result<i64, String> {
-    let t = v.trim_matches(|c: char| c.is_ascii_whitespace());
+    let t = match v.as_bytes() {
+        [first, .., last] if !first.is_ascii_whitespace() && !last.is_ascii_whitespace() => v,
+        _ => v.trim_matches(|c: char| c.is_ascii_whitespace()),
+    };
     let (neg, digits) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
         Some(b'+') => (false, &t[1..]),
@@ -459,6 +462,15 @@ fn naive_from_pg_micros(m: i64) -> Option<chrono::NaiveDateTime> {
 /// from zero as PostgreSQL rounds. Returns the value as f64 for range rules.
 fn encode_numeric(v: &str, typmod: Option<(u16, u16)>, out: &mut Vec<u8>) -> Result<f64, String> {
     let t = v.trim();
+    if let Some(result) = encode_plain_decimal(t, typmod, out) {
+        return result.map_err(|(p, s)| {
+            format!(
+                "{} does not fit numeric({p},{s}): at most {} digits before the decimal point",
+                show(v),
+                p - s
+            )
+        });
+    }
     let not_num = || format!("{} is not a number", show(v));
     if t.eq_ignore_ascii_case("nan") {
         put_i16(out, 0);
@@ -578,6 +590,90 @@ fn encode_numeric(v: &str, typmod: Option<(u16, u16)>, out: &mut Vec<u8>) -> Res
     Ok(approx)
 }
 
+/// The common case without allocating: `[+-]digits[.digits]` of at most 38
+/// digits, as an i128 scaled by the scale. `None`: use the general path.
+/// `Some(Err((p, s)))`: the value does not fit the column's precision.
+fn encode_plain_decimal(
+    t: &str,
+    typmod: Option<(u16, u16)>,
+    out: &mut Vec<u8>,
+) -> Option<Result<f64, (u16, u16)>> {
+    let b = t.as_bytes();
+    let (neg, body) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        b'+' => (false, &b[1..]),
+        _ => (false, b),
+    };
+    let (int, frac) = match memchr::memchr(b'.', body) {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (body, &body[..0]),
+    };
+    if (int.is_empty() && frac.is_empty())
+        || !int.iter().all(u8::is_ascii_digit)
+        || !frac.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let dscale = typmod.map_or(frac.len(), |(_, s)| s as usize);
+    let kept = frac.len().min(dscale);
+    if int.len() + dscale > 38 {
+        return None;
+    }
+    let mut value: i128 = 0;
+    for d in int.iter().chain(&frac[..kept]) {
+        value = value * 10 + (d - b'0') as i128;
+    }
+    for _ in kept..dscale {
+        value *= 10;
+    }
+    if frac.len() > dscale && frac[dscale] >= b'5' {
+        value += 1;
+    }
+    let pow = |n: usize| 10i128.pow(n as u32);
+    if let Some((p, s)) = typmod
+        && value >= pow(p as usize)
+    {
+        return Some(Err((p, s)));
+    }
+    let (ipart, fpart) = (value / pow(dscale), value % pow(dscale));
+    let frac_groups = dscale.div_ceil(4);
+    let mut groups = [0i16; 24];
+    let mut n = 0;
+    let mut i = ipart;
+    while i > 0 {
+        groups[n] = (i % 10_000) as i16;
+        i /= 10_000;
+        n += 1;
+    }
+    groups[..n].reverse();
+    let int_groups = n;
+    let mut f = fpart * pow(frac_groups * 4 - dscale);
+    for k in (0..frac_groups).rev() {
+        groups[n + k] = (f % 10_000) as i16;
+        f /= 10_000;
+    }
+    n += frac_groups;
+    let mut digits = &groups[..n];
+    let mut weight = int_groups as i16 - 1;
+    while let Some((0, rest)) = digits.split_first() {
+        digits = rest;
+        weight -= 1;
+    }
+    while let Some((0, rest)) = digits.split_last() {
+        digits = rest;
+    }
+    let zero = digits.is_empty();
+    put_i16(out, digits.len() as i16);
+    put_i16(out, if zero { 0 } else { weight });
+    out.extend_from_slice(&(if neg && !zero { 0x4000u16 } else { 0 }).to_be_bytes());
+    put_i16(out, dscale as i16);
+    for g in digits {
+        put_i16(out, *g);
+    }
+    let approx = value as f64 / 10f64.powi(dscale as i32);
+    Some(Ok(if neg { -approx } else { approx }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,9 +704,44 @@ mod tests {
         );
         assert_eq!(numeric("9.995", Some((5, 2))).unwrap(), [1, 0, 0, 2, 10]);
         assert_eq!(numeric("1e3", None).unwrap(), [1, 0, 0, 0, 1000]);
+        assert_eq!(
+            numeric("0.00001", Some((10, 5))).unwrap(),
+            [1, -2, 0, 5, 1000]
+        );
+        assert_eq!(
+            numeric("-100000000.5", None).unwrap(),
+            [4, 2, 0x4000, 1, 1, 0, 0, 5000]
+        );
         assert!(numeric("123456789012", Some((12, 2))).is_err());
+        assert!(
+            numeric("9999999999.995", Some((12, 2))).is_err(),
+            "rounds up past the precision"
+        );
         assert!(numeric("12a", None).is_err());
         assert!(numeric("", None).is_err());
+    }
+
+    #[test]
+    fn plain_decimals_take_a_fast_path_that_agrees_with_the_general_one() {
+        // An exponent sends the same value down the general path.
+        for v in [
+            "0",
+            "-0.0",
+            "1",
+            "12.5",
+            "-0.01",
+            "99999.995",
+            "1234567.891",
+            "0.00005",
+            "10000",
+            "007.10",
+        ] {
+            for typmod in [None, Some((12, 2)), Some((20, 6)), Some((9, 0))] {
+                let plain = numeric(v, typmod);
+                let general = numeric(&format!("{v}e0"), typmod);
+                assert_eq!(plain, general, "{v} {typmod:?}");
+            }
+        }
     }
 
     #[test]

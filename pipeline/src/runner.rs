@@ -80,9 +80,9 @@ pub fn start(
             return Err(PlanError::HeaderQuote.into());
         }
         let text = std::str::from_utf8(&header).map_err(|_| PlanError::HeaderEncoding)?;
-        let (mut buf, mut fields) = (Vec::new(), Vec::new());
+        let (mut buf, mut fields) = (String::new(), Vec::new());
         parse_fields(
-            text.as_bytes(),
+            text,
             model.input.delimiter,
             model.input.quote,
             &mut buf,
@@ -91,7 +91,7 @@ pub fn start(
         .map_err(|_| PlanError::HeaderQuote)?;
         let names: Vec<String> = fields
             .iter()
-            .map(|f| String::from_utf8_lossy(&buf[f.start as usize..f.end as usize]).into_owned())
+            .map(|f| buf[f.start as usize..f.end as usize].to_string())
             .collect();
         Plan::from_header(model, &names, opts.line_column)?
     } else {
