@@ -133,7 +133,7 @@ impl BatchWriter {
         target: std::sync::Arc<Target>,
         job_id: Uuid,
     ) -> Result<BatchWriter, tokio_postgres::Error> {
-        let client = pg::connect_retrying(url).await?;
+        let client = Self::open(url).await?;
         Ok(BatchWriter {
             url: url.to_string(),
             client,
@@ -178,8 +178,18 @@ impl BatchWriter {
         Ok(())
     }
 
+    /// A writer session commits batches without waiting for their WAL
+    /// flush. That cannot break exactly-once: a batch and its checkpoint
+    /// share a transaction, so a crash loses both or neither, and the job's
+    /// final (synchronous) commit flushes every batch commit before it.
+    async fn open(url: &str) -> Result<Client, tokio_postgres::Error> {
+        let client = pg::connect_retrying(url).await?;
+        client.batch_execute("SET synchronous_commit = off").await?;
+        Ok(client)
+    }
+
     async fn reconnect(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.client = pg::connect_retrying(&self.url).await?;
+        self.client = Self::open(&self.url).await?;
         self.prepared = None;
         self.staged = false;
         Ok(())
