@@ -182,3 +182,43 @@ fn jobs_cancel_stops_a_running_load() {
     assert!(committed < ROWS, "stopped early");
     assert_eq!(db.count("ev"), committed, "the counters match the table");
 }
+
+#[test]
+fn writer_connections_killed_mid_load_are_retried_without_loss_or_duplicates() {
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let child = Reaped(Some(
+        db.nexus()
+            .env("NEXUS_MODELS", &models)
+            .env("NEXUS_COPY_CONNECTIONS", "2")
+            .args(["load", "--json", "--model", "ev", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    // Terminate the COPY sessions twice while batches flow (SQLSTATE 57P01,
+    // then a closed connection): the writers reconnect and carry on.
+    for at in [5, 200] {
+        wait_for("batches to commit", Duration::from_secs(120), || {
+            batches(&db) >= at
+        });
+        let killed = db.value(
+            "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity
+             WHERE application_name = 'nexus writer' AND datname = current_database()",
+        );
+        assert_ne!(killed.as_deref(), Some("0"), "there were writers to kill");
+    }
+    let out = child.take().wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["status"], "succeeded");
+    assert_eq!(s["rows_committed"], ROWS);
+    assert_eq!(db.count("ev"), ROWS);
+    assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS);
+    assert_eq!(db.count("nexus.rejects"), ROWS / 1000);
+}

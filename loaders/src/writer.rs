@@ -184,7 +184,9 @@ impl BatchWriter {
     /// final (synchronous) commit flushes every batch commit before it.
     async fn open(url: &str) -> Result<Client, tokio_postgres::Error> {
         let client = pg::connect_retrying(url).await?;
-        client.batch_execute("SET synchronous_commit = off").await?;
+        client
+            .batch_execute("SET synchronous_commit = off; SET application_name = 'nexus writer'")
+            .await?;
         Ok(client)
     }
 
