@@ -127,6 +127,17 @@ struct Parts<'a> {
     batch: &'a EncodedBatch,
 }
 
+impl<'a> Parts<'a> {
+    fn take(batch: &'a mut EncodedBatch) -> Parts<'a> {
+        let body = Bytes::from(std::mem::take(&mut batch.copy));
+        Parts {
+            seq: batch.seq,
+            body,
+            batch,
+        }
+    }
+}
+
 impl BatchWriter {
     pub async fn connect(
         url: &str,
@@ -205,12 +216,7 @@ impl BatchWriter {
     ) -> Result<Committed, WriteError> {
         let started = Instant::now();
         let mut batch = batch;
-        let body = Bytes::from(std::mem::take(&mut batch.copy));
-        let parts = Parts {
-            seq: batch.seq,
-            body,
-            batch: &batch,
-        };
+        let parts = Parts::take(&mut batch);
         let mut attempt = 0;
         loop {
             let result = self.try_batch(&parts, gate).await;
@@ -330,13 +336,8 @@ impl BatchWriter {
         batch: EncodedBatch,
     ) -> Result<(Committed, Vec<Reject>), WriteError> {
         let mut batch = batch;
-        let body = Bytes::from(std::mem::take(&mut batch.copy));
-        let parts = Parts {
-            seq: batch.seq,
-            body,
-            batch: &batch,
-        };
-        let mut rejects = batch.rejects.clone();
+        let parts = Parts::take(&mut batch);
+        let mut rejects = parts.batch.rejects.clone();
         let committed = self.apply(&parts, None, &mut rejects).await?;
         self.checkpoint(&parts, committed, rejects.len()).await?;
         Ok((
