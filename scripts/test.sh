@@ -27,4 +27,11 @@ if ! psql "$NEXUS_TEST_PG" -qAtc 'SELECT 1' >/dev/null 2>&1; then
   as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\""
   export NEXUS_TEST_PG=postgres://postgres:postgres@127.0.0.1:5432/postgres
 fi
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+exit "$rc"
