@@ -1,29 +1,51 @@
 //! The one `Config` of the binary: SPEC §2's variables, read from an
 //! optional `nexus.toml` (`NEXUS_CONFIG`, else `./nexus.toml`) and then the
-//! environment, which wins.
+//! environment, which wins. In the file a variable is written in lower case
+//! without the `NEXUS_` prefix (`NEXUS_RATE_LIMIT` → `rate_limit`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use nexus_pipeline::duration::parse_duration;
 
-/// Settings as `nexus.toml` spells them: the variable names in lower case,
-/// without the `NEXUS_` prefix.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    database_url: Option<String>,
-    models: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    copy_connections: Option<usize>,
-    log_format: Option<String>,
-}
+/// (environment variable, key in nexus.toml)
+const SETTINGS: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database_url"),
+    ("REDIS_URL", "redis_url"),
+    ("NEXUS_MODELS", "models"),
+    ("NEXUS_DATA_DIR", "data_dir"),
+    ("NEXUS_BIND", "bind"),
+    ("NEXUS_JWT_SECRET", "jwt_secret"),
+    ("NEXUS_ACCESS_TTL", "access_ttl"),
+    ("NEXUS_REFRESH_TTL", "refresh_ttl"),
+    ("NEXUS_RATE_LIMIT", "rate_limit"),
+    ("NEXUS_RATE_BURST", "rate_burst"),
+    ("NEXUS_MAX_UPLOAD", "max_upload"),
+    ("NEXUS_DB_POOL_MAX", "db_pool_max"),
+    ("NEXUS_DB_POOL_RECYCLE", "db_pool_recycle"),
+    ("NEXUS_COPY_CONNECTIONS", "copy_connections"),
+    ("NEXUS_CORS_ORIGINS", "cors_origins"),
+    ("NEXUS_ADMIN_PASSWORD", "admin_password"),
+    ("NEXUS_LOG_FORMAT", "log_format"),
+];
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Option<String>,
+    pub redis_url: Option<String>,
     pub models: Option<PathBuf>,
     pub data_dir: PathBuf,
+    pub bind: String,
+    pub jwt_secret: Option<String>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub db_pool_max: usize,
+    pub db_pool_recycle: Duration,
     pub copy_connections: usize,
+    pub cors_origins: Vec<String>,
+    pub admin_password: Option<String>,
     pub log_format: Option<String>,
 }
 
@@ -35,49 +57,131 @@ pub enum ConfigError {
     Var { name: &'static str, message: String },
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+/// Where settings come from: the environment over the file.
+struct Sources {
+    file: toml::Table,
+}
+
+impl Sources {
+    fn get(&self, var: &'static str) -> Option<String> {
+        if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            return Some(v);
+        }
+        let key = SETTINGS.iter().find(|(v, _)| *v == var)?.1;
+        match self.file.get(key)? {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Array(a) => Some(
+                a.iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            other => Some(other.to_string()),
+        }
+    }
+
+    fn parse<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => parse(&v).map_err(|message| ConfigError::Var { name: var, message }),
+        }
+    }
+}
+
+fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    min: T,
+    max: T,
+) -> impl Fn(&str) -> Result<T, String> {
+    move |v| {
+        v.trim()
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n >= min && *n <= max)
+            .ok_or_else(|| format!("`{v}` is not a number from {min} to {max}"))
+    }
 }
 
 impl Config {
     pub fn load() -> Result<Config, ConfigError> {
-        let file = match env("NEXUS_CONFIG") {
+        let file = match std::env::var("NEXUS_CONFIG").ok().filter(|v| !v.is_empty()) {
             Some(p) => read_file(Path::new(&p))?,
             None if Path::new("nexus.toml").exists() => read_file(Path::new("nexus.toml"))?,
-            None => FileConfig::default(),
+            None => toml::Table::new(),
         };
+        let s = Sources { file };
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let copy_connections = match env("NEXUS_COPY_CONNECTIONS") {
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or(ConfigError::Var {
-                    name: "NEXUS_COPY_CONNECTIONS",
-                    message: format!("`{v}` is not a number from 1 to 64"),
-                })?,
-            None => file.copy_connections.unwrap_or(cores),
-        };
+        let duration = |v: &str| parse_duration(v);
         Ok(Config {
-            database_url: env("DATABASE_URL").or(file.database_url),
-            models: env("NEXUS_MODELS").map(PathBuf::from).or(file.models),
-            data_dir: env("NEXUS_DATA_DIR")
+            database_url: s.get("DATABASE_URL"),
+            redis_url: s.get("REDIS_URL"),
+            models: s.get("NEXUS_MODELS").map(PathBuf::from),
+            data_dir: s
+                .get("NEXUS_DATA_DIR")
                 .map(PathBuf::from)
-                .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(".nexus")),
-            copy_connections,
-            log_format: env("NEXUS_LOG_FORMAT").or(file.log_format),
+            bind: s
+                .get("NEXUS_BIND")
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            jwt_secret: s.get("NEXUS_JWT_SECRET"),
+            access_ttl: s.parse("NEXUS_ACCESS_TTL", Duration::from_secs(15 * 60), duration)?,
+            refresh_ttl: s.parse(
+                "NEXUS_REFRESH_TTL",
+                Duration::from_secs(7 * 86400),
+                duration,
+            )?,
+            rate_limit: s.parse("NEXUS_RATE_LIMIT", 300, number(1, 1_000_000))?,
+            rate_burst: s.parse("NEXUS_RATE_BURST", 50, number(1, 1_000_000))?,
+            db_pool_max: s.parse("NEXUS_DB_POOL_MAX", 16, number(1, 1000))?,
+            db_pool_recycle: s.parse(
+                "NEXUS_DB_POOL_RECYCLE",
+                Duration::from_secs(20 * 60),
+                duration,
+            )?,
+            copy_connections: s.parse("NEXUS_COPY_CONNECTIONS", cores, number(1, 64))?,
+            cors_origins: s
+                .get("NEXUS_CORS_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            admin_password: s.get("NEXUS_ADMIN_PASSWORD"),
+            log_format: s.get("NEXUS_LOG_FORMAT"),
         })
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let err = |message: String| ConfigError::File {
         path: path.display().to_string(),
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    toml::from_str(&text).map_err(|e| err(e.to_string()))
+    let table: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    for key in table.keys() {
+        if !SETTINGS.iter().any(|(_, k)| k == key) {
+            return Err(err(format!(
+                "unknown setting `{key}` (known: {})",
+                SETTINGS
+                    .iter()
+                    .map(|(_, k)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(table)
 }

@@ -1,6 +1,8 @@
 //! `nexus`: bulk ingestion into PostgreSQL. This file is the command line:
 //! argument parsing, logging, exit codes (SPEC §1), and dispatch to `cmd/`.
 
+mod api;
+mod auth;
 mod cmd;
 mod config;
 mod db;
@@ -37,6 +39,18 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: cmd::models::ModelsCommand,
+    },
+    /// The HTTP API: auth, models, health, metrics, OpenAPI.
+    Serve(cmd::serve::ServeArgs),
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: cmd::users::UserCommand,
+    },
+    /// Session housekeeping.
+    Sessions {
+        #[command(subcommand)]
+        command: cmd::users::SessionsCommand,
     },
     /// Create or upgrade the `nexus` schema and the model tables (idempotent).
     Migrate {
@@ -92,6 +106,9 @@ fn main() -> ExitCode {
             Command::Jobs { command } => cmd::jobs::run(&config, command).await,
             Command::Models { command } => cmd::models::run(&config, command).await,
             Command::Migrate { schema_only } => cmd::models::migrate(&config, schema_only).await,
+            Command::Serve(args) => cmd::serve::run(config, args).await,
+            Command::User { command } => cmd::users::user(&config, command).await,
+            Command::Sessions { command } => cmd::users::sessions(&config, command).await,
         }
     });
     match result {

@@ -5,10 +5,11 @@
 use tokio_postgres::Client;
 
 /// (version, name, SQL). Append only: a released migration never changes.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "jobs, checkpoints, rejects, loaded files",
-    r#"
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "jobs, checkpoints, rejects, loaded files",
+        r#"
 CREATE TABLE nexus.jobs (
     id              uuid PRIMARY KEY,
     model           text NOT NULL,
@@ -64,7 +65,70 @@ CREATE TABLE nexus.loaded_files (
     PRIMARY KEY (model, file_hash)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "users, sessions, refresh tokens, audit log, request statistics",
+        r#"
+CREATE TABLE nexus.users (
+    id              uuid PRIMARY KEY,
+    username        text NOT NULL UNIQUE,
+    password_hash   text NOT NULL,
+    role            text NOT NULL CHECK (role IN ('admin', 'uploader', 'viewer')),
+    disabled_at     timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE nexus.sessions (
+    id              uuid PRIMARY KEY,
+    user_id         uuid NOT NULL REFERENCES nexus.users (id) ON DELETE CASCADE,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz NOT NULL,
+    revoked_at      timestamptz,
+    revoked_reason  text,
+    ip              text,
+    user_agent      text
+);
+CREATE INDEX sessions_user ON nexus.sessions (user_id);
+
+-- Refresh tokens are stored as SHA-256 hashes; a spent one keeps its row so
+-- that presenting it again is recognised as reuse.
+CREATE TABLE nexus.refresh_tokens (
+    token_hash      bytea PRIMARY KEY,
+    session_id      uuid NOT NULL REFERENCES nexus.sessions (id) ON DELETE CASCADE,
+    expires_at      timestamptz NOT NULL,
+    spent_at        timestamptz
+);
+CREATE INDEX refresh_tokens_session ON nexus.refresh_tokens (session_id);
+
+CREATE TABLE nexus.audit_log (
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    event       text NOT NULL,
+    username    text,
+    user_id     uuid,
+    session_id  uuid,
+    ip          text,
+    user_agent  text,
+    detail      text
+);
+CREATE INDEX audit_log_event_user ON nexus.audit_log (event, username, at);
+CREATE INDEX audit_log_event_ip ON nexus.audit_log (event, ip, at);
+
+-- Request latency per route and minute, as serialized HdrHistograms, so that
+-- `nexus perf report` can merge them across processes and minutes.
+CREATE TABLE nexus.request_stats (
+    minute      timestamptz NOT NULL,
+    route       text NOT NULL,
+    instance    uuid NOT NULL,
+    requests    bigint NOT NULL,
+    errors      bigint NOT NULL,
+    histogram   bytea NOT NULL,
+    PRIMARY KEY (minute, route, instance)
+);
+"#,
+    ),
+];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").
 const LOCK_KEY: i64 = 0x4e58_4d47;

@@ -3,3 +3,5 @@
 pub mod jobs;
 pub mod load;
 pub mod models;
+pub mod serve;
+pub mod users;

@@ -1,0 +1,311 @@
+//! `/api/v2/auth/*` and the authenticated-user extractor every protected
+//! route takes. Login is throttled per account and per address; refresh
+//! rotates; a spent refresh token presented again revokes its session.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::problem::{Problem, ProblemBody};
+use crate::auth::store::{self, Audit, Principal, Spend};
+use crate::auth::{Role, passwords, tokens};
+
+/// Failed logins allowed per account, and per address, within the window.
+const MAX_FAILURES_PER_ACCOUNT: i64 = 5;
+const MAX_FAILURES_PER_ADDRESS: i64 = 20;
+const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The user behind a request's bearer token, checked against a live session.
+pub struct CurrentUser(pub Principal);
+
+impl CurrentUser {
+    pub fn require(&self, roles: &[Role]) -> Result<(), Problem> {
+        if roles.contains(&self.0.role) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(&format!(
+                "this needs the role {}",
+                roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Problem::unauthorized("an access token is required (Authorization: Bearer …)")
+            })?;
+        let claims = state
+            .keys
+            .verify(token.trim())
+            .ok_or_else(|| Problem::unauthorized("the access token is invalid or expired"))?;
+        let db = state.pool.get().await?;
+        let principal = store::live_session(&**db, claims.sid)
+            .await?
+            .filter(|p| p.user_id == claims.sub)
+            .ok_or_else(|| Problem::unauthorized("the session was revoked or the user disabled"))?;
+        Ok(CurrentUser(principal))
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+fn user_agent(h: &HeaderMap) -> Option<String> {
+    h.get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(300).collect())
+}
+
+async fn issue_pair(
+    state: &AppState,
+    db: &tokio_postgres::Client,
+    p: &Principal,
+) -> Result<TokenPair, Problem> {
+    let (refresh, hash) = tokens::new_refresh_token();
+    store::add_refresh_token(db, p.session_id, &hash, state.config.refresh_ttl).await?;
+    let access = state.keys.issue(
+        p.user_id,
+        p.session_id,
+        &p.username,
+        p.role,
+        state.config.access_ttl,
+    )?;
+    Ok(TokenPair {
+        access_token: access,
+        refresh_token: refresh,
+        token_type: "Bearer".into(),
+        expires_in: state.config.access_ttl.as_secs(),
+    })
+}
+
+/// Log in with a username and password.
+#[utoipa::path(post, path = "/api/v2/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenPair),
+        (status = 401, description = "Wrong username or password", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<TokenPair>, Problem> {
+    let ip = peer.ip().to_string();
+    let ua = user_agent(&headers);
+    let db = state.pool.get().await?;
+    let (by_user, by_ip, retry) =
+        store::recent_failures(&**db, &req.username, &ip, FAILURE_WINDOW).await?;
+    if by_user >= MAX_FAILURES_PER_ACCOUNT || by_ip >= MAX_FAILURES_PER_ADDRESS {
+        metrics::counter!("nexus_logins_total", "result" => "throttled").increment(1);
+        store::audit(
+            &**db,
+            Audit {
+                event: "login_throttled",
+                username: Some(&req.username),
+                ip: Some(&ip),
+                user_agent: ua.as_deref(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        return Err(Problem::too_many(
+            retry.ceil() as u64,
+            "too many failed logins; try again later",
+        ));
+    }
+    let creds = store::credentials(&**db, &req.username).await?;
+    let hash = creds
+        .as_ref()
+        .map(|c| c.password_hash.clone())
+        .unwrap_or_else(|| passwords::decoy().to_string());
+    let password_ok = passwords::verify(req.password.clone(), hash).await;
+    let creds = match creds {
+        Some(c) if password_ok && !c.disabled => c,
+        other => {
+            metrics::counter!("nexus_logins_total", "result" => "failed").increment(1);
+            let detail = match other {
+                Some(c) if c.disabled => "user disabled",
+                Some(_) => "wrong password",
+                None => "unknown user",
+            };
+            store::audit(
+                &**db,
+                Audit {
+                    event: "login_failed",
+                    username: Some(&req.username),
+                    ip: Some(&ip),
+                    user_agent: ua.as_deref(),
+                    detail: Some(detail),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            return Err(Problem::unauthorized("wrong username or password"));
+        }
+    };
+    let session_id = store::create_session(
+        &**db,
+        creds.id,
+        state.config.refresh_ttl,
+        &ip,
+        ua.as_deref(),
+    )
+    .await?;
+    let principal = Principal {
+        user_id: creds.id,
+        session_id,
+        username: req.username.clone(),
+        role: creds.role,
+    };
+    let pair = issue_pair(&state, &db, &principal).await?;
+    store::audit(
+        &**db,
+        Audit {
+            event: "login_ok",
+            username: Some(&req.username),
+            user_id: Some(creds.id),
+            session_id: Some(session_id),
+            ip: Some(&ip),
+            user_agent: ua.as_deref(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    metrics::counter!("nexus_logins_total", "result" => "ok").increment(1);
+    Ok(Json(pair))
+}
+
+/// Exchange a refresh token for a new pair; the old refresh token is spent.
+#[utoipa::path(post, path = "/api/v2/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair", body = TokenPair),
+        (status = 401, description = "Invalid, expired or reused refresh token (reuse revokes the session)", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Json<TokenPair>, Problem> {
+    let ip = peer.ip().to_string();
+    let ua = user_agent(&headers);
+    let db = state.pool.get().await?;
+    let hash = tokens::hash_refresh_token(req.refresh_token.trim());
+    match store::spend_refresh_token(&**db, &hash).await? {
+        Spend::Fresh(p) => {
+            let pair = issue_pair(&state, &db, &p).await?;
+            store::audit(
+                &**db,
+                Audit {
+                    event: "refresh",
+                    username: Some(&p.username),
+                    user_id: Some(p.user_id),
+                    session_id: Some(p.session_id),
+                    ip: Some(&ip),
+                    user_agent: ua.as_deref(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Ok(Json(pair))
+        }
+        Spend::Reused {
+            session_id,
+            user_id,
+        } => {
+            store::revoke_session(&**db, session_id, "refresh token reuse").await?;
+            store::audit(
+                &**db,
+                Audit {
+                    event: "refresh_reuse_detected",
+                    user_id: Some(user_id),
+                    session_id: Some(session_id),
+                    ip: Some(&ip),
+                    user_agent: ua.as_deref(),
+                    detail: Some("a spent refresh token was presented again; session revoked"),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            tracing::warn!(%session_id, %ip, "refresh token reuse: session revoked");
+            Err(Problem::unauthorized(
+                "this refresh token was already used; the session is revoked",
+            ))
+        }
+        Spend::Invalid => Err(Problem::unauthorized(
+            "the refresh token is invalid or expired",
+        )),
+    }
+}
+
+/// Revoke the current session.
+#[utoipa::path(post, path = "/api/v2/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "Not logged in", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn logout(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    user: CurrentUser,
+) -> Result<StatusCode, Problem> {
+    let db = state.pool.get().await?;
+    store::revoke_session(&**db, user.0.session_id, "logout").await?;
+    let ip = peer.ip().to_string();
+    store::audit(
+        &**db,
+        Audit {
+            event: "logout",
+            username: Some(&user.0.username),
+            user_id: Some(user.0.user_id),
+            session_id: Some(user.0.session_id),
+            ip: Some(&ip),
+            user_agent: user_agent(&headers).as_deref(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,162 @@
+//! Liveness, a detailed health report for admins, and Prometheus metrics.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use super::AppState;
+use super::auth::CurrentUser;
+use super::problem::{Problem, ProblemBody};
+use crate::auth::Role;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// 200 while the process serves.
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "Serving", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Component {
+    /// `ok`, `down` or `disabled`.
+    pub status: String,
+    pub required: bool,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DetailedHealth {
+    /// `ok` when every required component is.
+    pub status: String,
+    pub uptime_seconds: u64,
+    pub postgres: Component,
+    pub redis: Component,
+    pub pool: Component,
+    pub queue: Component,
+    pub workers: Component,
+    pub http: Component,
+}
+
+fn component(status: &str, required: bool, details: serde_json::Value) -> Component {
+    Component {
+        status: status.into(),
+        required,
+        details,
+    }
+}
+
+/// Each component with its figures; 503 when a required one is down.
+#[utoipa::path(get, path = "/health/detailed", tag = "health", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "All required components are up", body = DetailedHealth),
+        (status = 503, description = "A required component is down", body = DetailedHealth),
+        (status = 401, description = "Not logged in", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn detailed(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<impl IntoResponse, Problem> {
+    user.require(&[Role::Admin])?;
+    let started = Instant::now();
+    let (postgres, queue) = match state.pool.get().await {
+        Ok(db) => {
+            let ping = db.query_one("SELECT 1", &[]).await.is_ok();
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let counts = db
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running')
+                     FROM nexus.jobs",
+                    &[],
+                )
+                .await
+                .ok()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+            (
+                component(
+                    if ping { "ok" } else { "down" },
+                    true,
+                    serde_json::json!({ "latency_ms": latency_ms }),
+                ),
+                match counts {
+                    Some((q, r)) => component(
+                        "ok",
+                        false,
+                        serde_json::json!({ "queued": q, "running": r }),
+                    ),
+                    None => component("down", false, serde_json::json!({})),
+                },
+            )
+        }
+        Err(e) => (
+            component("down", true, serde_json::json!({ "error": e.to_string() })),
+            component("down", false, serde_json::json!({})),
+        ),
+    };
+    let s = state.pool.status();
+    let pool = component(
+        "ok",
+        false,
+        serde_json::json!({ "size": s.size, "available": s.available, "waiting": s.waiting, "max_size": s.max_size }),
+    );
+    let redis = component(
+        "disabled",
+        false,
+        serde_json::json!({ "configured": state.config.redis_url.is_some(), "note": "the cache is not part of this build" }),
+    );
+    let workers = component(
+        "disabled",
+        false,
+        serde_json::json!({ "note": "job workers are not part of this build" }),
+    );
+    let (count, p50, p95, p99) = state.stats.percentiles();
+    let http = component(
+        "ok",
+        false,
+        serde_json::json!({ "requests": count, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99 }),
+    );
+    let ok = postgres.status == "ok";
+    let body = DetailedHealth {
+        status: if ok { "ok" } else { "degraded" }.into(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        postgres,
+        redis,
+        pool,
+        queue,
+        workers,
+        http,
+    };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(body)))
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Metrics", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let s = state.pool.status();
+    metrics::gauge!("nexus_db_pool_size").set(s.size as f64);
+    metrics::gauge!("nexus_db_pool_available").set(s.available as f64);
+    metrics::gauge!("nexus_db_pool_waiting").set(s.waiting as f64);
+    metrics::gauge!("nexus_db_pool_max_size").set(s.max_size as f64);
+    metrics::gauge!("nexus_uptime_seconds").set(state.started.elapsed().as_secs_f64());
+    state.prometheus.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+}

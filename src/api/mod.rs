@@ -1,0 +1,166 @@
+//! The HTTP service: shared state, the router with its middleware stack,
+//! and the OpenAPI document generated from the handlers. One module per
+//! route group.
+
+pub mod auth;
+pub mod health;
+pub mod middleware;
+pub mod models;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use nexus_pipeline::ModelSet;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+
+use crate::auth::tokens::Keys;
+use crate::config::Config;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: deadpool_postgres::Pool,
+    pub config: Arc<Config>,
+    pub keys: Arc<Keys>,
+    pub models: Arc<ModelSet>,
+    pub prometheus: PrometheusHandle,
+    pub started: Instant,
+    pub limiter: Arc<middleware::Limiter>,
+    pub stats: Arc<middleware::HttpStats>,
+}
+
+/// Largest JSON request body the API takes.
+const JSON_BODY_LIMIT: usize = 64 << 10;
+
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Nexus", description = "Bulk ingestion into PostgreSQL"),
+    paths(
+        auth::login,
+        auth::refresh,
+        auth::logout,
+        models::list,
+        models::show,
+        health::health,
+        health::detailed,
+        health::metrics,
+        openapi_json,
+    ),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v2/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(openapi())
+}
+
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v2/auth/login", post(auth::login))
+        .route("/api/v2/auth/refresh", post(auth::refresh))
+        .route("/api/v2/auth/logout", post(auth::logout))
+        .route("/api/v2/models", get(models::list))
+        .route("/api/v2/models/{model}", get(models::show))
+        .route("/health/detailed", get(health::detailed))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit,
+        ))
+        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
+    let compress_when = SizeAbove::new(1024)
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::SSE);
+    let mut app = Router::new()
+        .merge(api)
+        .route("/api/v2/openapi.json", get(openapi_json))
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::observe,
+        ))
+        .layer(axum::middleware::from_fn(problem::problem_json))
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .compress_when(compress_when),
+        );
+    if !state.config.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = state
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::CONTENT_ENCODING,
+                ])
+                .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+                .max_age(Duration::from_secs(600)),
+        );
+    }
+    let x_request_id = HeaderName::from_static("x-request-id");
+    app.layer(SetResponseHeaderLayer::if_not_present(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ))
+    .layer(SetResponseHeaderLayer::if_not_present(
+        header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    ))
+    .layer(SetResponseHeaderLayer::if_not_present(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    ))
+    .layer(SetResponseHeaderLayer::if_not_present(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    ))
+    .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+    .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+    .with_state(state)
+}

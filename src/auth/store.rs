@@ -1,0 +1,302 @@
+//! The auth tables: users, sessions, refresh tokens and the audit log. The
+//! one place that reads or writes them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::Role;
+
+type Db = tokio_postgres::Error;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Creates a user; `None` if the name is taken.
+pub async fn add_user(
+    c: &impl GenericClient,
+    username: &str,
+    password_hash: &str,
+    role: Role,
+) -> Result<Option<Uuid>, Db> {
+    let id = Uuid::new_v4();
+    let n = c
+        .execute(
+            "INSERT INTO nexus.users (id, username, password_hash, role) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (username) DO NOTHING",
+            &[&id, &username, &password_hash, &role.as_str()],
+        )
+        .await?;
+    Ok((n == 1).then_some(id))
+}
+
+pub async fn list_users(c: &impl GenericClient) -> Result<Vec<User>, Db> {
+    Ok(c
+        .query(
+            "SELECT id, username, role, disabled_at IS NOT NULL, created_at FROM nexus.users ORDER BY username",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| User {
+            id: r.get(0),
+            username: r.get(1),
+            role: Role::parse(r.get(2)).unwrap_or(Role::Viewer),
+            disabled: r.get(3),
+            created_at: r.get(4),
+        })
+        .collect())
+}
+
+/// Disables a user and revokes their sessions; false if there is no such user.
+pub async fn disable_user(c: &impl GenericClient, username: &str) -> Result<Option<Uuid>, Db> {
+    let Some(row) = c
+        .query_opt(
+            "UPDATE nexus.users SET disabled_at = coalesce(disabled_at, now()) WHERE username = $1 RETURNING id",
+            &[&username],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: Uuid = row.get(0);
+    c.execute(
+        "UPDATE nexus.sessions SET revoked_at = now(), revoked_reason = 'user disabled'
+         WHERE user_id = $1 AND revoked_at IS NULL",
+        &[&id],
+    )
+    .await?;
+    Ok(Some(id))
+}
+
+pub async fn any_admin(c: &impl GenericClient) -> Result<bool, Db> {
+    Ok(c.query_one(
+        "SELECT exists (SELECT 1 FROM nexus.users WHERE role = 'admin' AND disabled_at IS NULL)",
+        &[],
+    )
+    .await?
+    .get(0))
+}
+
+/// What a login needs to know about a user.
+pub struct Credentials {
+    pub id: Uuid,
+    pub password_hash: String,
+    pub role: Role,
+    pub disabled: bool,
+}
+
+pub async fn credentials(
+    c: &impl GenericClient,
+    username: &str,
+) -> Result<Option<Credentials>, Db> {
+    Ok(c
+        .query_opt(
+            "SELECT id, password_hash, role, disabled_at IS NOT NULL FROM nexus.users WHERE username = $1",
+            &[&username],
+        )
+        .await?
+        .map(|r| Credentials {
+            id: r.get(0),
+            password_hash: r.get(1),
+            role: Role::parse(r.get(2)).unwrap_or(Role::Viewer),
+            disabled: r.get(3),
+        }))
+}
+
+/// Who a request is, once its access token checked out.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub username: String,
+    pub role: Role,
+}
+
+/// A live session of an enabled user: the per-request check that makes
+/// revocation and disabling take effect at once.
+pub async fn live_session(
+    c: &impl GenericClient,
+    session_id: Uuid,
+) -> Result<Option<Principal>, Db> {
+    Ok(c
+        .query_opt(
+            "SELECT u.id, u.username, u.role FROM nexus.sessions s JOIN nexus.users u ON u.id = s.user_id
+             WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.disabled_at IS NULL",
+            &[&session_id],
+        )
+        .await?
+        .map(|r| Principal {
+            user_id: r.get(0),
+            session_id,
+            username: r.get(1),
+            role: Role::parse(r.get(2)).unwrap_or(Role::Viewer),
+        }))
+}
+
+pub async fn create_session(
+    c: &impl GenericClient,
+    user_id: Uuid,
+    ttl: Duration,
+    ip: &str,
+    user_agent: Option<&str>,
+) -> Result<Uuid, Db> {
+    let id = Uuid::new_v4();
+    c.execute(
+        "INSERT INTO nexus.sessions (id, user_id, expires_at, ip, user_agent)
+         VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5)",
+        &[&id, &user_id, &(ttl.as_secs_f64()), &ip, &user_agent],
+    )
+    .await?;
+    Ok(id)
+}
+
+pub async fn revoke_session(
+    c: &impl GenericClient,
+    session_id: Uuid,
+    reason: &str,
+) -> Result<(), Db> {
+    c.execute(
+        "UPDATE nexus.sessions SET revoked_at = coalesce(revoked_at, now()), revoked_reason = coalesce(revoked_reason, $2)
+         WHERE id = $1",
+        &[&session_id, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores a new refresh token for a session and extends the session to it.
+pub async fn add_refresh_token(
+    c: &impl GenericClient,
+    session_id: Uuid,
+    hash: &[u8],
+    ttl: Duration,
+) -> Result<(), Db> {
+    let secs = ttl.as_secs_f64();
+    c.execute(
+        "INSERT INTO nexus.refresh_tokens (token_hash, session_id, expires_at)
+         VALUES ($1, $2, now() + make_interval(secs => $3))",
+        &[&hash, &session_id, &secs],
+    )
+    .await?;
+    c.execute(
+        "UPDATE nexus.sessions SET expires_at = now() + make_interval(secs => $2) WHERE id = $1",
+        &[&session_id, &secs],
+    )
+    .await?;
+    Ok(())
+}
+
+/// What presenting a refresh token amounts to.
+pub enum Spend {
+    /// Valid: now spent; the session may continue.
+    Fresh(Principal),
+    /// Already spent: a replay. The session must be revoked.
+    Reused { session_id: Uuid, user_id: Uuid },
+    /// Unknown, expired, or its session is revoked or its user disabled.
+    Invalid,
+}
+
+/// Spends a refresh token atomically: of two concurrent presentations of
+/// the same token, exactly one is `Fresh`.
+pub async fn spend_refresh_token(c: &impl GenericClient, hash: &[u8]) -> Result<Spend, Db> {
+    let spent = c
+        .query_opt(
+            "UPDATE nexus.refresh_tokens SET spent_at = now()
+             WHERE token_hash = $1 AND spent_at IS NULL AND expires_at > now()
+             RETURNING session_id",
+            &[&hash],
+        )
+        .await?;
+    if let Some(row) = spent {
+        let session_id: Uuid = row.get(0);
+        return Ok(match live_session(c, session_id).await? {
+            Some(p) => Spend::Fresh(p),
+            None => Spend::Invalid,
+        });
+    }
+    let known = c
+        .query_opt(
+            "SELECT t.session_id, s.user_id FROM nexus.refresh_tokens t JOIN nexus.sessions s ON s.id = t.session_id
+             WHERE t.token_hash = $1 AND t.spent_at IS NOT NULL",
+            &[&hash],
+        )
+        .await?;
+    Ok(match known {
+        Some(r) => Spend::Reused {
+            session_id: r.get(0),
+            user_id: r.get(1),
+        },
+        None => Spend::Invalid,
+    })
+}
+
+/// Deletes expired and revoked sessions (with their refresh tokens).
+pub async fn cleanup_sessions(c: &impl GenericClient) -> Result<u64, Db> {
+    c.execute(
+        "DELETE FROM nexus.sessions WHERE revoked_at IS NOT NULL OR expires_at <= now()",
+        &[],
+    )
+    .await
+}
+
+/// One audit event.
+#[derive(Debug, Default)]
+pub struct Audit<'a> {
+    pub event: &'a str,
+    pub username: Option<&'a str>,
+    pub user_id: Option<Uuid>,
+    pub session_id: Option<Uuid>,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub detail: Option<&'a str>,
+}
+
+pub async fn audit(c: &impl GenericClient, a: Audit<'_>) -> Result<(), Db> {
+    c.execute(
+        "INSERT INTO nexus.audit_log (event, username, user_id, session_id, ip, user_agent, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &a.event,
+            &a.username,
+            &a.user_id,
+            &a.session_id,
+            &a.ip,
+            &a.user_agent,
+            &a.detail,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Failed logins within `window`: (for this account, from this address),
+/// and the seconds until the oldest of them leaves the window.
+pub async fn recent_failures(
+    c: &impl GenericClient,
+    username: &str,
+    ip: &str,
+    window: Duration,
+) -> Result<(i64, i64, f64), Db> {
+    let r = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE username = $1),
+                    count(*) FILTER (WHERE ip = $2),
+                    coalesce(extract(epoch FROM min(at) + make_interval(secs => $3) - now()), 0)::float8
+             FROM nexus.audit_log
+             WHERE event = 'login_failed' AND at > now() - make_interval(secs => $3)
+               AND (username = $1 OR ip = $2)",
+            &[&username, &ip, &window.as_secs_f64()],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1), r.get(2)))
+}

@@ -1,0 +1,230 @@
+//! `nexus serve`: checks its configuration, migrates, makes sure there is an
+//! admin, and serves HTTP until SIGTERM/SIGINT, then stops accepting and
+//! lets in-flight requests finish within a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use clap::Args;
+use rand::RngCore;
+
+use crate::api::{self, AppState, middleware};
+use crate::auth::store::{self, Audit};
+use crate::auth::{Role, passwords, tokens::Keys};
+use crate::config::Config;
+use crate::db::{self, Database};
+use crate::exit;
+
+/// How long in-flight requests may run on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen address (overrides NEXUS_BIND).
+    #[arg(long)]
+    bind: Option<String>,
+    /// Development mode: a random token secret if none is configured.
+    #[arg(long)]
+    dev: bool,
+}
+
+fn secret(config: &Config, dev: bool) -> anyhow::Result<Vec<u8>> {
+    match &config.jwt_secret {
+        Some(s) if s.len() >= 32 => Ok(s.as_bytes().to_vec()),
+        Some(_) if !dev => Err(exit::usage(
+            "NEXUS_JWT_SECRET is shorter than 32 bytes; use a long random secret (e.g. `openssl rand -base64 48`)",
+        )),
+        None if !dev => Err(exit::usage(
+            "NEXUS_JWT_SECRET is not set; set a random secret of at least 32 bytes, or run `nexus serve --dev` for local development",
+        )),
+        _ => {
+            tracing::warn!("--dev: using a random token secret; tokens do not survive a restart");
+            let mut s = [0u8; 48];
+            rand::rng().fill_bytes(&mut s);
+            Ok(base64::engine::general_purpose::STANDARD
+                .encode(s)
+                .into_bytes())
+        }
+    }
+}
+
+pub async fn run(config: Config, args: ServeArgs) -> anyhow::Result<u8> {
+    let secret = secret(&config, args.dev)?;
+    let bind = args.bind.clone().unwrap_or_else(|| config.bind.clone());
+    let addr: SocketAddr = bind
+        .parse()
+        .map_err(|_| exit::usage(format!("bind address `{bind}` is not host:port")))?;
+    let models = db::models(&config)?;
+    let database = Database::open(&config).await?;
+    let result = serve(config, database.url.clone(), secret, addr, models).await;
+    database.close().await;
+    result
+}
+
+async fn serve(
+    config: Config,
+    url: String,
+    secret: Vec<u8>,
+    addr: SocketAddr,
+    models: nexus_pipeline::ModelSet,
+) -> anyhow::Result<u8> {
+    let mut control = nexus_loaders::pg::connect_retrying(&url)
+        .await
+        .map_err(|e| {
+            exit::failed(format!(
+                "cannot connect to PostgreSQL: {}",
+                nexus_loaders::pg::describe(&e)
+            ))
+        })?;
+    nexus_loaders::migrate::migrate(&mut control).await?;
+    if let Some(pw) = &config.admin_password
+        && !store::any_admin(&control).await?
+    {
+        let hash = passwords::hash(pw.clone()).await?;
+        if let Some(id) = store::add_user(&control, "admin", &hash, Role::Admin).await? {
+            store::audit(
+                &control,
+                Audit {
+                    event: "user_created",
+                    username: Some("admin"),
+                    user_id: Some(id),
+                    detail: Some("from NEXUS_ADMIN_PASSWORD"),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            tracing::info!("created user `admin` from NEXUS_ADMIN_PASSWORD");
+        }
+    }
+    let pool = pool(&url, &config)?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| exit::failed(format!("metrics: {e}")))?;
+    let state = AppState {
+        pool: pool.clone(),
+        limiter: Arc::new(middleware::limiter(config.rate_limit, config.rate_burst)),
+        config: Arc::new(config),
+        keys: Arc::new(Keys::new(&secret)),
+        models: Arc::new(models),
+        prometheus,
+        started: Instant::now(),
+        stats: Arc::new(middleware::HttpStats::new()),
+    };
+    drop(control);
+    let background = spawn_housekeeping(state.clone());
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| exit::failed(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr()?;
+    tracing::info!(%local, "nexus serving");
+    eprintln!("nexus: listening on http://{local}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful_rx = stop_rx.clone();
+    let server = axum::serve(
+        listener,
+        api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|s| *s).await;
+    });
+    let mut deadline_rx = stop_rx;
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            let _ = deadline_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
+    }
+    background.abort();
+    flush_stats(&state).await;
+    Ok(0)
+}
+
+fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
+    let pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| exit::usage(format!("DATABASE_URL: {e}")))?;
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(config.db_pool_max)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| exit::failed(format!("database pool: {e}")))
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Every minute: retire pooled connections older than the recycle age, and
+/// write the minute's request latencies for `nexus perf report`.
+fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let max_age = state.config.db_pool_recycle;
+            state.pool.retain(|_, m| m.age() < max_age);
+            flush_stats(&state).await;
+        }
+    })
+}
+
+static INSTANCE: std::sync::OnceLock<uuid::Uuid> = std::sync::OnceLock::new();
+
+async fn flush_stats(state: &AppState) {
+    let minute = state.stats.take_minute();
+    if minute.is_empty() {
+        return;
+    }
+    let instance = *INSTANCE.get_or_init(uuid::Uuid::new_v4);
+    let Ok(db) = state.pool.get().await else {
+        return;
+    };
+    for (route, s) in minute {
+        let mut bytes = Vec::new();
+        use hdrhistogram::serialization::Serializer as _;
+        if hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&s.histogram, &mut bytes)
+            .is_err()
+        {
+            continue;
+        }
+        let result = db
+            .execute(
+                "INSERT INTO nexus.request_stats (minute, route, instance, requests, errors, histogram)
+                 VALUES (date_trunc('minute', now()), $1, $2, $3, $4, $5)
+                 ON CONFLICT (minute, route, instance) DO UPDATE
+                 SET requests = nexus.request_stats.requests + EXCLUDED.requests,
+                     errors = nexus.request_stats.errors + EXCLUDED.errors,
+                     histogram = EXCLUDED.histogram",
+                &[&route, &instance, &(s.requests as i64), &(s.errors as i64), &bytes],
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record request statistics");
+        }
+    }
+}
