@@ -73,6 +73,22 @@ impl HttpStats {
     }
 }
 
+/// Counts a request as in flight until dropped (also when the client goes away).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        metrics::gauge!("nexus_http_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("nexus_http_requests_in_flight").decrement(1.0);
+    }
+}
+
 /// Access log line and metrics for every request.
 pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -89,7 +105,9 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let in_flight = InFlight::enter();
     let res = next.run(req).await;
+    drop(in_flight);
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     metrics::counter!("nexus_http_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())

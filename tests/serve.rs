@@ -1,0 +1,537 @@
+//! `nexus serve` as a client sees it: authentication and sessions, roles,
+//! rate limits and login throttling, headers, compression, CORS, problem
+//! details, metrics, OpenAPI and graceful shutdown — against a real server
+//! process and a real PostgreSQL.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{Reaped, TestDb, wait_for};
+use reqwest::blocking::{Client, Response};
+use serde_json::{Value, json};
+
+const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
+const ADMIN_PW: &str = "admin-password-1";
+
+struct Server {
+    child: Reaped,
+    base: String,
+    http: Client,
+}
+
+impl Server {
+    fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
+        let mut cmd = db.nexus();
+        cmd.args(["serve", "--bind", "127.0.0.1:0"])
+            .env("NEXUS_JWT_SECRET", SECRET)
+            .env("NEXUS_ADMIN_PASSWORD", ADMIN_PW)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = Reaped(Some(cmd.spawn().unwrap()));
+        let stderr = child.get().stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("nexus: listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server reports its address");
+        let http = Client::builder().build().unwrap();
+        Server { child, base, http }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn login(&self, user: &str, password: &str) -> Response {
+        self.http
+            .post(self.url("/api/v2/auth/login"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .unwrap()
+    }
+
+    fn tokens(&self, user: &str, password: &str) -> (String, String) {
+        let r = self.login(user, password);
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["token_type"], "Bearer");
+        (
+            v["access_token"].as_str().unwrap().to_string(),
+            v["refresh_token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn get(&self, path: &str, token: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    }
+
+    fn refresh(&self, refresh: &str) -> Response {
+        self.http
+            .post(self.url("/api/v2/auth/refresh"))
+            .json(&json!({"refresh_token": refresh}))
+            .send()
+            .unwrap()
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.get()
+    }
+}
+
+fn add_user(db: &TestDb, name: &str, role: &str, password: &str) {
+    let mut child = db
+        .nexus()
+        .args(["user", "add", name, "--role", role, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn assert_problem(r: Response, status: u16) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["status"], status);
+    assert_eq!(v["type"], "about:blank");
+    assert!(v["title"].is_string());
+    v
+}
+
+#[test]
+fn login_access_and_expiry() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[("NEXUS_ACCESS_TTL", "2s")]);
+    assert_problem(s.login("admin", "wrong"), 401);
+    assert_problem(s.login("nobody", ADMIN_PW), 401);
+    let (access, _) = s.tokens("admin", ADMIN_PW);
+    let r = s.get("/api/v2/models", &access);
+    assert_eq!(r.status(), 200);
+    let models: Value = r.json().unwrap();
+    assert_eq!(models.as_array().unwrap().len(), 6);
+    let one: Value = s.get("/api/v2/models/customer", &access).json().unwrap();
+    assert_eq!(one["key"], json!(["id"]));
+    assert_problem(s.get("/api/v2/models/nope", &access), 404);
+    assert_problem(s.get("/api/v2/models", "garbage"), 401);
+    let r = s.http.get(s.url("/api/v2/models")).send().unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_problem(r, 401);
+    // Expiry is enforced to the second: no leeway.
+    wait_for(
+        "the access token to expire",
+        Duration::from_secs(10),
+        || s.get("/api/v2/models", &access).status() == 401,
+    );
+    let events: Vec<String> = db
+        .sql("SELECT event FROM nexus.audit_log ORDER BY id")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        events,
+        ["user_created", "login_failed", "login_failed", "login_ok"]
+    );
+}
+
+#[test]
+fn refresh_rotates_and_reuse_revokes_the_session() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    let (_, r1) = s.tokens("admin", ADMIN_PW);
+    let v: Value = s.refresh(&r1).json().unwrap();
+    let (a2, r2) = (
+        v["access_token"].as_str().unwrap(),
+        v["refresh_token"].as_str().unwrap(),
+    );
+    assert_ne!(r1, r2);
+    assert_eq!(s.get("/api/v2/models", a2).status(), 200);
+    // The spent token again: the whole session goes.
+    assert_problem(s.refresh(&r1), 401);
+    assert_problem(s.get("/api/v2/models", a2), 401);
+    assert_problem(s.refresh(r2), 401);
+    assert_eq!(
+        db.count("nexus.audit_log WHERE event = 'refresh_reuse_detected'"),
+        1
+    );
+    assert_problem(s.refresh("not-a-token"), 401);
+    // Refresh tokens are stored as their SHA-256, never as issued.
+    assert_eq!(
+        db.count(&format!(
+            "nexus.refresh_tokens WHERE token_hash = sha256(convert_to('{r2}', 'UTF8'))"
+        )),
+        1
+    );
+    // Expired and revoked sessions are cleaned up.
+    let r = db.run(&["sessions", "cleanup"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("deleted 1 "), "{r:?}");
+}
+
+#[test]
+fn logout_and_disabling_take_effect_at_once() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    let (a, r) = s.tokens("admin", ADMIN_PW);
+    let res = s
+        .http
+        .post(s.url("/api/v2/auth/logout"))
+        .bearer_auth(&a)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_problem(s.get("/api/v2/models", &a), 401);
+    assert_problem(s.refresh(&r), 401);
+
+    add_user(&db, "vera", "viewer", "viewer-password");
+    let (va, _) = s.tokens("vera", "viewer-password");
+    assert_eq!(s.get("/api/v2/models", &va).status(), 200);
+    let out = db.run(&["user", "disable", "vera"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_problem(s.get("/api/v2/models", &va), 401);
+    assert_problem(s.login("vera", "viewer-password"), 401);
+    let list = db.run(&["user", "list"]);
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with("vera") && l.contains("disabled")),
+        "{list:?}"
+    );
+}
+
+#[test]
+fn roles_are_enforced() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    add_user(&db, "vic", "viewer", "viewer-password");
+    add_user(&db, "uma", "uploader", "uploader-password");
+    for (user, pw) in [("vic", "viewer-password"), ("uma", "uploader-password")] {
+        let (a, _) = s.tokens(user, pw);
+        let v = assert_problem(s.get("/health/detailed", &a), 403);
+        assert!(v["detail"].as_str().unwrap().contains("admin"));
+    }
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let r = s.get("/health/detailed", &a);
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["postgres"]["status"], "ok");
+    assert!(v["pool"]["details"]["max_size"].as_u64().unwrap() > 0);
+    let dup = db.run(&["user", "add", "vic", "--role", "viewer", "--password-stdin"]);
+    assert_ne!(dup.code, 0);
+}
+
+#[test]
+fn rate_limit_answers_429_with_retry_after() {
+    let db = TestDb::new();
+    let s = Server::start(
+        &db,
+        &[("NEXUS_RATE_LIMIT", "60"), ("NEXUS_RATE_BURST", "3")],
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = s.http.get(s.url("/api/v2/models")).send().unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry));
+            assert_problem(r, 429);
+            break;
+        }
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 429],
+        "the burst of 3 anonymous requests, then 429"
+    );
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("nexus_http_rate_limited_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn failed_logins_are_throttled_per_account() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    for _ in 0..5 {
+        assert_problem(s.login("admin", "wrong"), 401);
+    }
+    // Even the right password is refused while throttled.
+    let r = s.login("admin", ADMIN_PW);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 900, "{retry}");
+    assert_problem(r, 429);
+    assert_eq!(
+        db.count("nexus.audit_log WHERE event = 'login_throttled'"),
+        1
+    );
+}
+
+#[test]
+fn headers_compression_and_problem_details() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    for r in [
+        s.get("/api/v2/models", &a),
+        s.http.get(s.url("/nowhere")).send().unwrap(),
+    ] {
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'self'")
+        );
+        assert_eq!(h["x-request-id"].len(), 36);
+    }
+    let r = s
+        .http
+        .get(s.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    // Over 1 KiB: gzip; under: as is.
+    let big = s
+        .http
+        .get(s.url("/api/v2/models"))
+        .bearer_auth(&a)
+        .header("accept-encoding", "gzip")
+        .send()
+        .unwrap();
+    assert_eq!(big.headers()["content-encoding"], "gzip");
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&big.bytes().unwrap()[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert!(plain.len() > 1024 && plain.starts_with('['));
+    let small = s
+        .http
+        .get(s.url("/health"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .unwrap();
+    assert!(small.headers().get("content-encoding").is_none());
+    assert_eq!(small.text().unwrap(), r#"{"status":"ok"}"#);
+    // Problem details everywhere.
+    assert_problem(s.http.get(s.url("/nowhere")).send().unwrap(), 404);
+    assert_problem(s.http.delete(s.url("/health")).send().unwrap(), 405);
+    let bad = s
+        .http
+        .post(s.url("/api/v2/auth/login"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_problem(bad, 400);
+    let wrong_type = s
+        .http
+        .post(s.url("/api/v2/auth/login"))
+        .body("x")
+        .send()
+        .unwrap();
+    assert_problem(wrong_type, 415);
+    let huge = s
+        .http
+        .post(s.url("/api/v2/auth/login"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 200 << 10])
+        .send()
+        .unwrap();
+    assert_problem(huge, 413);
+}
+
+#[test]
+fn cors_preflight_allowed_and_refused() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[("NEXUS_CORS_ORIGINS", "https://app.example")]);
+    let preflight = |origin: &str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("/api/v2/models"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+            .unwrap()
+    };
+    let ok = preflight("https://app.example");
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        ok.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    let refused = preflight("https://evil.example");
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[test]
+fn metrics_and_openapi() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    s.get("/api/v2/models", &a);
+    let m = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for needle in [
+        "nexus_http_requests_total{route=\"/api/v2/models\",method=\"GET\",status=\"200\"} 1",
+        "nexus_logins_total{result=\"ok\"} 1",
+        "nexus_http_request_duration_seconds",
+        "nexus_db_pool_size",
+        "nexus_db_pool_available",
+        "nexus_db_pool_waiting",
+        "nexus_uptime_seconds",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
+    }
+    let doc: Value = s
+        .http
+        .get(s.url("/api/v2/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/api/v2/auth/login",
+        "/api/v2/auth/refresh",
+        "/api/v2/auth/logout",
+        "/api/v2/models",
+        "/api/v2/models/{model}",
+        "/health",
+        "/health/detailed",
+        "/metrics",
+        "/api/v2/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+#[test]
+fn startup_refuses_a_missing_or_short_secret() {
+    let db = TestDb::new();
+    let r = common::run(
+        db.nexus()
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env_remove("NEXUS_JWT_SECRET"),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("NEXUS_JWT_SECRET is not set"), "{r:?}");
+    let r = common::run(
+        db.nexus()
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env("NEXUS_JWT_SECRET", "short"),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("shorter than 32 bytes"), "{r:?}");
+    let r = common::run(
+        db.nexus()
+            .args(["serve", "--bind", "nonsense"])
+            .env("NEXUS_JWT_SECRET", SECRET),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let db = TestDb::new();
+    let mut s = Server::start(&db, &[]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // A login whose body arrives in two parts: in flight while we signal.
+    let body = json!({"username": "admin", "password": ADMIN_PW}).to_string();
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /api/v2/auth/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    )
+    .unwrap();
+    wait_for(
+        "the request to be in flight",
+        Duration::from_secs(10),
+        || {
+            let m = s
+                .http
+                .get(s.url("/metrics"))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap();
+            m.lines()
+                .find_map(|l| l.strip_prefix("nexus_http_requests_in_flight "))
+                .is_some_and(|v| v.trim().parse::<f64>().unwrap() >= 2.0)
+        },
+    );
+    let pid = s.child().id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    conn.write_all(&body.as_bytes()[5..]).unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("access_token"));
+    let status = s.child().wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
