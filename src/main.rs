@@ -52,12 +52,23 @@ enum Command {
         #[command(subcommand)]
         command: cmd::users::SessionsCommand,
     },
+    /// Performance reports.
+    Perf {
+        #[command(subcommand)]
+        command: PerfCommand,
+    },
     /// Create or upgrade the `nexus` schema and the model tables (idempotent).
     Migrate {
         /// Only the service schema; leave model tables alone.
         #[arg(long)]
         schema_only: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PerfCommand {
+    /// Throughput of recent jobs and latency percentiles of recent requests.
+    Report(cmd::perf::PerfArgs),
 }
 
 fn init_logging(format: Option<&str>) {
@@ -106,6 +117,9 @@ fn main() -> ExitCode {
             Command::Jobs { command } => cmd::jobs::run(&config, command).await,
             Command::Models { command } => cmd::models::run(&config, command).await,
             Command::Migrate { schema_only } => cmd::models::migrate(&config, schema_only).await,
+            Command::Perf {
+                command: PerfCommand::Report(args),
+            } => cmd::perf::run(&config, args).await,
             Command::Serve(args) => cmd::serve::run(config, args).await,
             Command::User { command } => cmd::users::user(&config, command).await,
             Command::Sessions { command } => cmd::users::sessions(&config, command).await,

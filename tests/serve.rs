@@ -535,3 +535,49 @@ fn sigterm_lets_an_in_flight_request_finish() {
     let status = s.child().wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn perf_report_shows_jobs_and_request_percentiles() {
+    let db = TestDb::new();
+    let mut s = Server::start(&db, &[]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    for _ in 0..3 {
+        assert_eq!(s.get("/api/v2/models", &a).status(), 200);
+    }
+    let pid = s.child().id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        s.child().wait().unwrap().code(),
+        Some(0),
+        "statistics are flushed at shutdown"
+    );
+    let demo = common::fixture("customers.csv");
+    assert_eq!(
+        db.run(&["load", "--model", "customer", demo.to_str().unwrap()])
+            .code,
+        0
+    );
+    let r = db.run(&["perf", "report", "--since", "1h", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["jobs"]["finished"], 1);
+    assert_eq!(v["jobs"]["rows"], 1000);
+    assert!(v["jobs"]["rows_per_sec"]["p50"].as_f64().unwrap() > 0.0);
+    let routes = v["requests"].as_array().unwrap();
+    let models = routes
+        .iter()
+        .find(|r| r["route"] == "/api/v2/models")
+        .expect("the models route");
+    assert_eq!(models["requests"], 3);
+    let l = &models["latency_ms"];
+    assert!(l["p50"].as_f64().unwrap() > 0.0 && l["p50"].as_f64() <= l["p99"].as_f64());
+    let text = db.run(&["perf", "report"]);
+    assert!(text.stdout.contains("/api/v2/auth/login"), "{text:?}");
+    assert_eq!(db.run(&["perf", "report", "--since", "soon"]).code, 2);
+}

@@ -3,5 +3,6 @@
 pub mod jobs;
 pub mod load;
 pub mod models;
+pub mod perf;
 pub mod serve;
 pub mod users;
