@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::problem::{Problem, ProblemBody};
+use super::problem::{Authenticated, JsonBody, Problem, ProblemBody};
 use crate::auth::store::{self, Audit, Principal, Spend};
 use crate::auth::{Role, passwords, tokens};
 
@@ -123,7 +123,7 @@ async fn issue_pair(
     responses(
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 401, description = "Wrong username or password", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed logins", body = ProblemBody, content_type = "application/problem+json"),
+        JsonBody,
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -221,6 +221,7 @@ pub async fn login(
     responses(
         (status = 200, description = "A new token pair", body = TokenPair),
         (status = 401, description = "Invalid, expired or reused refresh token (reuse revokes the session)", body = ProblemBody, content_type = "application/problem+json"),
+        JsonBody,
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -283,7 +284,7 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/api/v2/auth/logout", tag = "auth", security(("bearer" = [])),
     responses(
         (status = 204, description = "Logged out"),
-        (status = 401, description = "Not logged in", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
     ))]
 pub async fn logout(
     State(state): State<AppState>,

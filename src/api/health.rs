@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::auth::CurrentUser;
-use super::problem::{Problem, ProblemBody};
+use super::problem::{Authenticated, Problem};
 use crate::auth::Role;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -61,8 +61,7 @@ fn component(status: &str, required: bool, details: serde_json::Value) -> Compon
     responses(
         (status = 200, description = "All required components are up", body = DetailedHealth),
         (status = 503, description = "A required component is down", body = DetailedHealth),
-        (status = 401, description = "Not logged in", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
     ))]
 pub async fn detailed(
     State(state): State<AppState>,

@@ -58,6 +58,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
         health::metrics,
         openapi_json,
     ),
+    components(schemas(problem::ProblemBody)),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::auth::CurrentUser;
-use super::problem::{Problem, ProblemBody};
+use super::problem::{Authenticated, Problem, ProblemBody};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ColumnView {
@@ -80,7 +80,7 @@ impl From<&Model> for ModelView {
 #[utoipa::path(get, path = "/api/v2/models", tag = "models", security(("bearer" = [])),
     responses(
         (status = 200, description = "The models", body = [ModelView]),
-        (status = 401, description = "Not logged in", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
     ))]
 pub async fn list(State(state): State<AppState>, _user: CurrentUser) -> Json<Vec<ModelView>> {
     Json(
@@ -97,8 +97,8 @@ pub async fn list(State(state): State<AppState>, _user: CurrentUser) -> Json<Vec
     params(("model" = String, Path, description = "The model name")),
     responses(
         (status = 200, description = "The model", body = ModelView),
-        (status = 401, description = "Not logged in", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such model", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
     ))]
 pub async fn show(
     State(state): State<AppState>,

@@ -147,3 +147,60 @@ pub async fn problem_json(req: Request, next: Next) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(json))
 }
+
+/// OpenAPI responses of the error statuses a route can answer, each a
+/// problem document. Listed per route through the marker types below.
+fn problem_responses(
+    statuses: &[(u16, &str)],
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>>
+{
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    statuses
+        .iter()
+        .map(|(code, what)| {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ProblemBody")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(*what)
+                .content(PROBLEM_JSON, content)
+                .build();
+            (code.to_string(), response.into())
+        })
+        .collect()
+}
+
+/// Errors of a route that needs a valid access token.
+pub struct Authenticated;
+impl utoipa::IntoResponses for Authenticated {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        problem_responses(&[
+            (
+                401,
+                "Missing, invalid or expired access token, or a revoked session",
+            ),
+            (403, "The user's role does not allow this"),
+            (429, "Rate limit exceeded (see Retry-After)"),
+        ])
+    }
+}
+
+/// Errors of a route that reads a JSON body.
+pub struct JsonBody;
+impl utoipa::IntoResponses for JsonBody {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        problem_responses(&[
+            (400, "The body is not JSON"),
+            (413, "The body is too large"),
+            (415, "The body is not application/json"),
+            (422, "The JSON does not have the expected fields"),
+            (429, "Rate limit exceeded (see Retry-After)"),
+        ])
+    }
+}
