@@ -433,6 +433,8 @@ fn metrics_and_openapi() {
         "nexus_db_pool_available",
         "nexus_db_pool_waiting",
         "nexus_uptime_seconds",
+        "nexus_rows_committed_total{model=\"customer\"} 0",
+        "nexus_rows_rejected_total{model=\"quote\"} 0",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }

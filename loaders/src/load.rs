@@ -586,3 +586,33 @@ async fn run_whole(
         shared.progress.rows_committed.store(0, Ordering::Relaxed);
     }
 }
+
+/// Describes the load metrics and registers them at zero for each model, so
+/// that an exporter shows them before the first load.
+pub fn register_metrics<'a>(models: impl IntoIterator<Item = &'a str>) {
+    metrics::describe_counter!("nexus_rows_read_total", "Rows read by loads, per model");
+    metrics::describe_counter!(
+        "nexus_rows_committed_total",
+        "Rows committed by loads, per model"
+    );
+    metrics::describe_counter!(
+        "nexus_rows_rejected_total",
+        "Rows rejected by loads, per model"
+    );
+    metrics::describe_histogram!(
+        "nexus_batch_commit_seconds",
+        metrics::Unit::Seconds,
+        "Time to commit one batch"
+    );
+    metrics::describe_counter!(
+        "nexus_batch_retries_total",
+        "Batch attempts retried after a transient error"
+    );
+    for m in models {
+        let model = m.to_string();
+        metrics::counter!("nexus_rows_read_total", "model" => model.clone()).increment(0);
+        metrics::counter!("nexus_rows_committed_total", "model" => model.clone()).increment(0);
+        metrics::counter!("nexus_rows_rejected_total", "model" => model).increment(0);
+    }
+    metrics::counter!("nexus_batch_retries_total").increment(0);
+}

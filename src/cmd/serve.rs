@@ -102,6 +102,7 @@ async fn serve(
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| exit::failed(format!("metrics: {e}")))?;
+    nexus_loaders::load::register_metrics(models.iter().map(|m| m.name.as_str()));
     let state = AppState {
         pool: pool.clone(),
         limiter: Arc::new(middleware::limiter(config.rate_limit, config.rate_burst)),
