@@ -27,6 +27,8 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_CORS_ORIGINS", "cors_origins"),
     ("NEXUS_ADMIN_PASSWORD", "admin_password"),
     ("NEXUS_LOG_FORMAT", "log_format"),
+    ("NEXUS_WORKERS", "workers"),
+    ("NEXUS_JOB_LEASE", "job_lease"),
 ];
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,11 @@ pub struct Config {
     pub refresh_ttl: Duration,
     pub rate_limit: u32,
     pub rate_burst: u32,
+    pub max_upload: u64,
+    /// Job workers per `serve` process.
+    pub workers: usize,
+    /// How long a worker's claim on a job lasts unless renewed.
+    pub job_lease: Duration,
     pub db_pool_max: usize,
     pub db_pool_recycle: Duration,
     pub copy_connections: usize,
@@ -110,6 +117,29 @@ fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
     }
 }
 
+/// `10GiB`, `512MiB`, `100MB`, `1024` (bytes).
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{v}` is not a size (try 10GiB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("`{v}`: unknown size unit `{u}`")),
+    };
+    Ok((n * mult) as u64)
+}
+
 impl Config {
     pub fn load() -> Result<Config, ConfigError> {
         let file = match std::env::var("NEXUS_CONFIG").ok().filter(|v| !v.is_empty()) {
@@ -142,6 +172,17 @@ impl Config {
             )?,
             rate_limit: s.parse("NEXUS_RATE_LIMIT", 300, number(1, 1_000_000))?,
             rate_burst: s.parse("NEXUS_RATE_BURST", 50, number(1, 1_000_000))?,
+            max_upload: s.parse("NEXUS_MAX_UPLOAD", 10 << 30, parse_size)?,
+            workers: s.parse("NEXUS_WORKERS", 1, number(0, 64))?,
+            job_lease: s.parse("NEXUS_JOB_LEASE", Duration::from_secs(30), |v| {
+                parse_duration(v).and_then(|d| {
+                    if d >= Duration::from_secs(1) {
+                        Ok(d)
+                    } else {
+                        Err("the lease must be at least 1s".into())
+                    }
+                })
+            })?,
             db_pool_max: s.parse("NEXUS_DB_POOL_MAX", 16, number(1, 1000))?,
             db_pool_recycle: s.parse(
                 "NEXUS_DB_POOL_RECYCLE",
@@ -184,4 +225,17 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         }
     }
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1kb").unwrap(), 1000);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert!(parse_size("lots").is_err());
+    }
 }

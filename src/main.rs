@@ -8,6 +8,7 @@ mod config;
 mod db;
 mod embedded;
 mod exit;
+mod jobs;
 
 use std::process::ExitCode;
 

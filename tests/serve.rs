@@ -5,118 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{Reaped, TestDb, wait_for};
-use reqwest::blocking::{Client, Response};
+use common::server::{ADMIN_PW, SECRET, Server, add_user, assert_problem};
+use common::{TestDb, wait_for};
 use serde_json::{Value, json};
-
-const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
-const ADMIN_PW: &str = "admin-password-1";
-
-struct Server {
-    child: Reaped,
-    base: String,
-    http: Client,
-}
-
-impl Server {
-    fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
-        let mut cmd = db.nexus();
-        cmd.args(["serve", "--bind", "127.0.0.1:0"])
-            .env("NEXUS_JWT_SECRET", SECRET)
-            .env("NEXUS_ADMIN_PASSWORD", ADMIN_PW)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = Reaped(Some(cmd.spawn().unwrap()));
-        let stderr = child.get().stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("nexus: listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server reports its address");
-        let http = Client::builder().build().unwrap();
-        Server { child, base, http }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn login(&self, user: &str, password: &str) -> Response {
-        self.http
-            .post(self.url("/api/v2/auth/login"))
-            .json(&json!({"username": user, "password": password}))
-            .send()
-            .unwrap()
-    }
-
-    fn tokens(&self, user: &str, password: &str) -> (String, String) {
-        let r = self.login(user, password);
-        assert_eq!(r.status(), 200);
-        let v: Value = r.json().unwrap();
-        assert_eq!(v["token_type"], "Bearer");
-        (
-            v["access_token"].as_str().unwrap().to_string(),
-            v["refresh_token"].as_str().unwrap().to_string(),
-        )
-    }
-
-    fn get(&self, path: &str, token: &str) -> Response {
-        self.http
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .unwrap()
-    }
-
-    fn refresh(&self, refresh: &str) -> Response {
-        self.http
-            .post(self.url("/api/v2/auth/refresh"))
-            .json(&json!({"refresh_token": refresh}))
-            .send()
-            .unwrap()
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.get()
-    }
-}
-
-fn add_user(db: &TestDb, name: &str, role: &str, password: &str) {
-    let mut child = db
-        .nexus()
-        .args(["user", "add", name, "--role", role, "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
-fn assert_problem(r: Response, status: u16) -> Value {
-    assert_eq!(r.status(), status);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let v: Value = r.json().unwrap();
-    assert_eq!(v["status"], status);
-    assert_eq!(v["type"], "about:blank");
-    assert!(v["title"].is_string());
-    v
-}
 
 #[test]
 fn login_access_and_expiry() {

@@ -17,8 +17,9 @@ pub const STATUSES: &[&str] = &[
     "skipped",
 ];
 
-/// A job as reported by `--json`, `jobs show` and (later) the HTTP API.
+/// A job as reported by `--json`, `jobs show` and the HTTP API.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRecord {
     pub job_id: Uuid,
     pub model: String,
@@ -92,6 +93,8 @@ pub struct NewJob<'a> {
     pub bytes_total: Option<i64>,
     pub options: serde_json::Value,
     pub owner: Option<&'a str>,
+    /// Where an uploaded file is stored (jobs queued over HTTP).
+    pub storage_key: Option<&'a str>,
 }
 
 pub async fn create(
@@ -101,8 +104,8 @@ pub async fn create(
     let id = Uuid::new_v4();
     c.execute(
         "INSERT INTO nexus.jobs (id, model, target, mode, atomic, status, file_name, file_hash,
-                                 bytes_total, options, owner, started_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                                 bytes_total, options, owner, storage_key, started_at, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                  CASE WHEN $6 = 'running' THEN now() END,
                  CASE WHEN $6 = 'skipped' THEN now() END)",
         &[
@@ -117,6 +120,7 @@ pub async fn create(
             &job.bytes_total,
             &job.options,
             &job.owner,
+            &job.storage_key,
         ],
     )
     .await?;
@@ -161,6 +165,16 @@ pub async fn mark_running(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_
     c.execute(
         "UPDATE nexus.jobs SET status = 'running', error = NULL, cancel_requested = false,
                 started_at = now(), finished_at = NULL WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Closes a job whose file was already loaded by another.
+pub async fn mark_skipped(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "UPDATE nexus.jobs SET status = 'skipped', finished_at = now(), lease_owner = NULL WHERE id = $1",
         &[&id],
     )
     .await?;
@@ -300,6 +314,7 @@ pub async fn cancel_requested(c: &Client, id: Uuid) -> Result<bool, tokio_postgr
 
 /// One reject of a job.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RejectRow {
     pub line: i64,
     pub column: Option<String>,
@@ -326,4 +341,109 @@ pub async fn rejects(
         raw: r.get(3),
     })
     .collect())
+}
+
+/// A queued job a worker has claimed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub model: String,
+    pub mode: String,
+    pub atomic: bool,
+    pub file_name: Option<String>,
+    pub file_hash: String,
+    pub bytes_total: Option<i64>,
+    pub storage_key: String,
+    pub options: serde_json::Value,
+    pub owner: Option<String>,
+}
+
+/// Claims the oldest queued job, or a running one whose lease expired (its
+/// worker died), for `owner` until `lease` from now. Workers skip rows other
+/// workers are claiming (`SKIP LOCKED`), so each job goes to one of them.
+pub async fn claim_next(
+    c: &impl GenericClient,
+    owner: &str,
+    lease: std::time::Duration,
+) -> Result<Option<Claimed>, tokio_postgres::Error> {
+    Ok(c
+        .query_opt(
+            "UPDATE nexus.jobs SET status = 'running', lease_owner = $1,
+                    lease_expires_at = now() + make_interval(secs => $2), started_at = coalesce(started_at, now())
+             WHERE id = (SELECT id FROM nexus.jobs
+                         WHERE storage_key IS NOT NULL
+                           AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))
+                         ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+             RETURNING id, model, mode, atomic, file_name, file_hash, bytes_total, storage_key, options, owner",
+            &[&owner, &lease.as_secs_f64()],
+        )
+        .await?
+        .map(|r| Claimed {
+            id: r.get(0),
+            model: r.get(1),
+            mode: r.get(2),
+            atomic: r.get(3),
+            file_name: r.get(4),
+            file_hash: r.get(5),
+            bytes_total: r.get(6),
+            storage_key: r.get(7),
+            options: r.get(8),
+            owner: r.get(9),
+        }))
+}
+
+/// Extends a lease; false if it was lost (expired and taken by another worker).
+pub async fn renew_lease(
+    c: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    lease: std::time::Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.execute(
+        "UPDATE nexus.jobs SET lease_expires_at = now() + make_interval(secs => $3)
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        &[&id, &owner, &lease.as_secs_f64()],
+    )
+    .await?
+        == 1)
+}
+
+/// Hands a job back to the queue (its worker is shutting down); it resumes
+/// from its checkpoints wherever it is claimed next.
+pub async fn requeue(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "UPDATE nexus.jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                error = NULL, finished_at = NULL
+         WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A page of jobs, newest first, after `cursor` (the last id of the
+/// previous page); `owner` limits it to one user's jobs.
+pub async fn page(
+    c: &impl GenericClient,
+    owner: Option<&str>,
+    status: Option<&str>,
+    model: Option<&str>,
+    limit: i64,
+    cursor: Option<Uuid>,
+) -> Result<Vec<JobRecord>, tokio_postgres::Error> {
+    Ok(c
+        .query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM nexus.jobs
+                 WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2)
+                   AND ($3::text IS NULL OR model = $3)
+                   AND ($5::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM nexus.jobs WHERE id = $5))
+                 ORDER BY created_at DESC, id DESC LIMIT $4"
+            ),
+            &[&owner, &status, &model, &limit, &cursor],
+        )
+        .await?
+        .iter()
+        .map(JobRecord::from_row)
+        .collect())
 }

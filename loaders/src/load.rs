@@ -67,6 +67,9 @@ pub struct LoadRequest {
     pub owner: Option<String>,
     /// Set by a signal handler: stop at the next batch boundary, resumable.
     pub interrupt: Arc<AtomicBool>,
+    /// A job already claimed from the queue: run it rather than finding or
+    /// creating one by file. Interrupted, it goes back to the queue.
+    pub job: Option<Uuid>,
 }
 
 #[derive(Debug)]
@@ -173,6 +176,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         bytes_total: req.bytes_total.map(|b| b as i64),
         options: serde_json::to_value(&options).unwrap_or_default(),
         owner: req.owner.as_deref(),
+        storage_key: None,
     };
     let id = jobs::create(&tx, &new).await?;
     if already.is_some() {
@@ -190,6 +194,58 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         resumed: false,
         options,
     })
+}
+
+/// Takes on a job the queue handed us: lock it, apply the loaded-file
+/// ledger, and read the batch bounds it was created with.
+async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Claim, LoadError> {
+    let tx = control.transaction().await?;
+    let locked: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
+            &[&format!("job {id}")],
+        )
+        .await?
+        .get(0);
+    if !locked {
+        return Err(LoadError::Busy(id));
+    }
+    if !req.force
+        && let Some(prev) = jobs::loaded_by(&tx, &req.model_key, &req.file_hash).await?
+        && prev != id
+    {
+        jobs::mark_skipped(&tx, id).await?;
+        tx.commit().await?;
+        return Ok(Claim::Skipped(id));
+    }
+    let stored: serde_json::Value = tx
+        .query_opt("SELECT options FROM nexus.jobs WHERE id = $1", &[&id])
+        .await?
+        .ok_or(LoadError::Vanished(id))?
+        .get(0);
+    let resumed = !jobs::committed_seqs(&tx, id).await?.is_empty();
+    jobs::mark_running(&tx, id).await?;
+    tx.commit().await?;
+    let options = serde_json::from_value(stored).unwrap_or(JobOptions {
+        batch_size: req.model.batch_size,
+        max_batch_bytes: MAX_BATCH_BYTES,
+        has_header: req.has_header,
+    });
+    Ok(Claim::Run {
+        id,
+        resumed,
+        options,
+    })
+}
+
+/// The options a queued job is created with, fixing its batch bounds.
+pub fn queued_job_options(model: &Model, has_header: bool) -> serde_json::Value {
+    serde_json::to_value(JobOptions {
+        batch_size: model.batch_size,
+        max_batch_bytes: MAX_BATCH_BYTES,
+        has_header,
+    })
+    .unwrap_or_default()
 }
 
 /// State the writers share.
@@ -240,7 +296,11 @@ pub async fn run_load(
     if req.create_table && !catalog::table_exists(&control, &req.model).await? {
         catalog::ensure_table(&control, &req.model).await?;
     }
-    let (job_id, resumed, options) = match claim(&mut control, &req).await? {
+    let claimed = match req.job {
+        Some(id) => adopt(&mut control, &req, id).await?,
+        None => claim(&mut control, &req).await?,
+    };
+    let (job_id, resumed, options) = match claimed {
         Claim::Skipped(id) => {
             let job = jobs::get(&control, id)
                 .await?
@@ -419,6 +479,10 @@ pub async fn run_load(
         duration_ms,
     )
     .await?;
+    if req.job.is_some() && req.interrupt.load(Ordering::SeqCst) && status == "failed" && !exceeded
+    {
+        jobs::requeue(control.as_ref(), job_id).await?;
+    }
     let job = jobs::get(control.as_ref(), job_id)
         .await?
         .ok_or(LoadError::Vanished(job_id))?;

@@ -128,6 +128,18 @@ CREATE TABLE nexus.request_stats (
 );
 "#,
     ),
+    (
+        3,
+        "job queue: leases and stored uploads",
+        r#"
+ALTER TABLE nexus.jobs
+    ADD COLUMN lease_owner      text,
+    ADD COLUMN lease_expires_at timestamptz,
+    ADD COLUMN storage_key      text;
+CREATE INDEX jobs_claimable ON nexus.jobs (created_at) WHERE status IN ('queued', 'running');
+CREATE INDEX jobs_owner ON nexus.jobs (owner, created_at DESC);
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

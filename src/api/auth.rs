@@ -133,6 +133,11 @@ pub async fn login(
 ) -> Result<Json<TokenPair>, Problem> {
     let ip = peer.ip().to_string();
     let ua = user_agent(&headers);
+    // No user name holds a NUL (PostgreSQL text cannot); keep it loggable.
+    let req = LoginRequest {
+        username: req.username.replace('\0', "\u{FFFD}"),
+        password: req.password,
+    };
     let db = state.pool.get().await?;
     let (by_user, by_ip, retry) =
         store::recent_failures(&**db, &req.username, &ip, FAILURE_WINDOW).await?;

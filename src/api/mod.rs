@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod jobs;
 pub mod middleware;
 pub mod models;
 pub mod problem;
@@ -37,6 +38,13 @@ pub struct AppState {
     pub started: Instant,
     pub limiter: Arc<middleware::Limiter>,
     pub stats: Arc<middleware::HttpStats>,
+    pub storage: Arc<dyn crate::jobs::storage::Storage>,
+    /// Wakes a queue worker when a job is queued here.
+    pub queue: Arc<tokio::sync::Notify>,
+    /// This process, as a lease owner.
+    pub instance: uuid::Uuid,
+    /// For loads, which open their own COPY connections.
+    pub database_url: String,
 }
 
 /// Largest JSON request body the API takes.
@@ -56,6 +64,11 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
         health::health,
         health::detailed,
         health::metrics,
+        jobs::create,
+        jobs::list,
+        jobs::show,
+        jobs::cancel,
+        jobs::rejects,
         openapi_json,
     ),
     components(schemas(problem::ProblemBody)),
@@ -83,8 +96,29 @@ impl utoipa::Modify for BearerAuth {
 
 /// This document.
 #[utoipa::path(get, path = "/api/v2/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(openapi())
+async fn openapi_json(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<utoipa::openapi::OpenApi> {
+    let mut doc = openapi();
+    // The models are configuration: name the ones in force.
+    let names: Vec<String> = state.models.iter().map(|m| m.name.clone()).collect();
+    if let Some(op) = doc
+        .paths
+        .paths
+        .get_mut("/api/v2/jobs")
+        .and_then(|p| p.post.as_mut())
+        && let Some(params) = op.parameters.as_mut()
+    {
+        for p in params.iter_mut().filter(|p| p.name == "model") {
+            p.schema = Some(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some(names.clone()))
+                    .into(),
+            );
+        }
+    }
+    axum::Json(doc)
 }
 
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -99,11 +133,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/models", get(models::list))
         .route("/api/v2/models/{model}", get(models::show))
         .route("/health/detailed", get(health::detailed))
+        .route("/api/v2/jobs", get(jobs::list))
+        .route("/api/v2/jobs/{id}", get(jobs::show))
+        .route("/api/v2/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v2/jobs/{id}/rejects", get(jobs::rejects))
+        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
+    // Uploads stream to storage under their own limit (NEXUS_MAX_UPLOAD),
+    // gzip-decoded on the way in.
+    let uploads = Router::new()
+        .route("/api/v2/jobs", post(jobs::create))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(tower_http::decompression::RequestDecompressionLayer::new().gzip(true));
+    let api = api
+        .merge(uploads)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::rate_limit,
-        ))
-        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
+        ));
     let compress_when = SizeAbove::new(1024)
         .and(NotForContentType::GRPC)
         .and(NotForContentType::IMAGES)

@@ -194,6 +194,7 @@ async fn load_all(
             create_table,
             owner: std::env::var("USER").ok(),
             interrupt: interrupt.clone(),
+            job: None,
         };
         let progress = Arc::new(Progress::default());
         let bar = (!args.json && std::io::stderr().is_terminal())

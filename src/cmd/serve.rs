@@ -16,6 +16,7 @@ use crate::auth::{Role, passwords, tokens::Keys};
 use crate::config::Config;
 use crate::db::{self, Database};
 use crate::exit;
+use crate::jobs::storage::LocalStorage;
 
 /// How long in-flight requests may run on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -99,6 +100,7 @@ async fn serve(
         }
     }
     let pool = pool(&url, &config)?;
+    let data_dir = config.data_dir.clone();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| exit::failed(format!("metrics: {e}")))?;
@@ -112,6 +114,13 @@ async fn serve(
         prometheus,
         started: Instant::now(),
         stats: Arc::new(middleware::HttpStats::new()),
+        storage: Arc::new(
+            LocalStorage::new(data_dir.join("uploads"))
+                .map_err(|e| exit::failed(format!("upload storage {}: {e}", data_dir.display())))?,
+        ),
+        queue: Arc::new(tokio::sync::Notify::new()),
+        instance: uuid::Uuid::new_v4(),
+        database_url: url.clone(),
     };
     drop(control);
     let background = spawn_housekeeping(state.clone());
@@ -136,6 +145,7 @@ async fn serve(
     .with_graceful_shutdown(async move {
         let _ = graceful_rx.wait_for(|s| *s).await;
     });
+    let workers = crate::jobs::worker::spawn(state.clone(), state.config.workers, stop_rx.clone());
     let mut deadline_rx = stop_rx;
     tokio::select! {
         r = server => r?,
@@ -144,6 +154,8 @@ async fn serve(
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
+    // Running jobs stop at their next batch boundary and go back to the queue.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(workers)).await;
     background.abort();
     flush_stats(&state).await;
     Ok(0)

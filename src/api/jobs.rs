@@ -1,0 +1,386 @@
+//! `/api/v2/jobs`: streaming uploads that become queued jobs, and job
+//! listing, status, cancel and rejects. Users see their own jobs; admins
+//! see all. A job that is not yours is answered as not found.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt, TryStreamExt};
+use nexus_loaders::jobs::{self, JobRecord, NewJob, STATUSES};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::CurrentUser;
+use super::problem::{Authenticated, Problem, ProblemBody};
+use crate::auth::Role;
+use crate::jobs::storage::{ByteStream, UploadError};
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CreateParams {
+    /// The model to load into (the document lists the models in force).
+    pub model: String,
+    pub mode: Option<ModeParam>,
+    pub format: Option<FormatParam>,
+    /// Load the whole file in one transaction.
+    pub atomic: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeParam {
+    Append,
+    Upsert,
+    Replace,
+}
+
+/// Input formats this build reads.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatParam {
+    Csv,
+}
+
+/// The bytes of an uploaded file (a non-empty binary string).
+pub struct UploadBody;
+
+impl utoipa::PartialSchema for UploadBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .min_length(Some(1))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UploadBody {}
+
+/// A client-given file name, for display only: never a path.
+fn display_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
+    if clean.is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
+}
+
+fn bad(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, detail)
+}
+
+/// Upload a file; it is stored (streamed, hashed) and queued as a job.
+#[utoipa::path(post, path = "/api/v2/jobs", tag = "jobs", security(("bearer" = [])), params(CreateParams),
+    request_body(content = Option<UploadBody>, description = "The file: raw (text/csv) or multipart/form-data with a `file` part; Content-Encoding: gzip accepted", content_type = "text/csv"),
+    responses(
+        (status = 202, description = "Stored and queued", body = JobRecord),
+        (status = 400, description = "Bad parameters", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than NEXUS_MAX_UPLOAD", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(params): Query<CreateParams>,
+    req: Request,
+) -> Result<Response, Problem> {
+    user.require(&[Role::Admin, Role::Uploader])?;
+    let model = state
+        .models
+        .get(&params.model)
+        .map_err(|e| bad(e.to_string()))?;
+    // Csv is the only format this build reads; the query's enum enforces it.
+    let _ = params.format;
+    let mode = match params.mode.unwrap_or(ModeParam::Append) {
+        ModeParam::Append => "append",
+        ModeParam::Upsert => "upsert",
+        ModeParam::Replace => "replace",
+    };
+    if mode == "upsert" && model.key.is_empty() {
+        return Err(bad(format!(
+            "model `{}` has no key to upsert on",
+            model.name
+        )));
+    }
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let filename_header = req
+        .headers()
+        .get("x-filename")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let limit = state.config.max_upload;
+    let stored = if is_multipart {
+        let mut form = Multipart::from_request(req, &state)
+            .await
+            .map_err(|e| bad(format!("bad multipart body: {e}")))?;
+        let mut found = None;
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| bad(format!("bad multipart body: {e}")))?
+        {
+            if field.name() == Some("file") {
+                let name = field.file_name().map(display_name);
+                let stream: ByteStream = Box::pin(field.map_err(std::io::Error::other));
+                found = Some((state.storage.put(stream, limit).await, name));
+                break;
+            }
+        }
+        found.ok_or_else(|| bad("the multipart body has no `file` part"))?
+    } else {
+        let stream: ByteStream = Box::pin(
+            req.into_body()
+                .into_data_stream()
+                .map(|r| r.map_err(std::io::Error::other)),
+        );
+        (
+            state.storage.put(stream, limit).await,
+            filename_header.as_deref().map(display_name),
+        )
+    };
+    let (stored, name) = match stored {
+        (Ok(s), name) => (s, name.unwrap_or_else(|| "upload".into())),
+        (Err(UploadError::TooLarge(n)), _) => {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the upload is larger than {n} bytes (NEXUS_MAX_UPLOAD)"),
+            ));
+        }
+        (Err(UploadError::Body(e)), _) => {
+            return Err(bad(format!("reading the upload failed: {e}")));
+        }
+        (Err(e @ UploadError::Storage(_)), _) => return Err(Problem::internal(e)),
+    };
+    let db = state.pool.get().await?;
+    let id = jobs::create(
+        &**db,
+        &NewJob {
+            model: &model.name,
+            target: &model.def.table,
+            mode,
+            atomic: params.atomic.unwrap_or(false),
+            status: "queued",
+            file_name: Some(&name),
+            file_hash: &stored.sha256,
+            bytes_total: Some(stored.size as i64),
+            options: nexus_loaders::load::queued_job_options(&model, true),
+            owner: Some(&user.0.username),
+            storage_key: Some(&stored.key),
+        },
+    )
+    .await?;
+    let job = jobs::get(&**db, id)
+        .await?
+        .ok_or_else(|| Problem::internal("the new job vanished"))?;
+    state.queue.notify_one();
+    let location = format!("/api/v2/jobs/{id}");
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(job),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    #[param(pattern = "^(queued|running|succeeded|failed|cancelled|skipped)$")]
+    pub status: Option<String>,
+    pub model: Option<String>,
+    /// Default 50.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// Jobs, newest first: your own, or all for an admin.
+#[utoipa::path(get, path = "/api/v2/jobs", tag = "jobs", security(("bearer" = [])), params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(p): Query<ListParams>,
+) -> Result<Json<JobPage>, Problem> {
+    if let Some(s) = p.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        return Err(bad(format!(
+            "status `{s}`: use one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad("limit must be 1 to 500"));
+    }
+    let owner = (user.0.role != Role::Admin).then_some(user.0.username.as_str());
+    let db = state.pool.get().await?;
+    let mut page = jobs::page(
+        &**db,
+        owner,
+        p.status.as_deref(),
+        p.model.as_deref(),
+        limit,
+        p.cursor,
+    )
+    .await?;
+    for j in page.iter_mut().filter(|j| j.status == "running") {
+        live_counts(&db, j).await?;
+    }
+    let next_cursor = (page.len() as i64 == limit)
+        .then(|| page.last().map(|j| j.job_id))
+        .flatten();
+    Ok(Json(JobPage {
+        jobs: page,
+        next_cursor,
+    }))
+}
+
+/// A running job's counters, from what it has committed so far.
+async fn live_counts(db: &tokio_postgres::Client, j: &mut JobRecord) -> Result<(), Problem> {
+    let (committed, rejected) = jobs::committed_counts(db, j.job_id).await?;
+    j.rows_committed = committed;
+    j.rows_rejected = rejected;
+    j.rows_read = committed + rejected;
+    Ok(())
+}
+
+/// The job, if the user may see it.
+async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRecord, Problem> {
+    let db = state.pool.get().await?;
+    let mut job = jobs::get(&**db, id)
+        .await?
+        .filter(|j| {
+            user.0.role == Role::Admin || j.owner.as_deref() == Some(user.0.username.as_str())
+        })
+        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    if job.status == "running" {
+        live_counts(&db, &mut job).await?;
+    }
+    Ok(job)
+}
+
+/// One job.
+#[utoipa::path(get, path = "/api/v2/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobRecord),
+        (status = 400, description = "The id is not a UUID", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
+    ))]
+pub async fn show(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobRecord>, Problem> {
+    Ok(Json(visible(&state, &user, id).await?))
+}
+
+/// Cancel a job: a running one stops at its next batch boundary.
+#[utoipa::path(post, path = "/api/v2/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "Cancelling (or cancelled)", body = JobRecord),
+        (status = 400, description = "The id is not a UUID", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The job has already finished", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<Uuid>,
+) -> Result<Response, Problem> {
+    visible(&state, &user, id).await?;
+    let db = state.pool.get().await?;
+    match jobs::request_cancel(&db, id).await?.as_deref() {
+        Some("running" | "queued" | "failed") => {}
+        Some(s) => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                format!("job {id} is {s}; nothing to cancel"),
+            ));
+        }
+        None => return Err(Problem::not_found(format!("no job {id}"))),
+    }
+    let job = jobs::get(&**db, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+/// The job's rejects: CSV (`line,column,reason,raw`), or JSON with `Accept: application/json`.
+#[utoipa::path(get, path = "/api/v2/jobs/{id}/rejects", tag = "jobs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The rejects", content_type = "text/csv"),
+        (status = 400, description = "The id is not a UUID", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
+    ))]
+pub async fn rejects(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    visible(&state, &user, id).await?;
+    let db = state.pool.get().await?;
+    let rows = jobs::rejects(&**db, id, None).await?;
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        return Ok(Json(rows).into_response());
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| Problem::internal(e);
+    w.write_record(["line", "column", "reason", "raw"])
+        .map_err(csv_err)?;
+    for r in rows {
+        w.write_record([
+            r.line.to_string(),
+            r.column.unwrap_or_default(),
+            r.reason,
+            r.raw,
+        ])
+        .map_err(csv_err)?;
+    }
+    let body = w
+        .into_inner()
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"rejects-{id}.csv\""),
+            ),
+        ],
+        Body::from(body),
+    )
+        .into_response())
+}

@@ -1,0 +1,6 @@
+//! Jobs in the service: uploads kept in storage, and the workers that take
+//! queued jobs from PostgreSQL and run them through the same load path as
+//! `nexus load`.
+
+pub mod storage;
+pub mod worker;

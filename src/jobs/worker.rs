@@ -1,0 +1,147 @@
+//! Queue workers: claim a job with `FOR UPDATE SKIP LOCKED`, hold a lease
+//! and renew it, run the job through [`nexus_loaders::run_load`] (the same
+//! path as `nexus load`), and on shutdown stop at a batch boundary and hand
+//! the job back to the queue. A job whose worker died is claimed again once
+//! its lease expires, and resumes from its checkpoints.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nexus_loaders::jobs::{self, Claimed};
+use nexus_loaders::load::{LoadRequest, Mode};
+use nexus_pipeline::progress::Progress;
+use tokio::sync::watch;
+
+use crate::api::AppState;
+
+/// Runs `n` workers until `shutdown` turns true.
+pub fn spawn(
+    state: AppState,
+    n: usize,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            let owner = format!("{}/{i}", state.instance);
+            tokio::spawn(async move { work(state, owner, shutdown).await })
+        })
+        .collect()
+}
+
+async fn work(state: AppState, owner: String, mut shutdown: watch::Receiver<bool>) {
+    let lease = state.config.job_lease;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let claimed = match state.pool.get().await {
+            Ok(db) => jobs::claim_next(&**db, &owner, lease).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "worker cannot reach the database");
+                Ok(None)
+            }
+        };
+        match claimed {
+            Ok(Some(job)) => run(&state, &owner, job, shutdown.clone()).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = state.queue.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming a job failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::Receiver<bool>) {
+    let id = job.id;
+    tracing::info!(job = %id, model = %job.model, "job claimed");
+    let interrupt = Arc::new(AtomicBool::new(false));
+    // Renew the lease; a lost lease (or shutdown) stops the load at a batch boundary.
+    let renewer = {
+        let (state, owner, interrupt) = (state.clone(), owner.to_string(), interrupt.clone());
+        tokio::spawn(async move {
+            let lease = state.config.job_lease;
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let renewed = match state.pool.get().await {
+                            Ok(db) => jobs::renew_lease(&**db, id, &owner, lease).await.unwrap_or(false),
+                            Err(_) => false,
+                        };
+                        if !renewed {
+                            tracing::warn!(job = %id, "lost the job's lease; stopping it");
+                            interrupt.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                        interrupt.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let outcome = match state.models.get(&job.model) {
+        Ok(model) => {
+            let mode = match job.mode.as_str() {
+                "upsert" => Mode::Upsert,
+                "replace" => Mode::Replace,
+                _ => Mode::Append,
+            };
+            let req = LoadRequest {
+                model_key: model.name.clone(),
+                model,
+                path: state.storage.local_path(&job.storage_key),
+                file_name: job.file_name.clone(),
+                file_hash: job.file_hash.clone(),
+                bytes_total: job.bytes_total.map(|b| b as u64),
+                mode,
+                atomic: job.atomic,
+                force: false,
+                has_header: true,
+                copy_connections: state.config.copy_connections,
+                workers: std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+                create_table: true,
+                owner: job.owner.clone(),
+                interrupt: interrupt.clone(),
+                job: Some(id),
+            };
+            nexus_loaders::run_load(&state.database_url, req, Arc::new(Progress::default()))
+                .await
+                .map(|o| o.job.status)
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    renewer.abort();
+    match outcome {
+        Ok(status) => {
+            tracing::info!(job = %id, status, "job finished");
+            if matches!(status.as_str(), "succeeded" | "skipped" | "cancelled") {
+                let _ = state.storage.remove(&job.storage_key).await;
+            }
+        }
+        Err(e) if e.contains("being loaded by another process") => {
+            tracing::info!(job = %id, "another worker holds this job");
+        }
+        Err(e) => {
+            tracing::error!(job = %id, error = %e, "job failed");
+            if let Ok(db) = state.pool.get().await {
+                let _ = jobs::finish(&**db, id, "failed", Some(&e), 0, 0).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! A `nexus serve` process for tests, with a blocking HTTP client.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use reqwest::blocking::{Client, Response};
+use serde_json::{Value, json};
+
+use super::{Reaped, TestDb};
+
+pub const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
+pub const ADMIN_PW: &str = "admin-password-1";
+
+pub struct Server {
+    pub child: Reaped,
+    pub base: String,
+    pub http: Client,
+}
+
+impl Server {
+    pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
+        let mut cmd = db.nexus();
+        cmd.args(["serve", "--bind", "127.0.0.1:0"])
+            .env("NEXUS_JWT_SECRET", SECRET)
+            .env("NEXUS_ADMIN_PASSWORD", ADMIN_PW)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = Reaped(Some(cmd.spawn().unwrap()));
+        let stderr = child.get().stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("nexus: listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server reports its address");
+        let http = Client::builder().build().unwrap();
+        Server { child, base, http }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn login(&self, user: &str, password: &str) -> Response {
+        self.http
+            .post(self.url("/api/v2/auth/login"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .unwrap()
+    }
+
+    pub fn tokens(&self, user: &str, password: &str) -> (String, String) {
+        let r = self.login(user, password);
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["token_type"], "Bearer");
+        (
+            v["access_token"].as_str().unwrap().to_string(),
+            v["refresh_token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    }
+
+    pub fn refresh(&self, refresh: &str) -> Response {
+        self.http
+            .post(self.url("/api/v2/auth/refresh"))
+            .json(&json!({"refresh_token": refresh}))
+            .send()
+            .unwrap()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child.get()
+    }
+}
+
+pub fn add_user(db: &TestDb, name: &str, role: &str, password: &str) {
+    let mut child = db
+        .nexus()
+        .args(["user", "add", name, "--role", role, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+pub fn assert_problem(r: Response, status: u16) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["status"], status);
+    assert_eq!(v["type"], "about:blank");
+    assert!(v["title"].is_string());
+    v
+}

@@ -1,0 +1,348 @@
+//! Jobs over HTTP: streamed uploads (raw, multipart, gzip), the size limit,
+//! ownership, rejects, cancel, and the shared queue — a server restarted or
+//! killed mid-job, and another finishing the job with exact counts.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::server::{ADMIN_PW, Server, add_user, assert_problem};
+use common::{TestDb, customers, wait_for};
+use serde_json::Value;
+
+const ROWS: i64 = 200_000;
+
+fn upload(
+    s: &Server,
+    token: &str,
+    query: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> reqwest::blocking::Response {
+    let mut req = s
+        .http
+        .post(s.url(&format!("/api/v2/jobs?{query}")))
+        .bearer_auth(token)
+        .header("content-type", "text/csv")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().unwrap()
+}
+
+fn job(s: &Server, token: &str, id: &str) -> Value {
+    s.get(&format!("/api/v2/jobs/{id}"), token).json().unwrap()
+}
+
+fn wait_status(s: &Server, token: &str, id: &str, want: &str) -> Value {
+    let mut last = Value::Null;
+    wait_for(
+        &format!("job {id} to be {want}"),
+        Duration::from_secs(120),
+        || {
+            last = job(s, token, id);
+            assert!(
+                !(last["status"] == "failed" && want != "failed"),
+                "the job failed: {last}"
+            );
+            last["status"] == want
+        },
+    );
+    last
+}
+
+fn accepted(r: reqwest::blocking::Response) -> String {
+    assert_eq!(r.status(), 202, "{:?}", r.text());
+    let v: Value = r.json().unwrap();
+    // A worker may have claimed it already.
+    assert!(v["status"] == "queued" || v["status"] == "running", "{v}");
+    v["job_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn raw_multipart_and_gzip_uploads_become_jobs() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let raw = accepted(upload(
+        &s,
+        &a,
+        "model=customer",
+        customers(1, 10).into_bytes(),
+        &[("x-filename", "../../etc/passwd")],
+    ));
+    let done = wait_status(&s, &a, &raw, "succeeded");
+    assert_eq!(done["rows_committed"], 10);
+    assert_eq!(done["file_name"], "passwd", "a client name is only a label");
+    assert_eq!(done["owner"], "admin");
+
+    let boundary = "nexusboundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.csv\"\r\nContent-Type: text/csv\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(customers(11, 20).as_bytes());
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let r = s
+        .http
+        .post(s.url("/api/v2/jobs?model=customer"))
+        .bearer_auth(&a)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .unwrap();
+    let multi = accepted(r);
+    let done = wait_status(&s, &a, &multi, "succeeded");
+    assert_eq!(done["rows_committed"], 20);
+    assert_eq!(done["file_name"], "c.csv");
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(customers(31, 5).as_bytes()).unwrap();
+    let zipped = accepted(upload(
+        &s,
+        &a,
+        "model=customer",
+        gz.finish().unwrap(),
+        &[("content-encoding", "gzip")],
+    ));
+    let done = wait_status(&s, &a, &zipped, "succeeded");
+    assert_eq!(done["rows_committed"], 5);
+    assert_eq!(db.count("customer"), 35);
+    // The same bytes again: skipped, as with `nexus load`.
+    let again = accepted(upload(
+        &s,
+        &a,
+        "model=customer",
+        customers(1, 10).into_bytes(),
+        &[],
+    ));
+    wait_status(&s, &a, &again, "skipped");
+
+    assert_problem(upload(&s, &a, "model=nope", b"x".to_vec(), &[]), 400);
+    assert_problem(
+        upload(&s, &a, "model=customer&mode=merge", b"x".to_vec(), &[]),
+        400,
+    );
+    // An empty file is a job like any other, and fails as `nexus load` does.
+    let empty = accepted(upload(&s, &a, "model=customer", Vec::new(), &[]));
+    let failed = wait_status(&s, &a, &empty, "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("empty"),
+        "{failed}"
+    );
+    let page: Value = s.get("/api/v2/jobs?limit=2", &a).json().unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest: Value = s
+        .get(&format!("/api/v2/jobs?limit=2&cursor={cursor}"), &a)
+        .json()
+        .unwrap();
+    assert_eq!(rest["jobs"].as_array().unwrap().len(), 2);
+    assert_ne!(rest["jobs"][0]["job_id"], page["jobs"][0]["job_id"]);
+    let ok: Value = s.get("/api/v2/jobs?status=succeeded", &a).json().unwrap();
+    assert_eq!(ok["jobs"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn uploads_over_the_limit_are_refused() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[("NEXUS_MAX_UPLOAD", "1KiB")]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    assert_problem(
+        upload(
+            &s,
+            &a,
+            "model=customer",
+            customers(1, 100).into_bytes(),
+            &[],
+        ),
+        413,
+    );
+    assert_eq!(db.count("nexus.jobs"), 0);
+    let stored: Vec<PathBuf> = std::fs::read_dir(db.dir.path().join("data/uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(stored.is_empty(), "nothing is left behind: {stored:?}");
+}
+
+#[test]
+fn users_see_their_own_jobs_and_rejects() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    add_user(&db, "ann", "uploader", "ann-password");
+    add_user(&db, "bob", "uploader", "bob-password");
+    add_user(&db, "val", "viewer", "val-password");
+    let (ann, _) = s.tokens("ann", "ann-password");
+    let (bob, _) = s.tokens("bob", "bob-password");
+    let (val, _) = s.tokens("val", "val-password");
+    let (admin, _) = s.tokens("admin", ADMIN_PW);
+    assert_problem(
+        upload(&s, &val, "model=customer", b"id\n1\n".to_vec(), &[]),
+        403,
+    );
+    let demo = std::fs::read(common::fixture("customers.csv")).unwrap();
+    let id = accepted(upload(&s, &ann, "model=customer", demo, &[]));
+    let done = wait_status(&s, &ann, &id, "succeeded");
+    assert_eq!(done["rows_rejected"], 5);
+    assert_problem(s.get(&format!("/api/v2/jobs/{id}"), &bob), 404);
+    assert_problem(s.get(&format!("/api/v2/jobs/{id}/rejects"), &bob), 404);
+    let r = s
+        .http
+        .post(s.url(&format!("/api/v2/jobs/{id}/cancel")))
+        .bearer_auth(&bob)
+        .send()
+        .unwrap();
+    assert_problem(r, 404);
+    let bobs: Value = s.get("/api/v2/jobs", &bob).json().unwrap();
+    assert!(bobs["jobs"].as_array().unwrap().is_empty());
+    let all: Value = s.get("/api/v2/jobs", &admin).json().unwrap();
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 1);
+    let csv = s.get(&format!("/api/v2/jobs/{id}/rejects"), &ann);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let text = csv.text().unwrap();
+    assert!(
+        text.starts_with("line,column,reason,raw\n201,country,"),
+        "{text}"
+    );
+    let json: Value = s
+        .http
+        .get(s.url(&format!("/api/v2/jobs/{id}/rejects")))
+        .bearer_auth(&ann)
+        .header("accept", "application/json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 5);
+    assert_eq!(json[0]["line"], 201);
+    // A finished job cannot be cancelled.
+    let r = s
+        .http
+        .post(s.url(&format!("/api/v2/jobs/{id}/cancel")))
+        .bearer_auth(&ann)
+        .send()
+        .unwrap();
+    assert_problem(r, 409);
+}
+
+/// A model whose batches are small, on a table without a primary key.
+fn big_job_setup(db: &TestDb) -> (PathBuf, Vec<u8>) {
+    let models = db.file(
+        "m.toml",
+        "[models.ev]\ntable = \"ev\"\nbatch_size = 200\n\
+         [[models.ev.columns]]\nname = \"id\"\ntype = \"bigint\"\nrequired = true\n\
+         [[models.ev.columns]]\nname = \"payload\"\ntype = \"text\"\n",
+    );
+    let mut csv = String::from("id,payload\n");
+    for i in 1..=ROWS {
+        csv.push_str(&format!("{i},row {i}\n"));
+    }
+    (models, csv.into_bytes())
+}
+
+fn batches(db: &TestDb) -> i64 {
+    db.value("SELECT count(*)::text FROM nexus.job_batches")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0)
+}
+
+fn exactly_once(db: &TestDb) {
+    assert_eq!(db.count("ev"), ROWS);
+    assert_eq!(
+        db.count("(SELECT DISTINCT id FROM ev) d"),
+        ROWS,
+        "no row twice"
+    );
+}
+
+#[test]
+fn cancel_stops_a_running_job() {
+    let db = TestDb::new();
+    let (models, csv) = big_job_setup(&db);
+    let m = models.to_str().unwrap();
+    let s = Server::start(&db, &[("NEXUS_MODELS", m)]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let id = accepted(upload(&s, &a, "model=ev", csv, &[]));
+    wait_for("batches to commit", Duration::from_secs(120), || {
+        batches(&db) >= 2
+    });
+    let r = s
+        .http
+        .post(s.url(&format!("/api/v2/jobs/{id}/cancel")))
+        .bearer_auth(&a)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let done = wait_status(&s, &a, &id, "cancelled");
+    let committed = done["rows_committed"].as_i64().unwrap();
+    assert!(committed < ROWS, "stopped early");
+    assert_eq!(db.count("ev"), committed);
+}
+
+#[test]
+fn a_restarted_server_resumes_its_job() {
+    let db = TestDb::new();
+    let (models, csv) = big_job_setup(&db);
+    let m = models.to_str().unwrap();
+    let mut s = Server::start(&db, &[("NEXUS_MODELS", m)]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let id = accepted(upload(&s, &a, "model=ev", csv, &[]));
+    wait_for("batches to commit", Duration::from_secs(120), || {
+        batches(&db) >= 3
+    });
+    let pid = s.child().id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(s.child().wait().unwrap().code(), Some(0));
+    let status = db
+        .value(&format!("SELECT status FROM nexus.jobs WHERE id = '{id}'"))
+        .unwrap();
+    assert_eq!(status, "queued", "SIGTERM hands the job back to the queue");
+    assert!(db.count("ev") < ROWS);
+    let s2 = Server::start(&db, &[("NEXUS_MODELS", m)]);
+    let (a2, _) = s2.tokens("admin", ADMIN_PW);
+    let done = wait_status(&s2, &a2, &id, "succeeded");
+    assert_eq!(done["rows_committed"], ROWS);
+    exactly_once(&db);
+}
+
+#[test]
+fn when_one_of_two_servers_dies_the_other_finishes_the_job() {
+    let db = TestDb::new();
+    let (models, csv) = big_job_setup(&db);
+    let m = models.to_str().unwrap();
+    let env = [("NEXUS_MODELS", m), ("NEXUS_JOB_LEASE", "2s")];
+    let mut first = Server::start(&db, &env);
+    let (a, _) = first.tokens("admin", ADMIN_PW);
+    let id = accepted(upload(&first, &a, "model=ev", csv, &[]));
+    wait_for(
+        "the first server to run the job",
+        Duration::from_secs(120),
+        || batches(&db) >= 3,
+    );
+    let second = Server::start(&db, &env);
+    first.child().kill().unwrap();
+    first.child().wait().unwrap();
+    let (a2, _) = second.tokens("admin", ADMIN_PW);
+    let done = wait_status(&second, &a2, &id, "succeeded");
+    assert_eq!(done["rows_committed"], ROWS);
+    assert_eq!(done["rows_read"], ROWS);
+    exactly_once(&db);
+}
