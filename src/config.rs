@@ -29,6 +29,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_LOG_FORMAT", "log_format"),
     ("NEXUS_WORKERS", "workers"),
     ("NEXUS_JOB_LEASE", "job_lease"),
+    ("NEXUS_WS_HEARTBEAT", "ws_heartbeat"),
 ];
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct Config {
     pub workers: usize,
     /// How long a worker's claim on a job lasts unless renewed.
     pub job_lease: Duration,
+    /// How often a WebSocket client gets a heartbeat.
+    pub ws_heartbeat: Duration,
     pub db_pool_max: usize,
     pub db_pool_recycle: Duration,
     pub copy_connections: usize,
@@ -180,6 +183,15 @@ impl Config {
                         Ok(d)
                     } else {
                         Err("the lease must be at least 1s".into())
+                    }
+                })
+            })?,
+            ws_heartbeat: s.parse("NEXUS_WS_HEARTBEAT", Duration::from_secs(15), |v| {
+                parse_duration(v).and_then(|d| {
+                    if d >= Duration::from_millis(100) {
+                        Ok(d)
+                    } else {
+                        Err("the heartbeat must be at least 100ms".into())
                     }
                 })
             })?,

@@ -647,7 +647,10 @@ fn migrate_is_idempotent_and_creates_model_tables() {
     let db = TestDb::new();
     let r = db.run(&["migrate"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("applied migrations [1, 2, 3]"), "{r:?}");
+    assert!(
+        r.stdout.contains("applied migrations [1, 2, 3, 4]"),
+        "{r:?}"
+    );
     let r = db.run(&["migrate"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("up to date"), "{r:?}");

@@ -140,6 +140,25 @@ CREATE INDEX jobs_claimable ON nexus.jobs (created_at) WHERE status IN ('queued'
 CREATE INDEX jobs_owner ON nexus.jobs (owner, created_at DESC);
 "#,
     ),
+    (
+        4,
+        "job state changes announced on channel nexus_jobs",
+        r#"
+-- Every job state change, from any process (server or CLI), is announced,
+-- so that every server can tell its WebSocket subscribers.
+CREATE FUNCTION nexus.announce_job() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('nexus_jobs', json_build_object(
+        'job_id', NEW.id, 'status', NEW.status, 'owner', NEW.owner, 'model', NEW.model,
+        'rows_read', NEW.rows_read, 'rows_committed', NEW.rows_committed,
+        'rows_rejected', NEW.rows_rejected, 'bytes_read', NEW.bytes_read,
+        'bytes_total', NEW.bytes_total, 'error', NEW.error)::text);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER jobs_announce AFTER INSERT OR UPDATE OF status ON nexus.jobs
+    FOR EACH ROW EXECUTE FUNCTION nexus.announce_job();
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

@@ -56,17 +56,21 @@ impl FromRequestParts<AppState> for CurrentUser {
             .ok_or_else(|| {
                 Problem::unauthorized("an access token is required (Authorization: Bearer …)")
             })?;
-        let claims = state
-            .keys
-            .verify(token.trim())
-            .ok_or_else(|| Problem::unauthorized("the access token is invalid or expired"))?;
-        let db = state.pool.get().await?;
-        let principal = store::live_session(&**db, claims.sid)
-            .await?
-            .filter(|p| p.user_id == claims.sub)
-            .ok_or_else(|| Problem::unauthorized("the session was revoked or the user disabled"))?;
-        Ok(CurrentUser(principal))
+        Ok(CurrentUser(authenticate(state, token).await?))
     }
+}
+
+/// The user behind an access token, if it is valid and its session live.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Problem> {
+    let claims = state
+        .keys
+        .verify(token.trim())
+        .ok_or_else(|| Problem::unauthorized("the access token is invalid or expired"))?;
+    let db = state.pool.get().await?;
+    store::live_session(&**db, claims.sid)
+        .await?
+        .filter(|p| p.user_id == claims.sub)
+        .ok_or_else(|| Problem::unauthorized("the session was revoked or the user disabled"))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod middleware;
 pub mod models;
 pub mod problem;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ pub struct AppState {
     pub instance: uuid::Uuid,
     /// For loads, which open their own COPY connections.
     pub database_url: String,
+    /// Live job events for WebSocket subscribers.
+    pub hub: Arc<crate::jobs::progress::Hub>,
 }
 
 /// Largest JSON request body the API takes.
@@ -137,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/jobs/{id}", get(jobs::show))
         .route("/api/v2/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v2/jobs/{id}/rejects", get(jobs::rejects))
+        .route("/api/v2/ws", get(ws::upgrade))
         .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
     // Uploads stream to storage under their own limit (NEXUS_MAX_UPLOAD),
     // gzip-decoded on the way in.

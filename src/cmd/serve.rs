@@ -121,7 +121,10 @@ async fn serve(
         queue: Arc::new(tokio::sync::Notify::new()),
         instance: uuid::Uuid::new_v4(),
         database_url: url.clone(),
+        hub: Arc::new(crate::jobs::progress::Hub::new()),
     };
+    let listener_task = crate::jobs::progress::spawn_listener(state.hub.clone(), url.clone());
+    let publisher = crate::jobs::progress::spawn_publisher(state.hub.clone(), state.pool.clone());
     drop(control);
     let background = spawn_housekeeping(state.clone());
     let listener = tokio::net::TcpListener::bind(addr)
@@ -157,6 +160,8 @@ async fn serve(
     // Running jobs stop at their next batch boundary and go back to the queue.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(workers)).await;
     background.abort();
+    listener_task.abort();
+    publisher.abort();
     flush_stats(&state).await;
     Ok(0)
 }

@@ -2,5 +2,6 @@
 //! queued jobs from PostgreSQL and run them through the same load path as
 //! `nexus load`.
 
+pub mod progress;
 pub mod storage;
 pub mod worker;

@@ -119,10 +119,16 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
                 interrupt: interrupt.clone(),
                 job: Some(id),
             };
-            nexus_loaders::run_load(&state.database_url, req, Arc::new(Progress::default()))
+            let progress = Arc::new(Progress::default());
+            state
+                .hub
+                .started(id, progress.clone(), job.bytes_total, job.owner.clone());
+            let result = nexus_loaders::run_load(&state.database_url, req, progress)
                 .await
                 .map(|o| o.job.status)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+            state.hub.finished(id);
+            result
         }
         Err(e) => Err(e.to_string()),
     };

@@ -1,0 +1,285 @@
+//! Live job events for WebSocket subscribers. State changes come from a
+//! trigger on `nexus.jobs` (channel `nexus_jobs`, from any process); progress
+//! of jobs running in this server is sampled every 250 ms and published on
+//! `nexus_progress`. Every server LISTENs to both, so a subscriber on one
+//! server sees jobs running on any of them. The hub keeps counters monotone
+//! per job (a resumed job re-reads its file) and the latest sample for
+//! subscribers that join mid-job.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use nexus_pipeline::progress::Progress;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_postgres::AsyncMessage;
+use uuid::Uuid;
+
+/// How often progress is sampled and published.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProgressMsg {
+    pub job_id: Uuid,
+    pub status: String,
+    pub rows_read: i64,
+    pub rows_committed: i64,
+    pub rows_rejected: i64,
+    pub bytes_read: i64,
+    pub bytes_total: Option<i64>,
+    pub rows_per_sec: f64,
+    pub eta_ms: Option<i64>,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// A state change, as the trigger announces it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobMsg {
+    pub job_id: Uuid,
+    pub status: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub rows_read: i64,
+    #[serde(default)]
+    pub rows_committed: i64,
+    #[serde(default)]
+    pub rows_rejected: i64,
+    #[serde(default)]
+    pub bytes_read: i64,
+    #[serde(default)]
+    pub bytes_total: Option<i64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Progress(ProgressMsg),
+    Job(JobMsg),
+}
+
+impl Event {
+    pub fn job_id(&self) -> Uuid {
+        match self {
+            Event::Progress(p) => p.job_id,
+            Event::Job(j) => j.job_id,
+        }
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Event::Progress(p) => p.owner.as_deref(),
+            Event::Job(j) => j.owner.as_deref(),
+        }
+    }
+}
+
+struct Local {
+    progress: Arc<Progress>,
+    bytes_total: Option<i64>,
+    owner: Option<String>,
+    started: Instant,
+    /// The previous sample (time, rows) and a smoothed rows/s.
+    previous: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+pub struct Hub {
+    tx: broadcast::Sender<Arc<Event>>,
+    latest: Mutex<HashMap<Uuid, ProgressMsg>>,
+    local: Mutex<HashMap<Uuid, Local>>,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub {
+            tx: broadcast::Sender::new(4096),
+            latest: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    /// The latest progress of a running job, for a subscriber joining now.
+    pub fn latest(&self, job: Uuid) -> Option<ProgressMsg> {
+        self.latest.lock().expect("hub").get(&job).cloned()
+    }
+
+    /// A job starts running here; its counters are sampled until `finished`.
+    pub fn started(
+        &self,
+        job: Uuid,
+        progress: Arc<Progress>,
+        bytes_total: Option<i64>,
+        owner: Option<String>,
+    ) {
+        self.local.lock().expect("hub").insert(
+            job,
+            Local {
+                progress,
+                bytes_total,
+                owner,
+                started: Instant::now(),
+                previous: None,
+                rate: 0.0,
+            },
+        );
+    }
+
+    pub fn finished(&self, job: Uuid) {
+        self.local.lock().expect("hub").remove(&job);
+    }
+
+    /// Samples the jobs running here.
+    fn samples(&self) -> Vec<ProgressMsg> {
+        let mut local = self.local.lock().expect("hub");
+        local
+            .iter_mut()
+            .map(|(id, l)| {
+                let s = l.progress.snapshot();
+                let now = Instant::now();
+                // A resumed job starts from its committed totals: rates count
+                // only what this run adds, smoothed over recent samples.
+                if let Some((t, rows)) = l.previous {
+                    let dt = now.duration_since(t).as_secs_f64().max(0.001);
+                    let instant = s.rows_read.saturating_sub(rows) as f64 / dt;
+                    l.rate = if l.rate == 0.0 {
+                        instant
+                    } else {
+                        0.7 * l.rate + 0.3 * instant
+                    };
+                }
+                l.previous = Some((now, s.rows_read));
+                let rate = l.rate;
+                let secs = l.started.elapsed().as_secs_f64().max(0.001);
+                let byte_rate = s.bytes_read as f64 / secs;
+                let eta_ms = l.bytes_total.filter(|_| byte_rate > 0.0).map(|total| {
+                    ((total as f64 - s.bytes_read as f64).max(0.0) / byte_rate * 1000.0) as i64
+                });
+                ProgressMsg {
+                    job_id: *id,
+                    status: "running".into(),
+                    rows_read: s.rows_read as i64,
+                    rows_committed: s.rows_committed as i64,
+                    rows_rejected: s.rows_rejected as i64,
+                    bytes_read: s.bytes_read as i64,
+                    bytes_total: l.bytes_total,
+                    rows_per_sec: rate.round(),
+                    eta_ms,
+                    owner: l.owner.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// An event from the channels: made monotone, remembered, passed on.
+    fn receive(&self, event: Event) {
+        let event = match event {
+            Event::Progress(mut p) => {
+                let mut latest = self.latest.lock().expect("hub");
+                if let Some(prev) = latest.get(&p.job_id) {
+                    p.rows_read = p.rows_read.max(prev.rows_read);
+                    p.rows_committed = p.rows_committed.max(prev.rows_committed);
+                    p.rows_rejected = p.rows_rejected.max(prev.rows_rejected);
+                    p.bytes_read = p.bytes_read.max(prev.bytes_read);
+                }
+                latest.insert(p.job_id, p.clone());
+                Event::Progress(p)
+            }
+            Event::Job(j) => {
+                if j.status != "running" {
+                    self.latest.lock().expect("hub").remove(&j.job_id);
+                }
+                Event::Job(j)
+            }
+        };
+        let _ = self.tx.send(Arc::new(event));
+    }
+}
+
+/// Publishes samples of local jobs every 250 ms while they change.
+pub fn spawn_publisher(
+    hub: Arc<Hub>,
+    pool: deadpool_postgres::Pool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sent: HashMap<Uuid, ProgressMsg> = HashMap::new();
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tick.tick().await;
+            let samples = hub.samples();
+            sent.retain(|id, _| samples.iter().any(|s| s.job_id == *id));
+            let changed: Vec<ProgressMsg> = samples
+                .into_iter()
+                .filter(|s| {
+                    sent.get(&s.job_id)
+                        .is_none_or(|p| (p.rows_read, p.bytes_read) != (s.rows_read, s.bytes_read))
+                })
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            let Ok(db) = pool.get().await else { continue };
+            for s in changed {
+                let payload = serde_json::to_string(&s).unwrap_or_default();
+                if db
+                    .execute("SELECT pg_notify('nexus_progress', $1)", &[&payload])
+                    .await
+                    .is_ok()
+                {
+                    sent.insert(s.job_id, s);
+                }
+            }
+        }
+    })
+}
+
+/// LISTENs on both channels (reconnecting) and feeds the hub.
+pub fn spawn_listener(hub: Arc<Hub>, url: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                Ok((client, mut conn)) => {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    let listen = client.batch_execute("LISTEN nexus_jobs; LISTEN nexus_progress");
+                    let mut listen = std::pin::pin!(listen);
+                    let mut listening = false;
+                    loop {
+                        tokio::select! {
+                            r = &mut listen, if !listening => {
+                                if r.is_err() { break; }
+                                listening = true;
+                            }
+                            m = messages.next() => match m {
+                                Some(Ok(AsyncMessage::Notification(n))) => {
+                                    let event = match n.channel() {
+                                        "nexus_jobs" => serde_json::from_str(n.payload()).ok().map(Event::Job),
+                                        _ => serde_json::from_str(n.payload()).ok().map(Event::Progress),
+                                    };
+                                    if let Some(e) = event {
+                                        hub.receive(e);
+                                    }
+                                }
+                                Some(Ok(_)) => {}
+                                _ => break,
+                            }
+                        }
+                    }
+                    tracing::warn!("job event listener lost its connection; reconnecting");
+                }
+                Err(e) => tracing::warn!(error = %e, "job event listener cannot connect"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}

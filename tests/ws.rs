@@ -1,0 +1,239 @@
+//! The WebSocket protocol (SPEC §6) against real servers: current state on
+//! subscribe, progress, state changes, ping/pong, errors, heartbeats,
+//! authentication, ownership, a client that never reads, and progress of a
+//! job running on another server.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::server::{ADMIN_PW, Server, add_user};
+use common::{TestDb, wait_for};
+use serde_json::{Value, json};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+const ROWS: i64 = 150_000;
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn setup(db: &TestDb) -> (String, Vec<u8>) {
+    let models = db.file(
+        "m.toml",
+        "[models.ev]\ntable = \"ev\"\nbatch_size = 200\n\
+         [[models.ev.columns]]\nname = \"id\"\ntype = \"bigint\"\nrequired = true\n\
+         [[models.ev.columns]]\nname = \"payload\"\ntype = \"text\"\n",
+    );
+    let mut csv = String::from("id,payload\n");
+    for i in 1..=ROWS {
+        csv.push_str(&format!("{i},row {i}\n"));
+    }
+    (models.to_str().unwrap().to_string(), csv.into_bytes())
+}
+
+fn connect(s: &Server, token: &str) -> Ws {
+    let url = format!(
+        "{}/api/v2/ws?access_token={token}",
+        s.base.replace("http://", "ws://")
+    );
+    let (ws, _) = tungstenite::connect(url).unwrap();
+    if let MaybeTlsStream::Plain(t) = ws.get_ref() {
+        t.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    }
+    ws
+}
+
+fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).unwrap();
+}
+
+/// The next JSON message.
+fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => {
+                assert!(t.starts_with("{\"type\":"), "`type` comes first: {t}");
+                return serde_json::from_str(&t).unwrap();
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Reads until `done` holds for a message; returns all of them.
+fn read_until(ws: &mut Ws, mut done: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "no end in sight: {seen:?}");
+        let m = next(ws);
+        let stop = done(&m);
+        seen.push(m);
+        if stop {
+            return seen;
+        }
+    }
+}
+
+fn upload(s: &Server, token: &str, body: Vec<u8>) -> String {
+    let r = s
+        .http
+        .post(s.url("/api/v2/jobs?model=ev"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn finished(m: &Value) -> bool {
+    m["type"] == "job" && m["status"] == "succeeded"
+}
+
+/// Progress counters never go backwards.
+fn assert_monotone(messages: &[Value]) -> usize {
+    let progress: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["type"] == "progress")
+        .collect();
+    for w in progress.windows(2) {
+        for k in ["rows_read", "rows_committed", "bytes_read"] {
+            assert!(
+                w[1][k].as_i64() >= w[0][k].as_i64(),
+                "{k} went backwards: {} then {}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+    progress.len()
+}
+
+#[test]
+fn a_subscriber_sees_state_progress_and_the_end() {
+    let db = TestDb::new();
+    let (models, csv) = setup(&db);
+    let s = Server::start(
+        &db,
+        &[("NEXUS_MODELS", &models), ("NEXUS_WS_HEARTBEAT", "1s")],
+    );
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let mut ws = connect(&s, &a);
+    send(&mut ws, json!({"type": "ping"}));
+    assert_eq!(next(&mut ws)["type"], "pong");
+    send(&mut ws, json!({"type": "dance"}));
+    let e = next(&mut ws);
+    assert_eq!(e["type"], "error");
+    assert!(e["message"].as_str().unwrap().contains("bad message"));
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "job_id": uuid::Uuid::new_v4()}),
+    );
+    assert_eq!(next(&mut ws)["type"], "error", "an unknown job");
+    let id = upload(&s, &a, csv);
+    send(&mut ws, json!({"type": "subscribe", "job_id": id}));
+    let first = next(&mut ws);
+    assert_eq!(first["type"], "job", "the current state at once");
+    assert_eq!(first["job_id"], id.as_str());
+    let all = read_until(&mut ws, finished);
+    let end = all.last().unwrap();
+    assert_eq!(end["rows_committed"], ROWS);
+    assert!(assert_monotone(&all) >= 1, "progress while it ran: {all:?}");
+    let p = all.iter().find(|m| m["type"] == "progress").unwrap();
+    for k in [
+        "job_id",
+        "status",
+        "rows_read",
+        "rows_committed",
+        "rows_rejected",
+        "bytes_read",
+        "bytes_total",
+        "rows_per_sec",
+        "eta_ms",
+    ] {
+        assert!(p.get(k).is_some(), "progress lacks {k}: {p}");
+    }
+    let hb = read_until(&mut ws, |m| m["type"] == "heartbeat");
+    assert!(hb.last().unwrap()["ts"].is_string());
+}
+
+#[test]
+fn joining_mid_job_gets_the_current_state_and_others_jobs_stay_hidden() {
+    let db = TestDb::new();
+    let (models, csv) = setup(&db);
+    let s = Server::start(&db, &[("NEXUS_MODELS", &models)]);
+    add_user(&db, "uma", "uploader", "uploader-password");
+    add_user(&db, "vic", "viewer", "viewer-password");
+    let (u, _) = s.tokens("uma", "uploader-password");
+    let (v, _) = s.tokens("vic", "viewer-password");
+    let id = upload(&s, &u, csv);
+    wait_for("batches to commit", Duration::from_secs(120), || {
+        db.value("SELECT count(*)::text FROM nexus.job_batches")
+            .is_some_and(|n| n.parse::<i64>().unwrap() >= 5)
+    });
+    let mut ws = connect(&s, &u);
+    send(&mut ws, json!({"type": "subscribe", "all": true}));
+    let state = next(&mut ws);
+    assert_eq!(
+        (state["type"].as_str(), state["status"].as_str()),
+        (Some("job"), Some("running"))
+    );
+    let progress = read_until(&mut ws, |m| m["type"] == "progress");
+    assert!(progress.last().unwrap()["rows_committed"].as_i64().unwrap() > 0);
+    let all = read_until(&mut ws, finished);
+    assert_monotone(&all);
+    // A viewer sees neither the job nor its events.
+    let mut other = connect(&s, &v);
+    send(&mut other, json!({"type": "subscribe", "job_id": id}));
+    assert_eq!(next(&mut other)["type"], "error");
+    // Authentication is required.
+    let url = format!("{}/api/v2/ws", s.base.replace("http://", "ws://"));
+    match tungstenite::connect(url) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_slow_the_job_nor_lose_its_end() {
+    let db = TestDb::new();
+    let (models, csv) = setup(&db);
+    let s = Server::start(&db, &[("NEXUS_MODELS", &models)]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let mut idle = connect(&s, &a);
+    send(&mut idle, json!({"type": "subscribe", "all": true}));
+    let id = upload(&s, &a, csv);
+    wait_for("the job to finish", Duration::from_secs(120), || {
+        let j: Value = s.get(&format!("/api/v2/jobs/{id}"), &a).json().unwrap();
+        j["status"] == "succeeded"
+    });
+    // Everything it missed is waiting, the final state included.
+    let all = read_until(&mut idle, finished);
+    assert_monotone(&all);
+}
+
+#[test]
+fn progress_of_a_job_on_another_server_reaches_subscribers() {
+    let db = TestDb::new();
+    let (models, csv) = setup(&db);
+    let env = [("NEXUS_MODELS", models.as_str()), ("NEXUS_WORKERS", "0")];
+    let runner = Server::start(&db, &[("NEXUS_MODELS", &models)]);
+    let watcher = Server::start(&db, &env);
+    let (a, _) = watcher.tokens("admin", ADMIN_PW);
+    let mut ws = connect(&watcher, &a);
+    send(&mut ws, json!({"type": "subscribe", "all": true}));
+    let id = upload(&watcher, &a, csv);
+    let all = read_until(&mut ws, finished);
+    assert!(
+        assert_monotone(&all) >= 1,
+        "progress crossed servers: {all:?}"
+    );
+    assert!(all.iter().all(|m| m["job_id"] == id.as_str()));
+    drop(runner);
+}
