@@ -27,6 +27,12 @@ if ! psql "$NEXUS_TEST_PG" -qAtc 'SELECT 1' >/dev/null 2>&1; then
   as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\""
   export NEXUS_TEST_PG=postgres://postgres:postgres@127.0.0.1:5432/postgres
 fi
+# The dashboard test drives Debian's Chromium with playwright-core.
+need_pkg chromium chromium
+need_pkg node nodejs
+need_pkg npm npm
+[ -d tests/browser/node_modules/playwright-core ] ||
+  npm ci --prefix tests/browser --no-audit --no-fund --silent
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

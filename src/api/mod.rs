@@ -3,6 +3,7 @@
 //! route group.
 
 pub mod auth;
+pub mod dashboard;
 pub mod health;
 pub mod jobs;
 pub mod middleware;
@@ -161,6 +162,9 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .merge(api)
         .route("/api/v2/openapi.json", get(openapi_json))
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::script))
+        .route("/assets/app.css", get(dashboard::style))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
