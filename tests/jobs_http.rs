@@ -239,23 +239,12 @@ fn users_see_their_own_jobs_and_rejects() {
 
 /// A model whose batches are small, on a table without a primary key.
 fn big_job_setup(db: &TestDb) -> (PathBuf, Vec<u8>) {
-    let models = db.file(
-        "m.toml",
-        "[models.ev]\ntable = \"ev\"\nbatch_size = 200\n\
-         [[models.ev.columns]]\nname = \"id\"\ntype = \"bigint\"\nrequired = true\n\
-         [[models.ev.columns]]\nname = \"payload\"\ntype = \"text\"\n",
-    );
+    let models = common::small_batch_model(db);
     let mut csv = String::from("id,payload\n");
     for i in 1..=ROWS {
         csv.push_str(&format!("{i},row {i}\n"));
     }
     (models, csv.into_bytes())
-}
-
-fn batches(db: &TestDb) -> i64 {
-    db.value("SELECT count(*)::text FROM nexus.job_batches")
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0)
 }
 
 fn exactly_once(db: &TestDb) {
@@ -276,7 +265,7 @@ fn cancel_stops_a_running_job() {
     let (a, _) = s.tokens("admin", ADMIN_PW);
     let id = accepted(upload(&s, &a, "model=ev", csv, &[]));
     wait_for("batches to commit", Duration::from_secs(120), || {
-        batches(&db) >= 2
+        common::batches(&db) >= 2
     });
     let r = s
         .http
@@ -300,16 +289,9 @@ fn a_restarted_server_resumes_its_job() {
     let (a, _) = s.tokens("admin", ADMIN_PW);
     let id = accepted(upload(&s, &a, "model=ev", csv, &[]));
     wait_for("batches to commit", Duration::from_secs(120), || {
-        batches(&db) >= 3
+        common::batches(&db) >= 3
     });
-    let pid = s.child().id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::sigterm(s.child().id());
     assert_eq!(s.child().wait().unwrap().code(), Some(0));
     let status = db
         .value(&format!("SELECT status FROM nexus.jobs WHERE id = '{id}'"))
@@ -335,7 +317,7 @@ fn when_one_of_two_servers_dies_the_other_finishes_the_job() {
     wait_for(
         "the first server to run the job",
         Duration::from_secs(120),
-        || batches(&db) >= 3,
+        || common::batches(&db) >= 3,
     );
     let second = Server::start(&db, &env);
     first.child().kill().unwrap();

@@ -12,12 +12,7 @@ use common::{Reaped, TestDb, wait_for};
 const ROWS: i64 = 300_000;
 
 fn setup(db: &TestDb) -> (std::path::PathBuf, std::path::PathBuf) {
-    let models = db.file(
-        "m.toml",
-        "[models.ev]\ntable = \"ev\"\nbatch_size = 200\n\
-         [[models.ev.columns]]\nname = \"id\"\ntype = \"bigint\"\nrequired = true\n\
-         [[models.ev.columns]]\nname = \"payload\"\ntype = \"text\"\n",
-    );
+    let models = common::small_batch_model(db);
     let mut csv = String::from("id,payload\n");
     for i in 1..=ROWS {
         csv.push_str(&format!("{i},\"row {i}, with a comma\"\n"));
@@ -28,12 +23,6 @@ fn setup(db: &TestDb) -> (std::path::PathBuf, std::path::PathBuf) {
     let r = db.run(&["migrate", "--schema-only"]);
     assert_eq!(r.code, 0, "{r:?}");
     (models, db.file("ev.csv", csv))
-}
-
-fn batches(db: &TestDb) -> i64 {
-    db.value("SELECT count(*)::text FROM nexus.job_batches")
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -54,7 +43,7 @@ fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
                 .unwrap(),
         ));
         wait_for("batches to commit", Duration::from_secs(120), || {
-            batches(&db) >= min_batches || child.get().try_wait().unwrap().is_some()
+            common::batches(&db) >= min_batches || child.get().try_wait().unwrap().is_some()
         });
         assert!(
             child.get().try_wait().unwrap().is_none(),
@@ -103,16 +92,9 @@ fn sigterm_stops_at_a_batch_boundary_and_stays_resumable() {
             .unwrap(),
     ));
     wait_for("batches to commit", Duration::from_secs(120), || {
-        batches(&db) >= 5
+        common::batches(&db) >= 5
     });
-    let pid = child.get().id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::sigterm(child.get().id());
     let out = child.take().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -143,7 +125,7 @@ fn a_second_concurrent_run_of_the_same_file_refuses() {
             .unwrap(),
     ));
     wait_for("the first run to commit", Duration::from_secs(120), || {
-        batches(&db) >= 1
+        common::batches(&db) >= 1
     });
     let second = common::run(db.nexus().env("NEXUS_MODELS", &models).args(args));
     assert_eq!(second.code, 1, "{second:?}");
@@ -169,7 +151,7 @@ fn jobs_cancel_stops_a_running_load() {
             .unwrap(),
     ));
     wait_for("batches to commit", Duration::from_secs(120), || {
-        batches(&db) >= 2
+        common::batches(&db) >= 2
     });
     let id = db.value("SELECT id::text FROM nexus.jobs").unwrap();
     let r = db.run(&["jobs", "cancel", &id]);
@@ -201,7 +183,7 @@ fn writer_connections_killed_mid_load_are_retried_without_loss_or_duplicates() {
     // then a closed connection): the writers reconnect and carry on.
     for at in [5, 200] {
         wait_for("batches to commit", Duration::from_secs(120), || {
-            batches(&db) >= at
+            common::batches(&db) >= at
         });
         let killed = db.value(
             "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity

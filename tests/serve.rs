@@ -416,14 +416,7 @@ fn sigterm_lets_an_in_flight_request_finish() {
                 .is_some_and(|v| v.trim().parse::<f64>().unwrap() >= 2.0)
         },
     );
-    let pid = s.child().id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::sigterm(s.child().id());
     conn.write_all(&body.as_bytes()[5..]).unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).unwrap();
@@ -441,14 +434,7 @@ fn perf_report_shows_jobs_and_request_percentiles() {
     for _ in 0..3 {
         assert_eq!(s.get("/api/v2/models", &a).status(), 200);
     }
-    let pid = s.child().id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::sigterm(s.child().id());
     assert_eq!(
         s.child().wait().unwrap().code(),
         Some(0),

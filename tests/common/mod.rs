@@ -205,3 +205,31 @@ impl Drop for Reaped {
         }
     }
 }
+
+/// Asks a process to stop (SIGTERM), as a service manager would.
+pub fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}
+
+/// A model `ev` with small batches (many checkpoints) on a table without a
+/// primary key, where a row loaded twice would show.
+pub fn small_batch_model(db: &TestDb) -> PathBuf {
+    db.file(
+        "small-batches.toml",
+        "[models.ev]\ntable = \"ev\"\nbatch_size = 200\n\
+         [[models.ev.columns]]\nname = \"id\"\ntype = \"bigint\"\nrequired = true\n\
+         [[models.ev.columns]]\nname = \"payload\"\ntype = \"text\"\n",
+    )
+}
+
+/// How many batches have committed, across all jobs.
+pub fn batches(db: &TestDb) -> i64 {
+    db.value("SELECT count(*)::text FROM nexus.job_batches")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0)
+}
