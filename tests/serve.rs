@@ -130,6 +130,8 @@ fn roles_are_enforced() {
     let v: Value = r.json().unwrap();
     assert_eq!(v["postgres"]["status"], "ok");
     assert!(v["pool"]["details"]["max_size"].as_u64().unwrap() > 0);
+    assert_eq!(v["workers"]["status"], "ok");
+    assert_eq!(v["workers"]["details"]["configured"], 1);
     let dup = db.run(&["user", "add", "vic", "--role", "viewer", "--password-stdin"]);
     assert_ne!(dup.code, 0);
 }

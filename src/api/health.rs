@@ -115,9 +115,17 @@ pub async fn detailed(
         serde_json::json!({ "configured": state.config.redis_url.is_some(), "note": "the cache is not part of this build" }),
     );
     let workers = component(
-        "disabled",
+        if state.config.workers > 0 {
+            "ok"
+        } else {
+            "disabled"
+        },
         false,
-        serde_json::json!({ "note": "job workers are not part of this build" }),
+        serde_json::json!({
+            "configured": state.config.workers,
+            "running_here": state.hub.running_here(),
+            "lease_seconds": state.config.job_lease.as_secs(),
+        }),
     );
     let (count, p50, p95, p99) = state.stats.percentiles();
     let http = component(

@@ -135,6 +135,11 @@ impl Hub {
         );
     }
 
+    /// Jobs running in this process now.
+    pub fn running_here(&self) -> usize {
+        self.local.lock().expect("hub").len()
+    }
+
     pub fn finished(&self, job: Uuid) {
         self.local.lock().expect("hub").remove(&job);
     }
