@@ -322,6 +322,26 @@ pub struct RejectRow {
     pub raw: String,
 }
 
+/// Writes rejects as CSV with the header `line,column,reason,raw` (the
+/// format of `nexus jobs rejects` and the HTTP rejects route).
+pub fn write_rejects_csv<W: std::io::Write>(
+    out: W,
+    rows: Vec<RejectRow>,
+) -> Result<(), csv::Error> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(["line", "column", "reason", "raw"])?;
+    for r in rows {
+        w.write_record([
+            r.line.to_string(),
+            r.column.unwrap_or_default(),
+            r.reason,
+            r.raw,
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
 pub async fn rejects(
     c: &impl GenericClient,
     id: Uuid,

@@ -365,22 +365,8 @@ pub async fn rejects(
     if wants_json {
         return Ok(Json(rows).into_response());
     }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let csv_err = |e: csv::Error| Problem::internal(e);
-    w.write_record(["line", "column", "reason", "raw"])
-        .map_err(csv_err)?;
-    for r in rows {
-        w.write_record([
-            r.line.to_string(),
-            r.column.unwrap_or_default(),
-            r.reason,
-            r.raw,
-        ])
-        .map_err(csv_err)?;
-    }
-    let body = w
-        .into_inner()
-        .map_err(|e| Problem::internal(e.to_string()))?;
+    let mut body = Vec::new();
+    jobs::write_rejects_csv(&mut body, rows).map_err(Problem::internal)?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

@@ -115,17 +115,7 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&rejects)?)?;
                 } else {
-                    let mut w = csv::Writer::from_writer(out);
-                    w.write_record(["line", "column", "reason", "raw"])?;
-                    for r in rejects {
-                        w.write_record([
-                            r.line.to_string(),
-                            r.column.unwrap_or_default(),
-                            r.reason,
-                            r.raw,
-                        ])?;
-                    }
-                    w.flush()?;
+                    jobs::write_rejects_csv(out, rejects)?;
                 }
             }
         }
