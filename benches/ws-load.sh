@@ -29,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 export DATABASE_URL="${admin_url%/*}/$db" NEXUS_DATA_DIR="$work" RUST_LOG=warn
 export NEXUS_JWT_SECRET="load-check-secret-0123456789-0123456789" NEXUS_ADMIN_PASSWORD="load-check-password"
-export NEXUS_RATE_LIMIT=1000000 NEXUS_RATE_BURST=100000 NEXUS_DB_POOL_MAX=32
+export NEXUS_RATE_LIMIT=1000000000 NEXUS_RATE_BURST=1000000 NEXUS_DB_POOL_MAX=32
 target/release/nexus serve --bind 127.0.0.1:0 2> "$work/stderr" &
 pid=$!
 for _ in $(seq 1 200); do

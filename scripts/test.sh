@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Tests need a PostgreSQL server on
 # 127.0.0.1:5432 that user `postgres` can reach (NEXUS_TEST_PG overrides the
-# URL); this script uses the running one, starts an installed one, or
-# installs Debian's package and starts it. Each test makes its own database.
+# URL) and Redis on 127.0.0.1:6379 (NEXUS_TEST_REDIS); this script uses the
+# running ones, starts installed ones, or installs Debian's packages and
+# starts them. Each test makes its own database and Redis key prefix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,13 @@ fi
 if ! psql "$NEXUS_TEST_PG" -qAtc 'SELECT 1' >/dev/null 2>&1; then
   as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\""
   export NEXUS_TEST_PG=postgres://postgres:postgres@127.0.0.1:5432/postgres
+fi
+export NEXUS_TEST_REDIS=${NEXUS_TEST_REDIS:-redis://127.0.0.1:6379}
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  need_pkg redis-server redis-server
+  # Nothing on disk: the tests' keys are theirs to clean up.
+  redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes >/dev/null
+  for _ in $(seq 1 60); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 # The dashboard test drives Debian's Chromium with playwright-core.
 need_pkg chromium chromium

@@ -12,6 +12,7 @@ use nexus_pipeline::duration::parse_duration;
 const SETTINGS: &[(&str, &str)] = &[
     ("DATABASE_URL", "database_url"),
     ("REDIS_URL", "redis_url"),
+    ("NEXUS_REDIS_PREFIX", "redis_prefix"),
     ("NEXUS_MODELS", "models"),
     ("NEXUS_DATA_DIR", "data_dir"),
     ("NEXUS_BIND", "bind"),
@@ -36,6 +37,9 @@ const SETTINGS: &[(&str, &str)] = &[
 pub struct Config {
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so that installations (and
+    /// tests) can share one Redis.
+    pub redis_prefix: String,
     pub models: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub bind: String,
@@ -158,6 +162,13 @@ impl Config {
         Ok(Config {
             database_url: s.get("DATABASE_URL"),
             redis_url: s.get("REDIS_URL"),
+            redis_prefix: s.parse("NEXUS_REDIS_PREFIX", "nexus".to_string(), |v| {
+                let ok = !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_graphic() && b != b'*');
+                ok.then(|| v.to_string())
+                    .ok_or_else(|| format!("`{v}`: use 1 to 64 visible characters, no `*`"))
+            })?,
             models: s.get("NEXUS_MODELS").map(PathBuf::from),
             data_dir: s
                 .get("NEXUS_DATA_DIR")
@@ -173,8 +184,8 @@ impl Config {
                 Duration::from_secs(7 * 86400),
                 duration,
             )?,
-            rate_limit: s.parse("NEXUS_RATE_LIMIT", 300, number(1, 1_000_000))?,
-            rate_burst: s.parse("NEXUS_RATE_BURST", 50, number(1, 1_000_000))?,
+            rate_limit: s.parse("NEXUS_RATE_LIMIT", 300, number(1, 1_000_000_000))?,
+            rate_burst: s.parse("NEXUS_RATE_BURST", 50, number(1, 1_000_000_000))?,
             max_upload: s.parse("NEXUS_MAX_UPLOAD", 10 << 30, parse_size)?,
             workers: s.parse("NEXUS_WORKERS", 1, number(0, 64))?,
             job_lease: s.parse("NEXUS_JOB_LEASE", Duration::from_secs(30), |v| {

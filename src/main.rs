@@ -7,8 +7,10 @@ mod cmd;
 mod config;
 mod db;
 mod embedded;
+mod events;
 mod exit;
 mod jobs;
+mod read_cache;
 
 use std::process::ExitCode;
 

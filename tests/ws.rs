@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::server::{ADMIN_PW, Server, add_user};
+use common::redis::TestRedis;
 use common::{TestDb, wait_for};
 use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;
@@ -214,13 +215,17 @@ fn a_client_that_never_reads_does_not_slow_the_job_nor_lose_its_end() {
     assert_monotone(&all);
 }
 
-#[test]
-fn progress_of_a_job_on_another_server_reaches_subscribers() {
+/// Two servers on one database: one runs the job, the other (no workers)
+/// has the subscriber. `bus` is extra server settings (Redis or not).
+fn progress_crosses_servers(bus: &[(&str, &str)]) {
     let db = TestDb::new();
     let (models, csv) = setup(&db);
-    let env = [("NEXUS_MODELS", models.as_str()), ("NEXUS_WORKERS", "0")];
-    let runner = Server::start(&db, &[("NEXUS_MODELS", &models)]);
-    let watcher = Server::start(&db, &env);
+    let mut runner_env = vec![("NEXUS_MODELS", models.as_str())];
+    runner_env.extend_from_slice(bus);
+    let mut watcher_env = runner_env.clone();
+    watcher_env.push(("NEXUS_WORKERS", "0"));
+    let runner = Server::start(&db, &runner_env);
+    let watcher = Server::start(&db, &watcher_env);
     let (a, _) = watcher.tokens("admin", ADMIN_PW);
     let mut ws = connect(&watcher, &a);
     send(&mut ws, json!({"type": "subscribe", "all": true}));
@@ -232,4 +237,33 @@ fn progress_of_a_job_on_another_server_reaches_subscribers() {
     );
     assert!(all.iter().all(|m| m["job_id"] == id.as_str()));
     drop(runner);
+}
+
+#[test]
+fn progress_of_a_job_on_another_server_reaches_subscribers() {
+    progress_crosses_servers(&[]);
+}
+
+/// With Redis the samples travel on its pub/sub alone (the servers do not
+/// NOTIFY progress then), on the installation's own channel.
+#[test]
+fn progress_crosses_servers_over_redis_pubsub() {
+    let redis = TestRedis::new();
+    let mut sub = redis.connection();
+    let channel = format!("{}:progress", redis.prefix);
+    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+    let spy = std::thread::spawn(move || {
+        let mut pubsub = sub.as_pubsub();
+        pubsub.subscribe(&channel).unwrap();
+        pubsub
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        subscribed_tx.send(()).unwrap();
+        let m = pubsub.get_message().expect("a progress sample on Redis");
+        serde_json::from_str::<Value>(&m.get_payload::<String>().unwrap()).unwrap()
+    });
+    subscribed.recv().unwrap();
+    progress_crosses_servers(&redis.env());
+    let sample = spy.join().unwrap();
+    assert!(sample["rows_read"].as_i64().is_some(), "{sample}");
 }

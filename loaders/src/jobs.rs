@@ -1,6 +1,10 @@
 //! Job records in `nexus.jobs`: creating, finding one to resume, finishing
 //! with counters derived from the committed checkpoints, listing, and the
 //! per-job rejects. The one place that writes the job table.
+//!
+//! Every UPDATE here that changes a column of `JobRecord` also sets
+//! `status`: the `nexus_jobs` trigger (migration 4) fires on it, and servers
+//! keep job records in memory on the strength of that announcement.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

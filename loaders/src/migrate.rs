@@ -159,6 +159,23 @@ CREATE TRIGGER jobs_announce AFTER INSERT OR UPDATE OF status ON nexus.jobs
     FOR EACH ROW EXECUTE FUNCTION nexus.announce_job();
 "#,
     ),
+    (
+        5,
+        "session and user changes announced on channel nexus_auth",
+        r#"
+-- Servers keep live sessions in memory; every change to a session or a user
+-- is announced so that each server drops what it holds at once.
+CREATE FUNCTION nexus.announce_auth() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('nexus_auth', TG_TABLE_NAME || ':' || OLD.id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER sessions_announce AFTER UPDATE OR DELETE ON nexus.sessions
+    FOR EACH ROW EXECUTE FUNCTION nexus.announce_auth();
+CREATE TRIGGER users_announce AFTER UPDATE OR DELETE ON nexus.users
+    FOR EACH ROW EXECUTE FUNCTION nexus.announce_auth();
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

@@ -61,14 +61,30 @@ impl FromRequestParts<AppState> for CurrentUser {
 }
 
 /// The user behind an access token, if it is valid and its session live.
+/// The session is looked up in the server's cache first; a revocation or
+/// a disabled user drops it from every server's cache (`crate::events`).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Problem> {
     let claims = state
         .keys
         .verify(token.trim())
         .ok_or_else(|| Problem::unauthorized("the access token is invalid or expired"))?;
-    let db = state.pool.get().await?;
-    store::live_session(&**db, claims.sid)
-        .await?
+    let cache = &state.caches.sessions;
+    let live = match cache
+        .get(&claims.sid)
+        .filter(|s| s.expires_at > chrono::Utc::now())
+    {
+        Some(s) => Some(s),
+        None => {
+            let ticket = cache.ticket();
+            let db = state.pool.get().await?;
+            let found = store::live_session(&**db, claims.sid).await?;
+            if let Some(s) = &found {
+                cache.fill(claims.sid, s.clone(), ticket);
+            }
+            found
+        }
+    };
+    live.map(|s| s.principal)
         .filter(|p| p.user_id == claims.sub)
         .ok_or_else(|| Problem::unauthorized("the session was revoked or the user disabled"))
 }
@@ -265,6 +281,8 @@ pub async fn refresh(
             user_id,
         } => {
             store::revoke_session(&**db, session_id, "refresh token reuse").await?;
+            // Here at once; other servers when the notification reaches them.
+            state.caches.sessions.invalidate(&session_id);
             store::audit(
                 &**db,
                 Audit {
@@ -303,6 +321,7 @@ pub async fn logout(
 ) -> Result<StatusCode, Problem> {
     let db = state.pool.get().await?;
     store::revoke_session(&**db, user.0.session_id, "logout").await?;
+    state.caches.sessions.invalidate(&user.0.session_id);
     let ip = peer.ip().to_string();
     store::audit(
         &**db,

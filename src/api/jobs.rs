@@ -268,9 +268,22 @@ async fn live_counts(db: &tokio_postgres::Client, j: &mut JobRecord) -> Result<(
 
 /// The job, if the user may see it.
 async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRecord, Problem> {
-    let db = state.pool.get().await?;
-    let mut job = jobs::get(&**db, id)
-        .await?
+    // Every change of a job record is announced (`crate::events`), so a
+    // cached record is the committed one.
+    let cache = &state.caches.jobs;
+    let found = match cache.get(&id) {
+        Some(j) => Some(j),
+        None => {
+            let ticket = cache.ticket();
+            let db = state.pool.get().await?;
+            let found = jobs::get(&**db, id).await?;
+            if let Some(j) = &found {
+                cache.fill(id, j.clone(), ticket);
+            }
+            found
+        }
+    };
+    let mut job = found
         .filter(|j| {
             user.0.role == Role::Admin || j.owner.as_deref() == Some(user.0.username.as_str())
         })
@@ -284,7 +297,7 @@ async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRe
                 job.rows_rejected = p.rows_rejected;
                 job.bytes_read = p.bytes_read;
             }
-            None => live_counts(&db, &mut job).await?,
+            None => live_counts(&*state.pool.get().await?, &mut job).await?,
         }
     }
     Ok(job)

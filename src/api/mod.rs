@@ -30,8 +30,18 @@ use utoipa::OpenApi;
 use crate::auth::tokens::Keys;
 use crate::config::Config;
 
+/// What every handler shares; cloned per request, hence one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(pub Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub pool: deadpool_postgres::Pool,
     pub config: Arc<Config>,
     pub keys: Arc<Keys>,
@@ -49,6 +59,8 @@ pub struct AppState {
     pub database_url: String,
     /// Live job events for WebSocket subscribers.
     pub hub: Arc<crate::jobs::progress::Hub>,
+    /// Sessions and job records, kept by notification.
+    pub caches: Arc<crate::read_cache::ReadCaches>,
 }
 
 /// Largest JSON request body the API takes.

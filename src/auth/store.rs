@@ -122,24 +122,34 @@ pub struct Principal {
     pub role: Role,
 }
 
+/// A session found live, with when it lapses unless refreshed.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub principal: Principal,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A live session of an enabled user: the per-request check that makes
 /// revocation and disabling take effect at once.
 pub async fn live_session(
     c: &impl GenericClient,
     session_id: Uuid,
-) -> Result<Option<Principal>, Db> {
+) -> Result<Option<LiveSession>, Db> {
     Ok(c
         .query_opt(
-            "SELECT u.id, u.username, u.role FROM nexus.sessions s JOIN nexus.users u ON u.id = s.user_id
+            "SELECT u.id, u.username, u.role, s.expires_at FROM nexus.sessions s JOIN nexus.users u ON u.id = s.user_id
              WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.disabled_at IS NULL",
             &[&session_id],
         )
         .await?
-        .map(|r| Principal {
-            user_id: r.get(0),
-            session_id,
-            username: r.get(1),
-            role: Role::parse(r.get(2)).unwrap_or(Role::Viewer),
+        .map(|r| LiveSession {
+            principal: Principal {
+                user_id: r.get(0),
+                session_id,
+                username: r.get(1),
+                role: Role::parse(r.get(2)).unwrap_or(Role::Viewer),
+            },
+            expires_at: r.get(3),
         }))
 }
 
@@ -220,7 +230,7 @@ pub async fn spend_refresh_token(c: &impl GenericClient, hash: &[u8]) -> Result<
     if let Some(row) = spent {
         let session_id: Uuid = row.get(0);
         return Ok(match live_session(c, session_id).await? {
-            Some(p) => Spend::Fresh(p),
+            Some(s) => Spend::Fresh(s.principal),
             None => Spend::Invalid,
         });
     }

@@ -15,6 +15,7 @@ use crate::auth::store::{self, Audit};
 use crate::auth::{Role, passwords, tokens::Keys};
 use crate::config::Config;
 use crate::db::{self, Database};
+use crate::events::{ProgressBus, spawn_listeners};
 use crate::exit;
 use crate::jobs::storage::LocalStorage;
 
@@ -105,7 +106,7 @@ async fn serve(
         .install_recorder()
         .map_err(|e| exit::failed(format!("metrics: {e}")))?;
     nexus_loaders::load::register_metrics(models.iter().map(|m| m.name.as_str()));
-    let state = AppState {
+    let state = AppState(Arc::new(api::Services {
         pool: pool.clone(),
         limiter: Arc::new(middleware::limiter(config.rate_limit, config.rate_burst)),
         config: Arc::new(config),
@@ -122,9 +123,18 @@ async fn serve(
         instance: uuid::Uuid::new_v4(),
         database_url: url.clone(),
         hub: Arc::new(crate::jobs::progress::Hub::new()),
-    };
-    let listener_task = crate::jobs::progress::spawn_listener(state.hub.clone(), url.clone());
-    let publisher = crate::jobs::progress::spawn_publisher(state.hub.clone(), state.pool.clone());
+        caches: Arc::new(crate::read_cache::ReadCaches::new()),
+    }));
+    let bus = Arc::new(
+        ProgressBus::new(
+            state.config.redis_url.as_deref(),
+            &state.config.redis_prefix,
+            pool.clone(),
+        )
+        .map_err(|e| exit::usage(format!("REDIS_URL: {e}")))?,
+    );
+    let listener_tasks = spawn_listeners(state.hub.clone(), state.caches.clone(), url.clone(), &bus);
+    let publisher = crate::jobs::progress::spawn_publisher(state.hub.clone(), bus);
     drop(control);
     let background = spawn_housekeeping(state.clone());
     let listener = tokio::net::TcpListener::bind(addr)
@@ -160,7 +170,9 @@ async fn serve(
     // Running jobs stop at their next batch boundary and go back to the queue.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(workers)).await;
     background.abort();
-    listener_task.abort();
+    for t in &listener_tasks {
+        t.abort();
+    }
     publisher.abort();
     flush_stats(&state).await;
     Ok(0)

@@ -1,8 +1,8 @@
 //! Live job events for WebSocket subscribers. State changes come from a
 //! trigger on `nexus.jobs` (channel `nexus_jobs`, from any process); progress
 //! of jobs running in this server is sampled every 250 ms and published on
-//! `nexus_progress`. Every server LISTENs to both, so a subscriber on one
-//! server sees jobs running on any of them. The hub keeps counters monotone
+//! the progress bus (`crate::events`). Every server hears both, so a
+//! subscriber on one server sees jobs running on any of them. The hub keeps counters monotone
 //! per job (a resumed job re-reads its file) and the latest sample for
 //! subscribers that join mid-job.
 
@@ -10,11 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use nexus_pipeline::progress::Progress;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 /// How often progress is sampled and published.
@@ -187,7 +185,7 @@ impl Hub {
     }
 
     /// An event from the channels: made monotone, remembered, passed on.
-    fn receive(&self, event: Event) {
+    pub(crate) fn receive(&self, event: Event) {
         let event = match event {
             Event::Progress(mut p) => {
                 let mut latest = self.latest.lock().expect("hub");
@@ -214,7 +212,7 @@ impl Hub {
 /// Publishes samples of local jobs every 250 ms while they change.
 pub fn spawn_publisher(
     hub: Arc<Hub>,
-    pool: deadpool_postgres::Pool,
+    bus: Arc<crate::events::ProgressBus>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut sent: HashMap<Uuid, ProgressMsg> = HashMap::new();
@@ -233,58 +231,11 @@ pub fn spawn_publisher(
             if changed.is_empty() {
                 continue;
             }
-            let Ok(db) = pool.get().await else { continue };
             for s in changed {
-                let payload = serde_json::to_string(&s).unwrap_or_default();
-                if db
-                    .execute("SELECT pg_notify('nexus_progress', $1)", &[&payload])
-                    .await
-                    .is_ok()
-                {
+                if bus.publish(&s).await {
                     sent.insert(s.job_id, s);
                 }
             }
-        }
-    })
-}
-
-/// LISTENs on both channels (reconnecting) and feeds the hub.
-pub fn spawn_listener(hub: Arc<Hub>, url: String) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                Ok((client, mut conn)) => {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    let listen = client.batch_execute("LISTEN nexus_jobs; LISTEN nexus_progress");
-                    let mut listen = std::pin::pin!(listen);
-                    let mut listening = false;
-                    loop {
-                        tokio::select! {
-                            r = &mut listen, if !listening => {
-                                if r.is_err() { break; }
-                                listening = true;
-                            }
-                            m = messages.next() => match m {
-                                Some(Ok(AsyncMessage::Notification(n))) => {
-                                    let event = match n.channel() {
-                                        "nexus_jobs" => serde_json::from_str(n.payload()).ok().map(Event::Job),
-                                        _ => serde_json::from_str(n.payload()).ok().map(Event::Progress),
-                                    };
-                                    if let Some(e) = event {
-                                        hub.receive(e);
-                                    }
-                                }
-                                Some(Ok(_)) => {}
-                                _ => break,
-                            }
-                        }
-                    }
-                    tracing::warn!("job event listener lost its connection; reconnecting");
-                }
-                Err(e) => tracing::warn!(error = %e, "job event listener cannot connect"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
 }

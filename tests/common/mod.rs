@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod server;
 
 use std::path::{Path, PathBuf};
@@ -100,6 +101,8 @@ impl TestDb {
             .env("RUST_LOG", "warn")
             .env_remove("NEXUS_MODELS")
             .env_remove("NEXUS_CONFIG")
+            .env_remove("REDIS_URL")
+            .env_remove("NEXUS_REDIS_PREFIX")
             .stdin(Stdio::null());
         c
     }

@@ -1,0 +1,207 @@
+//! What a server hears of other processes. One PostgreSQL connection
+//! LISTENs to job state changes (`nexus_jobs`) and session or user changes
+//! (`nexus_auth`), both announced by triggers whatever process made them;
+//! they feed the job hub and invalidate the read caches. Progress samples,
+//! many per second, travel on the progress bus: Redis pub/sub when
+//! `REDIS_URL` is set (channel `{prefix}:progress`), else PostgreSQL
+//! `NOTIFY nexus_progress` on the same connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+use tokio_postgres::AsyncMessage;
+use uuid::Uuid;
+
+use crate::jobs::progress::{Event, Hub, ProgressMsg};
+use crate::read_cache::ReadCaches;
+
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// Where progress samples are published and heard.
+pub enum ProgressBus {
+    Postgres(deadpool_postgres::Pool),
+    Redis {
+        client: redis::Client,
+        channel: String,
+        /// Opened at the first publish; reconnects by itself afterwards.
+        conn: Mutex<Option<redis::aio::ConnectionManager>>,
+    },
+}
+
+impl ProgressBus {
+    pub fn new(
+        redis_url: Option<&str>,
+        prefix: &str,
+        pool: deadpool_postgres::Pool,
+    ) -> Result<ProgressBus, redis::RedisError> {
+        Ok(match redis_url {
+            None => ProgressBus::Postgres(pool),
+            Some(url) => ProgressBus::Redis {
+                client: redis::Client::open(url)?,
+                channel: format!("{prefix}:progress"),
+                conn: Mutex::new(None),
+            },
+        })
+    }
+
+    /// Publishes one sample; false when it could not be sent.
+    pub async fn publish(&self, sample: &ProgressMsg) -> bool {
+        let payload = serde_json::to_string(sample).unwrap_or_default();
+        match self {
+            ProgressBus::Postgres(pool) => {
+                let Ok(db) = pool.get().await else {
+                    return false;
+                };
+                db.execute("SELECT pg_notify('nexus_progress', $1)", &[&payload])
+                    .await
+                    .is_ok()
+            }
+            ProgressBus::Redis {
+                client,
+                channel,
+                conn,
+            } => {
+                let mut conn = conn.lock().await;
+                if conn.is_none() {
+                    match redis::aio::ConnectionManager::new(client.clone()).await {
+                        Ok(c) => *conn = Some(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reach Redis to publish progress");
+                            return false;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { return false };
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async::<i64>(c)
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+}
+
+/// Starts the listeners; they reconnect until the process ends.
+pub fn spawn_listeners(
+    hub: Arc<Hub>,
+    caches: Arc<ReadCaches>,
+    database_url: String,
+    bus: &ProgressBus,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let progress_on_postgres = matches!(bus, ProgressBus::Postgres(_));
+    let mut tasks = vec![tokio::spawn(listen_postgres(
+        hub.clone(),
+        caches,
+        database_url,
+        progress_on_postgres,
+    ))];
+    if let ProgressBus::Redis {
+        client, channel, ..
+    } = bus
+    {
+        tasks.push(tokio::spawn(listen_redis(
+            hub,
+            client.clone(),
+            channel.clone(),
+        )));
+    }
+    tasks
+}
+
+async fn listen_postgres(
+    hub: Arc<Hub>,
+    caches: Arc<ReadCaches>,
+    url: String,
+    with_progress: bool,
+) {
+    let channels = if with_progress {
+        "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_progress"
+    } else {
+        "LISTEN nexus_jobs; LISTEN nexus_auth"
+    };
+    loop {
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok((client, mut conn)) => {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                let listen = client.batch_execute(channels);
+                let mut listen = std::pin::pin!(listen);
+                let mut listening = false;
+                loop {
+                    tokio::select! {
+                        r = &mut listen, if !listening => {
+                            if r.is_err() { break; }
+                            listening = true;
+                            caches.set_listening(true);
+                        }
+                        m = messages.next() => match m {
+                            Some(Ok(AsyncMessage::Notification(n))) => {
+                                dispatch(&hub, &caches, n.channel(), n.payload());
+                            }
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        }
+                    }
+                }
+                caches.set_listening(false);
+                tracing::warn!("the event listener lost its connection; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "the event listener cannot connect"),
+        }
+        tokio::time::sleep(RECONNECT_AFTER).await;
+    }
+}
+
+fn dispatch(hub: &Hub, caches: &ReadCaches, channel: &str, payload: &str) {
+    match channel {
+        "nexus_jobs" => {
+            if let Ok(j) = serde_json::from_str::<crate::jobs::progress::JobMsg>(payload) {
+                // Before subscribers hear of the change, so that a read
+                // prompted by it sees the new state.
+                caches.jobs.invalidate(&j.job_id);
+                hub.receive(Event::Job(j));
+            }
+        }
+        "nexus_auth" => match payload.split_once(':') {
+            Some(("sessions", id)) => match Uuid::parse_str(id) {
+                Ok(id) => caches.sessions.invalidate(&id),
+                Err(_) => caches.sessions.clear(),
+            },
+            // A user changed: role, disabling. Rare; drop every session.
+            _ => caches.sessions.clear(),
+        },
+        "nexus_progress" => {
+            if let Ok(p) = serde_json::from_str(payload) {
+                hub.receive(Event::Progress(p));
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn listen_redis(hub: Arc<Hub>, client: redis::Client, channel: String) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    let mut messages = pubsub.on_message();
+                    while let Some(m) = messages.next().await {
+                        let Ok(payload) = m.get_payload::<String>() else {
+                            continue;
+                        };
+                        if let Ok(p) = serde_json::from_str(&payload) {
+                            hub.receive(Event::Progress(p));
+                        }
+                    }
+                    tracing::warn!("the Redis progress subscription ended; reconnecting");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis progress"),
+            },
+            Err(e) => tracing::warn!(error = %e, "the Redis progress listener cannot connect"),
+        }
+        tokio::time::sleep(RECONNECT_AFTER).await;
+    }
+}
