@@ -23,7 +23,7 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 pub enum ProgressBus {
     Postgres(deadpool_postgres::Pool),
     Redis {
-        client: redis::Client,
+        client: Box<redis::Client>,
         channel: String,
         /// Opened at the first publish; reconnects by itself afterwards.
         conn: Mutex<Option<redis::aio::ConnectionManager>>,
@@ -39,7 +39,7 @@ impl ProgressBus {
         Ok(match redis_url {
             None => ProgressBus::Postgres(pool),
             Some(url) => ProgressBus::Redis {
-                client: redis::Client::open(url)?,
+                client: Box::new(redis::Client::open(url)?),
                 channel: format!("{prefix}:progress"),
                 conn: Mutex::new(None),
             },
@@ -65,7 +65,7 @@ impl ProgressBus {
             } => {
                 let mut conn = conn.lock().await;
                 if conn.is_none() {
-                    match redis::aio::ConnectionManager::new(client.clone()).await {
+                    match redis::aio::ConnectionManager::new((**client).clone()).await {
                         Ok(c) => *conn = Some(c),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot reach Redis to publish progress");
@@ -105,19 +105,14 @@ pub fn spawn_listeners(
     {
         tasks.push(tokio::spawn(listen_redis(
             hub,
-            client.clone(),
+            (**client).clone(),
             channel.clone(),
         )));
     }
     tasks
 }
 
-async fn listen_postgres(
-    hub: Arc<Hub>,
-    caches: Arc<ReadCaches>,
-    url: String,
-    with_progress: bool,
-) {
+async fn listen_postgres(hub: Arc<Hub>, caches: Arc<ReadCaches>, url: String, with_progress: bool) {
     let channels = if with_progress {
         "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_progress"
     } else {

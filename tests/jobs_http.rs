@@ -336,7 +336,13 @@ fn a_job_changed_by_another_process_reads_fresh() {
     let db = TestDb::new();
     let s = Server::start(&db, &[("NEXUS_WORKERS", "0")]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
-    let id = accepted(upload(&s, &a, "model=customer", customers(1, 3).into_bytes(), &[]));
+    let id = accepted(upload(
+        &s,
+        &a,
+        "model=customer",
+        customers(1, 3).into_bytes(),
+        &[],
+    ));
     for _ in 0..3 {
         assert_eq!(job(&s, &a, &id)["status"], "queued");
     }
@@ -345,7 +351,9 @@ fn a_job_changed_by_another_process_reads_fresh() {
     wait_status(&s, &a, &id, "cancelled");
     // And a session revoked elsewhere (another server, an operator) is refused.
     db.exec("UPDATE nexus.sessions SET revoked_at = now()");
-    wait_for("the revoked session to be refused", Duration::from_secs(5), || {
-        s.get("/api/v2/models", &a).status() == 401
-    });
+    wait_for(
+        "the revoked session to be refused",
+        Duration::from_secs(5),
+        || s.get("/api/v2/models", &a).status() == 401,
+    );
 }

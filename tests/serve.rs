@@ -104,9 +104,11 @@ fn logout_and_disabling_take_effect_at_once() {
     assert_eq!(out.code, 0, "{out:?}");
     // Another process's change reaches the server's session cache by
     // notification: within milliseconds, not on the next expiry.
-    wait_for("the disabled user's token to be refused", Duration::from_secs(5), || {
-        s.get("/api/v2/models", &va).status() == 401
-    });
+    wait_for(
+        "the disabled user's token to be refused",
+        Duration::from_secs(5),
+        || s.get("/api/v2/models", &va).status() == 401,
+    );
     assert_problem(s.get("/api/v2/models", &va), 401);
     assert_problem(s.login("vera", "viewer-password"), 401);
     let list = db.run(&["user", "list"]);

@@ -8,8 +8,8 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{ADMIN_PW, Server, add_user};
 use common::redis::TestRedis;
+use common::server::{ADMIN_PW, Server, add_user};
 use common::{TestDb, wait_for};
 use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;

@@ -133,7 +133,8 @@ async fn serve(
         )
         .map_err(|e| exit::usage(format!("REDIS_URL: {e}")))?,
     );
-    let listener_tasks = spawn_listeners(state.hub.clone(), state.caches.clone(), url.clone(), &bus);
+    let listener_tasks =
+        spawn_listeners(state.hub.clone(), state.caches.clone(), url.clone(), &bus);
     let publisher = crate::jobs::progress::spawn_publisher(state.hub.clone(), bus);
     drop(control);
     let background = spawn_housekeeping(state.clone());

@@ -53,7 +53,8 @@ impl Drop for TestRedis {
     fn drop(&mut self) {
         let keys = self.keys();
         if !keys.is_empty() {
-            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query(&mut self.connection());
+            let _: redis::RedisResult<i64> =
+                redis::cmd("DEL").arg(&keys).query(&mut self.connection());
         }
     }
 }
