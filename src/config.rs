@@ -13,6 +13,10 @@ const SETTINGS: &[(&str, &str)] = &[
     ("DATABASE_URL", "database_url"),
     ("REDIS_URL", "redis_url"),
     ("NEXUS_REDIS_PREFIX", "redis_prefix"),
+    ("NEXUS_REDIS_TIMEOUT", "redis_timeout"),
+    ("NEXUS_CACHE_MEMORY", "cache_memory"),
+    ("NEXUS_CACHE_WRITE_BEHIND", "cache_write_behind"),
+    ("NEXUS_CACHE_WARM_ROWS", "cache_warm_rows"),
     ("NEXUS_MODELS", "models"),
     ("NEXUS_DATA_DIR", "data_dir"),
     ("NEXUS_BIND", "bind"),
@@ -40,6 +44,14 @@ pub struct Config {
     /// Prefix of every Redis key and channel, so that installations (and
     /// tests) can share one Redis.
     pub redis_prefix: String,
+    /// How long one Redis call may take before it counts as failed.
+    pub redis_timeout: Duration,
+    /// Memory budget of a server's local cache tier.
+    pub cache_memory: u64,
+    /// Rows the write-behind queue holds before it drops (and invalidates).
+    pub cache_write_behind: usize,
+    /// Rows per model warmed at startup (models with `warm = true`).
+    pub cache_warm_rows: i64,
     pub models: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub bind: String,
@@ -169,6 +181,22 @@ impl Config {
                 ok.then(|| v.to_string())
                     .ok_or_else(|| format!("`{v}`: use 1 to 64 visible characters, no `*`"))
             })?,
+            redis_timeout: s.parse("NEXUS_REDIS_TIMEOUT", Duration::from_millis(500), |v| {
+                parse_duration(v).and_then(|d| {
+                    if d >= Duration::from_millis(10) {
+                        Ok(d)
+                    } else {
+                        Err("the Redis timeout must be at least 10ms".into())
+                    }
+                })
+            })?,
+            cache_memory: s.parse("NEXUS_CACHE_MEMORY", 128 << 20, parse_size)?,
+            cache_write_behind: s.parse(
+                "NEXUS_CACHE_WRITE_BEHIND",
+                100_000,
+                number(0, 100_000_000),
+            )?,
+            cache_warm_rows: s.parse("NEXUS_CACHE_WARM_ROWS", 10_000, number(0, 10_000_000))?,
             models: s.get("NEXUS_MODELS").map(PathBuf::from),
             data_dir: s
                 .get("NEXUS_DATA_DIR")

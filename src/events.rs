@@ -15,6 +15,8 @@ use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use crate::jobs::progress::{Event, Hub, ProgressMsg};
+use nexus_loaders::cache::Cache;
+
 use crate::read_cache::ReadCaches;
 
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -89,13 +91,13 @@ impl ProgressBus {
 pub fn spawn_listeners(
     hub: Arc<Hub>,
     caches: Arc<ReadCaches>,
+    cache: Arc<Cache>,
     database_url: String,
     bus: &ProgressBus,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let progress_on_postgres = matches!(bus, ProgressBus::Postgres(_));
     let mut tasks = vec![tokio::spawn(listen_postgres(
-        hub.clone(),
-        caches,
+        Heard { hub: hub.clone(), caches, cache },
         database_url,
         progress_on_postgres,
     ))];
@@ -112,14 +114,39 @@ pub fn spawn_listeners(
     tasks
 }
 
-async fn listen_postgres(hub: Arc<Hub>, caches: Arc<ReadCaches>, url: String, with_progress: bool) {
+/// Who the PostgreSQL notifications are for.
+struct Heard {
+    hub: Arc<Hub>,
+    caches: Arc<ReadCaches>,
+    cache: Arc<Cache>,
+}
+
+impl Heard {
+    /// Whatever was cached may have missed a notification: drop it all.
+    fn set_listening(&self, on: bool) {
+        self.caches.set_listening(on);
+        if let Some(local) = &self.cache.local {
+            local.clear();
+        }
+    }
+}
+
+async fn listen_postgres(heard: Heard, url: String, with_progress: bool) {
     let channels = if with_progress {
-        "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_progress"
+        "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_cache; LISTEN nexus_progress"
     } else {
-        "LISTEN nexus_jobs; LISTEN nexus_auth"
+        "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_cache"
     };
     loop {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        let mut config: tokio_postgres::Config = match url.parse() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "the event listener cannot parse the database URL");
+                return;
+            }
+        };
+        config.application_name("nexus events");
+        match config.connect(tokio_postgres::NoTls).await {
             Ok((client, mut conn)) => {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                 let listen = client.batch_execute(channels);
@@ -130,18 +157,18 @@ async fn listen_postgres(hub: Arc<Hub>, caches: Arc<ReadCaches>, url: String, wi
                         r = &mut listen, if !listening => {
                             if r.is_err() { break; }
                             listening = true;
-                            caches.set_listening(true);
+                            heard.set_listening(true);
                         }
                         m = messages.next() => match m {
                             Some(Ok(AsyncMessage::Notification(n))) => {
-                                dispatch(&hub, &caches, n.channel(), n.payload());
+                                heard.dispatch(n.channel(), n.payload());
                             }
                             Some(Ok(_)) => {}
                             _ => break,
                         }
                     }
                 }
-                caches.set_listening(false);
+                heard.set_listening(false);
                 tracing::warn!("the event listener lost its connection; reconnecting");
             }
             Err(e) => tracing::warn!(error = %e, "the event listener cannot connect"),
@@ -150,7 +177,9 @@ async fn listen_postgres(hub: Arc<Hub>, caches: Arc<ReadCaches>, url: String, wi
     }
 }
 
-fn dispatch(hub: &Hub, caches: &ReadCaches, channel: &str, payload: &str) {
+impl Heard {
+    fn dispatch(&self, channel: &str, payload: &str) {
+        let (hub, caches) = (&self.hub, &self.caches);
     match channel {
         "nexus_jobs" => {
             if let Ok(j) = serde_json::from_str::<crate::jobs::progress::JobMsg>(payload) {
@@ -168,6 +197,7 @@ fn dispatch(hub: &Hub, caches: &ReadCaches, channel: &str, payload: &str) {
             // A user changed: role, disabling. Rare; drop every session.
             _ => caches.sessions.clear(),
         },
+        "nexus_cache" => self.cache.apply_notice(payload),
         "nexus_progress" => {
             if let Ok(p) = serde_json::from_str(payload) {
                 hub.receive(Event::Progress(p));
@@ -175,6 +205,7 @@ fn dispatch(hub: &Hub, caches: &ReadCaches, channel: &str, payload: &str) {
         }
         _ => {}
     }
+}
 }
 
 async fn listen_redis(hub: Arc<Hub>, client: redis::Client, channel: String) {

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: cmd::users::SessionsCommand,
     },
+    /// The record cache: warm, stats, invalidate.
+    Cache {
+        #[command(subcommand)]
+        command: cmd::cache::CacheCommand,
+    },
     /// Performance reports.
     Perf {
         #[command(subcommand)]
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Load(args) => cmd::load::run(&config, *args).await,
             Command::Jobs { command } => cmd::jobs::run(&config, command).await,
+            Command::Cache { command } => cmd::cache::run(&config, command).await,
             Command::Models { command } => cmd::models::run(&config, command).await,
             Command::Migrate { schema_only } => cmd::models::migrate(&config, schema_only).await,
             Command::Perf {

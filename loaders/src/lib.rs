@@ -4,6 +4,7 @@
 //! retried), and [`load::run_load`], which drives one load end to end.
 //! It knows nothing of HTTP.
 
+pub mod cache;
 pub mod catalog;
 pub mod gate;
 pub mod jobs;

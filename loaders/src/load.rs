@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use crate::cache::{BatchCache, Cache, CachedModel};
 use crate::catalog;
 use crate::gate::SeqGate;
 use crate::jobs::{self, JobRecord, NewJob};
@@ -70,6 +71,8 @@ pub struct LoadRequest {
     /// A job already claimed from the queue: run it rather than finding or
     /// creating one by file. Interrupted, it goes back to the queue.
     pub job: Option<Uuid>,
+    /// The process's cache; the model's strategy decides what it gets.
+    pub cache: Option<Arc<Cache>>,
 }
 
 #[derive(Debug)]
@@ -409,10 +412,15 @@ pub async fn run_load(
             key: req.model.key.clone(),
             mode: req.mode,
         });
+        let cache = req.cache.as_ref().and_then(|c| {
+            let model = CachedModel::of(&req.model)?;
+            BatchCache::new(c.clone(), model, &target.columns, job_id).map(Arc::new)
+        });
         if whole {
             run_whole(
                 url,
                 target,
+                cache,
                 job_id,
                 rx,
                 &shared,
@@ -422,7 +430,10 @@ pub async fn run_load(
             )
             .await;
         } else {
-            run_parallel(url, target, job_id, rx, &shared, writers, &committed).await;
+            run_parallel(
+                url, target, cache, job_id, rx, &shared, writers, &committed,
+            )
+            .await;
         }
     } else {
         drop(rx);
@@ -483,6 +494,11 @@ pub async fn run_load(
     {
         jobs::requeue(control.as_ref(), job_id).await?;
     }
+    if let Some(cache) = &req.cache
+        && let Err(e) = cache.settle(control.as_ref()).await
+    {
+        tracing::warn!(error = %e, "settling the cache's pending writes failed; they are repaired later");
+    }
     let job = jobs::get(control.as_ref(), job_id)
         .await?
         .ok_or(LoadError::Vanished(job_id))?;
@@ -523,9 +539,11 @@ fn spawn_stop_watcher(
 }
 
 /// K writers, each committing whole batches in their own transactions.
+#[allow(clippy::too_many_arguments)]
 async fn run_parallel(
     url: &str,
     target: Arc<Target>,
+    cache: Option<Arc<BatchCache>>,
     job_id: Uuid,
     rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
     shared: &Arc<Shared>,
@@ -537,16 +555,17 @@ async fn run_parallel(
         (target.mode == Mode::Upsert).then(|| Arc::new(SeqGate::new(committed.iter().copied())));
     let mut tasks = Vec::new();
     for _ in 0..writers {
-        let (rx, shared, target, gate, url) = (
+        let (rx, shared, target, gate, url, cache) = (
             rx.clone(),
             shared.clone(),
             target.clone(),
             gate.clone(),
             url.to_string(),
+            cache.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut writer = match BatchWriter::connect(&url, target, job_id).await {
-                Ok(w) => w,
+                Ok(w) => w.with_cache(cache),
                 Err(e) => {
                     shared.fail(format!("cannot connect a COPY writer: {}", describe(&e)));
                     if let Some(g) = &gate {
@@ -597,6 +616,7 @@ async fn run_parallel(
 async fn run_whole(
     url: &str,
     target: Arc<Target>,
+    cache: Option<Arc<BatchCache>>,
     job_id: Uuid,
     mut rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
     shared: &Arc<Shared>,
@@ -605,7 +625,7 @@ async fn run_whole(
     req: &LoadRequest,
 ) {
     let mut writer = match BatchWriter::connect(url, target, job_id).await {
-        Ok(w) => w,
+        Ok(w) => w.with_cache(cache),
         Err(e) => {
             shared.fail(format!("cannot connect a COPY writer: {}", describe(&e)));
             return;

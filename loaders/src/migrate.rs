@@ -176,6 +176,31 @@ CREATE TRIGGER users_announce AFTER UPDATE OR DELETE ON nexus.users
     FOR EACH ROW EXECUTE FUNCTION nexus.announce_auth();
 "#,
     ),
+    (
+        6,
+        "cache versions and pending cache writes",
+        r#"
+-- Taken by each batch of a cached model just before its COMMIT: of two
+-- transactions writing one key, the later commit has the higher version.
+CREATE SEQUENCE nexus.cache_version;
+-- A batch's Redis write is pending until done; what stays pending (a crash,
+-- an outage) is repaired by flushing the model in Redis.
+ALTER TABLE nexus.job_batches
+    ADD COLUMN cache_version bigint,
+    ADD COLUMN cache_pending boolean NOT NULL DEFAULT false;
+CREATE INDEX job_batches_cache_pending ON nexus.job_batches (job_id) WHERE cache_pending;
+-- Each server's cache figures, for `nexus cache stats`.
+CREATE TABLE nexus.cache_stats (
+    instance    uuid NOT NULL,
+    model       text NOT NULL,
+    hits_local  bigint NOT NULL,
+    hits_redis  bigint NOT NULL,
+    misses      bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (instance, model)
+);
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

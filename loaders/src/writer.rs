@@ -11,6 +11,7 @@
 //! says whether the batch made it, so a retry never loads it twice.
 
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use nexus_pipeline::{EncodedBatch, Reject};
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
+use crate::cache::BatchCache;
 use crate::gate::SeqGate;
 use crate::load::Mode;
 use crate::pg::{self, ErrorKind, backoff, classify, describe};
@@ -118,6 +120,8 @@ pub struct BatchWriter {
     copy_sql: String,
     merge_sql: String,
     staged: bool,
+    /// The cache stage, for a cached model.
+    cache: Option<Arc<BatchCache>>,
 }
 
 /// A batch taken apart for writing: the COPY body as cheap-to-slice bytes.
@@ -154,7 +158,14 @@ impl BatchWriter {
             job_id,
             prepared: None,
             staged: false,
+            cache: None,
         })
+    }
+
+    /// Runs the cache stage around each commit.
+    pub fn with_cache(mut self, cache: Option<Arc<BatchCache>>) -> Self {
+        self.cache = cache;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -173,8 +184,10 @@ impl BatchWriter {
             let checkpoint = self
                 .client
                 .prepare(
-                    "INSERT INTO nexus.job_batches (job_id, seq, rows_read, rows_committed, rows_rejected, bytes_end)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO nexus.job_batches (job_id, seq, rows_read, rows_committed, rows_rejected, bytes_end,
+                                                     cache_version, cache_pending)
+                     VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN nextval('nexus.cache_version') END, $8)
+                     RETURNING cache_version",
                 )
                 .await?;
             self.prepared = Some(Prepared {
@@ -279,10 +292,20 @@ impl BatchWriter {
         let mut rejects = parts.batch.rejects.clone();
         let committed = self.apply(parts, gate, &mut rejects).await?;
         self.insert_rejects(&rejects).await?;
-        self.checkpoint(parts, committed, rejects.len()).await?;
+        let version = self.checkpoint(parts, committed, rejects.len(), true).await?;
+        let cached = match (&self.cache, version) {
+            (Some(c), Some(v)) => {
+                let keys = c.keys(&parts.body, &parts.batch.rows);
+                Some(c.before_commit(&self.client, parts.seq, v, keys).await?)
+            }
+            _ => None,
+        };
         self.client.batch_execute("COMMIT").await?;
         if let Some(g) = gate {
             g.done(parts.seq);
+        }
+        if let (Some(c), Some(w)) = (&self.cache, cached) {
+            c.after_commit(w).await;
         }
         Ok(Committed {
             committed,
@@ -290,17 +313,22 @@ impl BatchWriter {
         })
     }
 
-    /// Records the batch as committed, inside its transaction.
+    /// Records the batch as committed, inside its transaction; with
+    /// `versioned` and a cached model, takes the batch's cache version.
     async fn checkpoint(
         &mut self,
         parts: &Parts<'_>,
         committed: u64,
         rejected: usize,
-    ) -> Result<(), tokio_postgres::Error> {
+        versioned: bool,
+    ) -> Result<Option<i64>, tokio_postgres::Error> {
         self.prepare().await?;
         let prepared = self.prepared.as_ref().expect("prepared above");
-        self.client
-            .execute(
+        let cached = versioned && self.cache.is_some();
+        let pending = cached && self.cache.as_ref().is_some_and(|c| c.pends());
+        let row = self
+            .client
+            .query_one(
                 &prepared.checkpoint,
                 &[
                     &self.job_id,
@@ -309,10 +337,12 @@ impl BatchWriter {
                     &(committed as i64),
                     &(rejected as i64),
                     &(parts.batch.raw.bytes_end as i64),
+                    &cached,
+                    &pending,
                 ],
             )
             .await?;
-        Ok(())
+        Ok(row.get(0))
     }
 
     /// Opens the one transaction of an atomic or replace load.
@@ -339,7 +369,8 @@ impl BatchWriter {
         let parts = Parts::take(&mut batch);
         let mut rejects = parts.batch.rejects.clone();
         let committed = self.apply(&parts, None, &mut rejects).await?;
-        self.checkpoint(&parts, committed, rejects.len()).await?;
+        self.checkpoint(&parts, committed, rejects.len(), false)
+            .await?;
         Ok((
             Committed {
                 committed,
@@ -350,9 +381,34 @@ impl BatchWriter {
     }
 
     pub async fn finish_whole(&mut self, commit: bool) -> Result<(), tokio_postgres::Error> {
-        self.client
-            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
-            .await
+        if !commit {
+            return self.client.batch_execute("ROLLBACK").await;
+        }
+        // The whole load's rows are not kept for the cache: one version for
+        // the transaction, and the model flushed after it commits.
+        let version = match &self.cache {
+            Some(c) => {
+                let v: i64 = self
+                    .client
+                    .query_one("SELECT nextval('nexus.cache_version')", &[])
+                    .await?
+                    .get(0);
+                self.client
+                    .execute(
+                        "UPDATE nexus.job_batches SET cache_version = $2, cache_pending = $3 WHERE job_id = $1",
+                        &[&self.job_id, &v, &c.pends()],
+                    )
+                    .await?;
+                c.announce(&self.client, v, None).await?;
+                Some(v)
+            }
+            None => None,
+        };
+        self.client.batch_execute("COMMIT").await?;
+        if let (Some(c), Some(v)) = (&self.cache, version) {
+            c.after_whole_commit(v).await;
+        }
+        Ok(())
     }
 
     /// Loads the batch's rows; rows the database refuses are narrowed out

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod middleware;
 pub mod models;
 pub mod problem;
+pub mod records;
 pub mod ws;
 
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub struct Services {
     pub hub: Arc<crate::jobs::progress::Hub>,
     /// Sessions and job records, kept by notification.
     pub caches: Arc<crate::read_cache::ReadCaches>,
+    /// The record cache (local tier, and Redis when configured).
+    pub cache: Arc<nexus_loaders::cache::Cache>,
 }
 
 /// Largest JSON request body the API takes.
@@ -85,6 +88,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
         jobs::show,
         jobs::cancel,
         jobs::rejects,
+        records::show,
         openapi_json,
     ),
     components(schemas(problem::ProblemBody)),
@@ -153,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/jobs/{id}", get(jobs::show))
         .route("/api/v2/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v2/jobs/{id}/rejects", get(jobs::rejects))
+        .route("/api/v2/records/{model}/{key}", get(records::show))
         .route("/api/v2/ws", get(ws::upgrade))
         .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
     // Uploads stream to storage under their own limit (NEXUS_MAX_UPLOAD),

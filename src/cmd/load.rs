@@ -94,6 +94,9 @@ impl LoadArgs {
     }
 }
 
+/// How long a finished load waits for its write-behind rows.
+const WRITE_BEHIND_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<u8> {
     if args.format != "csv" {
         return Err(exit::usage(format!(
@@ -157,6 +160,7 @@ async fn load_all(
             model.name
         )));
     }
+    let cache = super::cache::open(config, false, Default::default())?;
     let interrupt = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(interrupt.clone());
     let mut code = 0u8;
@@ -195,6 +199,7 @@ async fn load_all(
             owner: std::env::var("USER").ok(),
             interrupt: interrupt.clone(),
             job: None,
+            cache: Some(cache.clone()),
         };
         let progress = Arc::new(Progress::default());
         let bar = (!args.json && std::io::stderr().is_terminal())
@@ -212,6 +217,17 @@ async fn load_all(
         code = code.max(exit_code(&outcome));
         if interrupt.load(Ordering::SeqCst) {
             break;
+        }
+    }
+    if cache.redis.is_some() {
+        // Write-behind rows still queued are written before the process
+        // ends; what cannot be written stays pending and is repaired later.
+        if !cache.drain(WRITE_BEHIND_GRACE).await {
+            tracing::warn!("the write-behind queue did not drain; its batches stay pending for repair");
+        }
+        let client = database.connect().await?;
+        if let Err(e) = cache.settle(&client).await {
+            tracing::warn!(error = %e, "the cache's pending writes are repaired later");
         }
     }
     Ok(code)

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod cache;
 pub mod jobs;
 pub mod load;
 pub mod models;

@@ -106,6 +106,8 @@ async fn serve(
         .install_recorder()
         .map_err(|e| exit::failed(format!("metrics: {e}")))?;
     nexus_loaders::load::register_metrics(models.iter().map(|m| m.name.as_str()));
+    let caches = Arc::new(crate::read_cache::ReadCaches::new());
+    let cache = super::cache::open(&config, true, caches.listening.clone())?;
     let state = AppState(Arc::new(api::Services {
         pool: pool.clone(),
         limiter: Arc::new(middleware::limiter(config.rate_limit, config.rate_burst)),
@@ -123,7 +125,8 @@ async fn serve(
         instance: uuid::Uuid::new_v4(),
         database_url: url.clone(),
         hub: Arc::new(crate::jobs::progress::Hub::new()),
-        caches: Arc::new(crate::read_cache::ReadCaches::new()),
+        caches,
+        cache,
     }));
     let bus = Arc::new(
         ProgressBus::new(
@@ -133,11 +136,17 @@ async fn serve(
         )
         .map_err(|e| exit::usage(format!("REDIS_URL: {e}")))?,
     );
-    let listener_tasks =
-        spawn_listeners(state.hub.clone(), state.caches.clone(), url.clone(), &bus);
+    let listener_tasks = spawn_listeners(
+        state.hub.clone(),
+        state.caches.clone(),
+        state.cache.clone(),
+        url.clone(),
+        &bus,
+    );
     let publisher = crate::jobs::progress::spawn_publisher(state.hub.clone(), bus);
     drop(control);
     let background = spawn_housekeeping(state.clone());
+    let cache_upkeep = spawn_cache_upkeep(state.clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| exit::failed(format!("cannot listen on {addr}: {e}")))?;
@@ -171,6 +180,7 @@ async fn serve(
     // Running jobs stop at their next batch boundary and go back to the queue.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(workers)).await;
     background.abort();
+    cache_upkeep.abort();
     for t in &listener_tasks {
         t.abort();
     }
@@ -219,6 +229,60 @@ fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
             let max_age = state.config.db_pool_recycle;
             state.pool.retain(|_, m| m.age() < max_age);
             flush_stats(&state).await;
+        }
+    })
+}
+
+/// How often pending cache writes are settled and cache figures saved.
+const CACHE_UPKEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Warms the models marked `warm` once, then settles pending cache writes
+/// (repairing Redis after an outage) and saves the cache figures for
+/// `nexus cache stats`, every few seconds.
+fn spawn_cache_upkeep(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Ok(db) = state.pool.get().await {
+            for m in state.models.iter().filter(|m| m.warm) {
+                let Some(c) = nexus_loaders::cache::CachedModel::of(m) else {
+                    continue;
+                };
+                match state
+                    .cache
+                    .warm(&c, &**db, state.config.cache_warm_rows)
+                    .await
+                {
+                    Ok(n) => tracing::info!(model = %m.name, rows = n, "cache warmed"),
+                    Err(e) => tracing::warn!(model = %m.name, error = %e, "warming the cache failed"),
+                }
+            }
+        }
+        let mut tick = tokio::time::interval(CACHE_UPKEEP_EVERY);
+        loop {
+            tick.tick().await;
+            let Ok(db) = state.pool.get().await else {
+                continue;
+            };
+            if let Err(e) = state.cache.settle(&**db).await {
+                tracing::debug!(error = %e, "cache settle: later");
+            }
+            let snapshot = state.cache.snapshot();
+            for m in snapshot.models {
+                let _ = db
+                    .execute(
+                        "INSERT INTO nexus.cache_stats (instance, model, hits_local, hits_redis, misses)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (instance, model) DO UPDATE SET hits_local = EXCLUDED.hits_local,
+                             hits_redis = EXCLUDED.hits_redis, misses = EXCLUDED.misses, updated_at = now()",
+                        &[
+                            &state.instance,
+                            &m.model,
+                            &(m.hits_local as i64),
+                            &(m.hits_redis as i64),
+                            &(m.misses as i64),
+                        ],
+                    )
+                    .await;
+            }
         }
     })
 }

@@ -118,6 +118,7 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
                 owner: job.owner.clone(),
                 interrupt: interrupt.clone(),
                 job: Some(id),
+                cache: Some(state.cache.clone()),
             };
             let progress = Arc::new(Progress::default());
             state

@@ -1,0 +1,233 @@
+//! `nexus cache warm|stats|invalidate`, and the one place that opens a
+//! process's cache from the configuration (for `serve`, `load` and these).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use nexus_loaders::cache::{Cache, CacheConfig, CachedModel, Listening, keys};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::db::{self, Database};
+use crate::exit;
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Put models' most recent rows into Redis (those with `warm = true`,
+    /// or the one named), where absent.
+    Warm {
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Hits, misses and hit ratio per model (from the servers), sizes,
+    /// write-behind drops and Redis's state.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop one key, or a whole model, from Redis and every server's memory.
+    Invalidate {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+/// The process's cache: Redis when configured; a local tier only for a
+/// long-lived process (a server), whose `listening` says when it is safe.
+pub fn open(config: &Config, local: bool, listening: Listening) -> anyhow::Result<Arc<Cache>> {
+    Cache::new(
+        CacheConfig {
+            redis_url: config.redis_url.clone(),
+            prefix: config.redis_prefix.clone(),
+            local_bytes: local.then_some(config.cache_memory),
+            write_behind_capacity: config.cache_write_behind,
+            redis_timeout: config.redis_timeout,
+            instance: uuid::Uuid::new_v4(),
+        },
+        listening,
+    )
+    .map_err(|e| exit::usage(e.to_string()))
+}
+
+/// A model the cache can hold, or a usage error saying why not.
+pub fn cached_model(models: &nexus_pipeline::ModelSet, name: &str) -> anyhow::Result<CachedModel> {
+    let model = models.get(name).map_err(|e| exit::usage(e.to_string()))?;
+    keys::key_column(&model).map_err(|e| exit::usage(e.to_string()))?;
+    CachedModel::of(&model)
+        .ok_or_else(|| exit::usage(format!("model `{name}` is not cached (cache strategy none)")))
+}
+
+#[derive(Serialize)]
+struct ModelLine {
+    model: String,
+    strategy: String,
+    ttl_seconds: u64,
+    hits_local: i64,
+    hits_redis: i64,
+    misses: i64,
+    hit_ratio: Option<f64>,
+    redis_entries: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct StatsReport {
+    redis: String,
+    redis_used_memory: Option<u64>,
+    pending_batches: i64,
+    models: Vec<ModelLine>,
+}
+
+pub async fn run(config: &Config, command: CacheCommand) -> anyhow::Result<u8> {
+    let models = db::models(config)?;
+    let database = Database::open(config).await?;
+    let result = async {
+        let mut client = database.connect().await?;
+        nexus_loaders::migrate::migrate(&mut client).await?;
+        let cache = open(config, false, Listening::default())?;
+        let mut out = std::io::stdout().lock();
+        match command {
+            CacheCommand::Warm { model } => {
+                if cache.redis.is_none() {
+                    return Err(exit::usage(
+                        "cache warm fills Redis: set REDIS_URL (servers warm their own memory at startup)",
+                    ));
+                }
+                let names: Vec<String> = match model {
+                    Some(m) => vec![m],
+                    None => models.iter().filter(|m| m.warm).map(|m| m.name.clone()).collect(),
+                };
+                for name in names {
+                    let m = cached_model(&models, &name)?;
+                    let n = cache
+                        .warm(&m, &client, config.cache_warm_rows)
+                        .await
+                        .map_err(|e| exit::failed(format!("warming {name}: {e}")))?;
+                    writeln!(out, "{name}: {n} rows warmed")?;
+                }
+                Ok(0)
+            }
+            CacheCommand::Invalidate { model, key } => {
+                let m = cached_model(&models, &model)?;
+                let key = key
+                    .map(|k| keys::canonical(m.key_type, &k))
+                    .transpose()
+                    .map_err(|e| exit::usage(e.to_string()))?;
+                let keys = key.map(|k| vec![k]);
+                cache
+                    .invalidate(&client, &m, keys.as_deref())
+                    .await
+                    .map_err(|e| exit::failed(format!("invalidating: {e}")))?;
+                match keys {
+                    Some(k) => writeln!(out, "{model}: key {} invalidated", k[0])?,
+                    None => writeln!(out, "{model}: every entry invalidated")?,
+                }
+                Ok(0)
+            }
+            CacheCommand::Stats { json } => {
+                let report = stats(&cache, &client, &models).await?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&report)?)?;
+                } else {
+                    print_stats(&mut out, &report)?;
+                }
+                Ok(0)
+            }
+        }
+    }
+    .await;
+    database.close().await;
+    result
+}
+
+async fn stats(
+    cache: &Cache,
+    client: &tokio_postgres::Client,
+    models: &nexus_pipeline::ModelSet,
+) -> anyhow::Result<StatsReport> {
+    let rows = client
+        .query(
+            "SELECT model, sum(hits_local)::bigint, sum(hits_redis)::bigint, sum(misses)::bigint
+             FROM nexus.cache_stats GROUP BY model",
+            &[],
+        )
+        .await?;
+    let (redis, used) = match &cache.redis {
+        None => ("not configured".to_string(), None),
+        Some(r) => match r.used_memory().await {
+            Ok(m) => ("up".to_string(), Some(m)),
+            Err(e) => (format!("down ({e})"), None),
+        },
+    };
+    let mut lines = Vec::new();
+    for m in models.iter() {
+        let Some(c) = CachedModel::of(m) else {
+            continue;
+        };
+        let found = rows.iter().find(|r| r.get::<_, String>(0) == m.name);
+        let get = |i| found.map_or(0, |r| r.get::<_, i64>(i));
+        let (local, redis_hits, misses) = (get(1), get(2), get(3));
+        let all = local + redis_hits + misses;
+        let entries = match (&cache.redis, used) {
+            (Some(r), Some(_)) => r.count(&m.name).await.ok(),
+            _ => None,
+        };
+        lines.push(ModelLine {
+            model: m.name.clone(),
+            strategy: serde_json::to_value(c.strategy)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            ttl_seconds: c.ttl.as_secs(),
+            hits_local: local,
+            hits_redis: redis_hits,
+            misses,
+            hit_ratio: (all > 0).then(|| (local + redis_hits) as f64 / all as f64),
+            redis_entries: entries,
+        });
+    }
+    Ok(StatsReport {
+        redis,
+        redis_used_memory: used,
+        pending_batches: nexus_loaders::cache::pending_batches(client).await?,
+        models: lines,
+    })
+}
+
+fn print_stats(out: &mut impl Write, r: &StatsReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "redis: {}{}",
+        r.redis,
+        r.redis_used_memory
+            .map(|m| format!(", {:.1} MiB used", m as f64 / 1048576.0))
+            .unwrap_or_default()
+    )?;
+    writeln!(out, "batches with a pending Redis write: {}", r.pending_batches)?;
+    writeln!(
+        out,
+        "{:<24} {:<14} {:>8} {:>10} {:>10} {:>10} {:>7} {:>12}",
+        "model", "strategy", "ttl", "local", "redis", "miss", "ratio", "in redis"
+    )?;
+    for m in &r.models {
+        writeln!(
+            out,
+            "{:<24} {:<14} {:>7}s {:>10} {:>10} {:>10} {:>7} {:>12}",
+            m.model,
+            m.strategy,
+            m.ttl_seconds,
+            m.hits_local,
+            m.hits_redis,
+            m.misses,
+            m.hit_ratio
+                .map(|r| format!("{:.1}%", r * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            m.redis_entries
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+        )?;
+    }
+    Ok(())
+}
