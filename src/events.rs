@@ -97,7 +97,11 @@ pub fn spawn_listeners(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let progress_on_postgres = matches!(bus, ProgressBus::Postgres(_));
     let mut tasks = vec![tokio::spawn(listen_postgres(
-        Heard { hub: hub.clone(), caches, cache },
+        Heard {
+            hub: hub.clone(),
+            caches,
+            cache,
+        },
         database_url,
         progress_on_postgres,
     ))];
@@ -180,32 +184,32 @@ async fn listen_postgres(heard: Heard, url: String, with_progress: bool) {
 impl Heard {
     fn dispatch(&self, channel: &str, payload: &str) {
         let (hub, caches) = (&self.hub, &self.caches);
-    match channel {
-        "nexus_jobs" => {
-            if let Ok(j) = serde_json::from_str::<crate::jobs::progress::JobMsg>(payload) {
-                // Before subscribers hear of the change, so that a read
-                // prompted by it sees the new state.
-                caches.jobs.invalidate(&j.job_id);
-                hub.receive(Event::Job(j));
+        match channel {
+            "nexus_jobs" => {
+                if let Ok(j) = serde_json::from_str::<crate::jobs::progress::JobMsg>(payload) {
+                    // Before subscribers hear of the change, so that a read
+                    // prompted by it sees the new state.
+                    caches.jobs.invalidate(&j.job_id);
+                    hub.receive(Event::Job(j));
+                }
             }
-        }
-        "nexus_auth" => match payload.split_once(':') {
-            Some(("sessions", id)) => match Uuid::parse_str(id) {
-                Ok(id) => caches.sessions.invalidate(&id),
-                Err(_) => caches.sessions.clear(),
+            "nexus_auth" => match payload.split_once(':') {
+                Some(("sessions", id)) => match Uuid::parse_str(id) {
+                    Ok(id) => caches.sessions.invalidate(&id),
+                    Err(_) => caches.sessions.clear(),
+                },
+                // A user changed: role, disabling. Rare; drop every session.
+                _ => caches.sessions.clear(),
             },
-            // A user changed: role, disabling. Rare; drop every session.
-            _ => caches.sessions.clear(),
-        },
-        "nexus_cache" => self.cache.apply_notice(payload),
-        "nexus_progress" => {
-            if let Ok(p) = serde_json::from_str(payload) {
-                hub.receive(Event::Progress(p));
+            "nexus_cache" => self.cache.apply_notice(payload),
+            "nexus_progress" => {
+                if let Ok(p) = serde_json::from_str(payload) {
+                    hub.receive(Event::Progress(p));
+                }
             }
+            _ => {}
         }
-        _ => {}
     }
-}
 }
 
 async fn listen_redis(hub: Arc<Hub>, client: redis::Client, channel: String) {

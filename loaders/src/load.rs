@@ -430,10 +430,7 @@ pub async fn run_load(
             )
             .await;
         } else {
-            run_parallel(
-                url, target, cache, job_id, rx, &shared, writers, &committed,
-            )
-            .await;
+            run_parallel(url, target, cache, job_id, rx, &shared, writers, &committed).await;
         }
     } else {
         drop(rx);

@@ -292,7 +292,9 @@ impl BatchWriter {
         let mut rejects = parts.batch.rejects.clone();
         let committed = self.apply(parts, gate, &mut rejects).await?;
         self.insert_rejects(&rejects).await?;
-        let version = self.checkpoint(parts, committed, rejects.len(), true).await?;
+        let version = self
+            .checkpoint(parts, committed, rejects.len(), true)
+            .await?;
         let cached = match (&self.cache, version) {
             (Some(c), Some(v)) => {
                 let keys = c.keys(&parts.body, &parts.batch.rows);

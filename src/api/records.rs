@@ -40,7 +40,7 @@ pub async fn show(
     let key = keys::canonical(view.key_type, &key).map_err(bad)?;
     let db = state.pool.get().await?;
     let (row, tier) = if view.strategy == CacheStrategy::None {
-        let row = view.fetch(&**db, &[key.clone()]).await?.pop();
+        let row = view.fetch(&**db, std::slice::from_ref(&key)).await?.pop();
         (row.map(|(_, j)| j), Tier::Miss)
     } else {
         state

@@ -56,8 +56,11 @@ pub fn open(config: &Config, local: bool, listening: Listening) -> anyhow::Resul
 pub fn cached_model(models: &nexus_pipeline::ModelSet, name: &str) -> anyhow::Result<CachedModel> {
     let model = models.get(name).map_err(|e| exit::usage(e.to_string()))?;
     keys::key_column(&model).map_err(|e| exit::usage(e.to_string()))?;
-    CachedModel::of(&model)
-        .ok_or_else(|| exit::usage(format!("model `{name}` is not cached (cache strategy none)")))
+    CachedModel::of(&model).ok_or_else(|| {
+        exit::usage(format!(
+            "model `{name}` is not cached (cache strategy none)"
+        ))
+    })
 }
 
 #[derive(Serialize)]
@@ -205,7 +208,11 @@ fn print_stats(out: &mut impl Write, r: &StatsReport) -> std::io::Result<()> {
             .map(|m| format!(", {:.1} MiB used", m as f64 / 1048576.0))
             .unwrap_or_default()
     )?;
-    writeln!(out, "batches with a pending Redis write: {}", r.pending_batches)?;
+    writeln!(
+        out,
+        "batches with a pending Redis write: {}",
+        r.pending_batches
+    )?;
     writeln!(
         out,
         "{:<24} {:<14} {:>8} {:>10} {:>10} {:>10} {:>7} {:>12}",

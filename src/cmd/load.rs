@@ -223,7 +223,9 @@ async fn load_all(
         // Write-behind rows still queued are written before the process
         // ends; what cannot be written stays pending and is repaired later.
         if !cache.drain(WRITE_BEHIND_GRACE).await {
-            tracing::warn!("the write-behind queue did not drain; its batches stay pending for repair");
+            tracing::warn!(
+                "the write-behind queue did not drain; its batches stay pending for repair"
+            );
         }
         let client = database.connect().await?;
         if let Err(e) = cache.settle(&client).await {

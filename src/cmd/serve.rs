@@ -252,7 +252,9 @@ fn spawn_cache_upkeep(state: AppState) -> tokio::task::JoinHandle<()> {
                     .await
                 {
                     Ok(n) => tracing::info!(model = %m.name, rows = n, "cache warmed"),
-                    Err(e) => tracing::warn!(model = %m.name, error = %e, "warming the cache failed"),
+                    Err(e) => {
+                        tracing::warn!(model = %m.name, error = %e, "warming the cache failed")
+                    }
                 }
             }
         }

@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-
-
 /// Whether a process's invalidations are flowing; shared by its caches.
 #[derive(Clone, Default)]
 pub struct Listening(Arc<AtomicBool>);
@@ -82,8 +80,7 @@ where
 
     /// Stores a row read under `ticket`, unless an invalidation came since.
     pub fn fill(&self, key: K, value: V, ticket: Ticket) {
-        if !self.listening.is_on() || self.generation.load(Ordering::SeqCst) != ticket.0
-        {
+        if !self.listening.is_on() || self.generation.load(Ordering::SeqCst) != ticket.0 {
             return;
         }
         self.entries.insert(key.clone(), value);
@@ -112,12 +109,10 @@ where
     /// fills in flight, and `keep` decides against what is cached.
     pub fn write(&self, key: K, value: V, keep: impl FnOnce(&V) -> bool) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.entries
-            .entry(key)
-            .and_compute_with(|cur| match cur {
-                Some(e) if keep(e.value()) => moka::ops::compute::Op::Nop,
-                _ => moka::ops::compute::Op::Put(value),
-            });
+        self.entries.entry(key).and_compute_with(|cur| match cur {
+            Some(e) if keep(e.value()) => moka::ops::compute::Op::Nop,
+            _ => moka::ops::compute::Op::Put(value),
+        });
     }
 
     pub fn clear(&self) {
@@ -125,4 +120,3 @@ where
         self.entries.invalidate_all();
     }
 }
-

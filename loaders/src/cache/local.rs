@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
 
+use super::CachedModel;
 use super::invalidated::{Listening, ReadCache, Ticket};
 use super::stats::Stats;
-use super::CachedModel;
 
 #[derive(Clone)]
 pub struct Entry {

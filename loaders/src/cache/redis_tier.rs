@@ -50,14 +50,22 @@ end
 return 0
 "#;
 
-/// Warming: set absent entries if the flush marker is still the one seen.
-/// KEYS: flush marker, entries; ARGV: seen marker, ttl ms, one entry per key.
+/// Warming: set entries that are absent or dead (older than the flush
+/// marker), if the marker is still the one seen. KEYS: flush marker,
+/// entries; ARGV: seen marker, ttl ms, one entry per key.
 const WARM: &str = r#"
 local fl = redis.call('GET', KEYS[1]) or ''
 if fl ~= ARGV[1] then return -1 end
+local floor = tonumber(fl) or 0
 local n = 0
 for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2], 'NX') then n = n + 1 end
+  local cur = redis.call('GET', KEYS[i])
+  local cv = -1
+  if cur then cv = tonumber(string.match(cur, '^(%d+)|')) or -1 end
+  if not cur or cv < floor then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2])
+    n = n + 1
+  end
 end
 return n
 "#;

@@ -197,7 +197,10 @@ impl BatchCache {
                         local.write(&w.model, k.clone(), w.version, json.clone());
                     }
                 }
-                None => w.keys.iter().for_each(|k| local.invalidate(&w.model.name, k)),
+                None => w
+                    .keys
+                    .iter()
+                    .for_each(|k| local.invalidate(&w.model.name, k)),
             }
         }
         let Some(behind) = &cache.behind else { return };

@@ -1,0 +1,567 @@
+//! The record cache against real Redis and PostgreSQL: each strategy and
+//! its TTL, read-after-upsert with parallel writers, Redis stopped in the
+//! middle of a load, the local tier alone, the records route's `X-Cache`
+//! values and the `cache` commands. Each test has its own database and its
+//! own Redis key prefix (or its own Redis server).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::redis::{PrivateRedis, TestRedis};
+use common::server::{ADMIN_PW, Server, assert_problem};
+use common::{Run, TestDb, run, wait_for};
+use serde_json::Value;
+
+/// Models `wt`, `wb`, `ca` (the three strategies), `brief` (a 2 s TTL) and
+/// `plain` (not cached): `id bigint` key, `name text`, 50 rows a batch.
+fn models(db: &TestDb) -> PathBuf {
+    let mut toml = String::new();
+    for (name, cache, warm) in [
+        (
+            "wt",
+            "{ strategy = \"write_through\", ttl = \"30m\" }",
+            true,
+        ),
+        (
+            "wb",
+            "{ strategy = \"write_behind\", ttl = \"30m\" }",
+            false,
+        ),
+        ("ca", "{ strategy = \"cache_aside\", ttl = \"30m\" }", false),
+        (
+            "brief",
+            "{ strategy = \"write_through\", ttl = \"2s\" }",
+            false,
+        ),
+        ("plain", "{ strategy = \"none\" }", false),
+    ] {
+        toml.push_str(&format!(
+            "[models.{name}]\ntable = \"{name}\"\nkey = [\"id\"]\nbatch_size = 50\ncache = {cache}\nwarm = {warm}\n\
+             [[models.{name}.columns]]\nname = \"id\"\ntype = \"bigint\"\n\
+             [[models.{name}.columns]]\nname = \"name\"\ntype = \"text\"\n"
+        ));
+    }
+    db.file("cache-models.toml", toml)
+}
+
+/// `id,name` rows `tag-id` for the ids given, in that order.
+fn rows(ids: impl IntoIterator<Item = i64>, tag: &str) -> String {
+    let mut s = String::from("id,name\n");
+    for i in ids {
+        s.push_str(&format!("{i},{tag}-{i}\n"));
+    }
+    s
+}
+
+/// `nexus load` in its own process with extra settings.
+fn load(db: &TestDb, env: &[(&str, &str)], model: &str, mode: &str, csv: &str) -> Run {
+    let file = db.file(&format!("{model}-{}.csv", uuid::Uuid::new_v4()), csv);
+    let mut c = db.nexus();
+    c.env("NEXUS_MODELS", models(db));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run(c.args([
+        "load",
+        "--model",
+        model,
+        "--mode",
+        mode,
+        file.to_str().unwrap(),
+    ]))
+}
+
+fn server(db: &TestDb, env: &[(&str, &str)]) -> (Server, String) {
+    let m = models(db);
+    let mut all = vec![
+        ("NEXUS_MODELS", m.to_str().unwrap()),
+        ("NEXUS_RATE_LIMIT", "1000000"),
+        ("NEXUS_RATE_BURST", "100000"),
+    ];
+    all.extend_from_slice(env);
+    let s = Server::start(db, &all);
+    let (token, _) = s.tokens("admin", ADMIN_PW);
+    (s, token)
+}
+
+/// A record through the route: (X-Cache, row).
+fn record(s: &Server, token: &str, model: &str, key: &str) -> (String, Value) {
+    let r = s.get(&format!("/api/v2/records/{model}/{key}"), token);
+    assert_eq!(r.status(), 200, "{model}/{key}");
+    let tier = r.headers()["x-cache"].to_str().unwrap().to_string();
+    (tier, r.json().unwrap())
+}
+
+/// Uploads a file as a job on `s` and waits until it succeeded.
+fn job(s: &Server, token: &str, model: &str, mode: &str, csv: String) {
+    let r = s
+        .http
+        .post(s.url(&format!("/api/v2/jobs?model={model}&mode={mode}")))
+        .bearer_auth(token)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the job to finish", Duration::from_secs(120), || {
+        let j: Value = s.get(&format!("/api/v2/jobs/{id}"), token).json().unwrap();
+        assert_ne!(j["status"], "failed", "{j}");
+        j["status"] == "succeeded"
+    });
+}
+
+fn entry(c: &mut redis::Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(c).unwrap()
+}
+
+fn pending(db: &TestDb) -> i64 {
+    db.sql("SELECT count(*) FROM nexus.job_batches WHERE cache_pending")[0].get(0)
+}
+
+#[test]
+fn write_through_fills_both_tiers_with_the_model_ttl() {
+    let db = TestDb::new();
+    let redis = TestRedis::new();
+    let (s, t) = server(&db, &redis.env());
+    let r = load(&db, &redis.env(), "wt", "append", &rows(1..=120, "a"));
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut c = redis.connection();
+    let p = &redis.prefix;
+    assert_eq!(
+        redis
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with(&format!("{p}:wt:")))
+            .count(),
+        120
+    );
+    let e = entry(&mut c, &format!("{p}:wt:7")).unwrap();
+    let (version, json) = e.split_once('|').unwrap();
+    assert!(version.parse::<i64>().unwrap() > 0, "{e}");
+    assert_eq!(serde_json::from_str::<Value>(json).unwrap()["name"], "a-7");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{p}:wt:7"))
+        .query(&mut c)
+        .unwrap();
+    assert!(ttl > 1_700_000 && ttl <= 1_800_000, "ttl {ttl}");
+
+    // Redis first (the server's memory is empty), then the local tier.
+    assert_eq!(
+        record(&s, &t, "wt", "7"),
+        ("redis".into(), serde_json::json!({"id": 7, "name": "a-7"}))
+    );
+    assert_eq!(record(&s, &t, "wt", "7").0, "local");
+    // Keys are read as their type: 007 is 7.
+    assert_eq!(record(&s, &t, "wt", "007").0, "local");
+    assert_problem(s.get("/api/v2/records/wt/100000", &t), 404);
+    assert_problem(s.get("/api/v2/records/wt/seven", &t), 400);
+    assert_problem(s.get("/api/v2/records/nope/7", &t), 404);
+
+    // A short TTL expires in Redis.
+    assert_eq!(
+        load(&db, &redis.env(), "brief", "append", &rows(1..=3, "b")).code,
+        0
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{p}:brief:1"))
+        .query(&mut c)
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 2000, "ttl {ttl}");
+    wait_for("the short TTL to expire", Duration::from_secs(10), || {
+        entry(&mut c, &format!("{p}:brief:1")).is_none()
+    });
+
+    // A model without a cache is read straight from its table.
+    assert_eq!(
+        load(&db, &redis.env(), "plain", "append", &rows(1..=2, "p")).code,
+        0
+    );
+    assert_eq!(record(&s, &t, "plain", "1").0, "miss");
+    assert_eq!(record(&s, &t, "plain", "1").0, "miss");
+    assert!(redis.keys().iter().all(|k| !k.contains(":plain:")));
+}
+
+#[test]
+fn read_after_upsert_is_never_stale() {
+    let db = TestDb::new();
+    let redis = TestRedis::new();
+    let (s, t) = server(
+        &db,
+        &[
+            redis.env()[0],
+            redis.env()[1],
+            ("NEXUS_COPY_CONNECTIONS", "3"),
+        ],
+    );
+    job(&s, &t, "wt", "append", rows(1..=200, "a"));
+    for k in 1..=200 {
+        assert_eq!(
+            record(&s, &t, "wt", &k.to_string()).1["name"],
+            format!("a-{k}")
+        );
+    }
+    // Every key twice in one file, in different batches written by parallel
+    // connections: the later row wins in the table and in both tiers.
+    let mut csv = rows(1..=200, "b");
+    csv.push_str(&rows(1..=200, "c")["id,name\n".len()..]);
+    job(&s, &t, "wt", "upsert", csv);
+    let mut c = redis.connection();
+    for k in 1..=200 {
+        let (_, row) = record(&s, &t, "wt", &k.to_string());
+        assert_eq!(row["name"], format!("c-{k}"), "key {k}");
+        let e = entry(&mut c, &format!("{}:wt:{k}", redis.prefix)).unwrap();
+        assert!(e.ends_with(&format!("\"c-{k}\"}}")), "key {k}: {e}");
+    }
+    // Another process upserts: Redis is written before it exits; this
+    // server's memory hears of it by notification.
+    let r = load(&db, &redis.env(), "wt", "upsert", &rows(1..=200, "d"));
+    assert_eq!(r.code, 0, "{r:?}");
+    for k in 1..=200 {
+        let e = entry(&mut c, &format!("{}:wt:{k}", redis.prefix)).unwrap();
+        assert!(e.ends_with(&format!("\"d-{k}\"}}")), "key {k}: {e}");
+    }
+    wait_for(
+        "the server to hear of the upsert",
+        Duration::from_secs(5),
+        || record(&s, &t, "wt", "200").1["name"] == "d-200",
+    );
+    for k in 1..=200 {
+        assert_eq!(
+            record(&s, &t, "wt", &k.to_string()).1["name"],
+            format!("d-{k}")
+        );
+    }
+}
+
+#[test]
+fn write_behind_writes_later_and_a_full_queue_invalidates() {
+    let db = TestDb::new();
+    let redis = TestRedis::new();
+    let p = redis.prefix.clone();
+    let mut c = redis.connection();
+    {
+        let (s, t) = server(&db, &redis.env());
+        job(&s, &t, "wb", "append", rows(1..=300, "a"));
+        wait_for(
+            "write-behind rows in Redis",
+            Duration::from_secs(10),
+            || {
+                (1..=300).all(|k| {
+                    entry(&mut c, &format!("{p}:wb:{k}"))
+                        .is_some_and(|e| e.ends_with(&format!("\"a-{k}\"}}")))
+                })
+            },
+        );
+        assert_eq!(record(&s, &t, "wb", "9").1["name"], "a-9");
+    }
+    // A queue smaller than a batch: every batch overflows. The rows are not
+    // written; the model's older entries are killed instead, and counted.
+    let (s, t) = server(
+        &db,
+        &[
+            redis.env()[0],
+            redis.env()[1],
+            ("NEXUS_CACHE_WRITE_BEHIND", "10"),
+        ],
+    );
+    job(&s, &t, "wb", "upsert", rows(1..=300, "b"));
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nexus_cache_write_behind_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert_eq!(dropped, 300.0, "{metrics}");
+    wait_for(
+        "the pending writes to settle",
+        Duration::from_secs(10),
+        || pending(&db) == 0,
+    );
+    assert!(entry(&mut c, &format!("{p}:~flush:wb")).is_some());
+    for k in [1, 150, 300] {
+        let (tier, row) = record(&s, &t, "wb", &k.to_string());
+        assert_eq!(row["name"], format!("b-{k}"), "key {k} from {tier}");
+    }
+}
+
+#[test]
+fn cache_aside_loads_leave_tombstones_and_reads_fill() {
+    let db = TestDb::new();
+    let redis = TestRedis::new();
+    let p = redis.prefix.clone();
+    let mut c = redis.connection();
+    let (s, t) = server(&db, &redis.env());
+    assert_eq!(
+        load(&db, &redis.env(), "ca", "append", &rows(1..=50, "a")).code,
+        0
+    );
+    let e = entry(&mut c, &format!("{p}:ca:5")).unwrap();
+    assert!(e.ends_with('|') && e.len() > 1, "a tombstone: {e}");
+    assert_eq!(
+        record(&s, &t, "ca", "5"),
+        ("miss".into(), serde_json::json!({"id": 5, "name": "a-5"}))
+    );
+    assert_eq!(record(&s, &t, "ca", "5").0, "local");
+    let e = entry(&mut c, &format!("{p}:ca:5")).unwrap();
+    assert!(e.ends_with("\"a-5\"}"), "filled by the read: {e}");
+    // A server with nothing in memory finds it in Redis.
+    let (s2, t2) = server(&db, &redis.env());
+    assert_eq!(record(&s2, &t2, "ca", "5").0, "redis");
+
+    assert_eq!(
+        load(&db, &redis.env(), "ca", "upsert", &rows(1..=50, "b")).code,
+        0
+    );
+    let e = entry(&mut c, &format!("{p}:ca:5")).unwrap();
+    assert!(e.ends_with('|'), "a tombstone again: {e}");
+    wait_for("the servers to drop key 5", Duration::from_secs(5), || {
+        record(&s, &t, "ca", "5").1["name"] == "b-5"
+            && record(&s2, &t2, "ca", "5").1["name"] == "b-5"
+    });
+}
+
+#[test]
+fn redis_stopped_mid_load_the_load_completes_and_the_cache_recovers() {
+    let db = TestDb::new();
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("NEXUS_REDIS_PREFIX", "nx"),
+        ("NEXUS_REDIS_TIMEOUT", "100ms"),
+    ];
+    assert_eq!(
+        load(&db, &env, "wt", "append", &rows(1..=2000, "a")).code,
+        0
+    );
+    let mut c = redis.connection();
+    assert!(entry(&mut c, "nx:wt:7").unwrap().ends_with("\"a-7\"}"));
+    // Redis keeps these old rows across its restart.
+    let _: String = redis::cmd("SAVE").query(&mut c).unwrap();
+    drop(c);
+
+    // 40,000 rows (every key 20 times) in 800 batches; Redis dies early on.
+    let mut csv = String::from("id,name\n");
+    for round in 0..20 {
+        csv.push_str(&rows(1..=2000, &format!("b{round}"))["id,name\n".len()..]);
+    }
+    let file = db.file("upsert.csv", &csv);
+    let mut cmd = db.nexus();
+    cmd.env("NEXUS_MODELS", models(&db));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .args([
+            "load",
+            "--model",
+            "wt",
+            "--mode",
+            "upsert",
+            file.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the upsert to commit some batches",
+        Duration::from_secs(60),
+        || {
+            db.sql("SELECT count(*) FROM nexus.job_batches b JOIN nexus.jobs j ON j.id = b.job_id WHERE j.mode = 'upsert'")[0]
+            .get::<_, i64>(0)
+            > 5
+        },
+    );
+    redis.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(db.count("wt"), 2000);
+    assert_eq!(db.count("wt WHERE name LIKE 'b19-%'"), 2000);
+    assert!(
+        pending(&db) > 0,
+        "batches whose Redis write failed stay pending"
+    );
+
+    // Redis comes back with its old rows; a server repairs the cache.
+    redis.restart();
+    let (s, t) = server(&db, &env);
+    wait_for("the cache repair", Duration::from_secs(15), || {
+        pending(&db) == 0
+    });
+    let mut c = redis.connection();
+    assert!(entry(&mut c, "nx:~flush:wt").is_some());
+    assert!(
+        entry(&mut c, "nx:wt:7").unwrap().ends_with("\"a-7\"}"),
+        "the old row is still there, dead"
+    );
+    assert_eq!(
+        record(&s, &t, "wt", "7"),
+        ("miss".into(), serde_json::json!({"id": 7, "name": "b19-7"}))
+    );
+    let (s2, t2) = server(&db, &env);
+    assert_eq!(
+        record(&s2, &t2, "wt", "7"),
+        (
+            "redis".into(),
+            serde_json::json!({"id": 7, "name": "b19-7"})
+        )
+    );
+}
+
+#[test]
+fn the_local_tier_alone() {
+    let db = TestDb::new();
+    let (s, t) = server(&db, &[]);
+    // Loaded by this server: written to its memory as each batch commits.
+    job(&s, &t, "wt", "append", rows(1..=100, "a"));
+    assert_eq!(
+        record(&s, &t, "wt", "5"),
+        ("local".into(), serde_json::json!({"id": 5, "name": "a-5"}))
+    );
+    job(&s, &t, "ca", "append", rows(1..=10, "a"));
+    assert_eq!(record(&s, &t, "ca", "5").0, "miss");
+    assert_eq!(record(&s, &t, "ca", "5").0, "local");
+    // Another process changes rows: the notification drops them here.
+    assert_eq!(load(&db, &[], "wt", "upsert", &rows(1..=100, "b")).code, 0);
+    wait_for(
+        "the server to hear of the upsert",
+        Duration::from_secs(5),
+        || record(&s, &t, "wt", "5").1["name"] == "b-5",
+    );
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("nexus_cache_hits_total{model=\"wt\",tier=\"local\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nexus_cache_misses_total{model=\"ca\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn cache_commands_warm_invalidate_and_report() {
+    let db = TestDb::new();
+    let redis = TestRedis::new();
+    let p = redis.prefix.clone();
+    let m = models(&db);
+    let nexus = |args: &[&str], with_redis: bool| {
+        let mut c = db.nexus();
+        c.env("NEXUS_MODELS", &m);
+        if with_redis {
+            c.envs(redis.env());
+        }
+        run(c.args(args))
+    };
+    assert_eq!(
+        load(&db, &redis.env(), "wt", "append", &rows(1..=30, "a")).code,
+        0
+    );
+    let mut c = redis.connection();
+
+    let r = nexus(
+        &["cache", "invalidate", "--model", "wt", "--key", "007"],
+        true,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(entry(&mut c, &format!("{p}:wt:7")).unwrap().ends_with('|'));
+
+    let r = nexus(&["cache", "invalidate", "--model", "wt"], true);
+    assert_eq!(r.code, 0, "{r:?}");
+    let flushed_at: i64 = entry(&mut c, &format!("{p}:~flush:wt"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let no_warming = [
+        redis.env()[0],
+        redis.env()[1],
+        ("NEXUS_CACHE_WARM_ROWS", "0"),
+    ];
+    let (s, t) = server(&db, &no_warming);
+    assert_eq!(record(&s, &t, "wt", "3").0, "miss", "flushed");
+
+    let r = nexus(&["cache", "warm", "--model", "wt"], true);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("wt: 30 rows warmed"), "{r:?}");
+    let (s2, t2) = server(&db, &no_warming);
+    assert_eq!(record(&s2, &t2, "wt", "9").0, "redis", "warmed");
+
+    // A server warms the models marked `warm` when it starts.
+    let r = nexus(&["cache", "invalidate", "--model", "wt"], true);
+    assert_eq!(r.code, 0, "{r:?}");
+    let live = |c: &mut redis::Connection, k: i64| {
+        let marker: i64 = entry(c, &format!("{p}:~flush:wt"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        entry(c, &format!("{p}:wt:{k}"))
+            .and_then(|e| {
+                e.split_once('|')
+                    .map(|(v, j)| (v.parse::<i64>().unwrap(), j.len()))
+            })
+            .is_some_and(|(v, len)| v >= marker && len > 0)
+    };
+    assert!(!live(&mut c, 11));
+    let _warming = server(&db, &redis.env());
+    wait_for("the startup warming", Duration::from_secs(10), || {
+        live(&mut c, 11)
+    });
+    assert!(flushed_at > 0);
+
+    wait_for("the server's figures", Duration::from_secs(10), || {
+        let r = nexus(&["cache", "stats", "--json"], true);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        let wt = v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == "wt")
+            .unwrap()
+            .clone();
+        v["redis"] == "up" && wt["redis_entries"] == 30 && wt["misses"].as_i64().unwrap() >= 1
+    });
+    let r = nexus(&["cache", "stats"], true);
+    assert!(r.stdout.contains("write_through"), "{r:?}");
+
+    // Mistakes are usage errors.
+    assert_eq!(nexus(&["cache", "warm", "--model", "wt"], false).code, 2);
+    assert_eq!(
+        nexus(&["cache", "invalidate", "--model", "plain"], true).code,
+        2
+    );
+    assert_eq!(
+        nexus(
+            &["cache", "invalidate", "--model", "wt", "--key", "x"],
+            true
+        )
+        .code,
+        2
+    );
+    assert_eq!(
+        nexus(&["cache", "invalidate", "--model", "nope"], true).code,
+        2
+    );
+}
