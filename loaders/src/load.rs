@@ -414,13 +414,13 @@ pub async fn run_load(
         });
         let cache = req.cache.as_ref().and_then(|c| {
             let model = CachedModel::of(&req.model)?;
-            BatchCache::new(c.clone(), model, &target.columns, job_id).map(Arc::new)
+            BatchCache::start(c.clone(), model, &target.columns, job_id, url).map(Arc::new)
         });
         if whole {
             run_whole(
                 url,
                 target,
-                cache,
+                cache.clone(),
                 job_id,
                 rx,
                 &shared,
@@ -430,7 +430,21 @@ pub async fn run_load(
             )
             .await;
         } else {
-            run_parallel(url, target, cache, job_id, rx, &shared, writers, &committed).await;
+            run_parallel(
+                url,
+                target,
+                cache.clone(),
+                job_id,
+                rx,
+                &shared,
+                writers,
+                &committed,
+            )
+            .await;
+        }
+        // Write-through work is part of the load; write-behind goes on.
+        if let Some(c) = &cache {
+            c.finish().await;
         }
     } else {
         drop(rx);

@@ -164,7 +164,9 @@ pub struct Cache {
     pub redis: Option<RedisTier>,
     pub local: Option<LocalTier>,
     pub stats: Arc<stats::Stats>,
-    behind: Option<writes::WriteBehind>,
+    /// Rows waiting in write-behind stages, and a wake-up when none are.
+    behind_depth: writes::Depth,
+    behind_empty: tokio::sync::Notify,
     /// Batches whose cache writes are done, to clear in `settle`.
     done: writes::Done,
 }
@@ -183,10 +185,9 @@ impl Cache {
         let local = config
             .local_bytes
             .map(|b| LocalTier::new(b, listening, stats.clone()));
-        Ok(Arc::new_cyclic(|me| Cache {
-            behind: redis
-                .as_ref()
-                .map(|_| writes::WriteBehind::start(me.clone(), config.write_behind_capacity)),
+        Ok(Arc::new(Cache {
+            behind_depth: Default::default(),
+            behind_empty: tokio::sync::Notify::new(),
             config,
             redis,
             local,
@@ -318,19 +319,6 @@ impl Cache {
     /// Redis) once Redis answers. Run after loads and periodically.
     pub async fn settle(&self, db: &impl GenericClient) -> Result<u64, CacheError> {
         writes::settle(self, db).await
-    }
-
-    /// How many rows wait in the write-behind queue.
-    pub fn write_behind_depth(&self) -> usize {
-        self.behind.as_ref().map_or(0, |b| b.depth())
-    }
-
-    /// Waits (up to `deadline`) until the write-behind queue is empty.
-    pub async fn drain(&self, deadline: Duration) -> bool {
-        match &self.behind {
-            Some(b) => b.drain(deadline).await,
-            None => true,
-        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

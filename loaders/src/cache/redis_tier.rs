@@ -1,4 +1,5 @@
-//! The Redis tier. Entries are `version|json` (`version|` is a tombstone)
+//! The Redis tier. Entries are `version|json` (`version|` is a tombstone,
+//! the version zero-padded to 19 digits)
 //! under `{prefix}:{model}:{key}`; `{prefix}:~flush:{model}` holds the
 //! version below which the model's entries are dead. Writes and fills are
 //! scripts, so each compares and sets in one step. Every call has a
@@ -16,21 +17,28 @@ use super::{CacheError, CachedModel};
 
 /// How long Redis is left alone after a failure.
 const BACKOFF: Duration = Duration::from_secs(1);
-/// Keys per script call.
-const CHUNK: usize = 1000;
+/// Keys per script call: a script holds Redis for its whole run, so
+/// chunks stay small enough not to stall readers (about a millisecond).
+const CHUNK: usize = 250;
+
+/// Width of the zero-padded version at the start of every entry.
+const VERSION_WIDTH: usize = 19;
+
+/// An entry: `version|json` (a tombstone has no json).
+fn entry(version: i64, json: &str) -> String {
+    format!("{:0width$}|{json}", version.max(0), width = VERSION_WIDTH)
+}
 
 /// Replaces each key's entry unless it holds this version or a newer one.
-/// KEYS: entries; ARGV: version, ttl ms, then one json per key (none for
-/// tombstones).
+/// Versions are written zero-padded to a fixed width, so the comparison
+/// reads only an entry's first bytes. KEYS: entries; ARGV: padded version,
+/// ttl ms, then one whole entry per key.
 const WRITE: &str = r#"
-local v = tonumber(ARGV[1])
+local v = ARGV[1]
 local n = 0
 for i, k in ipairs(KEYS) do
-  local cur = redis.call('GET', k)
-  local cv = -1
-  if cur then cv = tonumber(string.match(cur, '^(%d+)|')) or -1 end
-  if cv < v then
-    redis.call('SET', k, ARGV[1] .. '|' .. (ARGV[i + 2] or ''), 'PX', ARGV[2])
+  if redis.call('GETRANGE', k, 0, 18) < v then
+    redis.call('SET', k, ARGV[i + 2], 'PX', ARGV[2])
     n = n + 1
   end
 end
@@ -59,10 +67,8 @@ if fl ~= ARGV[1] then return -1 end
 local floor = tonumber(fl) or 0
 local n = 0
 for i = 2, #KEYS do
-  local cur = redis.call('GET', KEYS[i])
-  local cv = -1
-  if cur then cv = tonumber(string.match(cur, '^(%d+)|')) or -1 end
-  if not cur or cv < floor then
+  local head = redis.call('GETRANGE', KEYS[i], 0, 18)
+  if head == '' or tonumber(head) < floor then
     redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2])
     n = n + 1
   end
@@ -219,7 +225,7 @@ impl RedisTier {
         seen: &Seen,
         json: &str,
     ) -> Result<(), CacheError> {
-        let entry = format!("{}|{json}", seen.fill_version());
+        let entry = entry(seen.fill_version(), json);
         let (k, m) = (self.key(&model.name, key), self.marker(&model.name));
         let ttl = ms(model.ttl);
         self.call(async |c| {
@@ -246,16 +252,26 @@ impl RedisTier {
         payloads: Option<&[String]>,
     ) -> Result<u64, CacheError> {
         let ttl = ms(model.ttl);
+        let padded = entry(version, "");
+        let padded = &padded[..VERSION_WIDTH];
         let mut written = 0u64;
         for (i, chunk) in keys.chunks(CHUNK).enumerate() {
             let mut inv = self.write.prepare_invoke();
             for k in chunk {
                 inv.key(self.key(&model.name, k));
             }
-            inv.arg(version).arg(ttl);
-            if let Some(p) = payloads {
-                for json in &p[i * CHUNK..i * CHUNK + chunk.len()] {
-                    inv.arg(json);
+            inv.arg(padded).arg(ttl);
+            match payloads {
+                Some(p) => {
+                    for json in &p[i * CHUNK..i * CHUNK + chunk.len()] {
+                        inv.arg(entry(version, json));
+                    }
+                }
+                None => {
+                    let tombstone = entry(version, "");
+                    for _ in chunk {
+                        inv.arg(&tombstone);
+                    }
                 }
             }
             written += self
@@ -285,7 +301,7 @@ impl RedisTier {
             }
             inv.arg(marker.as_deref().unwrap_or("")).arg(ttl);
             for (_, json) in chunk {
-                inv.arg(format!("{version}|{json}"));
+                inv.arg(entry(version, json));
             }
             self.call(async |c| inv.invoke_async::<i64>(c).await)
                 .await?;

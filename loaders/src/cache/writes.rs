@@ -1,21 +1,26 @@
-//! The cache stage of a load. Inside each batch's transaction (after its
-//! rows are applied, before COMMIT): the version comes with the checkpoint,
-//! the committed rows are read back as JSON when the strategy writes them,
-//! and the keys are announced to other processes' local tiers. After the
-//! COMMIT the strategy runs: write-through writes both tiers before the
-//! batch counts as done; write-behind writes the local tier and queues Redis
-//! (a full queue never blocks: it drops, counts, and flushes the model in
-//! Redis); cache-aside leaves tombstones. A batch stays `cache_pending` in
-//! its checkpoint until its Redis write is done; [`settle`] clears those and
-//! repairs what crashes and outages left.
+//! The cache stage of a load. Inside each batch's transaction, before its
+//! COMMIT, the batch takes its version (with its checkpoint) and announces
+//! its keys to other processes' local tiers (NOTIFY, delivered at COMMIT).
+//! After the COMMIT the batch goes to the load's cache stage — a task with a
+//! connection of its own that reads the committed rows back as JSON (for
+//! the strategies that write them; reading after the COMMIT is safe, the
+//! rows are then at least as new as the batch's version) and writes the
+//! tiers: write-through batches wait for room in the stage (so the cache
+//! keeps up or slows the load) and the job ends only when the stage has
+//! written them all; write-behind batches never wait — a full queue drops
+//! them, counts them and flushes the model in Redis instead; cache-aside
+//! leaves tombstones. A batch stays `cache_pending` in its checkpoint until
+//! its Redis write is done; [`settle`] clears those and repairs what
+//! crashes and outages left.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::model::CacheStrategy;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -27,6 +32,12 @@ const NOTICE_BYTES: usize = 7000;
 /// How long a batch may stay pending while its job runs before the repair
 /// treats it as abandoned.
 const ABANDONED_AFTER_SECS: f64 = 30.0;
+
+/// Write-through batches the stage holds before writers wait.
+const THROUGH_QUEUE: usize = 4;
+
+/// Batches a stage works on at once, each worker with its own connection.
+const STAGE_WORKERS: usize = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Notice {
@@ -84,46 +95,61 @@ pub struct BatchCache {
     /// The key's position among the COPY columns.
     key_field: usize,
     job_id: Uuid,
+    /// The stage's queue and workers; `None` when no tier is there to write.
+    stage: Mutex<Option<(mpsc::Sender<PendingWrite>, Vec<tokio::task::JoinHandle<()>>)>>,
 }
 
 /// A committed batch's cache work.
 pub struct PendingWrite {
-    model: Arc<CachedModel>,
     version: i64,
     keys: Vec<String>,
-    /// `(key, json)` of the committed rows, for the strategies that write.
-    rows: Option<Vec<(String, String)>>,
-    job_id: Uuid,
     seq: i64,
 }
 
 impl BatchCache {
-    /// For a load into `columns` (COPY order); `None` if the key is not loaded.
-    pub fn new(
+    /// For a load into `columns` (COPY order) of `database_url`; `None` if
+    /// the key is not among the loaded columns.
+    pub fn start(
         cache: Arc<Cache>,
         model: CachedModel,
         columns: &[String],
         job_id: Uuid,
+        database_url: &str,
     ) -> Option<BatchCache> {
         let key_field = columns.iter().position(|c| *c == model.key_column)?;
+        let model = Arc::new(model);
+        let stage = (cache.redis.is_some() || cache.local.is_some()).then(|| {
+            let capacity = match model.strategy {
+                CacheStrategy::WriteBehind => usize::MAX >> 4,
+                _ => THROUGH_QUEUE,
+            };
+            let (tx, rx) = mpsc::channel(capacity.min(1 << 20));
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let tasks = (0..STAGE_WORKERS)
+                .map(|_| {
+                    tokio::spawn(run_stage(
+                        cache.clone(),
+                        model.clone(),
+                        job_id,
+                        database_url.to_string(),
+                        rx.clone(),
+                    ))
+                })
+                .collect();
+            (tx, tasks)
+        });
         Some(BatchCache {
             cache,
-            model: Arc::new(model),
+            model,
             key_field,
             job_id,
+            stage: Mutex::new(stage),
         })
     }
 
     /// Whether a batch's checkpoint waits for a Redis write.
     pub fn pends(&self) -> bool {
         self.cache.redis.is_some()
-    }
-
-    fn writes_rows(&self) -> bool {
-        matches!(
-            self.model.strategy,
-            CacheStrategy::WriteThrough | CacheStrategy::WriteBehind
-        ) && (self.cache.redis.is_some() || self.cache.local.is_some())
     }
 
     /// The canonical keys of a batch's rows.
@@ -143,8 +169,7 @@ impl BatchCache {
         keys
     }
 
-    /// Inside the batch's transaction: reads the committed rows back (when
-    /// the strategy writes them) and announces the keys.
+    /// Inside the batch's transaction: announces the keys.
     pub async fn before_commit(
         &self,
         db: &impl GenericClient,
@@ -152,18 +177,10 @@ impl BatchCache {
         version: i64,
         keys: Vec<String>,
     ) -> Result<PendingWrite, tokio_postgres::Error> {
-        let rows = if self.writes_rows() && !keys.is_empty() {
-            Some(self.model.fetch(db, &keys).await?)
-        } else {
-            None
-        };
         self.announce(db, version, Some(&keys)).await?;
         Ok(PendingWrite {
-            model: self.model.clone(),
             version,
             keys,
-            rows,
-            job_id: self.job_id,
             seq: seq as i64,
         })
     }
@@ -187,32 +204,63 @@ impl BatchCache {
         Ok(())
     }
 
-    /// After the COMMIT: the strategy's writes.
+    /// After the COMMIT: hands the batch to the stage.
     pub async fn after_commit(&self, w: PendingWrite) {
-        let cache = &self.cache;
-        if let Some(local) = &cache.local {
-            match &w.rows {
-                Some(rows) => {
-                    for (k, json) in rows {
-                        local.write(&w.model, k.clone(), w.version, json.clone());
-                    }
-                }
-                None => w
-                    .keys
-                    .iter()
-                    .for_each(|k| local.invalidate(&w.model.name, k)),
-            }
+        let Some(tx) = self
+            .stage
+            .lock()
+            .expect("stage")
+            .as_ref()
+            .map(|s| s.0.clone())
+        else {
+            return;
+        };
+        if self.model.strategy != CacheStrategy::WriteBehind {
+            let _ = tx.send(w).await;
+            return;
         }
-        let Some(behind) = &cache.behind else { return };
-        if w.model.strategy == CacheStrategy::WriteBehind {
-            behind.push(w);
+        let n = w.keys.len();
+        let depth = self.cache.behind_depth.fetch_add(n, Ordering::SeqCst);
+        let w = if depth + n <= self.cache.config.write_behind_capacity {
+            match tx.try_send(w) {
+                Ok(()) => return,
+                Err(e) => e.into_inner(),
+            }
         } else {
-            write_redis(cache, w).await;
+            w
+        };
+        self.cache.behind_left(n);
+        // Full: these rows are not written. Kill every older entry of the
+        // model in Redis (in the background: the load goes on); if even that
+        // fails, the batch stays pending and the repair flushes later.
+        self.cache.stats.dropped(n as u64);
+        let (cache, model, job) = (self.cache.clone(), self.model.clone(), self.job_id);
+        tokio::spawn(async move {
+            if let Some(redis) = &cache.redis {
+                match redis.flush(&model, w.version).await {
+                    Ok(_) => cache.cleared(job, Some(w.seq)),
+                    Err(e) => redis.failed(&e),
+                }
+            }
+        });
+    }
+
+    /// The load is over: waits for the stage's write-through work; leaves
+    /// write-behind work running on its own.
+    pub async fn finish(&self) {
+        let stage = self.stage.lock().expect("stage").take();
+        if let Some((tx, tasks)) = stage {
+            drop(tx);
+            if self.model.strategy != CacheStrategy::WriteBehind {
+                for t in tasks {
+                    let _ = t.await;
+                }
+            }
         }
     }
 
     /// After the COMMIT of a whole-transaction load (atomic, replace): its
-    /// rows are not kept in memory, so the model is flushed instead.
+    /// rows are not kept for the cache, so the model is flushed instead.
     pub async fn after_whole_commit(&self, version: i64) {
         let cache = &self.cache;
         if let Some(local) = &cache.local {
@@ -227,12 +275,79 @@ impl BatchCache {
     }
 }
 
-async fn write_redis(cache: &Cache, w: PendingWrite) {
-    let Some(redis) = &cache.redis else { return };
-    let result = match &w.rows {
-        Some(rows) => {
-            let mut rows = rows.clone();
+/// One worker of the stage: reads committed rows back and writes the
+/// tiers, batch by batch. Workers may finish batches out of order; the
+/// versions keep the later commit of a key in both tiers.
+async fn run_stage(
+    cache: Arc<Cache>,
+    model: Arc<CachedModel>,
+    job: Uuid,
+    url: String,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<PendingWrite>>>,
+) {
+    let behind = model.strategy == CacheStrategy::WriteBehind;
+    let writes_rows = model.strategy != CacheStrategy::CacheAside;
+    let mut db: Option<tokio_postgres::Client> = None;
+    loop {
+        let Some(w) = rx.lock().await.recv().await else {
+            break;
+        };
+        let n = w.keys.len();
+        let rows = if writes_rows && !w.keys.is_empty() {
+            fetch(&mut db, &url, &model, &w.keys).await
+        } else {
+            None
+        };
+        if let Some(local) = &cache.local {
+            match &rows {
+                Some(rows) => {
+                    for (k, json) in rows {
+                        local.write(&model, k.clone(), w.version, json.clone());
+                    }
+                }
+                None => w.keys.iter().for_each(|k| local.invalidate(&model.name, k)),
+            }
+        }
+        write_redis(&cache, &model, job, w, rows).await;
+        if behind {
+            cache.behind_left(n);
+        }
+    }
+}
+
+/// The committed rows of `keys`; `None` (the keys are then invalidated
+/// instead) if PostgreSQL cannot be read.
+async fn fetch(
+    db: &mut Option<tokio_postgres::Client>,
+    url: &str,
+    model: &CachedModel,
+    keys: &[String],
+) -> Option<Vec<(String, String)>> {
+    if db.as_ref().is_none_or(|c| c.is_closed()) {
+        *db = crate::pg::connect_retrying(url).await.ok();
+    }
+    match model.fetch(db.as_ref()?, keys).await {
+        Ok(mut rows) => {
             rows.sort_unstable();
+            Some(rows)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, model = %model.name, "reading rows back for the cache failed; invalidating them instead");
+            None
+        }
+    }
+}
+
+async fn write_redis(
+    cache: &Cache,
+    model: &CachedModel,
+    job: Uuid,
+    w: PendingWrite,
+    rows: Option<Vec<(String, String)>>,
+) {
+    let Some(redis) = &cache.redis else { return };
+    let result = match rows {
+        Some(rows) => {
             let (keys, json): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
             // Keys without a committed row (refused by the database) hold
             // nothing new: a tombstone keeps them from serving an old value.
@@ -242,16 +357,16 @@ async fn write_redis(cache: &Cache, w: PendingWrite) {
                 .filter(|k| keys.binary_search(k).is_err())
                 .cloned()
                 .collect();
-            let written = redis.write(&w.model, w.version, &keys, Some(&json)).await;
+            let written = redis.write(model, w.version, &keys, Some(&json)).await;
             match written {
-                Ok(_) if !gone.is_empty() => redis.write(&w.model, w.version, &gone, None).await,
+                Ok(_) if !gone.is_empty() => redis.write(model, w.version, &gone, None).await,
                 other => other,
             }
         }
-        None => redis.write(&w.model, w.version, &w.keys, None).await,
+        None => redis.write(model, w.version, &w.keys, None).await,
     };
     match result {
-        Ok(_) => cache.cleared(w.job_id, Some(w.seq)),
+        Ok(_) => cache.cleared(job, Some(w.seq)),
         Err(e) => redis.failed(&e),
     }
 }
@@ -260,81 +375,20 @@ impl Cache {
     fn cleared(&self, job: Uuid, seq: Option<i64>) {
         self.done.lock().expect("cache").push((job, seq));
     }
-}
 
-/// The write-behind queue: bounded in rows, drained by one task.
-pub(super) struct WriteBehind {
-    tx: tokio::sync::mpsc::UnboundedSender<PendingWrite>,
-    depth: Arc<AtomicUsize>,
-    capacity: usize,
-    cache: Weak<Cache>,
-    empty: Arc<tokio::sync::Notify>,
-}
-
-impl WriteBehind {
-    pub(super) fn start(cache: Weak<Cache>, capacity: usize) -> WriteBehind {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingWrite>();
-        let depth = Arc::new(AtomicUsize::new(0));
-        let empty = Arc::new(tokio::sync::Notify::new());
-        let (d, e, c) = (depth.clone(), empty.clone(), cache.clone());
-        tokio::spawn(async move {
-            while let Some(w) = rx.recv().await {
-                let n = w.keys.len();
-                if let Some(cache) = c.upgrade() {
-                    write_redis(&cache, w).await;
-                }
-                if d.fetch_sub(n, Ordering::SeqCst) == n {
-                    e.notify_waiters();
-                }
-            }
-        });
-        WriteBehind {
-            tx,
-            depth,
-            capacity,
-            cache,
-            empty,
+    /// Rows left the write-behind queues.
+    fn behind_left(&self, rows: usize) {
+        if self.behind_depth.fetch_sub(rows, Ordering::SeqCst) == rows {
+            self.behind_empty.notify_waiters();
         }
     }
 
-    pub(super) fn depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
-    }
-
-    fn push(&self, w: PendingWrite) {
-        let n = w.keys.len();
-        let depth = self.depth.fetch_add(n, Ordering::SeqCst);
-        let w = if depth + n <= self.capacity {
-            match self.tx.send(w) {
-                Ok(()) => return,
-                Err(e) => e.0,
-            }
-        } else {
-            w
-        };
-        self.depth.fetch_sub(n, Ordering::SeqCst);
-        // Full: these rows are not written. Kill every older entry of the
-        // model in Redis (in the background: the load goes on); if even that
-        // fails, the batch stays pending and the repair flushes later.
-        let Some(cache) = self.cache.upgrade() else {
-            return;
-        };
-        cache.stats.dropped(n as u64);
-        tokio::spawn(async move {
-            if let Some(redis) = &cache.redis {
-                match redis.flush(&w.model, w.version).await {
-                    Ok(_) => cache.cleared(w.job_id, Some(w.seq)),
-                    Err(e) => redis.failed(&e),
-                }
-            }
-        });
-    }
-
-    pub(super) async fn drain(&self, deadline: Duration) -> bool {
+    /// Waits (up to `deadline`) until the write-behind queues are empty.
+    pub async fn drain(&self, deadline: Duration) -> bool {
         let wait = async {
             loop {
-                let notified = self.empty.notified();
-                if self.depth() == 0 {
+                let notified = self.behind_empty.notified();
+                if self.behind_depth.load(Ordering::SeqCst) == 0 {
                     return;
                 }
                 notified.await;
@@ -342,7 +396,14 @@ impl WriteBehind {
         };
         tokio::time::timeout(deadline, wait).await.is_ok()
     }
+
+    /// How many rows wait in the write-behind queues.
+    pub fn write_behind_depth(&self) -> usize {
+        self.behind_depth.load(Ordering::SeqCst)
+    }
 }
+
+pub(super) type Depth = AtomicUsize;
 
 /// Clears the pending marks of finished cache writes, then repairs models
 /// whose batches were left pending (a crash, an outage): their Redis

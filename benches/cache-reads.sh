@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Cache bench: load 1,000,000 customers (write-through into Redis), then read
+# 100,000 random keys through GET /api/v2/records/customer/{id} with a
+# Zipf-like skew (wrk, CONNECTIONS at a time) from a release `nexus serve`.
+# Prints the load's rate with and without Redis, the share of reads each
+# tier answered, the hit ratio and the p50/p95/p99 read latency.
+#
+# usage: benches/cache-reads.sh [ROWS] [READS] [CONNECTIONS]
+# (PostgreSQL as for the tests; a private redis-server on a free port)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+reads=${2:-100000}
+conns=${3:-16}
+command -v wrk >/dev/null && command -v redis-server >/dev/null || {
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get install -y -qq wrk redis-server >/dev/null
+}
+mkdir -p bench-data
+csv=bench-data/customer-$rows.csv
+[ -s "$csv" ] || python3 benches/gen-customers.py "$rows" > "$csv"
+cargo build --release --quiet
+nexus=target/release/nexus
+ulimit -n 8192 || true
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis_dir=$(mktemp -d)
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$redis_dir" >/dev/null &
+redis_pid=$!
+for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+. scripts/lib/scratch-server.sh
+export NEXUS_JWT_SECRET="cache-bench-secret-0123456789-0123456789" NEXUS_ADMIN_PASSWORD="cache-bench-password"
+export NEXUS_RATE_LIMIT=1000000000 NEXUS_RATE_BURST=1000000 NEXUS_CACHE_WARM_ROWS=0
+export NEXUS_REDIS_PREFIX=bench
+scratch_server "$nexus" nexus_cache_bench
+trap 'scratch_cleanup; kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
+
+rate() { python3 -c "import sys; print(round($rows / ($2 - $1)))"; }
+t0=$(date +%s.%N)
+"$nexus" load --model customer "$csv" >/dev/null
+t1=$(date +%s.%N)
+psql -q "$DATABASE_URL" -c "DROP TABLE customer" -c "TRUNCATE nexus.jobs CASCADE" 2>/dev/null
+t2=$(date +%s.%N)
+REDIS_URL="redis://127.0.0.1:$port" "$nexus" load --model customer "$csv" >/dev/null
+t3=$(date +%s.%N)
+echo "load without Redis: $(rate "$t0" "$t1") rows/s; with Redis (write-through): $(rate "$t2" "$t3") rows/s"
+echo "Redis entries: $(redis-cli -p "$port" dbsize), used memory $(redis-cli -p "$port" info memory | sed -n 's/^used_memory_human://p' | tr -d '\r')"
+
+# The server reads through Redis: restart it with REDIS_URL set.
+kill "$pid"; wait "$pid" 2>/dev/null || true
+REDIS_URL="redis://127.0.0.1:$port" "$nexus" serve --bind 127.0.0.1:0 2> "$work/stderr2" &
+pid=$!
+base=
+for _ in $(seq 1 200); do
+  base=$(sed -n 's/^nexus: listening on //p' "$work/stderr2"); [ -n "$base" ] && break; sleep 0.1
+done
+token=$(scratch_token admin "$NEXUS_ADMIN_PASSWORD")
+out=$(wrk -t2 -c"$conns" -d600s --timeout 10s -s benches/cache-reads.lua "$base/api/v2/records/customer/1" \
+  -- "$rows" "$reads" "$token" 2)
+line=$(grep '^cache-summary' <<<"$out")
+python3 - "$line" "$conns" <<'PY'
+import sys
+f = dict(kv.split("=") for kv in sys.argv[1].split()[1:])
+n = int(f["requests"])
+local, redis, miss = int(f["local"]), int(f["redis"]), int(f["miss"])
+print(f"reads: {n} over {sys.argv[2]} connections, errors {f['errors']}, non-hits/other {f['other']}")
+print(f"answered by: local {local / n:.1%}, redis {redis / n:.1%}, postgres (miss) {miss / n:.1%}")
+print(f"hit ratio: {(local + redis) / n:.1%}")
+print(f"latency: p50 {f['p50']} ms, p95 {f['p95']} ms, p99 {f['p99']} ms, max {f['max']} ms")
+PY
