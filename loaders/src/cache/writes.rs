@@ -96,8 +96,11 @@ pub struct BatchCache {
     key_field: usize,
     job_id: Uuid,
     /// The stage's queue and workers; `None` when no tier is there to write.
-    stage: Mutex<Option<(mpsc::Sender<PendingWrite>, Vec<tokio::task::JoinHandle<()>>)>>,
+    stage: Mutex<Option<Stage>>,
 }
+
+/// A running stage: its queue and its workers.
+type Stage = (mpsc::Sender<PendingWrite>, Vec<tokio::task::JoinHandle<()>>);
 
 /// A committed batch's cache work.
 pub struct PendingWrite {
