@@ -6,7 +6,8 @@
 # tier answered, the hit ratio and the p50/p95/p99 read latency.
 #
 # usage: benches/cache-reads.sh [ROWS] [READS] [CONNECTIONS]
-# (PostgreSQL as for the tests; a private redis-server on a free port)
+# (PostgreSQL as for the tests; a private redis-server on a free port). wrk
+# stops once READS are answered, or after 60 s at the latest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
@@ -56,7 +57,7 @@ for _ in $(seq 1 200); do
   base=$(sed -n 's/^nexus: listening on //p' "$work/stderr2"); [ -n "$base" ] && break; sleep 0.1
 done
 token=$(scratch_token admin "$NEXUS_ADMIN_PASSWORD")
-out=$(wrk -t2 -c"$conns" -d600s --timeout 10s -s benches/cache-reads.lua "$base/api/v2/records/customer/1" \
+out=$(wrk -t2 -c"$conns" -d60s --timeout 10s -s benches/cache-reads.lua "$base/api/v2/records/customer/1" \
   -- "$rows" "$reads" "$token" 2)
 line=$(grep '^cache-summary' <<<"$out")
 python3 - "$line" "$conns" <<'PY'
