@@ -264,8 +264,13 @@ fn spawn_cache_upkeep(state: AppState) -> tokio::task::JoinHandle<()> {
             let Ok(db) = state.pool.get().await else {
                 continue;
             };
-            if let Err(e) = state.cache.settle(&**db).await {
-                tracing::debug!(error = %e, "cache settle: later");
+            match state.cache.settle(&**db).await {
+                // Redis still away: counted already; repaired when it is back.
+                Err(e @ nexus_loaders::cache::CacheError::Db(_)) => {
+                    tracing::warn!(error = %e, "settling pending cache writes failed")
+                }
+                Err(e) => tracing::debug!(error = %e, "cache settle: later"),
+                Ok(_) => {}
             }
             let snapshot = state.cache.snapshot();
             for m in snapshot.models {

@@ -299,15 +299,14 @@ impl Cache {
         Ok(())
     }
 
-    /// Applies a `nexus_cache` notification from another process.
+    /// Applies a `nexus_cache` notification. This process's own too: its
+    /// cache stage writes a batch's rows a moment after the COMMIT, and
+    /// until then the old entry must not be served.
     pub fn apply_notice(&self, payload: &str) {
         let Some(local) = &self.local else { return };
         let Ok(n) = serde_json::from_str::<writes::Notice>(payload) else {
             return;
         };
-        if n.instance == self.config.instance {
-            return;
-        }
         match n.keys {
             Some(keys) => keys.iter().for_each(|k| local.invalidate(&n.model, k)),
             None => local.flush(&n.model),

@@ -29,9 +29,11 @@ use super::{Cache, CacheError, CachedModel, keys};
 /// Largest `nexus_cache` notification payload (PostgreSQL's limit is 8000).
 const NOTICE_BYTES: usize = 7000;
 
-/// How long a batch may stay pending while its job runs before the repair
-/// treats it as abandoned.
-const ABANDONED_AFTER_SECS: f64 = 30.0;
+/// How long a batch may stay pending before the repair treats it as
+/// abandoned: while its job runs, and once the job has ended (its stage may
+/// still be writing behind).
+const ABANDONED_RUNNING_SECS: f64 = 30.0;
+const ABANDONED_ENDED_SECS: f64 = 5.0;
 
 /// Write-through batches the stage holds before writers wait.
 const THROUGH_QUEUE: usize = 4;
@@ -432,9 +434,9 @@ pub(super) async fn settle(cache: &Cache, db: &impl GenericClient) -> Result<u64
         .query(
             "SELECT j.model, max(b.cache_version) FROM nexus.job_batches b JOIN nexus.jobs j ON j.id = b.job_id
              WHERE b.cache_pending AND b.cache_version IS NOT NULL
-               AND (j.status <> 'running' OR b.committed_at < now() - make_interval(secs => $1))
+               AND b.committed_at < now() - make_interval(secs => CASE WHEN j.status = 'running' THEN $1::float8 ELSE $2::float8 END)
              GROUP BY j.model",
-            &[&ABANDONED_AFTER_SECS],
+            &[&ABANDONED_RUNNING_SECS, &ABANDONED_ENDED_SECS],
         )
         .await?;
     let mut repaired = 0;
