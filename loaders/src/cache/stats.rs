@@ -100,14 +100,20 @@ impl Stats {
         metrics::gauge!("nexus_cache_local_entries").set(local_entries as f64);
         metrics::gauge!("nexus_cache_local_bytes").set(local_bytes as f64);
         metrics::gauge!("nexus_cache_write_behind_depth").set(depth as f64);
+        let models: Vec<ModelStats> = self
+            .models
+            .lock()
+            .expect("cache stats")
+            .values()
+            .cloned()
+            .collect();
+        for m in &models {
+            if let Some(r) = m.hit_ratio() {
+                metrics::gauge!("nexus_cache_hit_ratio", "model" => m.model.clone()).set(r);
+            }
+        }
         StatsSnapshot {
-            models: self
-                .models
-                .lock()
-                .expect("cache stats")
-                .values()
-                .cloned()
-                .collect(),
+            models,
             local_entries,
             local_bytes,
             evictions: self.evictions.load(Ordering::Relaxed),
