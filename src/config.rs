@@ -136,6 +136,19 @@ fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
     }
 }
 
+/// A duration of at least `min`.
+fn at_least(min: Duration) -> impl Fn(&str) -> Result<Duration, String> {
+    move |v| {
+        parse_duration(v).and_then(|d| {
+            if d >= min {
+                Ok(d)
+            } else {
+                Err(format!("`{v}` is shorter than the least allowed, {min:?}"))
+            }
+        })
+    }
+}
+
 /// `10GiB`, `512MiB`, `100MB`, `1024` (bytes).
 pub fn parse_size(v: &str) -> Result<u64, String> {
     let t = v.trim();
@@ -181,15 +194,11 @@ impl Config {
                 ok.then(|| v.to_string())
                     .ok_or_else(|| format!("`{v}`: use 1 to 64 visible characters, no `*`"))
             })?,
-            redis_timeout: s.parse("NEXUS_REDIS_TIMEOUT", Duration::from_millis(500), |v| {
-                parse_duration(v).and_then(|d| {
-                    if d >= Duration::from_millis(10) {
-                        Ok(d)
-                    } else {
-                        Err("the Redis timeout must be at least 10ms".into())
-                    }
-                })
-            })?,
+            redis_timeout: s.parse(
+                "NEXUS_REDIS_TIMEOUT",
+                Duration::from_millis(500),
+                at_least(Duration::from_millis(10)),
+            )?,
             cache_memory: s.parse("NEXUS_CACHE_MEMORY", 128 << 20, parse_size)?,
             cache_write_behind: s.parse(
                 "NEXUS_CACHE_WRITE_BEHIND",
@@ -216,24 +225,16 @@ impl Config {
             rate_burst: s.parse("NEXUS_RATE_BURST", 50, number(1, 1_000_000_000))?,
             max_upload: s.parse("NEXUS_MAX_UPLOAD", 10 << 30, parse_size)?,
             workers: s.parse("NEXUS_WORKERS", 1, number(0, 64))?,
-            job_lease: s.parse("NEXUS_JOB_LEASE", Duration::from_secs(30), |v| {
-                parse_duration(v).and_then(|d| {
-                    if d >= Duration::from_secs(1) {
-                        Ok(d)
-                    } else {
-                        Err("the lease must be at least 1s".into())
-                    }
-                })
-            })?,
-            ws_heartbeat: s.parse("NEXUS_WS_HEARTBEAT", Duration::from_secs(15), |v| {
-                parse_duration(v).and_then(|d| {
-                    if d >= Duration::from_millis(100) {
-                        Ok(d)
-                    } else {
-                        Err("the heartbeat must be at least 100ms".into())
-                    }
-                })
-            })?,
+            job_lease: s.parse(
+                "NEXUS_JOB_LEASE",
+                Duration::from_secs(30),
+                at_least(Duration::from_secs(1)),
+            )?,
+            ws_heartbeat: s.parse(
+                "NEXUS_WS_HEARTBEAT",
+                Duration::from_secs(15),
+                at_least(Duration::from_millis(100)),
+            )?,
             db_pool_max: s.parse("NEXUS_DB_POOL_MAX", 16, number(1, 1000))?,
             db_pool_recycle: s.parse(
                 "NEXUS_DB_POOL_RECYCLE",

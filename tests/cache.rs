@@ -88,6 +88,13 @@ fn server(db: &TestDb, env: &[(&str, &str)]) -> (Server, String) {
     (s, token)
 }
 
+/// The Redis settings and one more.
+fn with<'a>(redis: &'a TestRedis, extra: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
+    let mut env = redis.env().to_vec();
+    env.push(extra);
+    env
+}
+
 /// A record through the route: (X-Cache, row).
 fn record(s: &Server, token: &str, model: &str, key: &str) -> (String, Value) {
     let r = s.get(&format!("/api/v2/records/{model}/{key}"), token);
@@ -193,14 +200,7 @@ fn write_through_fills_both_tiers_with_the_model_ttl() {
 fn read_after_upsert_is_never_stale() {
     let db = TestDb::new();
     let redis = TestRedis::new();
-    let (s, t) = server(
-        &db,
-        &[
-            redis.env()[0],
-            redis.env()[1],
-            ("NEXUS_COPY_CONNECTIONS", "3"),
-        ],
-    );
+    let (s, t) = server(&db, &with(&redis, ("NEXUS_COPY_CONNECTIONS", "3")));
     job(&s, &t, "wt", "append", rows(1..=200, "a"));
     for k in 1..=200 {
         assert_eq!(
@@ -264,22 +264,9 @@ fn write_behind_writes_later_and_a_full_queue_invalidates() {
     }
     // A queue smaller than a batch: every batch overflows. The rows are not
     // written; the model's older entries are killed instead, and counted.
-    let (s, t) = server(
-        &db,
-        &[
-            redis.env()[0],
-            redis.env()[1],
-            ("NEXUS_CACHE_WRITE_BEHIND", "10"),
-        ],
-    );
+    let (s, t) = server(&db, &with(&redis, ("NEXUS_CACHE_WRITE_BEHIND", "10")));
     job(&s, &t, "wb", "upsert", rows(1..=300, "b"));
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     let dropped: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("nexus_cache_write_behind_dropped_total "))
@@ -447,13 +434,7 @@ fn the_local_tier_alone() {
         Duration::from_secs(5),
         || record(&s, &t, "wt", "5").1["name"] == "b-5",
     );
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     assert!(
         metrics.contains("nexus_cache_hits_total{model=\"wt\",tier=\"local\"}"),
         "{metrics}"
@@ -497,12 +478,7 @@ fn cache_commands_warm_invalidate_and_report() {
         .unwrap()
         .parse()
         .unwrap();
-    let no_warming = [
-        redis.env()[0],
-        redis.env()[1],
-        ("NEXUS_CACHE_WARM_ROWS", "0"),
-    ];
-    let (s, t) = server(&db, &no_warming);
+    let (s, t) = server(&db, &redis.env());
     assert_eq!(record(&s, &t, "wt", "3").0, "miss", "flushed");
 
     let r = nexus(&["cache", "warm", "--model", "wt"], true);
@@ -527,14 +503,7 @@ fn cache_commands_warm_invalidate_and_report() {
             .is_some_and(|(v, len)| v >= marker && len > 0)
     };
     assert!(!live(&mut c, 11));
-    let _warming = server(
-        &db,
-        &[
-            redis.env()[0],
-            redis.env()[1],
-            ("NEXUS_CACHE_WARM_ROWS", "1000"),
-        ],
-    );
+    let _warming = server(&db, &with(&redis, ("NEXUS_CACHE_WARM_ROWS", "1000")));
     wait_for("the startup warming", Duration::from_secs(10), || {
         live(&mut c, 11)
     });

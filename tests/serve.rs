@@ -170,13 +170,7 @@ fn rate_limit_answers_429_with_retry_after() {
         [401, 401, 401, 429],
         "the burst of 3 anonymous requests, then 429"
     );
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     assert!(
         metrics.contains("nexus_http_rate_limited_total 1"),
         "{metrics}"
@@ -322,13 +316,7 @@ fn metrics_and_openapi() {
     let s = Server::start(&db, &[]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
     s.get("/api/v2/models", &a);
-    let m = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let m = s.metrics();
     for needle in [
         "nexus_http_requests_total{route=\"/api/v2/models\",method=\"GET\",status=\"200\"} 1",
         "nexus_logins_total{result=\"ok\"} 1",
@@ -413,13 +401,7 @@ fn sigterm_lets_an_in_flight_request_finish() {
         "the request to be in flight",
         Duration::from_secs(10),
         || {
-            let m = s
-                .http
-                .get(s.url("/metrics"))
-                .send()
-                .unwrap()
-                .text()
-                .unwrap();
+            let m = s.metrics();
             m.lines()
                 .find_map(|l| l.strip_prefix("nexus_http_requests_in_flight "))
                 .is_some_and(|v| v.trim().parse::<f64>().unwrap() >= 2.0)

@@ -77,6 +77,16 @@ impl Server {
             .unwrap()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     pub fn refresh(&self, refresh: &str) -> Response {
         self.http
             .post(self.url("/api/v2/auth/refresh"))
