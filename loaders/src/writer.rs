@@ -401,14 +401,14 @@ impl BatchWriter {
                         &[&self.job_id, &v, &c.pends()],
                     )
                     .await?;
-                c.announce(&self.client, v, None).await?;
+                c.before_whole_commit(&self.client, v).await?;
                 Some(v)
             }
             None => None,
         };
         self.client.batch_execute("COMMIT").await?;
         if let (Some(c), Some(v)) = (&self.cache, version) {
-            c.after_whole_commit(v).await;
+            c.after_whole_commit(&self.client, v).await;
         }
         Ok(())
     }

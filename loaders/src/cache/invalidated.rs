@@ -105,16 +105,6 @@ where
         }
     }
 
-    /// Writes a value known to be committed (not a fill): it wins over
-    /// fills in flight, and `keep` decides against what is cached.
-    pub fn write(&self, key: K, value: V, keep: impl FnOnce(&V) -> bool) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.entries.entry(key).and_compute_with(|cur| match cur {
-            Some(e) if keep(e.value()) => moka::ops::compute::Op::Nop,
-            _ => moka::ops::compute::Op::Put(value),
-        });
-    }
-
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();

@@ -1,6 +1,6 @@
 //! The local tier: rows in this process's memory, bounded by a byte budget,
-//! each kept for its model's TTL. Other processes' writes reach it through
-//! `nexus_cache` notifications; its own loads write it after each commit.
+//! each kept for its model's TTL. Reads fill it; `nexus_cache`
+//! notifications of loads (from any process) drop what they change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,6 @@ use super::stats::Stats;
 
 #[derive(Clone)]
 pub struct Entry {
-    version: i64,
     json: String,
     ttl: Duration,
 }
@@ -72,33 +71,13 @@ impl LocalTier {
         self.cache.ticket()
     }
 
-    pub(super) fn fill(
-        &self,
-        model: &CachedModel,
-        key: &str,
-        version: i64,
-        json: String,
-        ticket: Ticket,
-    ) {
+    pub(super) fn fill(&self, model: &CachedModel, key: &str, json: String, ticket: Ticket) {
         let entry = Entry {
-            version,
             json,
             ttl: model.ttl,
         };
         self.cache
             .fill((model.name.clone(), key.to_string()), entry, ticket);
-    }
-
-    /// A committed row: replaces anything older.
-    pub(super) fn write(&self, model: &CachedModel, key: String, version: i64, json: String) {
-        let entry = Entry {
-            version,
-            json,
-            ttl: model.ttl,
-        };
-        self.cache.write((model.name.clone(), key), entry, |cur| {
-            cur.version >= version
-        });
     }
 
     pub fn invalidate(&self, model: &str, key: &str) {

@@ -215,10 +215,10 @@ impl Cache {
         if let Some(redis) = &self.redis {
             match redis.read(model, key).await {
                 Ok(seen) => {
-                    if let Some((version, json)) = seen.live() {
+                    if let Some(json) = seen.live() {
                         self.stats.hit(&model.name, Tier::Redis);
                         if let (Some(local), Some(t)) = (&self.local, local_ticket) {
-                            local.fill(model, key, version, json.clone(), t);
+                            local.fill(model, key, json.clone(), t);
                         }
                         return Ok((Some(json), Tier::Redis));
                     }
@@ -230,14 +230,13 @@ impl Cache {
         self.stats.hit(&model.name, Tier::Miss);
         let row = model.fetch(db, &[key.to_string()]).await?.pop();
         if let Some((_, json)) = &row {
-            let version = observed.as_ref().map_or(0, |o| o.fill_version());
             if let (Some(redis), Some(seen)) = (&self.redis, &observed)
                 && let Err(e) = redis.fill(model, key, seen, json).await
             {
                 redis.failed(&e);
             }
             if let (Some(local), Some(t)) = (&self.local, local_ticket) {
-                local.fill(model, key, version, json.clone(), t);
+                local.fill(model, key, json.clone(), t);
             }
         }
         Ok((row.map(|(_, j)| j), Tier::Miss))
@@ -257,7 +256,7 @@ impl Cache {
         }
         if let (Some(local), Some(t)) = (&self.local, local_ticket) {
             for (k, json) in &rows {
-                local.fill(model, k, 0, json.clone(), t);
+                local.fill(model, k, json.clone(), t);
             }
         }
         Ok(rows.len())
@@ -275,15 +274,6 @@ impl Cache {
             .query_one("SELECT nextval('nexus.cache_version')", &[])
             .await?
             .get(0);
-        let notices = match keys {
-            Some(k) => writes::notices(self.config.instance, &model.name, version, Some(k)),
-            None => writes::notices(self.config.instance, &model.name, version, None),
-        };
-        db.execute(
-            "SELECT pg_notify('nexus_cache', n) FROM unnest($1::text[]) n",
-            &[&notices],
-        )
-        .await?;
         if let Some(local) = &self.local {
             match keys {
                 Some(k) => k.iter().for_each(|k| local.invalidate(&model.name, k)),
@@ -296,12 +286,12 @@ impl Cache {
                 None => redis.flush(model, version).await?,
             };
         }
+        // After Redis: no server refills its memory from the old entry.
+        writes::announce(db, self, &model.name, version, keys).await?;
         Ok(())
     }
 
-    /// Applies a `nexus_cache` notification. This process's own too: its
-    /// cache stage writes a batch's rows a moment after the COMMIT, and
-    /// until then the old entry must not be served.
+    /// Applies a `nexus_cache` notification, this process's own included.
     pub fn apply_notice(&self, payload: &str) {
         let Some(local) = &self.local else { return };
         let Ok(n) = serde_json::from_str::<writes::Notice>(payload) else {

@@ -118,9 +118,9 @@ impl Seen {
     }
 
     /// The row, if the entry holds one that no flush has killed.
-    pub fn live(&self) -> Option<(i64, String)> {
+    pub fn live(&self) -> Option<String> {
         let (v, json) = version_of(self.entry.as_deref()?)?;
-        (!json.is_empty() && v >= self.marker_version()).then(|| (v, json.to_string()))
+        (!json.is_empty() && v >= self.marker_version()).then(|| json.to_string())
     }
 
     /// The version a fill after this observation stores.

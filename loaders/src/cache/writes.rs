@@ -1,17 +1,20 @@
 //! The cache stage of a load. Inside each batch's transaction, before its
-//! COMMIT, the batch takes its version (with its checkpoint) and announces
-//! its keys to other processes' local tiers (NOTIFY, delivered at COMMIT).
-//! After the COMMIT the batch goes to the load's cache stage — a task with a
-//! connection of its own that reads the committed rows back as JSON (for
-//! the strategies that write them; reading after the COMMIT is safe, the
-//! rows are then at least as new as the batch's version) and writes the
-//! tiers: write-through batches wait for room in the stage (so the cache
+//! COMMIT, the batch takes its version (with its checkpoint). Without Redis
+//! it also announces its keys there (NOTIFY, delivered at the COMMIT), and
+//! every server drops them from memory. With Redis the batch goes, after the
+//! COMMIT, to the load's cache stage — workers with connections of their
+//! own that read the committed rows back as JSON (for the strategies that
+//! write them; reading after the COMMIT is safe, the rows are then at least
+//! as new as the batch's version), write Redis, and only then announce the
+//! keys, so that no server refills its memory from the Redis entry being
+//! replaced. Write-through batches wait for room in the stage (the cache
 //! keeps up or slows the load) and the job ends only when the stage has
 //! written them all; write-behind batches never wait — a full queue drops
 //! them, counts them and flushes the model in Redis instead; cache-aside
-//! leaves tombstones. A batch stays `cache_pending` in its checkpoint until
-//! its Redis write is done; [`settle`] clears those and repairs what
-//! crashes and outages left.
+//! leaves tombstones. The local tier is filled by reads only: bulk loads
+//! would just churn its small budget. A batch stays `cache_pending` in its
+//! checkpoint until its Redis write is done; [`settle`] clears those and
+//! repairs what crashes and outages left.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,7 +100,7 @@ pub struct BatchCache {
     /// The key's position among the COPY columns.
     key_field: usize,
     job_id: Uuid,
-    /// The stage's queue and workers; `None` when no tier is there to write.
+    /// The stage's queue and workers; `None` without Redis.
     stage: Mutex<Option<Stage>>,
 }
 
@@ -123,7 +126,7 @@ impl BatchCache {
     ) -> Option<BatchCache> {
         let key_field = columns.iter().position(|c| *c == model.key_column)?;
         let model = Arc::new(model);
-        let stage = (cache.redis.is_some() || cache.local.is_some()).then(|| {
+        let stage = cache.redis.is_some().then(|| {
             let capacity = match model.strategy {
                 CacheStrategy::WriteBehind => usize::MAX >> 4,
                 _ => THROUGH_QUEUE,
@@ -174,7 +177,7 @@ impl BatchCache {
         keys
     }
 
-    /// Inside the batch's transaction: announces the keys.
+    /// Inside the batch's transaction: without Redis, announces the keys.
     pub async fn before_commit(
         &self,
         db: &impl GenericClient,
@@ -182,31 +185,14 @@ impl BatchCache {
         version: i64,
         keys: Vec<String>,
     ) -> Result<PendingWrite, tokio_postgres::Error> {
-        self.announce(db, version, Some(&keys)).await?;
+        if self.cache.redis.is_none() {
+            announce(db, &self.cache, &self.model.name, version, Some(&keys)).await?;
+        }
         Ok(PendingWrite {
             version,
             keys,
             seq: seq as i64,
         })
-    }
-
-    /// NOTIFY (delivered at COMMIT) for other processes' local tiers.
-    pub async fn announce(
-        &self,
-        db: &impl GenericClient,
-        version: i64,
-        keys: Option<&[String]>,
-    ) -> Result<(), tokio_postgres::Error> {
-        if keys.is_some_and(|k| k.is_empty()) {
-            return Ok(());
-        }
-        let n = notices(self.cache.config.instance, &self.model.name, version, keys);
-        db.execute(
-            "SELECT pg_notify('nexus_cache', n) FROM unnest($1::text[]) n",
-            &[&n],
-        )
-        .await?;
-        Ok(())
     }
 
     /// After the COMMIT: hands the batch to the stage.
@@ -264,18 +250,30 @@ impl BatchCache {
         }
     }
 
-    /// After the COMMIT of a whole-transaction load (atomic, replace): its
-    /// rows are not kept for the cache, so the model is flushed instead.
-    pub async fn after_whole_commit(&self, version: i64) {
-        let cache = &self.cache;
-        if let Some(local) = &cache.local {
-            local.flush(&self.model.name);
+    /// Inside a whole-transaction load (atomic, replace), before its
+    /// COMMIT: its rows are not kept for the cache, so the model is flushed;
+    /// without Redis, announced here.
+    pub async fn before_whole_commit(
+        &self,
+        db: &impl GenericClient,
+        version: i64,
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.cache.redis.is_none() {
+            announce(db, &self.cache, &self.model.name, version, None).await?;
         }
-        if let Some(redis) = &cache.redis {
-            match redis.flush(&self.model, version).await {
-                Ok(_) => cache.cleared(self.job_id, None),
-                Err(e) => redis.failed(&e),
-            }
+        Ok(())
+    }
+
+    /// After that COMMIT: the flush in Redis, then the announcement.
+    pub async fn after_whole_commit(&self, db: &impl GenericClient, version: i64) {
+        let cache = &self.cache;
+        let Some(redis) = &cache.redis else { return };
+        match redis.flush(&self.model, version).await {
+            Ok(_) => cache.cleared(self.job_id, None),
+            Err(e) => redis.failed(&e),
+        }
+        if let Err(e) = announce(db, cache, &self.model.name, version, None).await {
+            tracing::warn!(error = %e, "announcing a cache flush failed; servers' memory keeps entries until their TTL");
         }
     }
 }
@@ -303,21 +301,57 @@ async fn run_stage(
         } else {
             None
         };
-        if let Some(local) = &cache.local {
-            match &rows {
-                Some(rows) => {
-                    for (k, json) in rows {
-                        local.write(&model, k.clone(), w.version, json.clone());
-                    }
-                }
-                None => w.keys.iter().for_each(|k| local.invalidate(&model.name, k)),
-            }
-        }
+        let (version, keys) = (w.version, w.keys.clone());
         write_redis(&cache, &model, job, w, rows).await;
+        // Whether Redis took the rows or not, servers drop the keys now.
+        if connected(&mut db, &url).await.is_none()
+            || announce(
+                db.as_ref().expect("connected"),
+                &cache,
+                &model.name,
+                version,
+                Some(&keys),
+            )
+            .await
+            .is_err()
+        {
+            tracing::warn!(model = %model.name, "announcing changed keys failed; servers' memory keeps them until their TTL");
+        }
         if behind {
             cache.behind_left(n);
         }
     }
+}
+
+/// The stage worker's connection, opened (again) when needed.
+async fn connected<'a>(
+    db: &'a mut Option<tokio_postgres::Client>,
+    url: &str,
+) -> Option<&'a tokio_postgres::Client> {
+    if db.as_ref().is_none_or(|c| c.is_closed()) {
+        *db = crate::pg::connect_retrying(url).await.ok();
+    }
+    db.as_ref()
+}
+
+/// NOTIFY for every server's memory (delivered at COMMIT inside a transaction).
+pub(super) async fn announce(
+    db: &impl GenericClient,
+    cache: &Cache,
+    model: &str,
+    version: i64,
+    keys: Option<&[String]>,
+) -> Result<(), tokio_postgres::Error> {
+    if keys.is_some_and(|k| k.is_empty()) {
+        return Ok(());
+    }
+    let n = notices(cache.config.instance, model, version, keys);
+    db.execute(
+        "SELECT pg_notify('nexus_cache', n) FROM unnest($1::text[]) n",
+        &[&n],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The committed rows of `keys`; `None` (the keys are then invalidated
@@ -328,10 +362,7 @@ async fn fetch(
     model: &CachedModel,
     keys: &[String],
 ) -> Option<Vec<(String, String)>> {
-    if db.as_ref().is_none_or(|c| c.is_closed()) {
-        *db = crate::pg::connect_retrying(url).await.ok();
-    }
-    match model.fetch(db.as_ref()?, keys).await {
+    match model.fetch(connected(db, url).await?, keys).await {
         Ok(mut rows) => {
             rows.sort_unstable();
             Some(rows)
@@ -443,6 +474,7 @@ pub(super) async fn settle(cache: &Cache, db: &impl GenericClient) -> Result<u64
     for row in abandoned {
         let (model, version): (String, i64) = (row.get(0), row.get(1));
         redis.flush_name(&model, version).await?;
+        announce(db, cache, &model, version, None).await?;
         db.execute(
             "UPDATE nexus.job_batches b SET cache_pending = false FROM nexus.jobs j
              WHERE j.id = b.job_id AND j.model = $1 AND b.cache_pending AND b.cache_version <= $2",
