@@ -125,17 +125,12 @@ impl CachedModel {
         db: &impl GenericClient,
         keys: &[String],
     ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
-        let k = quote_ident(&self.key_column);
-        let sql = format!(
-            "SELECT t.{k}::text, row_to_json(t)::text FROM {} t WHERE t.{k} = ANY($1::text[]::{}[])",
-            self.table, self.key_type
+        let filter = format!(
+            "WHERE t.{} = ANY($1::text[]::{}[])",
+            quote_ident(&self.key_column),
+            self.key_type
         );
-        Ok(db
-            .query(&sql, &[&keys])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
+        self.rows(db, &filter, &[&keys]).await
     }
 
     /// The most recent rows (highest keys first), for warming.
@@ -144,13 +139,24 @@ impl CachedModel {
         db: &impl GenericClient,
         limit: i64,
     ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
-        let k = quote_ident(&self.key_column);
+        let order = format!("ORDER BY t.{} DESC LIMIT $1", quote_ident(&self.key_column));
+        self.rows(db, &order, &[&limit]).await
+    }
+
+    /// `(key, row as JSON)` of the table's rows that `tail` selects.
+    async fn rows(
+        &self,
+        db: &impl GenericClient,
+        tail: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
         let sql = format!(
-            "SELECT t.{k}::text, row_to_json(t)::text FROM {} t ORDER BY t.{k} DESC LIMIT $1",
+            "SELECT t.{}::text, row_to_json(t)::text FROM {} t {tail}",
+            quote_ident(&self.key_column),
             self.table
         );
         Ok(db
-            .query(&sql, &[&limit])
+            .query(&sql, params)
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
