@@ -33,29 +33,21 @@ for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sle
 . scripts/lib/scratch-server.sh
 export NEXUS_JWT_SECRET="cache-bench-secret-0123456789-0123456789" NEXUS_ADMIN_PASSWORD="cache-bench-password"
 export NEXUS_RATE_LIMIT=1000000000 NEXUS_RATE_BURST=1000000 NEXUS_CACHE_WARM_ROWS=0
-export NEXUS_REDIS_PREFIX=bench
+export NEXUS_REDIS_PREFIX=bench REDIS_URL="redis://127.0.0.1:$port"
 scratch_server "$nexus" nexus_cache_bench
 trap 'scratch_cleanup; kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
 
 rate() { python3 -c "import sys; print(round($rows / ($2 - $1)))"; }
 t0=$(date +%s.%N)
-"$nexus" load --model customer "$csv" >/dev/null
+env -u REDIS_URL "$nexus" load --model customer "$csv" >/dev/null
 t1=$(date +%s.%N)
 psql -q "$DATABASE_URL" -c "DROP TABLE customer" -c "TRUNCATE nexus.jobs CASCADE" 2>/dev/null
 t2=$(date +%s.%N)
-REDIS_URL="redis://127.0.0.1:$port" "$nexus" load --model customer "$csv" >/dev/null
+"$nexus" load --model customer "$csv" >/dev/null
 t3=$(date +%s.%N)
 echo "load without Redis: $(rate "$t0" "$t1") rows/s; with Redis (write-through): $(rate "$t2" "$t3") rows/s"
 echo "Redis entries: $(redis-cli -p "$port" dbsize), used memory $(redis-cli -p "$port" info memory | sed -n 's/^used_memory_human://p' | tr -d '\r')"
 
-# The server reads through Redis: restart it with REDIS_URL set.
-kill "$pid"; wait "$pid" 2>/dev/null || true
-REDIS_URL="redis://127.0.0.1:$port" "$nexus" serve --bind 127.0.0.1:0 2> "$work/stderr2" &
-pid=$!
-base=
-for _ in $(seq 1 200); do
-  base=$(sed -n 's/^nexus: listening on //p' "$work/stderr2"); [ -n "$base" ] && break; sleep 0.1
-done
 token=$(scratch_token admin "$NEXUS_ADMIN_PASSWORD")
 out=$(wrk -t2 -c"$conns" -d60s --timeout 10s -s benches/cache-reads.lua "$base/api/v2/records/customer/1" \
   -- "$rows" "$reads" "$token" 2)

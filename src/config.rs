@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nexus_pipeline::duration::parse_duration;
+use nexus_pipeline::duration::{parse_duration, split_quantity};
 
 /// (environment variable, key in nexus.toml)
 const SETTINGS: &[(&str, &str)] = &[
@@ -151,15 +151,8 @@ fn at_least(min: Duration) -> impl Fn(&str) -> Result<Duration, String> {
 
 /// `10GiB`, `512MiB`, `100MB`, `1024` (bytes).
 pub fn parse_size(v: &str) -> Result<u64, String> {
-    let t = v.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{v}` is not a size (try 10GiB)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = split_quantity(v).ok_or_else(|| format!("`{v}` is not a size (try 10GiB)"))?;
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
         "kib" => 1024.0,

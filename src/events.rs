@@ -3,14 +3,13 @@
 //! (`nexus_auth`), both announced by triggers whatever process made them;
 //! they feed the job hub and invalidate the read caches. Progress samples,
 //! many per second, travel on the progress bus: Redis pub/sub when
-//! `REDIS_URL` is set (channel `{prefix}:progress`), else PostgreSQL
-//! `NOTIFY nexus_progress` on the same connection.
+//! `REDIS_URL` is set (channel `{prefix}:progress`, over the cache's Redis
+//! tier), else PostgreSQL `NOTIFY nexus_progress` on the same connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::Mutex;
 use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
@@ -24,28 +23,19 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// Where progress samples are published and heard.
 pub enum ProgressBus {
     Postgres(deadpool_postgres::Pool),
-    Redis {
-        client: Box<redis::Client>,
-        channel: String,
-        /// Opened at the first publish; reconnects by itself afterwards.
-        conn: Mutex<Option<redis::aio::ConnectionManager>>,
-    },
+    /// The cache's Redis tier (its connection, prefix and deadlines).
+    Redis(Arc<Cache>),
 }
 
+const PROGRESS_CHANNEL: &str = "progress";
+
 impl ProgressBus {
-    pub fn new(
-        redis_url: Option<&str>,
-        prefix: &str,
-        pool: deadpool_postgres::Pool,
-    ) -> Result<ProgressBus, redis::RedisError> {
-        Ok(match redis_url {
+    /// Redis when the cache has it, else PostgreSQL.
+    pub fn new(cache: &Arc<Cache>, pool: deadpool_postgres::Pool) -> ProgressBus {
+        match cache.redis {
+            Some(_) => ProgressBus::Redis(cache.clone()),
             None => ProgressBus::Postgres(pool),
-            Some(url) => ProgressBus::Redis {
-                client: Box::new(redis::Client::open(url)?),
-                channel: format!("{prefix}:progress"),
-                conn: Mutex::new(None),
-            },
-        })
+        }
     }
 
     /// Publishes one sample; false when it could not be sent.
@@ -60,29 +50,13 @@ impl ProgressBus {
                     .await
                     .is_ok()
             }
-            ProgressBus::Redis {
-                client,
-                channel,
-                conn,
-            } => {
-                let mut conn = conn.lock().await;
-                if conn.is_none() {
-                    match redis::aio::ConnectionManager::new((**client).clone()).await {
-                        Ok(c) => *conn = Some(c),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot reach Redis to publish progress");
-                            return false;
-                        }
-                    }
-                }
-                let Some(c) = conn.as_mut() else { return false };
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async::<i64>(c)
+            ProgressBus::Redis(cache) => match &cache.redis {
+                Some(r) => r
+                    .publish(&r.channel(PROGRESS_CHANNEL), &payload)
                     .await
-                    .is_ok()
-            }
+                    .is_ok(),
+                None => false,
+            },
         }
     }
 }
@@ -105,15 +79,8 @@ pub fn spawn_listeners(
         database_url,
         progress_on_postgres,
     ))];
-    if let ProgressBus::Redis {
-        client, channel, ..
-    } = bus
-    {
-        tasks.push(tokio::spawn(listen_redis(
-            hub,
-            (**client).clone(),
-            channel.clone(),
-        )));
+    if let ProgressBus::Redis(cache) = bus {
+        tasks.push(tokio::spawn(listen_redis(hub, cache.clone())));
     }
     tasks
 }
@@ -212,9 +179,11 @@ impl Heard {
     }
 }
 
-async fn listen_redis(hub: Arc<Hub>, client: redis::Client, channel: String) {
+async fn listen_redis(hub: Arc<Hub>, cache: Arc<Cache>) {
+    let Some(redis) = &cache.redis else { return };
+    let channel = redis.channel(PROGRESS_CHANNEL);
     loop {
-        match client.get_async_pubsub().await {
+        match redis.subscriber().await {
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     let mut messages = pubsub.on_message();

@@ -112,6 +112,22 @@ struct JobOptions {
     has_header: bool,
 }
 
+impl JobOptions {
+    fn new(model: &Model, has_header: bool) -> JobOptions {
+        JobOptions {
+            batch_size: model.batch_size,
+            max_batch_bytes: MAX_BATCH_BYTES,
+            has_header,
+        }
+    }
+
+    /// The options a job was created with (its batch bounds), or this
+    /// request's if none were stored.
+    fn stored(value: serde_json::Value, req: &LoadRequest) -> JobOptions {
+        serde_json::from_value(value).unwrap_or(JobOptions::new(&req.model, req.has_header))
+    }
+}
+
 async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
     let ledger_key = format!("{}\n{}", req.model_key, req.file_hash);
@@ -142,22 +158,14 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         }
         jobs::mark_running(&tx, id).await?;
         tx.commit().await?;
-        let options = serde_json::from_value(opts).unwrap_or(JobOptions {
-            batch_size: req.model.batch_size,
-            max_batch_bytes: MAX_BATCH_BYTES,
-            has_header: req.has_header,
-        });
+        let options = JobOptions::stored(opts, req);
         return Ok(Claim::Run {
             id,
             resumed: true,
             options,
         });
     }
-    let options = JobOptions {
-        batch_size: req.model.batch_size,
-        max_batch_bytes: MAX_BATCH_BYTES,
-        has_header: req.has_header,
-    };
+    let options = JobOptions::new(&req.model, req.has_header);
     let already = if req.force {
         None
     } else {
@@ -229,11 +237,7 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
     let resumed = !jobs::committed_seqs(&tx, id).await?.is_empty();
     jobs::mark_running(&tx, id).await?;
     tx.commit().await?;
-    let options = serde_json::from_value(stored).unwrap_or(JobOptions {
-        batch_size: req.model.batch_size,
-        max_batch_bytes: MAX_BATCH_BYTES,
-        has_header: req.has_header,
-    });
+    let options = JobOptions::stored(stored, req);
     Ok(Claim::Run {
         id,
         resumed,
@@ -243,12 +247,7 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
 
 /// The options a queued job is created with, fixing its batch bounds.
 pub fn queued_job_options(model: &Model, has_header: bool) -> serde_json::Value {
-    serde_json::to_value(JobOptions {
-        batch_size: model.batch_size,
-        max_batch_bytes: MAX_BATCH_BYTES,
-        has_header,
-    })
-    .unwrap_or_default()
+    serde_json::to_value(JobOptions::new(model, has_header)).unwrap_or_default()
 }
 
 /// State the writers share.

@@ -4,11 +4,16 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Config, NoTls};
 
 /// Opens a connection and drives it on the runtime.
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    connect_with(&url.parse()?).await
+}
+
+/// The same with a prepared configuration (application name, options).
+pub async fn connect_with(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "postgres connection closed");
@@ -19,9 +24,14 @@ pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
 
 /// Opens a connection, retrying transient failures with backoff.
 pub async fn connect_retrying(url: &str) -> Result<Client, tokio_postgres::Error> {
+    connect_retrying_with(&url.parse()?).await
+}
+
+/// [`connect_retrying`] with a prepared configuration.
+pub async fn connect_retrying_with(config: &Config) -> Result<Client, tokio_postgres::Error> {
     let mut attempt = 0;
     loop {
-        match connect(url).await {
+        match connect_with(config).await {
             Ok(c) => return Ok(c),
             Err(e) if classify(&e) == ErrorKind::Transient && attempt < RETRIES => {
                 attempt += 1;

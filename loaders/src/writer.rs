@@ -207,11 +207,15 @@ impl BatchWriter {
     /// share a transaction, so a crash loses both or neither, and the job's
     /// final (synchronous) commit flushes every batch commit before it.
     async fn open(url: &str) -> Result<Client, tokio_postgres::Error> {
-        let client = pg::connect_retrying(url).await?;
-        client
-            .batch_execute("SET synchronous_commit = off; SET application_name = 'nexus writer'")
-            .await?;
-        Ok(client)
+        // Session settings as startup parameters: the session never exists
+        // without them, not even for a moment after it connects.
+        let mut config: tokio_postgres::Config = url.parse()?;
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c synchronous_commit=off"),
+            None => "-c synchronous_commit=off".to_string(),
+        };
+        config.application_name("nexus writer").options(&options);
+        pg::connect_retrying_with(&config).await
     }
 
     async fn reconnect(&mut self) -> Result<(), tokio_postgres::Error> {
@@ -401,7 +405,7 @@ impl BatchWriter {
                         &[&self.job_id, &v, &c.pends()],
                     )
                     .await?;
-                c.before_whole_commit(&self.client, v).await?;
+                c.before_whole_commit(&self.client).await?;
                 Some(v)
             }
             None => None,

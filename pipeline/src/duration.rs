@@ -3,17 +3,22 @@
 
 use std::time::Duration;
 
-/// Parses `<number><unit>`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// A quantity as durations and sizes are written: a number, then a unit
+/// (`1.5h`, `512MiB`); `None` if it does not start with a number.
+pub fn split_quantity(text: &str) -> Option<(f64, &str)> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 30s, 15m, 2h, 7d)"))?;
-    let secs = match unit.trim() {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+/// Parses `<number><unit>`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (value, unit) = split_quantity(text)
+        .ok_or_else(|| format!("`{text}` is not a duration (try 30s, 15m, 2h, 7d)"))?;
+    let secs = match unit {
         "" | "s" | "sec" | "secs" => value,
         "ms" => value / 1000.0,
         "m" | "min" | "mins" => value * 60.0,

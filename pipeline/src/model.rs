@@ -147,6 +147,29 @@ pub enum CacheStrategy {
     None,
 }
 
+impl CacheStrategy {
+    const ALL: [CacheStrategy; 4] = [
+        CacheStrategy::WriteThrough,
+        CacheStrategy::WriteBehind,
+        CacheStrategy::CacheAside,
+        CacheStrategy::None,
+    ];
+
+    /// The name a model file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStrategy::WriteThrough => "write_through",
+            CacheStrategy::WriteBehind => "write_behind",
+            CacheStrategy::CacheAside => "cache_aside",
+            CacheStrategy::None => "none",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<CacheStrategy> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CachePolicy {
     pub strategy: CacheStrategy,
@@ -348,17 +371,12 @@ impl Model {
                 ttl: Duration::ZERO,
             },
             Some(c) => CachePolicy {
-                strategy: match c.strategy.as_str() {
-                    "write_through" => CacheStrategy::WriteThrough,
-                    "write_behind" => CacheStrategy::WriteBehind,
-                    "cache_aside" => CacheStrategy::CacheAside,
-                    "none" => CacheStrategy::None,
-                    s => {
-                        return Err(invalid(format!(
-                            "cache strategy `{s}` (use write_through, write_behind, cache_aside or none)"
-                        )));
-                    }
-                },
+                strategy: CacheStrategy::parse(&c.strategy).ok_or_else(|| {
+                    invalid(format!(
+                        "cache strategy `{}` (use write_through, write_behind, cache_aside or none)",
+                        c.strategy
+                    ))
+                })?,
                 ttl: match &c.ttl {
                     Some(t) => parse_duration(t).map_err(invalid)?,
                     None => Duration::from_secs(3600),

@@ -46,10 +46,7 @@ impl From<&Model> for ModelView {
             key: m.key.clone(),
             batch_size: m.batch_size,
             cache: CacheView {
-                strategy: serde_json::to_value(m.cache.strategy)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                strategy: m.cache.strategy.as_str().to_string(),
                 ttl_seconds: m.cache.ttl.as_secs(),
             },
             columns: m

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use clap::Subcommand;
-use nexus_loaders::cache::{Cache, CacheConfig, CachedModel, Listening, keys};
+use nexus_loaders::cache::{Cache, CacheConfig, CachedModel, Listening, ModelStats, keys};
+use nexus_pipeline::model::CacheStrategy;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -45,7 +46,6 @@ pub fn open(config: &Config, local: bool, listening: Listening) -> anyhow::Resul
             local_bytes: local.then_some(config.cache_memory),
             write_behind_capacity: config.cache_write_behind,
             redis_timeout: config.redis_timeout,
-            instance: uuid::Uuid::new_v4(),
         },
         listening,
     )
@@ -55,12 +55,13 @@ pub fn open(config: &Config, local: bool, listening: Listening) -> anyhow::Resul
 /// A model the cache can hold, or a usage error saying why not.
 pub fn cached_model(models: &nexus_pipeline::ModelSet, name: &str) -> anyhow::Result<CachedModel> {
     let model = models.get(name).map_err(|e| exit::usage(e.to_string()))?;
-    keys::key_column(&model).map_err(|e| exit::usage(e.to_string()))?;
-    CachedModel::of(&model).ok_or_else(|| {
-        exit::usage(format!(
+    let view = CachedModel::view(&model).map_err(|e| exit::usage(e.to_string()))?;
+    if view.strategy == CacheStrategy::None {
+        return Err(exit::usage(format!(
             "model `{name}` is not cached (cache strategy none)"
-        ))
-    })
+        )));
+    }
+    Ok(view)
 }
 
 #[derive(Serialize)]
@@ -172,22 +173,24 @@ async fn stats(
         let found = rows.iter().find(|r| r.get::<_, String>(0) == m.name);
         let get = |i| found.map_or(0, |r| r.get::<_, i64>(i));
         let (local, redis_hits, misses) = (get(1), get(2), get(3));
-        let all = local + redis_hits + misses;
+        let counts = ModelStats {
+            model: m.name.clone(),
+            hits_local: local as u64,
+            hits_redis: redis_hits as u64,
+            misses: misses as u64,
+        };
         let entries = match (&cache.redis, used) {
             (Some(r), Some(_)) => r.count(&m.name).await.ok(),
             _ => None,
         };
         lines.push(ModelLine {
             model: m.name.clone(),
-            strategy: serde_json::to_value(c.strategy)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            strategy: c.strategy.as_str().to_string(),
             ttl_seconds: c.ttl.as_secs(),
             hits_local: local,
             hits_redis: redis_hits,
             misses,
-            hit_ratio: (all > 0).then(|| (local + redis_hits) as f64 / all as f64),
+            hit_ratio: counts.hit_ratio(),
             redis_entries: entries,
         });
     }

@@ -45,9 +45,7 @@ pub async fn run(config: &Config, command: ModelsCommand) -> anyhow::Result<u8> 
                     m.def.table,
                     m.key.join(","),
                     m.batch_size,
-                    serde_json::to_value(m.cache.strategy)?
-                        .as_str()
-                        .unwrap_or_default(),
+                    m.cache.strategy.as_str(),
                     m.cache_ttl_text(),
                     m.columns.len()
                 )?;

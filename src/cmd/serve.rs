@@ -128,14 +128,7 @@ async fn serve(
         caches,
         cache,
     }));
-    let bus = Arc::new(
-        ProgressBus::new(
-            state.config.redis_url.as_deref(),
-            &state.config.redis_prefix,
-            pool.clone(),
-        )
-        .map_err(|e| exit::usage(format!("REDIS_URL: {e}")))?,
-    );
+    let bus = Arc::new(ProgressBus::new(&state.cache, pool.clone()));
     let listener_tasks = spawn_listeners(
         state.hub.clone(),
         state.caches.clone(),
@@ -259,6 +252,8 @@ fn spawn_cache_upkeep(state: AppState) -> tokio::task::JoinHandle<()> {
             }
         }
         let mut tick = tokio::time::interval(CACHE_UPKEEP_EVERY);
+        // What was last saved per model: unchanged figures are not written again.
+        let mut saved = std::collections::HashMap::new();
         loop {
             tick.tick().await;
             let Ok(db) = state.pool.get().await else {
@@ -274,7 +269,11 @@ fn spawn_cache_upkeep(state: AppState) -> tokio::task::JoinHandle<()> {
             }
             let snapshot = state.cache.snapshot();
             for m in snapshot.models {
-                let _ = db
+                let counts = (m.hits_local, m.hits_redis, m.misses);
+                if saved.get(&m.model) == Some(&counts) {
+                    continue;
+                }
+                let written = db
                     .execute(
                         "INSERT INTO nexus.cache_stats (instance, model, hits_local, hits_redis, misses)
                          VALUES ($1, $2, $3, $4, $5)
@@ -289,19 +288,20 @@ fn spawn_cache_upkeep(state: AppState) -> tokio::task::JoinHandle<()> {
                         ],
                     )
                     .await;
+                if written.is_ok() {
+                    saved.insert(m.model, counts);
+                }
             }
         }
     })
 }
-
-static INSTANCE: std::sync::OnceLock<uuid::Uuid> = std::sync::OnceLock::new();
 
 async fn flush_stats(state: &AppState) {
     let minute = state.stats.take_minute();
     if minute.is_empty() {
         return;
     }
-    let instance = *INSTANCE.get_or_init(uuid::Uuid::new_v4);
+    let instance = state.instance;
     let Ok(db) = state.pool.get().await else {
         return;
     };

@@ -31,7 +31,6 @@ use nexus_pipeline::Model;
 use nexus_pipeline::model::CacheStrategy;
 use nexus_pipeline::types::{ColumnType, quote_ident};
 use tokio_postgres::GenericClient;
-use uuid::Uuid;
 
 pub use invalidated::Listening;
 pub use keys::KeyError;
@@ -68,8 +67,6 @@ pub struct CacheConfig {
     pub write_behind_capacity: usize,
     /// How long one Redis call may take before it counts as failed.
     pub redis_timeout: Duration,
-    /// This process, so that it skips its own notifications.
-    pub instance: Uuid,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +168,7 @@ pub struct Cache {
     pub local: Option<LocalTier>,
     pub stats: Arc<stats::Stats>,
     /// Rows waiting in write-behind stages, and a wake-up when none are.
-    behind_depth: writes::Depth,
+    behind_depth: std::sync::atomic::AtomicUsize,
     behind_empty: tokio::sync::Notify,
     /// Batches whose cache writes are done, to clear in `settle`.
     done: writes::Done,
@@ -289,11 +286,11 @@ impl Cache {
         if let Some(redis) = &self.redis {
             match keys {
                 Some(k) => redis.write(model, version, k, None).await?,
-                None => redis.flush(model, version).await?,
+                None => redis.flush(&model.name, version).await?,
             };
         }
         // After Redis: no server refills its memory from the old entry.
-        writes::announce(db, self, &model.name, version, keys).await?;
+        writes::announce(db, &model.name, keys).await?;
         Ok(())
     }
 

@@ -84,6 +84,7 @@ return 0
 "#;
 
 pub struct RedisTier {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -152,7 +153,8 @@ impl RedisTier {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         Ok(RedisTier {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            conn: ConnectionManager::new_lazy_with_config(client.clone(), config)?,
+            client,
             prefix: prefix.to_string(),
             timeout,
             stats,
@@ -310,14 +312,33 @@ impl RedisTier {
     }
 
     /// Kills every entry of the model older than `version`.
-    pub(super) async fn flush(&self, model: &CachedModel, version: i64) -> Result<u64, CacheError> {
-        self.flush_name(&model.name, version).await
-    }
-
-    pub(super) async fn flush_name(&self, model: &str, version: i64) -> Result<u64, CacheError> {
+    pub(super) async fn flush(&self, model: &str, version: i64) -> Result<u64, CacheError> {
         let m = self.marker(model);
         self.call(async |c| self.flush.key(&m).arg(version).invoke_async::<u64>(c).await)
             .await
+    }
+
+    /// The installation's name for a pub/sub channel.
+    pub fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    /// Publishes on a channel, under the same deadline as every call.
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), CacheError> {
+        self.call(async |c| {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A connection of its own for subscribing (pub/sub holds it).
+    pub async fn subscriber(&self) -> Result<redis::aio::PubSub, CacheError> {
+        Ok(self.client.get_async_pubsub().await?)
     }
 
     /// Entries of a model now in Redis (live or not), by scanning.

@@ -52,12 +52,14 @@ const OUTAGE_GAP: Duration = Duration::from_secs(30);
 impl Stats {
     pub(super) fn hit(&self, model: &str, tier: Tier) {
         let mut models = self.models.lock().expect("cache stats");
-        let m = models
-            .entry(model.to_string())
-            .or_insert_with(|| ModelStats {
+        if !models.contains_key(model) {
+            let fresh = ModelStats {
                 model: model.to_string(),
                 ..Default::default()
-            });
+            };
+            models.insert(model.to_string(), fresh);
+        }
+        let m = models.get_mut(model).expect("inserted above");
         match tier {
             Tier::Local => m.hits_local += 1,
             Tier::Redis => m.hits_redis += 1,

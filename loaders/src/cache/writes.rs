@@ -16,7 +16,7 @@
 //! checkpoint until its Redis write is done; [`settle`] clears those and
 //! repairs what crashes and outages left.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,25 +46,16 @@ const STAGE_WORKERS: usize = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Notice {
-    pub instance: Uuid,
     pub model: String,
-    pub version: i64,
     /// `None`: the whole model.
     pub keys: Option<Vec<String>>,
 }
 
 /// The notifications announcing `keys` (or the whole model) as changed.
-pub(super) fn notices(
-    instance: Uuid,
-    model: &str,
-    version: i64,
-    keys: Option<&[String]>,
-) -> Vec<String> {
+fn notices(model: &str, keys: Option<&[String]>) -> Vec<String> {
     let one = |keys: Option<Vec<String>>| {
         serde_json::to_string(&Notice {
-            instance,
             model: model.to_string(),
-            version,
             keys,
         })
         .unwrap_or_default()
@@ -186,7 +177,7 @@ impl BatchCache {
         keys: Vec<String>,
     ) -> Result<PendingWrite, tokio_postgres::Error> {
         if self.cache.redis.is_none() {
-            announce(db, &self.cache, &self.model.name, version, Some(&keys)).await?;
+            announce(db, &self.model.name, Some(&keys)).await?;
         }
         Ok(PendingWrite {
             version,
@@ -228,7 +219,7 @@ impl BatchCache {
         let (cache, model, job) = (self.cache.clone(), self.model.clone(), self.job_id);
         tokio::spawn(async move {
             if let Some(redis) = &cache.redis {
-                match redis.flush(&model, w.version).await {
+                match redis.flush(&model.name, w.version).await {
                     Ok(_) => cache.cleared(job, Some(w.seq)),
                     Err(e) => redis.failed(&e),
                 }
@@ -256,10 +247,9 @@ impl BatchCache {
     pub async fn before_whole_commit(
         &self,
         db: &impl GenericClient,
-        version: i64,
     ) -> Result<(), tokio_postgres::Error> {
         if self.cache.redis.is_none() {
-            announce(db, &self.cache, &self.model.name, version, None).await?;
+            announce(db, &self.model.name, None).await?;
         }
         Ok(())
     }
@@ -268,11 +258,11 @@ impl BatchCache {
     pub async fn after_whole_commit(&self, db: &impl GenericClient, version: i64) {
         let cache = &self.cache;
         let Some(redis) = &cache.redis else { return };
-        match redis.flush(&self.model, version).await {
+        match redis.flush(&self.model.name, version).await {
             Ok(_) => cache.cleared(self.job_id, None),
             Err(e) => redis.failed(&e),
         }
-        if let Err(e) = announce(db, cache, &self.model.name, version, None).await {
+        if let Err(e) = announce(db, &self.model.name, None).await {
             tracing::warn!(error = %e, "announcing a cache flush failed; servers' memory keeps entries until their TTL");
         }
     }
@@ -301,20 +291,13 @@ async fn run_stage(
         } else {
             None
         };
-        let (version, keys) = (w.version, w.keys.clone());
-        write_redis(&cache, &model, job, w, rows).await;
+        write_redis(&cache, &model, job, &w, rows).await;
         // Whether Redis took the rows or not, servers drop the keys now.
-        if connected(&mut db, &url).await.is_none()
-            || announce(
-                db.as_ref().expect("connected"),
-                &cache,
-                &model.name,
-                version,
-                Some(&keys),
-            )
-            .await
-            .is_err()
-        {
+        let announced = match connected(&mut db, &url).await {
+            Some(c) => announce(c, &model.name, Some(&w.keys)).await.is_ok(),
+            None => false,
+        };
+        if !announced {
             tracing::warn!(model = %model.name, "announcing changed keys failed; servers' memory keeps them until their TTL");
         }
         if behind {
@@ -337,15 +320,13 @@ async fn connected<'a>(
 /// NOTIFY for every server's memory (delivered at COMMIT inside a transaction).
 pub(super) async fn announce(
     db: &impl GenericClient,
-    cache: &Cache,
     model: &str,
-    version: i64,
     keys: Option<&[String]>,
 ) -> Result<(), tokio_postgres::Error> {
     if keys.is_some_and(|k| k.is_empty()) {
         return Ok(());
     }
-    let n = notices(cache.config.instance, model, version, keys);
+    let n = notices(model, keys);
     db.execute(
         "SELECT pg_notify('nexus_cache', n) FROM unnest($1::text[]) n",
         &[&n],
@@ -378,7 +359,7 @@ async fn write_redis(
     cache: &Cache,
     model: &CachedModel,
     job: Uuid,
-    w: PendingWrite,
+    w: &PendingWrite,
     rows: Option<Vec<(String, String)>>,
 ) {
     let Some(redis) = &cache.redis else { return };
@@ -439,8 +420,6 @@ impl Cache {
     }
 }
 
-pub(super) type Depth = AtomicUsize;
-
 /// Clears the pending marks of finished cache writes, then repairs models
 /// whose batches were left pending (a crash, an outage): their Redis
 /// entries older than the last such batch are flushed. Returns how many
@@ -473,8 +452,8 @@ pub(super) async fn settle(cache: &Cache, db: &impl GenericClient) -> Result<u64
     let mut repaired = 0;
     for row in abandoned {
         let (model, version): (String, i64) = (row.get(0), row.get(1));
-        redis.flush_name(&model, version).await?;
-        announce(db, cache, &model, version, None).await?;
+        redis.flush(&model, version).await?;
+        announce(db, &model, None).await?;
         db.execute(
             "UPDATE nexus.job_batches b SET cache_pending = false FROM nexus.jobs j
              WHERE j.id = b.job_id AND j.model = $1 AND b.cache_pending AND b.cache_version <= $2",
