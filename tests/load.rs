@@ -648,7 +648,8 @@ fn migrate_is_idempotent_and_creates_model_tables() {
     let r = db.run(&["migrate"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
-        r.stdout.contains("applied migrations [1, 2, 3, 4, 5, 6]"),
+        r.stdout
+            .contains("applied migrations [1, 2, 3, 4, 5, 6, 7]"),
         "{r:?}"
     );
     let r = db.run(&["migrate"]);

@@ -216,6 +216,18 @@ pub async fn committed_counts(
     Ok((r.get(0), r.get(1)))
 }
 
+/// A job's error text is kept to this many characters wherever it goes
+/// (the jobs table, notifications, the API).
+pub const ERROR_MAX_CHARS: usize = 2000;
+
+/// Cuts a job's error text to [`ERROR_MAX_CHARS`].
+pub fn bounded_error(e: &str) -> std::borrow::Cow<'_, str> {
+    match e.char_indices().nth(ERROR_MAX_CHARS) {
+        None => e.into(),
+        Some((at, _)) => format!("{}… ({} bytes in all)", &e[..at], e.len()).into(),
+    }
+}
+
 /// Closes a run of the job; counters come from the checkpoints, so
 /// `rows_read = rows_committed + rows_rejected` holds by construction.
 pub async fn finish(
@@ -227,6 +239,8 @@ pub async fn finish(
     duration_ms: i64,
 ) -> Result<(), tokio_postgres::Error> {
     let (committed, rejected) = committed_counts(c, id).await?;
+    let error = error.map(bounded_error);
+    let error = error.as_deref();
     c.execute(
         "UPDATE nexus.jobs SET status = $2, error = $3, rows_committed = $4, rows_rejected = $5,
                 rows_read = $4::bigint + $5::bigint, bytes_read = $6, duration_ms = $7, finished_at = now()

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod load;
 pub mod migrate;
 pub mod pg;
+pub mod server_input;
 pub mod writer;
 
 pub use load::{LoadError, LoadRequest, Mode, run_load};

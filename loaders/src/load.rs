@@ -410,6 +410,8 @@ pub async fn run_load(
                 .collect(),
             key: req.model.key.clone(),
             mode: req.mode,
+            plan: stages.plan.clone(),
+            timezone: req.model.input.timezone.session_setting(),
         });
         let cache = req.cache.as_ref().and_then(|c| {
             let model = CachedModel::of(&req.model)?;

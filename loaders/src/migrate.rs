@@ -201,6 +201,64 @@ CREATE TABLE nexus.cache_stats (
 );
 "#,
     ),
+    (
+        7,
+        "server-side input for values the encoder defers; bounded job notices",
+        r#"
+-- The encoder's fast path sends the values it does not fully know here:
+-- each is read by its type's own input function with the column's type
+-- modifier (as COPY reads it; an explicit cast would differ), under this
+-- session's TimeZone and DateStyle. One row per value, in order: the
+-- binary form (the type's send function, what binary COPY takes), the
+-- text form, or the server's error for that value alone. The whole array
+-- is tried at once; only when some value fails is each tried on its own.
+CREATE FUNCTION nexus.input_values(typ regtype, typmod int4, vals text[])
+RETURNS TABLE (bin bytea, txt text, err text) LANGUAGE plpgsql AS $fn$
+DECLARE
+    inp regproc; snd regproc; outp regproc; ioparam oid; nargs int;
+    conv text; bins bytea[]; txts text[];
+BEGIN
+    SELECT t.typinput, t.typsend, t.typoutput,
+           CASE WHEN t.typelem <> 0 THEN t.typelem ELSE t.oid END, p.pronargs
+      INTO inp, snd, outp, ioparam, nargs
+      FROM pg_type t JOIN pg_proc p ON p.oid = t.typinput WHERE t.oid = typ;
+    conv := CASE WHEN nargs = 1 THEN format('%s(v::cstring)', inp)
+                 ELSE format('%s(v::cstring, %s, %s)', inp, ioparam, typmod) END;
+    BEGIN
+        EXECUTE format('SELECT array_agg(%s(x) ORDER BY o), array_agg(%s(x)::text ORDER BY o)
+                        FROM (SELECT %s AS x, o FROM unnest($1) WITH ORDINALITY AS u(v, o)) s',
+                       snd, outp, conv)
+            INTO bins, txts USING vals;
+        RETURN QUERY SELECT u.b, u.t, NULL::text FROM unnest(bins, txts) AS u(b, t);
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;
+    END;
+    FOR i IN 1 .. coalesce(array_length(vals, 1), 0) LOOP
+        BEGIN
+            EXECUTE format('SELECT %s(x), %s(x)::text FROM (SELECT %s AS x FROM (SELECT $1 AS v) v) s',
+                           snd, outp, conv)
+                INTO bin, txt USING vals[i];
+            err := NULL;
+        EXCEPTION WHEN OTHERS THEN
+            bin := NULL; txt := NULL; err := SQLERRM;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $fn$;
+-- A notification payload must stay under 8,000 bytes whatever a job's
+-- error says.
+CREATE OR REPLACE FUNCTION nexus.announce_job() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('nexus_jobs', json_build_object(
+        'job_id', NEW.id, 'status', NEW.status, 'owner', left(NEW.owner, 200), 'model', left(NEW.model, 200),
+        'rows_read', NEW.rows_read, 'rows_committed', NEW.rows_committed,
+        'rows_rejected', NEW.rows_rejected, 'bytes_read', NEW.bytes_read,
+        'bytes_total', NEW.bytes_total, 'error', left(NEW.error, 1000))::text);
+    RETURN NEW;
+END $$;
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

@@ -55,7 +55,8 @@ pub fn backoff(attempt: u32) -> Duration {
 pub enum ErrorKind {
     /// Connection loss and the server's "try again" states.
     Transient,
-    /// Bad data or a violated constraint: some row is at fault.
+    /// Bad data, a violated constraint or a limit one row hit: some row
+    /// is at fault.
     Row,
     /// Anything else: retrying cannot help.
     Fatal,
@@ -80,7 +81,10 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorKind {
         return ErrorKind::Transient;
     }
     match &code.code()[..2] {
-        "22" | "23" => ErrorKind::Row,
+        // Data exceptions and constraint violations; and program limits,
+        // which a single value can hit ("stack depth limit exceeded" on a
+        // deeply nested document, "index row size exceeds maximum").
+        "22" | "23" | "54" => ErrorKind::Row,
         _ => ErrorKind::Fatal,
     }
 }

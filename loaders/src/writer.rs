@@ -19,7 +19,7 @@ use futures_util::SinkExt;
 use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::encode::{COPY_HEADER, COPY_TRAILER};
 use nexus_pipeline::types::quote_ident;
-use nexus_pipeline::{EncodedBatch, Reject};
+use nexus_pipeline::{EncodedBatch, Plan, Reject};
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
@@ -27,6 +27,7 @@ use crate::cache::BatchCache;
 use crate::gate::SeqGate;
 use crate::load::Mode;
 use crate::pg::{self, ErrorKind, backoff, classify, describe};
+use crate::server_input;
 
 /// What a load writes into: the SQL shared by all its writers.
 #[derive(Debug, Clone)]
@@ -35,6 +36,11 @@ pub struct Target {
     pub columns: Vec<String>,
     pub key: Vec<String>,
     pub mode: Mode,
+    /// How the input maps onto the columns: the server reads deferred
+    /// values by their column's type.
+    pub plan: Arc<Plan>,
+    /// The load's zone as a session `TimeZone`, for values read by the server.
+    pub timezone: String,
 }
 
 const STAGE: &str = "nexus_stage";
@@ -113,6 +119,7 @@ struct Prepared {
 
 pub struct BatchWriter {
     url: String,
+    timezone: String,
     client: Client,
     target: std::sync::Arc<Target>,
     job_id: Uuid,
@@ -148,9 +155,10 @@ impl BatchWriter {
         target: std::sync::Arc<Target>,
         job_id: Uuid,
     ) -> Result<BatchWriter, tokio_postgres::Error> {
-        let client = Self::open(url).await?;
+        let client = Self::open(url, &target.timezone).await?;
         Ok(BatchWriter {
             url: url.to_string(),
+            timezone: target.timezone.clone(),
             client,
             copy_sql: target.copy_sql(),
             merge_sql: target.merge_sql(),
@@ -206,20 +214,22 @@ impl BatchWriter {
     /// flush. That cannot break exactly-once: a batch and its checkpoint
     /// share a transaction, so a crash loses both or neither, and the job's
     /// final (synchronous) commit flushes every batch commit before it.
-    async fn open(url: &str) -> Result<Client, tokio_postgres::Error> {
+    /// Its `TimeZone` is the load's, for the values the server reads.
+    async fn open(url: &str, timezone: &str) -> Result<Client, tokio_postgres::Error> {
         // Session settings as startup parameters: the session never exists
         // without them, not even for a moment after it connects.
         let mut config: tokio_postgres::Config = url.parse()?;
+        let ours = format!("-c synchronous_commit=off -c TimeZone={timezone}");
         let options = match config.get_options() {
-            Some(given) => format!("{given} -c synchronous_commit=off"),
-            None => "-c synchronous_commit=off".to_string(),
+            Some(given) => format!("{given} {ours}"),
+            None => ours,
         };
         config.application_name("nexus writer").options(&options);
         pg::connect_retrying_with(&config).await
     }
 
     async fn reconnect(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.client = Self::open(&self.url).await?;
+        self.client = Self::open(&self.url, &self.timezone).await?;
         self.prepared = None;
         self.staged = false;
         Ok(())
@@ -233,6 +243,7 @@ impl BatchWriter {
     ) -> Result<Committed, WriteError> {
         let started = Instant::now();
         let mut batch = batch;
+        self.settle_values(&mut batch).await?;
         let parts = Parts::take(&mut batch);
         let mut attempt = 0;
         loop {
@@ -265,6 +276,26 @@ impl BatchWriter {
                     }
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// Has the server read the values the encoder deferred, retrying
+    /// transient failures like a batch.
+    async fn settle_values(&mut self, batch: &mut EncodedBatch) -> Result<(), WriteError> {
+        let mut attempt = 0;
+        loop {
+            match server_input::settle(&self.client, &self.target.plan, batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) if classify(&e) == ErrorKind::Transient && attempt < pg::RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, seq = batch.seq, attempt, "reading deferred values failed transiently; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    if self.client.is_closed() {
+                        self.reconnect().await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -372,6 +403,7 @@ impl BatchWriter {
         batch: EncodedBatch,
     ) -> Result<(Committed, Vec<Reject>), WriteError> {
         let mut batch = batch;
+        server_input::settle(&self.client, &self.target.plan, &mut batch).await?;
         let parts = Parts::take(&mut batch);
         let mut rejects = parts.batch.rejects.clone();
         let committed = self.apply(&parts, None, &mut rejects).await?;

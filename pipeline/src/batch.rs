@@ -4,7 +4,10 @@
 //! rejects; the loader only streams the bytes.
 
 use crate::csv::{Field, Unterminated, parse_fields};
-use crate::encode::{COPY_HEADER, COPY_TRAILER, encode_field, put_i16, put_i32, put_i64};
+use crate::encode::{
+    COPY_HEADER, COPY_TRAILER, FieldError, check_server_value, encode_field, put_i16, put_i32,
+    put_i64,
+};
 use crate::plan::Plan;
 
 /// How much of a rejected record's text is kept.
@@ -63,7 +66,26 @@ pub struct EncodedRow {
     pub record: u32,
 }
 
-/// A batch ready for COPY.
+/// A value the fast path left to the server's input function: its row
+/// in [`EncodedBatch::rows`] has a gap at `at` where the value goes.
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    /// Index into [`EncodedBatch::rows`].
+    pub row: u32,
+    /// Offset in [`EncodedBatch::copy`] where the field (length word and
+    /// bytes) belongs.
+    pub at: u32,
+    /// Index into [`Plan::copy_columns`].
+    pub column: u16,
+    pub text: String,
+}
+
+/// The server's reading of a deferred value: its binary form (as the
+/// type's send function writes it) and its text, or the server's error.
+pub type ServerReading = Result<(Vec<u8>, String), String>;
+
+/// A batch ready for COPY once its [`EncodedBatch::deferred`] values are
+/// settled.
 #[derive(Debug)]
 pub struct EncodedBatch {
     pub seq: u64,
@@ -74,9 +96,91 @@ pub struct EncodedBatch {
     pub rows: Vec<EncodedRow>,
     pub rejects: Vec<Reject>,
     pub raw: RawBatch,
+    /// Values awaiting the server, in row order; the COPY body is not
+    /// valid until [`EncodedBatch::settle`] filled them in.
+    pub deferred: Vec<Deferred>,
 }
 
 impl EncodedBatch {
+    /// Fills in the deferred values with the server's readings (one per
+    /// entry of `deferred`, in order): rows whose value the server refused
+    /// or that break a rule of the model become rejects; the rest get the
+    /// server's binary value spliced into their gap.
+    pub fn settle(&mut self, plan: &Plan, readings: &[ServerReading]) {
+        assert_eq!(
+            readings.len(),
+            self.deferred.len(),
+            "one reading per deferred value"
+        );
+        let deferred = std::mem::take(&mut self.deferred);
+        if deferred.is_empty() {
+            return;
+        }
+        let extra: usize = readings
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |(b, _)| b.len() + 4))
+            .sum();
+        let old = std::mem::take(&mut self.copy);
+        let mut copy = Vec::with_capacity(old.len() + extra);
+        copy.extend_from_slice(COPY_HEADER);
+        let mut rows = Vec::with_capacity(self.rows.len());
+        let mut d = 0;
+        for (ri, row) in self.rows.iter().enumerate() {
+            let start = copy.len();
+            let mut pos = row.start as usize;
+            let mut failed: Option<(usize, String)> = None;
+            while d < deferred.len() && deferred[d].row as usize == ri {
+                let def = &deferred[d];
+                let col = &plan.model.columns[plan.copy_columns[def.column as usize]];
+                if failed.is_none() {
+                    copy.extend_from_slice(&old[pos..def.at as usize]);
+                    pos = def.at as usize;
+                    let checked =
+                        readings[d]
+                            .as_ref()
+                            .map_err(Clone::clone)
+                            .and_then(|(bin, text)| {
+                                check_server_value(col, &def.text, text)?;
+                                Ok(bin)
+                            });
+                    match checked {
+                        Ok(bin) => {
+                            put_i32(&mut copy, bin.len() as i32);
+                            copy.extend_from_slice(bin);
+                        }
+                        Err(reason) => failed = Some((def.column as usize, reason)),
+                    }
+                }
+                d += 1;
+            }
+            match failed {
+                Some((k, reason)) => {
+                    copy.truncate(start);
+                    let col = &plan.model.columns[plan.copy_columns[k]];
+                    let rec = row.record as usize;
+                    self.rejects.push(Reject {
+                        line: self.raw.records[rec].line,
+                        column: Some(col.name.clone()),
+                        reason,
+                        raw: self.raw.raw_text(rec),
+                    });
+                }
+                None => {
+                    copy.extend_from_slice(&old[pos..row.end as usize]);
+                    rows.push(EncodedRow {
+                        start: start as u32,
+                        end: copy.len() as u32,
+                        record: row.record,
+                    });
+                }
+            }
+        }
+        copy.extend_from_slice(COPY_TRAILER);
+        self.copy = copy;
+        self.rows = rows;
+        self.rejects.sort_by_key(|r| r.line);
+    }
+
     /// Turns row `i` into a reject.
     pub fn reject_row(&self, i: usize, column: Option<String>, reason: String) -> Reject {
         let rec = self.rows[i].record as usize;
@@ -105,6 +209,7 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
     copy.extend_from_slice(COPY_HEADER);
     let mut rows = Vec::with_capacity(raw.records.len());
     let mut rejects = Vec::new();
+    let mut deferred: Vec<Deferred> = Vec::new();
     let default_null = input.null.len() == 1 && input.null[0].is_empty();
 
     'records: for (ri, meta) in raw.records.iter().enumerate() {
@@ -145,6 +250,14 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                 continue;
             }
         };
+        if memchr::memchr(0, record.as_bytes()).is_some() {
+            // PostgreSQL's COPY refuses the whole input at a NUL byte.
+            reject(
+                None,
+                "contains a NUL byte (0x00), which PostgreSQL cannot store in any value".into(),
+            );
+            continue;
+        }
         if parse_fields(
             record,
             input.delimiter,
@@ -182,6 +295,7 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
             if is_null {
                 if col.required {
                     copy.truncate(row_start);
+                    undefer(&mut deferred, rows.len());
                     reject(
                         Some(&col.name),
                         format!("`{}` is required but empty", col.name),
@@ -191,10 +305,24 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                 put_i32(&mut copy, -1);
                 continue;
             }
-            if let Err(reason) = encode_field(col, &input.timezone, text, &mut copy) {
-                copy.truncate(row_start);
-                reject(Some(&col.name), reason);
-                continue 'records;
+            let field_start = copy.len();
+            match encode_field(col, &input.timezone, text, &mut copy) {
+                Ok(()) => {}
+                Err(FieldError::Defer) => {
+                    copy.truncate(field_start);
+                    deferred.push(Deferred {
+                        row: rows.len() as u32,
+                        at: field_start as u32,
+                        column: k as u16,
+                        text: text.to_string(),
+                    });
+                }
+                Err(FieldError::Invalid(reason)) => {
+                    copy.truncate(row_start);
+                    undefer(&mut deferred, rows.len());
+                    reject(Some(&col.name), reason);
+                    continue 'records;
+                }
             }
         }
         if plan.line_column {
@@ -215,5 +343,13 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
         rows,
         rejects,
         raw,
+        deferred,
+    }
+}
+
+/// Drops the deferred values of a row that was rejected after all.
+fn undefer(deferred: &mut Vec<Deferred>, row: usize) {
+    while deferred.last().is_some_and(|d| d.row as usize == row) {
+        deferred.pop();
     }
 }

@@ -17,6 +17,7 @@ pub mod progress;
 pub mod runner;
 pub mod source;
 pub mod types;
+pub mod values;
 
 pub use batch::{EncodedBatch, Reject};
 pub use model::{Model, ModelError, ModelSet};

@@ -184,6 +184,24 @@ pub enum TimeZone {
 }
 
 impl TimeZone {
+    /// The zone as a PostgreSQL `TimeZone` setting. A fixed offset is
+    /// written POSIX-style, where east of UTC is negative: `+02:30` is
+    /// `<+0230>-02:30`.
+    pub fn session_setting(&self) -> String {
+        match self {
+            TimeZone::Named(z) => z.name().to_string(),
+            TimeZone::Fixed(off) => {
+                let secs = off.local_minus_utc();
+                if secs == 0 {
+                    return "UTC".into();
+                }
+                let (sign, posix) = if secs > 0 { ('+', '-') } else { ('-', '+') };
+                let (h, m) = (secs.abs() / 3600, secs.abs() % 3600 / 60);
+                format!("<{sign}{h:02}{m:02}>{posix}{h:02}:{m:02}")
+            }
+        }
+    }
+
     pub fn parse(text: &str) -> Result<TimeZone, String> {
         let t = text.trim();
         if t.eq_ignore_ascii_case("utc") || t == "Z" {

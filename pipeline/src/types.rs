@@ -89,6 +89,32 @@ impl ColumnType {
         }
     }
 
+    /// The type's name and modifier (`atttypmod`) as its input function
+    /// takes them: what COPY passes for a column of this type.
+    pub fn input_type(self) -> (&'static str, i32) {
+        // A modifier counts the 4-byte varlena header (VARHDRSZ).
+        match self {
+            ColumnType::SmallInt => ("int2", -1),
+            ColumnType::Int => ("int4", -1),
+            ColumnType::BigInt => ("int8", -1),
+            ColumnType::Numeric(None) => ("numeric", -1),
+            ColumnType::Numeric(Some((p, s))) => ("numeric", ((p as i32) << 16 | s as i32) + 4),
+            ColumnType::Real => ("float4", -1),
+            ColumnType::Double => ("float8", -1),
+            ColumnType::Text => ("text", -1),
+            ColumnType::Varchar(None) => ("varchar", -1),
+            ColumnType::Varchar(Some(n)) => ("varchar", n as i32 + 4),
+            ColumnType::Char(n) => ("bpchar", n as i32 + 4),
+            ColumnType::Boolean => ("bool", -1),
+            ColumnType::Date => ("date", -1),
+            ColumnType::Timestamp => ("timestamp", -1),
+            ColumnType::Timestamptz => ("timestamptz", -1),
+            ColumnType::Uuid => ("uuid", -1),
+            ColumnType::Jsonb => ("jsonb", -1),
+            ColumnType::Bytea => ("bytea", -1),
+        }
+    }
+
     /// Whether values of this type are compared by number (for `min`/`max`).
     pub fn is_numeric(self) -> bool {
         matches!(

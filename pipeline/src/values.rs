@@ -1,0 +1,1216 @@
+//! PostgreSQL's input functions, as far as the encoder's fast path knows
+//! them exactly (SPEC §9). Each reader answers with a [`Verdict`]: the value
+//! PostgreSQL would store, a refusal PostgreSQL would also make, or
+//! [`Verdict::Unsure`] for a form the fast path does not fully know — the
+//! loader then asks the server's own input function (DESIGN.md, "Values: the
+//! server is the reference"). `tests/values_differential.rs` compares every
+//! reader with the server over generated inputs.
+//!
+//! The readers follow PostgreSQL's source, not its documentation: `isspace`
+//! is C's (it includes `\v` and `\f`, never a Unicode space), and a refusal
+//! is only given where every PostgreSQL version refuses.
+
+use chrono::{NaiveDate, TimeZone as _};
+
+use crate::model::TimeZone;
+
+/// What the fast path makes of one value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict<T> {
+    /// PostgreSQL stores exactly this.
+    Value(T),
+    /// PostgreSQL refuses the value too; the reason.
+    Invalid(String),
+    /// Only the server can tell.
+    Unsure,
+}
+
+/// C's `isspace` in the "C" locale, which PostgreSQL's input functions use.
+#[inline]
+pub fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// Trims what C's `isspace` calls white space from both ends.
+#[inline]
+pub fn trim_c_space(v: &str) -> &str {
+    let b = v.as_bytes();
+    let start = b.iter().position(|c| !is_c_space(*c)).unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !is_c_space(*c))
+        .map_or(start, |e| e + 1);
+    // Both ends are ASCII bytes next to char boundaries.
+    &v[start..end]
+}
+
+/// Shortens a value for a reject reason.
+pub fn show(v: &str) -> String {
+    const MAX: usize = 60;
+    if v.len() <= MAX {
+        format!("\"{v}\"")
+    } else {
+        let mut end = MAX;
+        while !v.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("\"{}…\"", &v[..end])
+    }
+}
+
+/// `int2in`/`int4in`/`int8in`: spaces, a sign, decimal digits. Other
+/// spellings (`0x1F`, `1_000`, read since PostgreSQL 16) go to the server.
+pub fn integer(v: &str, min: i64, max: i64, ty: &str) -> Verdict<i64> {
+    let t = trim_c_space(v);
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        let mut n: i128 = 0;
+        for b in digits.bytes() {
+            n = n * 10 + (b - b'0') as i128;
+            if n > i64::MAX as i128 + 1 {
+                break;
+            }
+        }
+        let n = if neg { -n } else { n };
+        return if n < min as i128 || n > max as i128 {
+            Verdict::Invalid(format!("{} is out of range for type {ty}", show(v)))
+        } else {
+            Verdict::Value(n as i64)
+        };
+    }
+    let maybe = !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-'));
+    if maybe {
+        Verdict::Unsure
+    } else {
+        Verdict::Invalid(format!("{} is not an integer", show(v)))
+    }
+}
+
+/// The shape `[+-](digits[.digits] | .digits)[(e|E)[+-]digits]`, which
+/// PostgreSQL's float and numeric readers and Rust's agree on.
+#[derive(Debug, Clone, Copy)]
+struct Decimal<'a> {
+    neg: bool,
+    int: &'a [u8],
+    frac: &'a [u8],
+    /// The exponent's text (sign included), empty without one.
+    exp: &'a str,
+}
+
+impl Decimal<'_> {
+    fn read(t: &str) -> Option<Decimal<'_>> {
+        let b = t.as_bytes();
+        let (neg, mut i) = match b.first()? {
+            b'-' => (true, 1),
+            b'+' => (false, 1),
+            _ => (false, 0),
+        };
+        let int_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let int = &b[int_start..i];
+        let mut frac: &[u8] = &[];
+        if i < b.len() && b[i] == b'.' {
+            i += 1;
+            let s = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            frac = &b[s..i];
+        }
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        let mut exp = "";
+        if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+            let s = i + 1;
+            let mut j = s;
+            if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+                j += 1;
+            }
+            let d = j;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j == d {
+                return None;
+            }
+            exp = &t[s..j];
+            i = j;
+        }
+        (i == b.len()).then_some(Decimal {
+            neg,
+            int,
+            frac,
+            exp,
+        })
+    }
+
+    fn nonzero(&self) -> bool {
+        self.int.iter().chain(self.frac).any(|d| *d != b'0')
+    }
+}
+
+/// Text that no numeric reader of any PostgreSQL version takes: empty, or
+/// with a character outside letters, digits and `+-._()`.
+fn surely_not_a_number(t: &str) -> bool {
+    t.is_empty()
+        || !t.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_' | b'(' | b')')
+        })
+}
+
+/// `float8in` (`strtod`): the decimal shape is read here, correctly rounded
+/// like glibc; an overflow or an underflow to zero is refused as the server
+/// refuses it. `NaN`, `Infinity`, hex floats go to the server.
+pub fn double(v: &str) -> Verdict<f64> {
+    float(v, "double precision")
+}
+
+/// `float4in` (`strtof`): read straight to `f32`, never through `f64`
+/// (rounding twice can differ).
+pub fn real(v: &str) -> Verdict<f32> {
+    float(v, "real")
+}
+
+fn float<F: std::str::FromStr + Copy + Into<f64>>(v: &str, ty: &str) -> Verdict<F> {
+    let t = trim_c_space(v);
+    match Decimal::read(t) {
+        Some(d) => match t.parse::<F>() {
+            Ok(f) => {
+                let x: f64 = f.into();
+                if x.is_infinite() || (x == 0.0 && d.nonzero()) {
+                    Verdict::Invalid(format!("{} is out of range for type {ty}", show(v)))
+                } else {
+                    Verdict::Value(f)
+                }
+            }
+            Err(_) => Verdict::Unsure,
+        },
+        None if surely_not_a_number(t) => Verdict::Invalid(format!("{} is not a number", show(v))),
+        None => Verdict::Unsure,
+    }
+}
+
+/// Digits and exponents beyond these bounds go to the server, which knows
+/// numeric's own limits; within them every value is representable.
+const NUMERIC_FAST_DIGITS: usize = 1000;
+const NUMERIC_MAX_EXPONENT: i64 = 1000;
+
+/// `numeric_in` with the column's type modifier: writes PostgreSQL's binary
+/// numeric (base-10000 digits) into `out`, rounded to the scale half away
+/// from zero and checked against the precision as `apply_typmod` does.
+/// Returns the value as `f64` for range rules.
+pub fn numeric(v: &str, typmod: Option<(u16, u16)>, out: &mut Vec<u8>) -> Verdict<f64> {
+    let t = trim_c_space(v);
+    let Some(d) = Decimal::read(t) else {
+        return if surely_not_a_number(t) {
+            Verdict::Invalid(format!("{} is not a number", show(v)))
+        } else {
+            Verdict::Unsure
+        };
+    };
+    let overflow = |(p, s): (u16, u16)| {
+        Verdict::Invalid(format!(
+            "{} does not fit numeric({p},{s}): at most {} digits before the decimal point",
+            show(v),
+            p - s
+        ))
+    };
+    if d.exp.is_empty()
+        && let Some(r) = plain_decimal(&d, typmod, out)
+    {
+        return match r {
+            Ok(f) => Verdict::Value(f),
+            Err(pm) => overflow(pm),
+        };
+    }
+    if d.int.len() + d.frac.len() > NUMERIC_FAST_DIGITS || d.exp.len() > 6 {
+        return Verdict::Unsure;
+    }
+    let exp: i64 = if d.exp.is_empty() {
+        0
+    } else {
+        match d.exp.parse() {
+            Ok(e) => e,
+            Err(_) => return Verdict::Unsure,
+        }
+    };
+    if exp.abs() > NUMERIC_MAX_EXPONENT {
+        return Verdict::Unsure;
+    }
+    // Decimal digits and the position of the point among them; both are
+    // bounded by the checks above (≤ 3,000 digits).
+    let mut ds: Vec<u8> = d.int.iter().chain(d.frac).map(|c| c - b'0').collect();
+    let mut point = d.int.len() as i64 + exp;
+    // PostgreSQL's display scale: the fraction digits written, less the exponent.
+    let written_scale = (d.frac.len() as i64 - exp).max(0) as usize;
+    if point < 0 {
+        let mut z = vec![0u8; (-point) as usize];
+        z.extend_from_slice(&ds);
+        ds = z;
+        point = 0;
+    }
+    while (ds.len() as i64) < point {
+        ds.push(0);
+    }
+    let mut point = point as usize;
+    let dscale = match typmod {
+        Some((_, s)) => s as usize,
+        None => written_scale,
+    };
+    while ds.len() - point < dscale {
+        ds.push(0);
+    }
+    if ds.len() - point > dscale {
+        let round_up = ds[point + dscale] >= 5;
+        ds.truncate(point + dscale);
+        if round_up {
+            let mut k = ds.len();
+            loop {
+                if k == 0 {
+                    ds.insert(0, 1);
+                    point += 1;
+                    break;
+                }
+                k -= 1;
+                if ds[k] == 9 {
+                    ds[k] = 0;
+                } else {
+                    ds[k] += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let int_digits = ds[..point].iter().skip_while(|d| **d == 0).count();
+    if let Some((p, s)) = typmod
+        && int_digits > (p - s) as usize
+    {
+        return overflow((p, s));
+    }
+    // Group into base-10000 digits around the decimal point.
+    let int_pad = (4 - point % 4) % 4;
+    let mut padded = vec![0u8; int_pad];
+    padded.extend_from_slice(&ds);
+    while !(padded.len() - int_pad - point).is_multiple_of(4) {
+        padded.push(0);
+    }
+    let mut groups: Vec<i16> = padded
+        .chunks(4)
+        .map(|c| c.iter().fold(0i16, |a, d| a * 10 + *d as i16))
+        .collect();
+    let mut weight = ((point + int_pad) / 4) as i64 - 1;
+    let lead = groups.iter().take_while(|g| **g == 0).count();
+    groups.drain(..lead);
+    weight -= lead as i64;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    let zero = groups.is_empty();
+    put_numeric_head(
+        out,
+        groups.len(),
+        if zero { 0 } else { weight as i16 },
+        d.neg && !zero,
+        dscale,
+    );
+    for g in &groups {
+        out.extend_from_slice(&g.to_be_bytes());
+    }
+    let approx: f64 = t.parse().unwrap_or(0.0);
+    Verdict::Value(approx)
+}
+
+fn put_numeric_head(out: &mut Vec<u8>, ndigits: usize, weight: i16, neg: bool, dscale: usize) {
+    out.extend_from_slice(&(ndigits as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&(if neg { 0x4000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&(dscale as i16).to_be_bytes());
+}
+
+/// The common case without allocating: no exponent and at most 38 digits,
+/// as an i128 scaled by the scale. `None`: use the general path.
+/// `Some(Err((p, s)))`: the value does not fit the column's precision.
+fn plain_decimal(
+    d: &Decimal<'_>,
+    typmod: Option<(u16, u16)>,
+    out: &mut Vec<u8>,
+) -> Option<Result<f64, (u16, u16)>> {
+    let (int, frac) = (d.int, d.frac);
+    let dscale = typmod.map_or(frac.len(), |(_, s)| s as usize);
+    let kept = frac.len().min(dscale);
+    if int.len() + dscale > 38 {
+        return None;
+    }
+    let mut value: i128 = 0;
+    for c in int.iter().chain(&frac[..kept]) {
+        value = value * 10 + (c - b'0') as i128;
+    }
+    for _ in kept..dscale {
+        value *= 10;
+    }
+    if frac.len() > dscale && frac[dscale] >= b'5' {
+        value += 1;
+    }
+    let pow = |n: usize| 10i128.pow(n as u32);
+    if let Some((p, s)) = typmod
+        && value >= pow(p as usize)
+    {
+        return Some(Err((p, s)));
+    }
+    let (ipart, fpart) = (value / pow(dscale), value % pow(dscale));
+    let frac_groups = dscale.div_ceil(4);
+    let mut groups = [0i16; 24];
+    let mut n = 0;
+    let mut i = ipart;
+    while i > 0 {
+        groups[n] = (i % 10_000) as i16;
+        i /= 10_000;
+        n += 1;
+    }
+    groups[..n].reverse();
+    let int_groups = n;
+    let mut f = fpart * pow(frac_groups * 4 - dscale);
+    for k in (0..frac_groups).rev() {
+        groups[n + k] = (f % 10_000) as i16;
+        f /= 10_000;
+    }
+    n += frac_groups;
+    let mut digits = &groups[..n];
+    let mut weight = int_groups as i16 - 1;
+    while let Some((0, rest)) = digits.split_first() {
+        digits = rest;
+        weight -= 1;
+    }
+    while let Some((0, rest)) = digits.split_last() {
+        digits = rest;
+    }
+    let zero = digits.is_empty();
+    put_numeric_head(
+        out,
+        digits.len(),
+        if zero { 0 } else { weight },
+        d.neg && !zero,
+        dscale,
+    );
+    for g in digits {
+        out.extend_from_slice(&g.to_be_bytes());
+    }
+    let approx = value as f64 / 10f64.powi(dscale as i32);
+    Some(Ok(if d.neg { -approx } else { approx }))
+}
+
+/// `boolin`, whole: spaces trimmed, then any prefix of `true`, `false`,
+/// `yes`, `no`, at least two letters of `on`/`off`, or `1`/`0`, in any case.
+pub fn boolean(v: &str) -> Verdict<bool> {
+    let t = trim_c_space(v).as_bytes();
+    let prefix_of = |word: &str, min: usize| {
+        t.len() >= min
+            && t.len() <= word.len()
+            && t.eq_ignore_ascii_case(&word.as_bytes()[..t.len()])
+    };
+    let b = match t.first().map(u8::to_ascii_lowercase) {
+        Some(b't') if prefix_of("true", 1) => Some(true),
+        Some(b'f') if prefix_of("false", 1) => Some(false),
+        Some(b'y') if prefix_of("yes", 1) => Some(true),
+        Some(b'n') if prefix_of("no", 1) => Some(false),
+        Some(b'o') if prefix_of("on", 2) => Some(true),
+        Some(b'o') if prefix_of("off", 2) => Some(false),
+        Some(b'1') if t.len() == 1 => Some(true),
+        Some(b'0') if t.len() == 1 => Some(false),
+        _ => None,
+    };
+    match b {
+        Some(b) => Verdict::Value(b),
+        None => Verdict::Invalid(format!(
+            "{} is not a boolean (use true/false, t/f, yes/no, on/off or 1/0)",
+            show(v)
+        )),
+    }
+}
+
+/// Seconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+/// PostgreSQL's epoch in the day count of [`days_from_civil`].
+const PG_EPOCH_DAYS: i64 = days_from_civil(2000, 1, 1);
+
+/// Days since 0000-03-01 in the proleptic Gregorian calendar.
+const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || b.len() > 9 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0u32, |a, d| a * 10 + (d - b'0') as u32))
+}
+
+/// `YYYY-MM-DD` with a year from 1 to 9999 → days since 2000-01-01. This
+/// spelling means the same under every `DateStyle`.
+fn iso_date(b: &[u8]) -> Option<i64> {
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (
+        digits(&b[..4])? as i64,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    );
+    if y == 0 || !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d) - PG_EPOCH_DAYS)
+}
+
+/// `date_in`: ISO dates here; every other spelling (`2020-1-5`,
+/// `Jan 5 2020`, `epoch`, BC years, …) goes to the server.
+pub fn date(v: &str) -> Verdict<i32> {
+    match iso_date(trim_c_space(v).as_bytes()) {
+        Some(days) => Verdict::Value(days as i32),
+        None if trim_c_space(v).is_empty() => {
+            Verdict::Invalid(format!("{} is not a date", show(v)))
+        }
+        None => Verdict::Unsure,
+    }
+}
+
+/// `timestamp_in` / `timestamptz_in` for ISO 8601 text: `YYYY-MM-DD`, then
+/// optionally `T` or a space and `HH:MM[:SS[.ffffff]]`, then optionally a
+/// space and `Z` or a numeric offset. A `timestamp` ignores the offset, as
+/// PostgreSQL does; a `timestamptz` without one takes the load's zone
+/// (the session `TimeZone` of the server fallback). Other spellings, seven
+/// or more fraction digits (PostgreSQL rounds them through a double),
+/// `24:00`, leap seconds, and local times a zone skips or repeats go to
+/// the server. Microseconds since 2000-01-01.
+pub fn timestamp(v: &str, tz: &TimeZone, with_tz: bool) -> Verdict<i64> {
+    let b = trim_c_space(v).as_bytes();
+    let Some(days) = b.get(..10).and_then(iso_date) else {
+        return Verdict::Unsure;
+    };
+    let mut i = 10;
+    let (mut secs, mut micros) = (0i64, 0i64);
+    if i < b.len() && (b[i] == b'T' || b[i] == b' ') && b.len() >= i + 6 && b[i + 3] == b':' {
+        let (Some(h), Some(m)) = (digits(&b[i + 1..i + 3]), digits(&b[i + 4..i + 6])) else {
+            return Verdict::Unsure;
+        };
+        i += 6;
+        let mut s = 0;
+        if i < b.len() && b[i] == b':' {
+            let Some(sec) = b.get(i + 1..i + 3).and_then(digits) else {
+                return Verdict::Unsure;
+            };
+            s = sec;
+            i += 3;
+            if i < b.len() && b[i] == b'.' {
+                let start = i + 1;
+                let mut j = start;
+                while j < b.len() && b[j].is_ascii_digit() {
+                    j += 1;
+                }
+                if j == start || j - start > 6 {
+                    return Verdict::Unsure;
+                }
+                let mut f = digits(&b[start..j]).unwrap_or(0) as i64;
+                for _ in j - start..6 {
+                    f *= 10;
+                }
+                micros = f;
+                i = j;
+            }
+        }
+        if h > 23 || m > 59 || s > 59 {
+            return Verdict::Unsure;
+        }
+        secs = (h * 3600 + m * 60 + s) as i64;
+        if i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+    } else if i < b.len() {
+        return Verdict::Unsure;
+    }
+    let rest = &b[i..];
+    let offset: Option<i64> = match rest {
+        [] => None,
+        [b'Z'] => Some(0),
+        [sign @ (b'+' | b'-'), body @ ..] => {
+            let hm = match body {
+                [h1, h2] => digits(&[*h1, *h2]).map(|h| (h, 0)),
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
+                    digits(&[*h1, *h2]).zip(digits(&[*m1, *m2]))
+                }
+                _ => None,
+            };
+            match hm {
+                Some((h, m)) if h <= 15 && m <= 59 => {
+                    let sign = if *sign == b'-' { -1 } else { 1 };
+                    Some(sign * (h as i64 * 3600 + m as i64 * 60))
+                }
+                _ => return Verdict::Unsure,
+            }
+        }
+        _ => return Verdict::Unsure,
+    };
+    let local = (days * 86_400 + secs) * 1_000_000 + micros;
+    match (offset, with_tz) {
+        (_, false) => Verdict::Value(local),
+        (Some(off), true) => Verdict::Value(local - off * 1_000_000),
+        (None, true) => match tz {
+            TimeZone::Fixed(off) => {
+                Verdict::Value(local - off.local_minus_utc() as i64 * 1_000_000)
+            }
+            TimeZone::Named(z) => named_zone_utc(local, z).map_or(Verdict::Unsure, Verdict::Value),
+        },
+    }
+}
+
+/// A local time in a named zone as UTC, where the zone gives it exactly
+/// one offset. The fast path keeps to the years its tz database (chrono-tz)
+/// and the server's agree on: from 1970 (tzdb releases have changed
+/// earlier history) to 2037 (later years are projected from rules).
+fn named_zone_utc(local: i64, z: &chrono_tz::Tz) -> Option<i64> {
+    let base = NaiveDate::from_ymd_opt(2000, 1, 1)?.and_hms_opt(0, 0, 0)?;
+    let naive = base.checked_add_signed(chrono::Duration::microseconds(local))?;
+    use chrono::Datelike;
+    if !(1970..=2037).contains(&naive.year()) {
+        return None;
+    }
+    match z.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(dt) => Some(
+            (dt.timestamp() - PG_EPOCH_UNIX_SECS) * 1_000_000 + dt.timestamp_subsec_micros() as i64,
+        ),
+        _ => None,
+    }
+}
+
+/// `uuid_in`, whole: 32 hex digits, optionally in braces, with an optional
+/// hyphen after any group of four digits but the last. No spaces.
+pub fn uuid(v: &str) -> Verdict<[u8; 16]> {
+    let bad = || Verdict::Invalid(format!("{} is not a UUID", show(v)));
+    let mut b = v.as_bytes();
+    let braces = b.first() == Some(&b'{');
+    if braces {
+        b = &b[1..];
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    for (k, byte) in out.iter_mut().enumerate() {
+        let (Some(hi), Some(lo)) = (
+            b.get(i).copied().and_then(hex),
+            b.get(i + 1).copied().and_then(hex),
+        ) else {
+            return bad();
+        };
+        *byte = hi << 4 | lo;
+        i += 2;
+        if b.get(i) == Some(&b'-') && k % 2 == 1 && k < 15 {
+            i += 1;
+        }
+    }
+    if braces {
+        if b.get(i) != Some(&b'}') {
+            return bad();
+        }
+        i += 1;
+    }
+    if i != b.len() {
+        return bad();
+    }
+    Verdict::Value(out)
+}
+
+/// `byteain`, whole: `\x` and hex digit pairs (spaces, tabs and line
+/// breaks allowed between pairs), or the escape format (`\\` is a
+/// backslash, `\ooo` an octal byte, any other byte itself).
+pub fn bytea(v: &str, out: &mut Vec<u8>) -> Verdict<()> {
+    let b = v.as_bytes();
+    if let Some(hex) = b.strip_prefix(b"\\x") {
+        let val = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut i = 0;
+        while i < hex.len() {
+            let c = hex[i];
+            if matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+                i += 1;
+                continue;
+            }
+            let Some(hi) = val(c) else {
+                return Verdict::Invalid(format!("{} has an invalid hexadecimal digit", show(v)));
+            };
+            let Some(lo) = hex.get(i + 1).copied().and_then(val) else {
+                return Verdict::Invalid(format!(
+                    "{} is not valid hex bytea: an odd number of digits or an invalid digit",
+                    show(v)
+                ));
+            };
+            out.push(hi << 4 | lo);
+            i += 2;
+        }
+        return Verdict::Value(());
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else if let [d1 @ b'0'..=b'3', d2 @ b'0'..=b'7', d3 @ b'0'..=b'7', ..] = b[i + 1..] {
+            out.push(((d1 - b'0') << 6) | ((d2 - b'0') << 3) | (d3 - b'0'));
+            i += 4;
+        } else {
+            return Verdict::Invalid(format!(
+                "{} is not valid bytea: a backslash must start \\\\, \\ooo (octal) or, at the start, \\x (hex)",
+                show(v)
+            ));
+        }
+    }
+    Verdict::Value(())
+}
+
+/// `varcharin`/`bpcharin` with a length: a longer value is cut to the
+/// length when what is cut is only spaces, else refused. Returns the text
+/// to store (`char(n)` is padded by the server).
+pub fn bounded_text<'a>(v: &'a str, limit: usize, ty: &dyn std::fmt::Display) -> Verdict<&'a str> {
+    let cut = if v.is_ascii() {
+        (v.len() > limit).then_some(limit)
+    } else {
+        v.char_indices().nth(limit).map(|(at, _)| at)
+    };
+    match cut {
+        None => Verdict::Value(v),
+        Some(at) if v.as_bytes()[at..].iter().all(|c| *c == b' ') => Verdict::Value(&v[..at]),
+        Some(_) => Verdict::Invalid(format!(
+            "{} is {} characters, longer than {ty}",
+            show(v),
+            v.chars().count()
+        )),
+    }
+}
+
+/// Nesting beyond this goes to the server: how deep it can go depends on
+/// its stack (`max_stack_depth`).
+const JSON_FAST_DEPTH: usize = 256;
+
+/// `jsonb_in`'s grammar (RFC 8259 as PostgreSQL's lexer reads it): JSON
+/// white space only, `true`/`false`/`null` in lower case, no leading zeros,
+/// no control characters in strings, `\u` surrogates in pairs, and no
+/// `\u0000` (jsonb cannot store it). Numbers become `numeric`: very long
+/// ones and large exponents go to the server, as does deep nesting.
+pub fn json(v: &str) -> Verdict<()> {
+    let b = v.as_bytes();
+    let bad = |why: &str| Verdict::Invalid(format!("{} is not valid JSON: {why}", show(v)));
+    let ws = |i: &mut usize| {
+        while *i < b.len() && matches!(b[*i], b' ' | b'\t' | b'\n' | b'\r') {
+            *i += 1;
+        }
+    };
+    // Open containers: `{` or `[`; `after_key` marks an object awaiting a value.
+    let mut stack: Vec<u8> = Vec::new();
+    let mut i = 0;
+    let mut unsure = false;
+    loop {
+        // Expect a value.
+        ws(&mut i);
+        let Some(&c) = b.get(i) else {
+            return bad("it ends where a value should be");
+        };
+        match c {
+            b'{' | b'[' => {
+                stack.push(c);
+                if stack.len() > JSON_FAST_DEPTH {
+                    unsure = true;
+                }
+                i += 1;
+                ws(&mut i);
+                let close = if c == b'{' { b'}' } else { b']' };
+                if b.get(i) == Some(&close) {
+                    stack.pop();
+                    i += 1;
+                } else if c == b'{' {
+                    match json_key(b, &mut i, &ws) {
+                        Ok(()) => continue,
+                        Err(why) => return bad(why),
+                    }
+                } else {
+                    continue;
+                }
+            }
+            b'"' => {
+                if let Err(why) = json_string(b, &mut i) {
+                    return bad(why);
+                }
+            }
+            b'-' | b'0'..=b'9' => match json_number(b, &mut i) {
+                Ok(fast) => unsure |= !fast,
+                Err(why) => return bad(why),
+            },
+            _ => {
+                let start = i;
+                while i < b.len() && json_word_byte(b[i]) {
+                    i += 1;
+                }
+                if !matches!(&b[start..i], b"true" | b"false" | b"null") {
+                    return bad("unexpected token");
+                }
+            }
+        }
+        // After a value: close containers, or a comma and the next member.
+        loop {
+            ws(&mut i);
+            let Some(&top) = stack.last() else {
+                if i != b.len() {
+                    return bad("text after the value");
+                }
+                return if unsure {
+                    Verdict::Unsure
+                } else {
+                    Verdict::Value(())
+                };
+            };
+            let close = if top == b'{' { b'}' } else { b']' };
+            match b.get(i) {
+                Some(&c) if c == close => {
+                    stack.pop();
+                    i += 1;
+                }
+                Some(b',') => {
+                    i += 1;
+                    if top == b'{' {
+                        ws(&mut i);
+                        if let Err(why) = json_key(b, &mut i, &ws) {
+                            return bad(why);
+                        }
+                    }
+                    break;
+                }
+                _ => return bad("expected `,` or a closing bracket"),
+            }
+        }
+    }
+}
+
+/// PostgreSQL's lexer reads a keyword as a run of these bytes.
+fn json_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
+/// An object key and its colon.
+fn json_key(b: &[u8], i: &mut usize, ws: &dyn Fn(&mut usize)) -> Result<(), &'static str> {
+    if b.get(*i) != Some(&b'"') {
+        return Err("an object key must be a string");
+    }
+    json_string(b, i)?;
+    ws(i);
+    if b.get(*i) != Some(&b':') {
+        return Err("expected `:` after an object key");
+    }
+    *i += 1;
+    Ok(())
+}
+
+fn json_string(b: &[u8], i: &mut usize) -> Result<(), &'static str> {
+    *i += 1;
+    let hex4 = |at: usize| -> Option<u32> {
+        let s = b.get(at..at + 4)?;
+        let s = std::str::from_utf8(s).ok()?;
+        if !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(s, 16).ok()
+    };
+    loop {
+        let Some(&c) = b.get(*i) else {
+            return Err("an unterminated string");
+        };
+        match c {
+            b'"' => {
+                *i += 1;
+                return Ok(());
+            }
+            0..=0x1f => return Err("a control character in a string must be escaped"),
+            b'\\' => match b.get(*i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *i += 2,
+                Some(b'u') => {
+                    let u = hex4(*i + 2).ok_or("`\\u` must be followed by four hex digits")?;
+                    *i += 6;
+                    if u == 0 {
+                        return Err("\\u0000 cannot be stored in jsonb");
+                    }
+                    if (0xDC00..=0xDFFF).contains(&u) {
+                        return Err("a Unicode low surrogate must follow a high surrogate");
+                    }
+                    if (0xD800..=0xDBFF).contains(&u) {
+                        let low = (b.get(*i..*i + 2) == Some(b"\\u"))
+                            .then(|| hex4(*i + 2))
+                            .flatten();
+                        match low {
+                            Some(l) if (0xDC00..=0xDFFF).contains(&l) => *i += 6,
+                            _ => {
+                                return Err(
+                                    "a Unicode high surrogate must be followed by a low surrogate",
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => return Err("an invalid escape in a string"),
+            },
+            _ => *i += 1,
+        }
+    }
+}
+
+/// A JSON number; `Ok(false)` when it is too long or its exponent too large
+/// for the fast path to be sure `numeric` takes it.
+fn json_number(b: &[u8], i: &mut usize) -> Result<bool, &'static str> {
+    let start = *i;
+    if b[*i] == b'-' {
+        *i += 1;
+    }
+    let digits = |i: &mut usize| {
+        let s = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - s
+    };
+    match b.get(*i) {
+        Some(b'0') => *i += 1,
+        Some(b'1'..=b'9') => {
+            digits(i);
+        }
+        _ => return Err("a malformed number"),
+    }
+    if b.get(*i) == Some(&b'.') {
+        *i += 1;
+        if digits(i) == 0 {
+            return Err("a malformed number");
+        }
+    }
+    let mantissa = *i - start;
+    let mut exp_digits = 0;
+    let mut exp_value = 0u32;
+    if matches!(b.get(*i), Some(b'e' | b'E')) {
+        *i += 1;
+        if matches!(b.get(*i), Some(b'+' | b'-')) {
+            *i += 1;
+        }
+        let s = *i;
+        exp_digits = digits(i);
+        if exp_digits == 0 {
+            return Err("a malformed number");
+        }
+        if exp_digits <= 6 {
+            exp_value = std::str::from_utf8(&b[s..*i])
+                .ok()
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(u32::MAX);
+        }
+    }
+    if b.get(*i).is_some_and(|c| json_word_byte(*c)) {
+        return Err("a malformed number");
+    }
+    Ok(mantissa <= NUMERIC_FAST_DIGITS
+        && exp_digits <= 6
+        && exp_value as i64 <= NUMERIC_MAX_EXPONENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric_words(v: &str, typmod: Option<(u16, u16)>) -> Verdict<Vec<i16>> {
+        let mut out = Vec::new();
+        match numeric(v, typmod, &mut out) {
+            Verdict::Value(_) => Verdict::Value(
+                out.chunks(2)
+                    .map(|c| i16::from_be_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            Verdict::Invalid(e) => Verdict::Invalid(e),
+            Verdict::Unsure => Verdict::Unsure,
+        }
+    }
+
+    #[test]
+    fn numerics_match_postgres_binary() {
+        let v = |w: &[i16]| Verdict::Value(w.to_vec());
+        // ndigits, weight, sign, dscale, digits…
+        assert_eq!(
+            numeric_words("1234.5", Some((12, 2))),
+            v(&[2, 0, 0, 2, 1234, 5000])
+        );
+        assert_eq!(numeric_words("-0.01", None), v(&[1, -1, 0x4000, 2, 100]));
+        assert_eq!(numeric_words("0", Some((12, 2))), v(&[0, 0, 0, 2]));
+        assert_eq!(
+            numeric_words("12345678", None),
+            v(&[2, 1, 0, 0, 1234, 5678])
+        );
+        assert_eq!(numeric_words("10000", None), v(&[1, 1, 0, 0, 1]));
+        assert_eq!(
+            numeric_words("1.005", Some((5, 2))),
+            v(&[2, 0, 0, 2, 1, 100])
+        );
+        assert_eq!(numeric_words("9.995", Some((5, 2))), v(&[1, 0, 0, 2, 10]));
+        assert_eq!(numeric_words("1e3", None), v(&[1, 0, 0, 0, 1000]));
+        assert_eq!(numeric_words("1.50e1", None), v(&[1, 0, 0, 1, 15]));
+        assert_eq!(
+            numeric_words("0.00001", Some((10, 5))),
+            v(&[1, -2, 0, 5, 1000])
+        );
+        assert_eq!(
+            numeric_words("-100000000.5", None),
+            v(&[4, 2, 0x4000, 1, 1, 0, 0, 5000])
+        );
+        assert!(matches!(
+            numeric_words("123456789012", Some((12, 2))),
+            Verdict::Invalid(_)
+        ));
+        assert!(
+            matches!(
+                numeric_words("9999999999.995", Some((12, 2))),
+                Verdict::Invalid(_)
+            ),
+            "rounds up past the precision"
+        );
+        assert!(matches!(numeric_words("12a", None), Verdict::Unsure));
+        assert!(matches!(numeric_words("", None), Verdict::Invalid(_)));
+        assert!(matches!(numeric_words("1 2", None), Verdict::Invalid(_)));
+    }
+
+    #[test]
+    fn extreme_exponents_never_allocate_by_the_exponent() {
+        for v in [
+            "1e-9223372036854775808",
+            "1e9223372036854775807",
+            "1e99999999999999999999",
+            "1e-1001",
+        ] {
+            assert_eq!(numeric_words(v, None), Verdict::Unsure, "{v}");
+        }
+        assert!(matches!(numeric_words("1e-1000", None), Verdict::Value(_)));
+    }
+
+    #[test]
+    fn plain_decimals_take_a_fast_path_that_agrees_with_the_general_one() {
+        for v in [
+            "0",
+            "-0.0",
+            "1",
+            "12.5",
+            "-0.01",
+            "99999.995",
+            "1234567.891",
+            "0.00005",
+            "10000",
+            "007.10",
+        ] {
+            for typmod in [None, Some((12, 2)), Some((20, 6)), Some((9, 0))] {
+                let plain = numeric_words(v, typmod);
+                let general = numeric_words(&format!("{v}e0"), typmod);
+                assert_eq!(plain, general, "{v} {typmod:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn floats_refuse_overflow_and_underflow() {
+        assert!(matches!(double("1e309"), Verdict::Invalid(_)));
+        assert!(matches!(double("1e-400"), Verdict::Invalid(_)));
+        assert_eq!(double("4.9e-324"), Verdict::Value(4.9e-324));
+        assert_eq!(double(" 0.0e-999 "), Verdict::Value(0.0));
+        assert!(matches!(real("1e39"), Verdict::Invalid(_)));
+        assert!(matches!(real("1e-46"), Verdict::Invalid(_)));
+        assert_eq!(double("0x1p3"), Verdict::Unsure);
+        assert_eq!(
+            double("\u{a0}1"),
+            Verdict::Invalid("\"\u{a0}1\" is not a number".into())
+        );
+        // f64 then f32 rounds twice; strtof once.
+        assert_eq!(
+            real("1.0000000596046447762579867"),
+            Verdict::Value(1.000_000_1_f32)
+        );
+    }
+
+    #[test]
+    fn booleans_take_unique_prefixes() {
+        for t in ["t", "tru", "TRUE", " yes\n", "ye", "on", "1"] {
+            assert_eq!(boolean(t), Verdict::Value(true), "{t}");
+        }
+        for f in ["f", "fAlS", "n", "no", "of", "off", "0"] {
+            assert_eq!(boolean(f), Verdict::Value(false), "{f}");
+        }
+        for x in ["o", "truex", "2", "", "onn", "yess"] {
+            assert!(matches!(boolean(x), Verdict::Invalid(_)), "{x}");
+        }
+    }
+
+    #[test]
+    fn dates_and_timestamps() {
+        let utc = TimeZone::parse("UTC").unwrap();
+        assert_eq!(date("2000-01-01"), Verdict::Value(0));
+        assert_eq!(date("1999-12-31"), Verdict::Value(-1));
+        assert_eq!(date("2024-02-29"), Verdict::Value(8825));
+        assert_eq!(date("2023-02-29"), Verdict::Unsure);
+        assert_eq!(date("2020-1-5"), Verdict::Unsure);
+        assert_eq!(
+            timestamp("2000-01-01T00:00:01Z", &utc, true),
+            Verdict::Value(1_000_000)
+        );
+        assert_eq!(
+            timestamp("2000-01-01 01:00:00+01:00", &utc, true),
+            Verdict::Value(0)
+        );
+        assert_eq!(
+            timestamp("2000-01-01 01:00:00+01:00", &utc, false),
+            Verdict::Value(3_600_000_000),
+            "timestamp without time zone ignores the offset"
+        );
+        assert_eq!(
+            timestamp("2000-01-01T00:00:00.5", &utc, true),
+            Verdict::Value(500_000)
+        );
+        let berlin = TimeZone::parse("Europe/Berlin").unwrap();
+        assert_eq!(
+            timestamp("2000-01-01T01:00:00", &berlin, true),
+            Verdict::Value(0)
+        );
+        assert_eq!(
+            timestamp("2024-03-31T02:30:00", &berlin, true),
+            Verdict::Unsure,
+            "DST gap"
+        );
+        assert_eq!(
+            timestamp("2024-10-27T02:30:00", &berlin, true),
+            Verdict::Unsure,
+            "DST repeat"
+        );
+        assert_eq!(
+            timestamp("2024-01-01 24:00:00", &utc, true),
+            Verdict::Unsure
+        );
+        assert_eq!(timestamp("10:11:12,5", &utc, true), Verdict::Unsure);
+        assert_eq!(
+            timestamp("2024-01-01 10:11:12,5", &utc, true),
+            Verdict::Unsure
+        );
+    }
+
+    #[test]
+    fn uuids_as_postgres_reads_them() {
+        let want = Verdict::Value([
+            0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38,
+            0x0a, 0x11,
+        ]);
+        for ok in [
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
+        ] {
+            assert_eq!(uuid(ok), want, "{ok}");
+        }
+        for bad in [
+            " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-",
+            "a0e-ebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ] {
+            assert!(matches!(uuid(bad), Verdict::Invalid(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bytea_hex_and_escape() {
+        let read = |v: &str| {
+            let mut out = Vec::new();
+            match bytea(v, &mut out) {
+                Verdict::Value(()) => Some(out),
+                _ => None,
+            }
+        };
+        assert_eq!(read("\\x41 42\n"), Some(b"AB".to_vec()));
+        assert_eq!(read("a\\\\b"), Some(b"a\\b".to_vec()));
+        assert_eq!(read("\\001x"), Some(vec![1, b'x']));
+        assert_eq!(read("\\x4"), None);
+        assert_eq!(read("\\x4 1"), None);
+        assert_eq!(read("a\\b"), None);
+        assert_eq!(read("\\400"), None);
+    }
+
+    #[test]
+    fn bounded_text_cuts_only_spaces() {
+        let ty = "varchar(5)";
+        assert_eq!(bounded_text("abcde   ", 5, &ty), Verdict::Value("abcde"));
+        assert!(matches!(
+            bounded_text("abcde  f", 5, &ty),
+            Verdict::Invalid(_)
+        ));
+        assert!(matches!(
+            bounded_text("abcde\t", 5, &ty),
+            Verdict::Invalid(_)
+        ));
+        assert_eq!(bounded_text("äöü  ", 3, &ty), Verdict::Value("äöü"));
+    }
+
+    #[test]
+    fn json_grammar() {
+        for ok in [
+            "{}",
+            "[]",
+            " {\"a\": [1, -0.5e3, true, null, \"x\\u00e9\\ud83d\\ude00\"]} ",
+            "5",
+            "\"s\"",
+        ] {
+            assert_eq!(json(ok), Verdict::Value(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "{\"a\"}",
+            "01",
+            "1.",
+            "tru",
+            "True",
+            "\"\\u0000\"",
+            "\"\\ud800\"",
+            "[1] x",
+            "\"a\nb\"",
+            "{'a':1}",
+            "-",
+        ] {
+            assert!(matches!(json(bad), Verdict::Invalid(_)), "{bad}");
+        }
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(json(&deep), Verdict::Unsure);
+        assert_eq!(json("1e1001"), Verdict::Unsure);
+    }
+}
