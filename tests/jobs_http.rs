@@ -357,3 +357,49 @@ fn a_job_changed_by_another_process_reads_fresh() {
         || s.get("/api/v2/models", &a).status() == 401,
     );
 }
+
+#[test]
+fn a_job_whose_worker_died_twice_without_progress_is_failed_not_retried() {
+    let db = TestDb::new();
+    // No workers: the uploads stay queued for us to stage their history.
+    let s = Server::start(&db, &[("NEXUS_WORKERS", "0")]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let poisoned = accepted(upload(
+        &s,
+        &a,
+        "model=customer",
+        customers(1, 10).into_bytes(),
+        &[],
+    ));
+    let progressed = accepted(upload(
+        &s,
+        &a,
+        "model=customer",
+        customers(100, 10).into_bytes(),
+        &[],
+    ));
+    // Both jobs' workers died once before, and now their leases ran out
+    // again: one without a batch committed since, one after some progress.
+    let expired = |id: &str, claimed_done: i64| {
+        db.exec(&format!(
+            "UPDATE nexus.jobs SET status = 'running', lease_owner = 'dead/0',
+                    lease_expires_at = now() - interval '1 second', stalled_leases = 1,
+                    claimed_done = {claimed_done}
+             WHERE id = '{id}'"
+        ))
+    };
+    expired(&poisoned, 0);
+    expired(&progressed, -1);
+    drop(s);
+    let s = Server::start(&db, &[("NEXUS_WORKERS", "1")]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let failed = wait_status(&s, &a, &poisoned, "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("stopped 2 times without committing a batch"),
+        "{failed}"
+    );
+    assert_eq!(failed["rows_committed"], 0);
+    let loaded = wait_status(&s, &a, &progressed, "succeeded");
+    assert_eq!(loaded["rows_committed"], 10);
+}

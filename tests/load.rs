@@ -670,3 +670,60 @@ fn migrate_is_idempotent_and_creates_model_tables() {
     let show = db.run(&["models", "show", "customer"]);
     assert!(show.stdout.contains("format = \"email\""), "{show:?}");
 }
+
+#[test]
+fn a_wide_hostile_header_fails_fast_with_a_bounded_message_on_stderr_too() {
+    let db = TestDb::new();
+    // 200,000 unknown columns: a quadratic duplicate check would take
+    // minutes, an unbounded message would break the job notification.
+    let header: Vec<String> = (0..200_000)
+        .map(|i| format!("column_{i}_{}", "x".repeat(40)))
+        .collect();
+    let f = db.file("wide.csv", format!("id,{}\n1\n", header.join(",")));
+    let started = std::time::Instant::now();
+    let (r, s) = db.load_json(&["--model", "customer", f.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(s["status"], "failed");
+    let error = s["error"].as_str().unwrap();
+    assert!(error.contains("and 199980 more"), "{error}");
+    assert!(error.chars().count() <= 2100, "{} characters", error.len());
+    assert!(
+        r.stderr.contains("not in model"),
+        "the reason is on stderr: {}",
+        r.stderr
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    let dup = db.file(
+        "dup.csv",
+        format!("id,{},ID\n", header[..100_000].join(",")),
+    );
+    let r = db.run(&["load", "--model", "customer", dup.to_str().unwrap()]);
+    assert!(r.stdout.contains("appears more than once"), "{r:?}");
+    assert_eq!(r.code, 1, "{r:?}");
+}
+
+#[test]
+fn nul_bytes_and_deep_documents_are_rejected_rows_not_failed_jobs() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int, doc jsonb, note text)");
+    let deep = "[".repeat(200_000) + &"]".repeat(200_000);
+    let body = format!(
+        "id,doc,note\n1,{{}},fine\n2,\"{deep}\",deep\n3,[],nul\0here\n4,\"{{\"\"a\"\": [1, 2]}}\",fine\n"
+    );
+    let f = db.file("t.csv", body);
+    let (r, s) = db.load_json(&["--table", "t", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        (s["rows_committed"].as_i64(), s["rows_rejected"].as_i64()),
+        (Some(2), Some(2))
+    );
+    let rejects: Vec<(i64, String)> = db
+        .sql("SELECT line, reason FROM nexus.rejects ORDER BY line")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rejects[0].0, 3);
+    assert!(rejects[0].1.contains("stack depth"), "{rejects:?}");
+    assert_eq!(rejects[1].0, 4);
+    assert!(rejects[1].1.contains("NUL"), "{rejects:?}");
+}

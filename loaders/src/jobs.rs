@@ -396,28 +396,66 @@ pub struct Claimed {
     pub owner: Option<String>,
 }
 
+/// How many times a job's lease may expire without progress (its worker
+/// died each time) before it is failed instead of handed on: a file that
+/// crashes servers must not crash them all.
+pub const MAX_STALLED_LEASES: i32 = 2;
+
 /// Claims the oldest queued job, or a running one whose lease expired (its
 /// worker died), for `owner` until `lease` from now. Workers skip rows other
 /// workers are claiming (`SKIP LOCKED`), so each job goes to one of them.
+/// A job whose lease expired [`MAX_STALLED_LEASES`] times without a batch
+/// committed in between is failed on the way, and the next one is taken.
 pub async fn claim_next(
     c: &impl GenericClient,
     owner: &str,
     lease: std::time::Duration,
 ) -> Result<Option<Claimed>, tokio_postgres::Error> {
-    Ok(c
-        .query_opt(
-            "UPDATE nexus.jobs SET status = 'running', lease_owner = $1,
-                    lease_expires_at = now() + make_interval(secs => $2), started_at = coalesce(started_at, now())
-             WHERE id = (SELECT id FROM nexus.jobs
-                         WHERE storage_key IS NOT NULL
-                           AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))
-                         ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
-             RETURNING id, model, mode, atomic, file_name, file_hash, bytes_total, storage_key, options, owner",
-            &[&owner, &lease.as_secs_f64()],
-        )
-        .await?
-        .map(|r| Claimed {
-            id: r.get(0),
+    loop {
+        let Some(r) = c
+            .query_opt(
+                "WITH pick AS (
+                     SELECT j.id, j.status = 'running' AS expired,
+                            (SELECT coalesce(sum(rows_read), 0)::bigint FROM nexus.job_batches b
+                              WHERE b.job_id = j.id) AS done
+                     FROM nexus.jobs j
+                     WHERE j.storage_key IS NOT NULL
+                       AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
+                     ORDER BY j.created_at FOR UPDATE SKIP LOCKED LIMIT 1),
+                 verdict AS (
+                     SELECT pick.id, pick.done,
+                            CASE WHEN NOT pick.expired THEN j.stalled_leases
+                                 WHEN pick.done IS NOT DISTINCT FROM j.claimed_done THEN j.stalled_leases + 1
+                                 ELSE 0 END AS stalled
+                     FROM pick JOIN nexus.jobs j ON j.id = pick.id)
+                 UPDATE nexus.jobs j SET
+                     stalled_leases = v.stalled, claimed_done = v.done,
+                     status = CASE WHEN v.stalled >= $3 THEN 'failed' ELSE 'running' END,
+                     error = CASE WHEN v.stalled >= $3 THEN
+                         'failed: its worker stopped ' || v.stalled || ' times without committing a batch '
+                         || '(a crash or a kill while loading it); it is not retried, so that it cannot stop '
+                         || 'another server. Check the file, then upload it again' END,
+                     finished_at = CASE WHEN v.stalled >= $3 THEN now() END,
+                     lease_owner = CASE WHEN v.stalled >= $3 THEN NULL ELSE $1 END,
+                     lease_expires_at = CASE WHEN v.stalled >= $3 THEN NULL
+                                             ELSE now() + make_interval(secs => $2) END,
+                     started_at = coalesce(started_at, now())
+                 FROM verdict v WHERE j.id = v.id
+                 RETURNING j.id, j.model, j.mode, j.atomic, j.file_name, j.file_hash, j.bytes_total,
+                           j.storage_key, j.options, j.owner, j.status",
+                &[&owner, &lease.as_secs_f64(), &MAX_STALLED_LEASES],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let id: Uuid = r.get(0);
+        if r.get::<_, String>(10) == "failed" {
+            tracing::error!(job = %id, "a job stopped its workers {MAX_STALLED_LEASES} times without progress; failed it");
+            continue;
+        }
+        return Ok(Some(Claimed {
+            id,
             model: r.get(1),
             mode: r.get(2),
             atomic: r.get(3),
@@ -427,7 +465,8 @@ pub async fn claim_next(
             storage_key: r.get(7),
             options: r.get(8),
             owner: r.get(9),
-        }))
+        }));
+    }
 }
 
 /// Extends a lease; false if it was lost (expired and taken by another worker).

@@ -203,7 +203,7 @@ CREATE TABLE nexus.cache_stats (
     ),
     (
         7,
-        "server-side input for values the encoder defers; bounded job notices",
+        "server-side input for deferred values; poisoned jobs; bounded job notices",
         r#"
 -- The encoder's fast path sends the values it does not fully know here:
 -- each is read by its type's own input function with the column's type
@@ -246,6 +246,11 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END $fn$;
+-- A job whose lease expired twice without progress (its worker died each
+-- time) is failed rather than handed to the next worker.
+ALTER TABLE nexus.jobs
+    ADD COLUMN claimed_done   bigint,
+    ADD COLUMN stalled_leases int NOT NULL DEFAULT 0;
 -- A notification payload must stay under 8,000 bytes whatever a job's
 -- error says.
 CREATE OR REPLACE FUNCTION nexus.announce_job() RETURNS trigger LANGUAGE plpgsql AS $$

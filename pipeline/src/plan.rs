@@ -15,12 +15,13 @@ pub enum PlanError {
     HeaderEncoding,
     #[error("the header row has an unterminated quoted field")]
     HeaderQuote,
-    #[error("column `{0}` appears more than once in the header")]
+    #[error("column {0} appears more than once in the header")]
     DuplicateHeader(String),
     #[error(
-        "input column{} {} not in model `{model}` (its columns: {known}); set extra_columns = \"ignore\" in the model to skip extra columns",
+        "input column{} {}{} not in model `{model}` (its columns: {known}); set extra_columns = \"ignore\" in the model to skip extra columns",
         if names.len() > 1 { "s" } else { "" },
-        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        names.iter().take(20).map(|n| header_name(n)).collect::<Vec<_>>().join(", "),
+        if names.len() > 20 { format!(" and {} more", names.len() - 20) } else { String::new() }
     )]
     UnknownColumns {
         names: Vec<String>,
@@ -35,6 +36,14 @@ pub enum PlanError {
     MissingColumns(Vec<String>),
     #[error("upsert needs the key column `{0}` in the input")]
     MissingKey(String),
+}
+
+/// A header name for a message: in backticks, long ones cut.
+fn header_name(n: &str) -> String {
+    match n.char_indices().nth(60) {
+        None => format!("`{n}`"),
+        Some((at, _)) => format!("`{}…`", &n[..at]),
+    }
 }
 
 /// The mapping from input fields to COPY columns.
@@ -62,13 +71,11 @@ impl Plan {
         let mut copy_columns = Vec::new();
         let mut field_of = Vec::new();
         let mut unknown = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(header.len());
         for (f, raw) in header.iter().enumerate() {
             let name = raw.trim();
-            if header[..f]
-                .iter()
-                .any(|h| h.trim().eq_ignore_ascii_case(name))
-            {
-                return Err(PlanError::DuplicateHeader(name.to_string()));
+            if !seen.insert(name.to_lowercase()) {
+                return Err(PlanError::DuplicateHeader(header_name(name)));
             }
             match model
                 .columns

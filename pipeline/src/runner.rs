@@ -1,8 +1,14 @@
 //! The stage runner: a reader thread splits the input into raw batches, a
 //! rayon pool encodes them, and a collector hands encoded batches to the
 //! loader's sink in sequence order. Every hop is a bounded crossbeam
-//! channel, so a slow database stalls the reader instead of growing memory:
-//! at most about `3 × workers` batches are in flight.
+//! channel, and the reader takes a credit per batch that the collector
+//! returns only when it hands that batch on: at most `4 × workers` batches
+//! are in flight or waiting for their turn, whatever a slow batch or a slow
+//! database does.
+//!
+//! A worker that panics (a bug met by some input) fails the load with the
+//! batch's lines in the message; the stages then wind down instead of
+//! waiting for a batch that will never come.
 //!
 //! Batches that a previous run already committed (`skip`) are read past but
 //! never encoded; their bounds are the same because batch bounds depend only
@@ -10,8 +16,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
-use std::sync::Arc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::bounded;
@@ -29,6 +36,24 @@ pub enum PipelineError {
     Io(#[from] std::io::Error),
     #[error("a pipeline thread panicked: {0}")]
     Panic(String),
+    #[error(
+        "a parse worker crashed on batch {seq} (lines {first_line}–{last_line}): {message}; \
+         this is a bug in Nexus, please report it with those lines. The batches committed so far are kept"
+    )]
+    WorkerPanic {
+        seq: u64,
+        first_line: u64,
+        last_line: u64,
+        message: String,
+    },
+}
+
+/// A panic's message, whatever its payload.
+fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| e.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// How to cut and encode batches.
@@ -57,6 +82,8 @@ pub struct SourceStats {
 /// Running stages; join with [`Stages::finish`] after the sink closed.
 pub struct Stages {
     pub plan: Arc<Plan>,
+    /// The first worker panic, which stopped the stages.
+    crashed: Arc<Mutex<Option<PipelineError>>>,
     reader: JoinHandle<Result<SourceStats, PipelineError>>,
     encoder: JoinHandle<()>,
     collector: JoinHandle<()>,
@@ -70,7 +97,23 @@ pub fn start(
     model: Arc<Model>,
     opts: RunOptions,
     bytes_read: Arc<AtomicU64>,
+    sink: impl FnMut(EncodedBatch) -> bool + Send + 'static,
+) -> Result<Stages, PipelineError> {
+    start_with(input, model, opts, bytes_read, sink, encode_batch)
+}
+
+/// How a worker turns a raw batch into an encoded one.
+type Encoder = fn(&Plan, RawBatch, &mut Scratch) -> EncodedBatch;
+
+/// [`start`] with the workers' encoder given (the tests give one that
+/// stalls or panics).
+fn start_with(
+    input: Box<dyn Read + Send>,
+    model: Arc<Model>,
+    opts: RunOptions,
+    bytes_read: Arc<AtomicU64>,
     mut sink: impl FnMut(EncodedBatch) -> bool + Send + 'static,
+    encode: Encoder,
 ) -> Result<Stages, PipelineError> {
     let mut reader = RecordReader::new(input, model.input.quote, model.input.max_record_bytes);
     let plan = if opts.has_header {
@@ -103,7 +146,14 @@ pub fn start(
     let plan = Arc::new(plan);
     let workers = opts.workers.max(1);
     let (raw_tx, raw_rx) = bounded::<RawBatch>(workers * 2);
-    let (enc_tx, enc_rx) = bounded::<EncodedBatch>(workers * 2);
+    let (enc_tx, enc_rx) = bounded::<Result<EncodedBatch, PipelineError>>(workers * 2);
+    // Credits bound the batches between the reader and the sink, including
+    // those the collector holds back until the ones before them arrive.
+    let window = workers * 4;
+    let (credit_tx, credit_rx) = bounded::<()>(window);
+    for _ in 0..window {
+        let _ = credit_tx.send(());
+    }
 
     let skip = opts.skip.clone();
     let reader = std::thread::Builder::new()
@@ -143,7 +193,7 @@ pub fn start(
                 if skip.contains(&batch.seq) {
                     continue;
                 }
-                if raw_tx.send(batch).is_err() {
+                if credit_rx.recv().is_err() || raw_tx.send(batch).is_err() {
                     break;
                 }
             }
@@ -171,7 +221,26 @@ pub fn start(
                     s.spawn(move |_| {
                         let mut scratch = Scratch::default();
                         while let Ok(raw) = rx.recv() {
-                            if tx.send(encode_batch(&plan, raw, &mut scratch)).is_err() {
+                            let (seq, lines) = (
+                                raw.seq,
+                                (
+                                    raw.records.first().map_or(0, |r| r.line),
+                                    raw.records.last().map_or(0, |r| r.line),
+                                ),
+                            );
+                            let encoded =
+                                catch_unwind(AssertUnwindSafe(|| encode(&plan, raw, &mut scratch)))
+                                    .map_err(|e| {
+                                        // The scratch buffers may be half-written.
+                                        scratch = Scratch::default();
+                                        PipelineError::WorkerPanic {
+                                            seq,
+                                            first_line: lines.0,
+                                            last_line: lines.1,
+                                            message: panic_message(&*e),
+                                        }
+                                    });
+                            if tx.send(encoded).is_err() {
                                 break;
                             }
                         }
@@ -181,6 +250,8 @@ pub fn start(
         })?;
 
     let skip = opts.skip;
+    let crashed = Arc::new(Mutex::new(None));
+    let crash_slot = crashed.clone();
     let collector = std::thread::Builder::new()
         .name("nexus-order".into())
         .spawn(move || {
@@ -189,12 +260,22 @@ pub fn start(
             while skip.contains(&next) {
                 next += 1;
             }
-            while let Ok(batch) = enc_rx.recv() {
+            while let Ok(encoded) = enc_rx.recv() {
+                let batch = match encoded {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Returning drops the receivers: the reader and
+                        // the workers stop at their next send.
+                        *crash_slot.lock().expect("crash slot") = Some(e);
+                        return;
+                    }
+                };
                 pending.insert(batch.seq, batch);
                 while let Some(batch) = pending.remove(&next) {
                     if !sink(batch) {
                         return;
                     }
+                    let _ = credit_tx.send(());
                     next += 1;
                     while skip.contains(&next) {
                         next += 1;
@@ -205,6 +286,7 @@ pub fn start(
 
     Ok(Stages {
         plan,
+        crashed,
         reader,
         encoder,
         collector,
@@ -214,17 +296,154 @@ pub fn start(
 impl Stages {
     /// Waits for every stage; the reader's error (if any) is the result.
     pub fn finish(self) -> Result<SourceStats, PipelineError> {
-        let panic = |e: Box<dyn std::any::Any + Send>| {
-            PipelineError::Panic(
-                e.downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| e.downcast_ref::<String>().cloned())
-                    .unwrap_or_default(),
+        let panic = |e: Box<dyn std::any::Any + Send>| PipelineError::Panic(panic_message(&*e));
+        let read = self.reader.join().map_err(panic);
+        let encoded = self.encoder.join().map_err(panic);
+        let collected = self.collector.join().map_err(panic);
+        if let Some(e) = self.crashed.lock().expect("crash slot").take() {
+            return Err(e);
+        }
+        encoded?;
+        collected?;
+        read.and_then(|r| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelSet;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    const WORKERS: usize = 2;
+
+    fn model() -> Arc<Model> {
+        ModelSet::parse("[models.m]\ntable='t'\n[[models.m.columns]]\nname='a'\ntype='text'\n")
+            .unwrap()
+            .get("m")
+            .unwrap()
+    }
+
+    fn opts() -> RunOptions {
+        RunOptions {
+            batch_size: 10,
+            max_batch_bytes: 1 << 20,
+            workers: WORKERS,
+            has_header: false,
+            line_column: false,
+            require_key: false,
+            skip: Arc::new(HashSet::new()),
+        }
+    }
+
+    fn input(rows: usize) -> Box<dyn Read + Send> {
+        let text: String = (0..rows).map(|i| format!("row{i}\n")).collect();
+        Box::new(std::io::Cursor::new(text.into_bytes()))
+    }
+
+    /// Runs the stages to their end on another thread; a hang fails the test.
+    fn run(encode: Encoder, rows: usize) -> (Result<SourceStats, PipelineError>, Vec<u64>) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink_seen = seen.clone();
+            let stages = start_with(
+                input(rows),
+                model(),
+                opts(),
+                Arc::new(AtomicU64::new(0)),
+                move |b| {
+                    sink_seen.lock().unwrap().push(b.seq);
+                    true
+                },
+                encode,
             )
-        };
-        let read = self.reader.join().map_err(panic)?;
-        self.encoder.join().map_err(panic)?;
-        self.collector.join().map_err(panic)?;
-        read
+            .unwrap();
+            let result = stages.finish();
+            let seen = seen.lock().unwrap().clone();
+            let _ = done_tx.send((result, seen));
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the stages wound down")
+    }
+
+    fn panics_on_batch_3(plan: &Plan, raw: RawBatch, s: &mut Scratch) -> EncodedBatch {
+        if raw.seq == 3 {
+            panic!("boom");
+        }
+        encode_batch(plan, raw, s)
+    }
+
+    #[test]
+    fn a_worker_panic_fails_the_run_with_its_lines_and_never_hangs() {
+        let (result, seen) = run(panics_on_batch_3, 100_000);
+        match result {
+            Err(PipelineError::WorkerPanic {
+                seq,
+                first_line,
+                last_line,
+                message,
+            }) => {
+                assert_eq!((seq, first_line, last_line), (3, 31, 40));
+                assert_eq!(message, "boom");
+            }
+            other => panic!("expected the worker's panic, got {other:?}"),
+        }
+        assert_eq!(
+            seen,
+            [0, 1, 2],
+            "batches after the crashed one are never handed on"
+        );
+    }
+
+    /// Batch 0 stalls until released; what the other workers do meanwhile is logged.
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+    static LOG: Mutex<Vec<(bool, u64)>> = Mutex::new(Vec::new());
+
+    fn stalls_on_batch_0(plan: &Plan, raw: RawBatch, s: &mut Scratch) -> EncodedBatch {
+        let seq = raw.seq;
+        LOG.lock().unwrap().push((true, seq));
+        if seq == 0 {
+            // Released by the test once every other worker is stuck.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !RELEASE.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        }
+        let out = encode_batch(plan, raw, s);
+        LOG.lock().unwrap().push((false, seq));
+        out
+    }
+
+    #[test]
+    fn a_slow_batch_holds_back_at_most_the_window() {
+        let releaser = std::thread::spawn(|| {
+            // The window is 4 × WORKERS batches: with batch 0 stalled, the
+            // others can start batches 1 .. window-1 and no more.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while LOG.lock().unwrap().iter().filter(|(s, _)| *s).count() < 4 * WORKERS
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::yield_now();
+            }
+            RELEASE.store(true, Ordering::SeqCst);
+        });
+        let (result, seen) = run(stalls_on_batch_0, 2_000);
+        releaser.join().unwrap();
+        result.unwrap();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        let log = LOG.lock().unwrap();
+        let end_0 = log.iter().position(|e| *e == (false, 0)).unwrap();
+        let window = 4 * WORKERS as u64;
+        for (at, (start, seq)) in log.iter().enumerate() {
+            if *start && *seq >= window {
+                assert!(
+                    at > end_0,
+                    "batch {seq} started before batch 0 was done: {log:?}"
+                );
+            }
+        }
     }
 }

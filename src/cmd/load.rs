@@ -318,6 +318,15 @@ fn print_summary(o: &LoadOutcome, json: bool) -> anyhow::Result<()> {
         let mut v = serde_json::to_value(j)?;
         v["resumed"] = serde_json::Value::Bool(o.resumed);
         writeln!(out, "{v}")?;
+        // The object stays on stdout for machines; a person (or a cron
+        // mail) still reads why a load failed on stderr.
+        if let Some(e) = &j.error {
+            eprintln!(
+                "nexus: {} {}: {e}",
+                j.file_name.as_deref().unwrap_or("-"),
+                j.status
+            );
+        }
         return Ok(());
     }
     let file = j.file_name.as_deref().unwrap_or("-");
