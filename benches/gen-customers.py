@@ -48,7 +48,7 @@ def main():
             elif kind == 3:
                 score = "1001"
             else:
-                ts = "yesterday"
+                ts = "2021-02-30T12:00:00Z"  # no such day: PostgreSQL refuses it too
         out.write(f"{i},{ext},{name},{email},{country},{segment},{credit},{ts},{active},{score}\n")
 
 

@@ -727,3 +727,61 @@ fn nul_bytes_and_deep_documents_are_rejected_rows_not_failed_jobs() {
     assert_eq!(rejects[1].0, 4);
     assert!(rejects[1].1.contains("NUL"), "{rejects:?}");
 }
+
+#[test]
+fn unique_conflicts_are_rejected_in_one_pass_with_their_index_and_key() {
+    let db = TestDb::new();
+    db.exec(
+        "CREATE TABLE acct (
+            id int PRIMARY KEY,
+            email text CONSTRAINT acct_email UNIQUE,
+            region text,
+            code text);
+         CREATE UNIQUE INDEX acct_code_eu ON acct (code) WHERE region = 'eu';
+         INSERT INTO acct SELECT g, 'e' || g, 'us', 'c' || g FROM generate_series(1, 100) g;",
+    );
+    // ids 51..=150: 50 collide with the table; id 120 appears twice; row
+    // 140's email collides with row 1's; NULL emails never collide; one
+    // partial-index conflict is left to bisection.
+    let mut text = String::from("id,email,region,code\n");
+    for id in 51..=150 {
+        let email = match id {
+            140 => "e1".to_string(),
+            130..=135 => String::new(),
+            _ => format!("e{id}"),
+        };
+        let (region, code) = if id == 145 || id == 146 { ("eu", "shared") } else { ("us", "x") };
+        text.push_str(&format!("{id},{email},{region},{code}\n"));
+    }
+    text.push_str("120,e9999,us,x\n");
+    let f = db.file("a.csv", &text);
+    let (r, s) = db.load_json(&["--table", "acct", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["rows_read"], 101);
+    assert_eq!(s["rows_rejected"], 53, "{s}");
+    assert_eq!(db.count("acct"), 148);
+    let rejects: Vec<(i64, String)> = db
+        .sql("SELECT line, reason FROM nexus.rejects ORDER BY line")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rejects.len(), 53);
+    assert_eq!(
+        rejects[0],
+        (
+            2,
+            "duplicate key value violates unique constraint \"acct_pkey\": Key (id)=(51) already exists.".to_string()
+        )
+    );
+    let find = |line: i64| rejects.iter().find(|r| r.0 == line).map(|r| r.1.as_str());
+    assert!(find(91).unwrap().contains("\"acct_email\": Key (email)=(e1)"), "{rejects:?}");
+    assert!(find(97).unwrap().contains("acct_code_eu"), "{rejects:?}");
+    assert!(find(102).unwrap().contains("Key (id)=(120)"), "the later duplicate in the file: {rejects:?}");
+    assert_eq!(db.value("SELECT email FROM acct WHERE id = 120").as_deref(), Some("e120"));
+
+    // Loading the same rows again: every row is a duplicate.
+    let (r, s) = db.load_json(&["--table", "acct", "--force", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!((s["rows_committed"].as_i64(), s["rows_rejected"].as_i64()), (Some(0), Some(101)));
+    assert_eq!(db.count("acct"), 148);
+}

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod conflicts;
 pub mod gate;
 pub mod jobs;
 pub mod load;

@@ -20,10 +20,12 @@ use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::encode::{COPY_HEADER, COPY_TRAILER};
 use nexus_pipeline::types::quote_ident;
 use nexus_pipeline::{EncodedBatch, Plan, Reject};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use crate::cache::BatchCache;
+use crate::conflicts::{self, UniqueIndex};
 use crate::gate::SeqGate;
 use crate::load::Mode;
 use crate::pg::{self, ErrorKind, backoff, classify, describe};
@@ -44,6 +46,9 @@ pub struct Target {
 }
 
 const STAGE: &str = "nexus_stage";
+/// Batches in a row without a conflict after which an index is no longer
+/// probed before the COPY.
+const COLD_BATCHES: u32 = 3;
 const LINE_COL: &str = "__nexus_line";
 
 impl Target {
@@ -129,6 +134,13 @@ pub struct BatchWriter {
     staged: bool,
     /// The cache stage, for a cached model.
     cache: Option<Arc<BatchCache>>,
+    /// Unique indexes by name, as far as conflicts on them can be probed.
+    unique_indexes: std::collections::HashMap<String, Option<UniqueIndex>>,
+    /// Indexes with conflicts in a recent batch, probed before each COPY.
+    hot: Vec<UniqueIndex>,
+    cold_batches: u32,
+    /// The probe table exists in this session.
+    probe_ready: bool,
 }
 
 /// A batch taken apart for writing: the COPY body as cheap-to-slice bytes.
@@ -167,6 +179,10 @@ impl BatchWriter {
             prepared: None,
             staged: false,
             cache: None,
+            unique_indexes: Default::default(),
+            hot: Vec::new(),
+            cold_batches: 0,
+            probe_ready: false,
         })
     }
 
@@ -232,6 +248,7 @@ impl BatchWriter {
         self.client = Self::open(&self.url, &self.timezone).await?;
         self.prepared = None;
         self.staged = false;
+        self.probe_ready = false;
         Ok(())
     }
 
@@ -480,17 +497,45 @@ impl BatchWriter {
             }
         }
         let mut applied = 0u64;
-        // Ranges of row indices still to apply; the first is the whole batch.
-        let mut work: Vec<(usize, usize)> = vec![(0, rows.len())];
+        // Lists of row indices still to apply; the first is the whole batch.
+        let mut work: Vec<Vec<u32>> = vec![(0..rows.len() as u32).collect()];
         let mut first = true;
-        while let Some((lo, hi)) = work.pop() {
+        // Unique indexes already probed for this batch.
+        let mut probed: Vec<String> = Vec::new();
+        if !upsert && !self.hot.is_empty() {
+            // An index that had conflicts in a recent batch is probed before
+            // the COPY, which then cannot fail on it halfway through.
+            let mut rest = work.pop().unwrap_or_default();
+            let mut found = 0;
+            for index in self.hot.clone() {
+                let (keep, n) = self.probe(parts, rest, &index, rejects).await?;
+                rest = keep;
+                found += n;
+                probed.push(index.name);
+            }
+            if found == 0 {
+                self.cold_batches += 1;
+                if self.cold_batches >= COLD_BATCHES {
+                    self.hot.clear();
+                }
+            }
+            work.push(rest);
+            first = false;
+        }
+        while let Some(list) = work.pop() {
+            if list.is_empty() {
+                continue;
+            }
             self.client.batch_execute("SAVEPOINT nexus_rows").await?;
             let result = if first && upsert {
                 self.client.batch_execute(&self.merge_sql).await
             } else if first {
                 self.copy(parts.body.clone()).await
             } else {
-                let body = Bytes::from(copy_subset(&parts.body, &rows[lo..hi]));
+                let body = Bytes::from(copy_subset(
+                    &parts.body,
+                    list.iter().map(|&i| &rows[i as usize]),
+                ));
                 if upsert {
                     self.stage_and_merge(body).await
                 } else {
@@ -503,7 +548,7 @@ impl BatchWriter {
                     self.client
                         .batch_execute("RELEASE SAVEPOINT nexus_rows")
                         .await?;
-                    applied += (hi - lo) as u64;
+                    applied += list.len() as u64;
                 }
                 Err(e) if classify(&e) == ErrorKind::Row => {
                     self.client
@@ -511,13 +556,25 @@ impl BatchWriter {
                             "ROLLBACK TO SAVEPOINT nexus_rows; RELEASE SAVEPOINT nexus_rows",
                         )
                         .await?;
-                    if hi - lo == 1 {
+                    if !upsert
+                        && list.len() > 1
+                        && let Some(index) = self.conflicting_index(&e, &probed).await?
+                    {
+                        probed.push(index.name.clone());
+                        if !self.hot.contains(&index) {
+                            self.hot.push(index.clone());
+                        }
+                        self.cold_batches = 0;
+                        let (keep, _) = self.probe(parts, list, &index, rejects).await?;
+                        work.push(keep);
+                    } else if list.len() == 1 {
                         let column = e.as_db_error().and_then(|d| d.column()).map(str::to_string);
-                        rejects.push(parts.batch.reject_row(lo, column, describe(&e)));
+                        rejects.push(parts.batch.reject_row(list[0] as usize, column, describe(&e)));
                     } else {
-                        let mid = lo + (hi - lo) / 2;
-                        work.push((mid, hi));
-                        work.push((lo, mid));
+                        let mut lower = list;
+                        let upper = lower.split_off(lower.len() / 2);
+                        work.push(upper);
+                        work.push(lower);
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -525,6 +582,104 @@ impl BatchWriter {
         }
         rejects.sort_by_key(|r| r.line);
         Ok(applied)
+    }
+
+    /// The plain unique index a unique violation names, unless this batch
+    /// probed it already (then the conflict is a race: bisect instead).
+    async fn conflicting_index(
+        &mut self,
+        e: &tokio_postgres::Error,
+        probed: &[String],
+    ) -> Result<Option<UniqueIndex>, tokio_postgres::Error> {
+        let Some(db) = e.as_db_error() else {
+            return Ok(None);
+        };
+        let Some(name) = db.constraint() else {
+            return Ok(None);
+        };
+        if db.code() != &SqlState::UNIQUE_VIOLATION || probed.iter().any(|p| p == name) {
+            return Ok(None);
+        }
+        if !self.unique_indexes.contains_key(name) {
+            let found =
+                conflicts::lookup(&self.client, &self.target.table, name, &self.target.columns)
+                    .await?;
+            self.unique_indexes.insert(name.to_string(), found);
+        }
+        Ok(self.unique_indexes[name].clone())
+    }
+
+    /// Finds the rows of `list` that conflict on `index` with the table or
+    /// with an earlier row, rejects them, and returns the others with how
+    /// many were rejected. A probe that fails leaves `list` whole.
+    async fn probe(
+        &mut self,
+        parts: &Parts<'_>,
+        list: Vec<u32>,
+        index: &UniqueIndex,
+        rejects: &mut Vec<Reject>,
+    ) -> Result<(Vec<u32>, usize), tokio_postgres::Error> {
+        if !self.probe_ready {
+            self.client
+                .batch_execute(&conflicts::probe_table_sql(
+                    &self.target.table,
+                    &self.target.columns,
+                ))
+                .await?;
+            self.probe_ready = true;
+        }
+        self.client.batch_execute("SAVEPOINT nexus_probe").await?;
+        let found = async {
+            self.client.batch_execute(conflicts::PROBE_TRUNCATE).await?;
+            let body = Bytes::from(conflicts::probe_body(
+                &parts.body,
+                &parts.batch.rows,
+                &list,
+            ));
+            let sink = self
+                .client
+                .copy_in::<_, Bytes>(&conflicts::probe_copy_sql(&self.target.columns))
+                .await?;
+            let mut sink = pin!(sink);
+            sink.send(body).await?;
+            sink.as_mut().finish().await?;
+            self.client
+                .query(
+                    &conflicts::conflicts_sql(&self.target.table, index),
+                    &[&index.name, &conflicts::key_list(index)],
+                )
+                .await
+        }
+        .await;
+        let found = match found {
+            Ok(rows) => {
+                self.client
+                    .batch_execute("RELEASE SAVEPOINT nexus_probe")
+                    .await?;
+                rows
+            }
+            Err(e) if classify(&e) != ErrorKind::Transient => {
+                tracing::debug!(error = %e, index = %index.name, "probing unique conflicts failed; bisecting instead");
+                self.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT nexus_probe; RELEASE SAVEPOINT nexus_probe")
+                    .await?;
+                return Ok((list, 0));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut conflicting: Vec<u32> = Vec::with_capacity(found.len());
+        for row in &found {
+            let i: i32 = row.get(0);
+            conflicting.push(i as u32);
+            rejects.push(parts.batch.reject_row(i as usize, None, row.get(1)));
+        }
+        conflicting.sort_unstable();
+        let keep = list
+            .into_iter()
+            .filter(|i| conflicting.binary_search(i).is_err())
+            .collect();
+        metrics::counter!("nexus_unique_conflicts_total").increment(found.len() as u64);
+        Ok((keep, found.len()))
     }
 
     async fn stage_and_merge(&self, body: Bytes) -> Result<(), tokio_postgres::Error> {
@@ -592,8 +747,8 @@ pub async fn insert_rejects(
 }
 
 /// A COPY body holding only `rows` of `body`.
-fn copy_subset(body: &[u8], rows: &[EncodedRow]) -> Vec<u8> {
-    let size: usize = rows.iter().map(|r| (r.end - r.start) as usize).sum();
+fn copy_subset<'a>(body: &[u8], rows: impl Iterator<Item = &'a EncodedRow> + Clone) -> Vec<u8> {
+    let size: usize = rows.clone().map(|r| (r.end - r.start) as usize).sum();
     let mut out = Vec::with_capacity(COPY_HEADER.len() + size + COPY_TRAILER.len());
     out.extend_from_slice(COPY_HEADER);
     for r in rows {
