@@ -750,7 +750,11 @@ fn unique_conflicts_are_rejected_in_one_pass_with_their_index_and_key() {
             130..=135 => String::new(),
             _ => format!("e{id}"),
         };
-        let (region, code) = if id == 145 || id == 146 { ("eu", "shared") } else { ("us", "x") };
+        let (region, code) = if id == 145 || id == 146 {
+            ("eu", "shared")
+        } else {
+            ("us", "x")
+        };
         text.push_str(&format!("{id},{email},{region},{code}\n"));
     }
     text.push_str("120,e9999,us,x\n");
@@ -774,14 +778,28 @@ fn unique_conflicts_are_rejected_in_one_pass_with_their_index_and_key() {
         )
     );
     let find = |line: i64| rejects.iter().find(|r| r.0 == line).map(|r| r.1.as_str());
-    assert!(find(91).unwrap().contains("\"acct_email\": Key (email)=(e1)"), "{rejects:?}");
+    assert!(
+        find(91)
+            .unwrap()
+            .contains("\"acct_email\": Key (email)=(e1)"),
+        "{rejects:?}"
+    );
     assert!(find(97).unwrap().contains("acct_code_eu"), "{rejects:?}");
-    assert!(find(102).unwrap().contains("Key (id)=(120)"), "the later duplicate in the file: {rejects:?}");
-    assert_eq!(db.value("SELECT email FROM acct WHERE id = 120").as_deref(), Some("e120"));
+    assert!(
+        find(102).unwrap().contains("Key (id)=(120)"),
+        "the later duplicate in the file: {rejects:?}"
+    );
+    assert_eq!(
+        db.value("SELECT email FROM acct WHERE id = 120").as_deref(),
+        Some("e120")
+    );
 
     // Loading the same rows again: every row is a duplicate.
     let (r, s) = db.load_json(&["--table", "acct", "--force", f.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!((s["rows_committed"].as_i64(), s["rows_rejected"].as_i64()), (Some(0), Some(101)));
+    assert_eq!(
+        (s["rows_committed"].as_i64(), s["rows_rejected"].as_i64()),
+        (Some(0), Some(101))
+    );
     assert_eq!(db.count("acct"), 148);
 }

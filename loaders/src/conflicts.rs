@@ -103,7 +103,9 @@ pub fn probe_body(body: &[u8], rows: &[EncodedRow], which: &[u32]) -> Vec<u8> {
 
 /// The probe: rows (of those now in the probe table) whose key has no NULL
 /// and equals a row of `table` or of an earlier row in the batch, each
-/// with PostgreSQL's wording of the conflict.
+/// with PostgreSQL's wording of the conflict. Two semi-joins, not one
+/// `EXISTS … OR EXISTS …`, which PostgreSQL runs as a subplan per row
+/// (quadratic in the batch).
 pub fn conflicts_sql(table: &str, index: &UniqueIndex) -> String {
     let cols: Vec<String> = index.columns.iter().map(|c| quote_ident(c)).collect();
     let eq = |a: &str, b: &str| {
@@ -114,15 +116,17 @@ pub fn conflicts_sql(table: &str, index: &UniqueIndex) -> String {
     };
     let not_null: Vec<String> = cols.iter().map(|c| format!("s.{c} IS NOT NULL")).collect();
     let values: Vec<String> = cols.iter().map(|c| format!("s.{c}::text")).collect();
-    format!(
+    let select = format!(
         "SELECT s.{ROW_COL}, 'duplicate key value violates unique constraint \"' || $1::text
                 || '\": Key (' || $2::text || ')=(' || concat_ws(', ', {values}) || ') already exists.'
-         FROM pg_temp.{PROBE} s
-         WHERE {not_null}
-           AND (EXISTS (SELECT 1 FROM {table} t WHERE {in_table})
-                OR EXISTS (SELECT 1 FROM pg_temp.{PROBE} p WHERE {in_batch} AND p.{ROW_COL} < s.{ROW_COL}))",
+         FROM pg_temp.{PROBE} s WHERE {not_null}",
         values = values.join(", "),
         not_null = not_null.join(" AND "),
+    );
+    format!(
+        "{select} AND EXISTS (SELECT 1 FROM {table} t WHERE {in_table})
+         UNION
+         {select} AND EXISTS (SELECT 1 FROM pg_temp.{PROBE} p WHERE {in_batch} AND p.{ROW_COL} < s.{ROW_COL})",
         in_table = eq("t", "s"),
         in_batch = eq("p", "s"),
     )

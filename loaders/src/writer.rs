@@ -569,7 +569,11 @@ impl BatchWriter {
                         work.push(keep);
                     } else if list.len() == 1 {
                         let column = e.as_db_error().and_then(|d| d.column()).map(str::to_string);
-                        rejects.push(parts.batch.reject_row(list[0] as usize, column, describe(&e)));
+                        rejects.push(parts.batch.reject_row(
+                            list[0] as usize,
+                            column,
+                            describe(&e),
+                        ));
                     } else {
                         let mut lower = list;
                         let upper = lower.split_off(lower.len() / 2);
@@ -631,11 +635,7 @@ impl BatchWriter {
         self.client.batch_execute("SAVEPOINT nexus_probe").await?;
         let found = async {
             self.client.batch_execute(conflicts::PROBE_TRUNCATE).await?;
-            let body = Bytes::from(conflicts::probe_body(
-                &parts.body,
-                &parts.batch.rows,
-                &list,
-            ));
+            let body = Bytes::from(conflicts::probe_body(&parts.body, &parts.batch.rows, &list));
             let sink = self
                 .client
                 .copy_in::<_, Bytes>(&conflicts::probe_copy_sql(&self.target.columns))
@@ -661,7 +661,9 @@ impl BatchWriter {
             Err(e) if classify(&e) != ErrorKind::Transient => {
                 tracing::debug!(error = %e, index = %index.name, "probing unique conflicts failed; bisecting instead");
                 self.client
-                    .batch_execute("ROLLBACK TO SAVEPOINT nexus_probe; RELEASE SAVEPOINT nexus_probe")
+                    .batch_execute(
+                        "ROLLBACK TO SAVEPOINT nexus_probe; RELEASE SAVEPOINT nexus_probe",
+                    )
                     .await?;
                 return Ok((list, 0));
             }
