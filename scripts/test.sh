@@ -3,7 +3,9 @@
 # 127.0.0.1:5432 that user `postgres` can reach (NEXUS_TEST_PG overrides the
 # URL) and Redis on 127.0.0.1:6379 (NEXUS_TEST_REDIS); this script uses the
 # running ones, starts installed ones, or installs Debian's packages and
-# starts them. Each test makes its own database and Redis key prefix.
+# starts them. Each test makes its own database and Redis key prefix. The
+# fuzz targets need the nightly toolchain (installed beside stable here);
+# cargo-fuzz is installed when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +51,11 @@ rc=${PIPESTATUS[0]}
 # The API contract, fuzzed against a live server (counts as one more test).
 bash scripts/api-fuzz.sh target/debug/nexus
 fuzz=$?
+# What parses untrusted bytes, fuzzed for a bounded time (one more test).
+bash scripts/fuzz.sh
+libfuzz=$?
 set -e
-awk -v fuzz="$fuzz" '/^test result:/ { p += $4; f += $6 }
-  END { if (fuzz == 0) p++; else f++; printf "total: %d passed, %d failed\n", p, f }' "$log"
-[ "$rc" = 0 ] && [ "$fuzz" = 0 ]
+awk -v fuzz="$fuzz" -v libfuzz="$libfuzz" '/^test result:/ { p += $4; f += $6 }
+  END { if (fuzz == 0) p++; else f++; if (libfuzz == 0) p++; else f++;
+        printf "total: %d passed, %d failed\n", p, f }' "$log"
+[ "$rc" = 0 ] && [ "$fuzz" = 0 ] && [ "$libfuzz" = 0 ]

@@ -120,6 +120,8 @@ fn decimals() -> BoxedStrategy<String> {
     prop_oneof![
         4 => padded(re("[+-]?[0-9]{0,12}(\\.[0-9]{0,12})?([eE][+-]?[0-9]{1,3})?")),
         1 => padded(re("[+-]?[0-9]{1,40}\\.[0-9]{0,40}")),
+        // Around the 38 digits of an i128 (a fuzzing finding).
+        1 => re("-?[0-9]{1,6}\\.[0-9]{28,38}"),
         2 => padded(any::<f64>().prop_map(|f| f.to_string()).boxed()),
         1 => padded(any::<f64>().prop_map(|f| format!("{f:e}")).boxed()),
         1 => padded(any::<f32>().prop_map(|f| f.to_string()).boxed()),

@@ -92,6 +92,8 @@ impl<R: Read> RecordReader<R> {
             self.started = true;
             if self.buf[..self.len].starts_with(b"\xEF\xBB\xBF") {
                 self.pos = 3;
+                // The first read may have brought the BOM alone.
+                return self.fill();
             }
         }
         Ok(self.pos < self.len)
@@ -233,6 +235,34 @@ pub fn parse_fields(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader handing out one byte per call, as a pipe may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(1).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// Found by fuzzing (fuzz/corpus/csv_records/bom-alone-in-first-read):
+    /// a first read that brought only the BOM ended the input there, and
+    /// the file loaded as empty.
+    #[test]
+    fn a_bom_alone_in_the_first_read_is_not_the_end() {
+        let data = b"\xEF\xBB\xBFid\tname\n1\t\"q\"\n";
+        let mut r = RecordReader::new(Trickle(data), b'"', 1 << 20);
+        let mut out = Vec::new();
+        assert!(r.read_record(&mut out).unwrap().is_some());
+        assert_eq!(out, b"id\tname");
+        out.clear();
+        assert_eq!(r.read_record(&mut out).unwrap().map(|i| i.line), Some(2));
+        assert_eq!(out, b"1\t\"q\"");
+        assert!(r.read_record(&mut out).unwrap().is_none());
+    }
 
     fn records(input: &[u8]) -> Vec<(String, RecordInfo)> {
         let mut r = RecordReader::new(input, b'"', 1 << 20);

@@ -336,7 +336,7 @@ fn put_numeric_head(out: &mut Vec<u8>, ndigits: usize, weight: i16, neg: bool, d
     out.extend_from_slice(&(dscale as i16).to_be_bytes());
 }
 
-/// The common case without allocating: no exponent and at most 38 digits,
+/// The common case without allocating: no exponent and at most 34 digits,
 /// as an i128 scaled by the scale. `None`: use the general path.
 /// `Some(Err((p, s)))`: the value does not fit the column's precision.
 fn plain_decimal(
@@ -347,7 +347,9 @@ fn plain_decimal(
     let (int, frac) = (d.int, d.frac);
     let dscale = typmod.map_or(frac.len(), |(_, s)| s as usize);
     let kept = frac.len().min(dscale);
-    if int.len() + dscale > 38 {
+    // The fraction is padded to whole base-10000 digits (up to three more
+    // decimal digits) in an i128, whose limit is 1.7e38.
+    if int.len() + dscale > 34 {
         return None;
     }
     let mut value: i128 = 0;
@@ -1035,6 +1037,22 @@ mod tests {
         assert!(matches!(numeric_words("12a", None), Verdict::Unsure));
         assert!(matches!(numeric_words("", None), Verdict::Invalid(_)));
         assert!(matches!(numeric_words("1 2", None), Verdict::Invalid(_)));
+    }
+
+    /// Found by fuzzing (fuzz/corpus/values/numeric-38-digits): 38 digits
+    /// overflowed the plain path's i128 when the fraction was padded.
+    #[test]
+    fn long_plain_decimals_agree_with_the_general_path() {
+        for v in [
+            "9.99222226477680223264776802233720391095",
+            "9.9922222647768022326477680223372039109",
+            "99999999999999999999999999999999.99",
+            "0.0000000000000000000000000000000000001",
+        ] {
+            let plain = numeric_words(v, None);
+            assert!(matches!(plain, Verdict::Value(_)), "{v}");
+            assert_eq!(plain, numeric_words(&format!("{v}e0"), None), "{v}");
+        }
     }
 
     #[test]
