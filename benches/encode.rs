@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nexus_pipeline::ModelSet;
-use nexus_pipeline::batch::{RawBatch, RecordMeta, Scratch, encode_batch};
+use nexus_pipeline::batch::{RawBatch, Scratch, encode_batch};
 use nexus_pipeline::csv::RecordReader;
 use nexus_pipeline::plan::Plan;
 
@@ -32,19 +32,7 @@ fn bench(c: &mut Criterion) {
     let csv = customer_csv();
     let mut reader = RecordReader::new(&csv[..], b'"', 1 << 20);
     let mut raw = RawBatch::default();
-    loop {
-        let start = raw.data.len() as u32;
-        let Some(info) = reader.read_record(&mut raw.data).unwrap() else {
-            break;
-        };
-        raw.records.push(RecordMeta {
-            start,
-            end: raw.data.len() as u32,
-            line: info.line,
-            oversized: false,
-            unterminated: false,
-        });
-    }
+    while raw.read_record(&mut reader).unwrap() {}
     let mut group = c.benchmark_group("customer");
     group.throughput(Throughput::Elements(ROWS as u64));
     group.bench_function("split", |b| {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use nexus_pipeline::batch::{RawBatch, RecordMeta, Scratch, ServerReading, encode_batch};
+use nexus_pipeline::batch::{RawBatch, Scratch, ServerReading, encode_batch};
 use nexus_pipeline::csv::RecordReader;
 use nexus_pipeline::encode::{COPY_HEADER, COPY_TRAILER};
 use nexus_pipeline::plan::Plan;
@@ -54,19 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let plan = Plan::positional(Arc::clone(&model), data.first().is_some_and(|b| b & 1 == 1));
     let mut reader = RecordReader::new(data, b'"', 4096);
     let mut raw = RawBatch::default();
-    loop {
-        let start = raw.data.len() as u32;
-        let Ok(Some(info)) = reader.read_record(&mut raw.data) else {
-            break;
-        };
-        raw.records.push(RecordMeta {
-            start,
-            end: raw.data.len() as u32,
-            line: info.line,
-            oversized: info.oversized,
-            unterminated: info.unterminated,
-        });
-    }
+    while raw.read_record(&mut reader).unwrap_or(false) {}
     let records = raw.records.len();
     let mut batch = encode_batch(&plan, raw, &mut Scratch::default());
     // The server reads deferred values: some fail, the rest are a value

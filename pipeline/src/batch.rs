@@ -3,7 +3,7 @@
 //! worker thread, producing a ready binary COPY body plus the batch's
 //! rejects; the loader only streams the bytes.
 
-use crate::csv::{Field, Unterminated, parse_fields};
+use crate::csv::{Field, RecordReader, Unterminated, parse_fields};
 use crate::encode::{
     COPY_HEADER, COPY_TRAILER, FieldError, check_server_value, encode_field, put_i16, put_i32,
     put_i64,
@@ -34,6 +34,25 @@ pub struct RawBatch {
 }
 
 impl RawBatch {
+    /// Reads the input's next record into the batch; false at its end.
+    pub fn read_record<R: std::io::Read>(
+        &mut self,
+        reader: &mut RecordReader<R>,
+    ) -> std::io::Result<bool> {
+        let start = self.data.len() as u32;
+        let Some(info) = reader.read_record(&mut self.data)? else {
+            return Ok(false);
+        };
+        self.records.push(RecordMeta {
+            start,
+            end: self.data.len() as u32,
+            line: info.line,
+            oversized: info.oversized,
+            unterminated: info.unterminated,
+        });
+        Ok(true)
+    }
+
     pub fn record(&self, i: usize) -> &[u8] {
         let r = &self.records[i];
         &self.data[r.start as usize..r.end as usize]

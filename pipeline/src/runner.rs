@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::bounded;
 
-use crate::batch::{EncodedBatch, RawBatch, RecordMeta, Scratch, encode_batch};
+use crate::batch::{EncodedBatch, RawBatch, Scratch, encode_batch};
 use crate::csv::{RecordReader, parse_fields};
 use crate::model::Model;
 use crate::plan::{Plan, PlanError};
@@ -170,19 +170,8 @@ fn start_with(
                 };
                 while batch.records.len() < opts.batch_size
                     && batch.data.len() < opts.max_batch_bytes
-                {
-                    let start = batch.data.len() as u32;
-                    let Some(info) = reader.read_record(&mut batch.data)? else {
-                        break;
-                    };
-                    batch.records.push(RecordMeta {
-                        start,
-                        end: batch.data.len() as u32,
-                        line: info.line,
-                        oversized: info.oversized,
-                        unterminated: info.unterminated,
-                    });
-                }
+                    && batch.read_record(&mut reader)?
+                {}
                 if batch.records.is_empty() {
                     break;
                 }
