@@ -802,4 +802,38 @@ fn unique_conflicts_are_rejected_in_one_pass_with_their_index_and_key() {
         (Some(0), Some(101))
     );
     assert_eq!(db.count("acct"), 148);
+
+    // Keys read from the COPY body: a negative smallint, a uuid.
+    db.exec(
+        "CREATE TABLE tiny (k smallint PRIMARY KEY, u uuid CONSTRAINT tiny_u UNIQUE);
+         INSERT INTO tiny VALUES (-5, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');",
+    );
+    let f = db.file(
+        "tiny.csv",
+        "k,u\n-5,00000000-0000-0000-0000-000000000001\n7,A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11\n\
+         8,00000000-0000-0000-0000-000000000002\n8,00000000-0000-0000-0000-000000000003\n9,\n10,\n",
+    );
+    let (r, s) = db.load_json(&["--table", "tiny", f.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let reasons: Vec<String> = db
+        .sql("SELECT r.reason FROM nexus.rejects r JOIN nexus.jobs j ON j.id = r.job_id WHERE j.target LIKE '%tiny' ORDER BY line")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(s["rows_rejected"], 3, "{reasons:?}");
+    assert!(
+        reasons[0].ends_with("\"tiny_pkey\": Key (k)=(-5) already exists."),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].ends_with(
+            "\"tiny_u\": Key (u)=(a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11) already exists."
+        ),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].ends_with("Key (k)=(8) already exists."),
+        "{reasons:?}"
+    );
+    assert_eq!(db.count("tiny"), 4, "two NULL uuids never collide");
 }

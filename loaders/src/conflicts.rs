@@ -10,12 +10,20 @@
 //!
 //! Only plain unique indexes qualify (no predicate, no expressions, NULLs
 //! distinct, every column loaded): for them "equal key, no NULL" is exactly
-//! the index's notion of a conflict.
+//! the index's notion of a conflict. An index on one integer or uuid
+//! column — whose binary form is its identity — needs no temporary table:
+//! its keys are read from the COPY body, compared with each other in
+//! memory, and looked up in the table with one array query.
+
+use std::collections::HashSet;
+
+use nexus_pipeline::types::ColumnType;
 
 use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::encode::{COPY_HEADER, COPY_TRAILER, put_i32};
 use nexus_pipeline::types::quote_ident;
 use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 
 /// The temporary table a batch is probed in.
 const PROBE: &str = "nexus_probe";
@@ -27,6 +35,9 @@ const ROW_COL: &str = "__nexus_row";
 pub struct UniqueIndex {
     pub name: String,
     pub columns: Vec<String>,
+    /// For a one-column integer or uuid index: the column's position in
+    /// the COPY and its type (see [`probe_keys`]).
+    pub by_key: Option<(usize, ColumnType)>,
 }
 
 /// The plain unique index `name` on `table`, if it is one whose columns
@@ -36,6 +47,7 @@ pub async fn lookup(
     table: &str,
     name: &str,
     loaded: &[String],
+    types: &[ColumnType],
 ) -> Result<Option<UniqueIndex>, tokio_postgres::Error> {
     let row = client
         .query_opt(
@@ -52,11 +64,24 @@ pub async fn lookup(
     Ok(row.and_then(|r| {
         let plain: bool = r.get(0);
         let columns: Vec<String> = r.get(1);
-        (plain && !columns.is_empty() && columns.iter().all(|c| loaded.contains(c))).then(|| {
-            UniqueIndex {
-                name: name.to_string(),
-                columns,
-            }
+        if !plain || columns.is_empty() || !columns.iter().all(|c| loaded.contains(c)) {
+            return None;
+        }
+        let by_key = match columns.as_slice() {
+            [one] => loaded.iter().position(|c| c == one).and_then(|at| {
+                let ty = types[at];
+                matches!(
+                    ty,
+                    ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt | ColumnType::Uuid
+                )
+                .then_some((at, ty))
+            }),
+            _ => None,
+        };
+        Some(UniqueIndex {
+            name: name.to_string(),
+            columns,
+            by_key,
         })
     }))
 }
@@ -138,4 +163,117 @@ pub const PROBE_TRUNCATE: &str = "TRUNCATE pg_temp.nexus_probe";
 /// The key columns as PostgreSQL lists them in a conflict's detail.
 pub fn key_list(index: &UniqueIndex) -> String {
     index.columns.join(", ")
+}
+
+/// Finds the rows of `which` whose key (field `at`, of type `ty`, of an
+/// index on one integer or uuid column) equals a row of `table` or an
+/// earlier row of the batch: their indices and PostgreSQL's wording.
+pub async fn probe_keys(
+    client: &Client,
+    table: &str,
+    index: &UniqueIndex,
+    body: &[u8],
+    rows: &[EncodedRow],
+    which: &[u32],
+) -> Result<Vec<(u32, String)>, tokio_postgres::Error> {
+    let Some((at, ty)) = index.by_key else {
+        return Ok(Vec::new());
+    };
+    let mut keys: Vec<(u32, &[u8])> = Vec::with_capacity(which.len());
+    for &i in which {
+        let r = rows[i as usize];
+        if let Some(key) = field(&body[r.start as usize..r.end as usize], at) {
+            keys.push((i, key));
+        }
+    }
+    let message = |key: &[u8]| {
+        format!(
+            "duplicate key value violates unique constraint \"{}\": Key ({})=({}) already exists.",
+            index.name,
+            index.columns[0],
+            key_text(ty, key)
+        )
+    };
+    let mut found = Vec::new();
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(keys.len());
+    let mut unique: Vec<(u32, &[u8])> = Vec::with_capacity(keys.len());
+    for &(i, key) in &keys {
+        if !seen.insert(key) {
+            found.push((i, message(key)));
+        } else {
+            unique.push((i, key));
+        }
+    }
+    let sql = format!(
+        "SELECT u.o::int4 FROM unnest($1::{ty}[]) WITH ORDINALITY AS u(k, o)
+         WHERE EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = u.k)",
+        ty = ty.input_type().0,
+        col = quote_ident(&index.columns[0]),
+    );
+    let values = key_values(ty, &unique);
+    let values: &(dyn ToSql + Sync) = values.as_ref();
+    for hit in client.query(&sql, &[values]).await? {
+        let (i, key) = unique[hit.get::<_, i32>(0) as usize - 1];
+        found.push((i, message(key)));
+    }
+    Ok(found)
+}
+
+/// Field `at` of a binary COPY row; `None` for NULL.
+fn field(row: &[u8], at: usize) -> Option<&[u8]> {
+    let mut p = 2;
+    for k in 0..=at {
+        let len = i32::from_be_bytes(row.get(p..p + 4)?.try_into().ok()?);
+        p += 4;
+        if len < 0 {
+            if k == at {
+                return None;
+            }
+            continue;
+        }
+        if k == at {
+            return row.get(p..p + len as usize);
+        }
+        p += len as usize;
+    }
+    None
+}
+
+/// The keys as a typed array parameter.
+fn key_values(ty: ColumnType, keys: &[(u32, &[u8])]) -> Box<dyn ToSql + Sync + Send> {
+    let be = |k: &[u8]| {
+        let mut b = [0u8; 8];
+        b[8 - k.len()..].copy_from_slice(k);
+        // Sign-extend from the field's width.
+        let n = i64::from_be_bytes(b);
+        let shift = 64 - 8 * k.len() as u32;
+        (n << shift) >> shift
+    };
+    match ty {
+        ColumnType::SmallInt => {
+            Box::new(keys.iter().map(|(_, k)| be(k) as i16).collect::<Vec<_>>())
+        }
+        ColumnType::Int => Box::new(keys.iter().map(|(_, k)| be(k) as i32).collect::<Vec<_>>()),
+        ColumnType::BigInt => Box::new(keys.iter().map(|(_, k)| be(k)).collect::<Vec<_>>()),
+        _ => Box::new(
+            keys.iter()
+                .map(|(_, k)| uuid::Uuid::from_slice(k).unwrap_or_default())
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// A key as PostgreSQL prints it.
+fn key_text(ty: ColumnType, key: &[u8]) -> String {
+    match ty {
+        ColumnType::Uuid => uuid::Uuid::from_slice(key)
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        _ => {
+            let mut b = [0u8; 8];
+            b[8 - key.len()..].copy_from_slice(key);
+            let shift = 64 - 8 * key.len() as u32;
+            ((i64::from_be_bytes(b) << shift) >> shift).to_string()
+        }
+    }
 }

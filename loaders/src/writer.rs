@@ -605,9 +605,14 @@ impl BatchWriter {
             return Ok(None);
         }
         if !self.unique_indexes.contains_key(name) {
-            let found =
-                conflicts::lookup(&self.client, &self.target.table, name, &self.target.columns)
-                    .await?;
+            let found = conflicts::lookup(
+                &self.client,
+                &self.target.table,
+                name,
+                &self.target.columns,
+                &self.target.plan.column_types(),
+            )
+            .await?;
             self.unique_indexes.insert(name.to_string(), found);
         }
         Ok(self.unique_indexes[name].clone())
@@ -623,7 +628,7 @@ impl BatchWriter {
         index: &UniqueIndex,
         rejects: &mut Vec<Reject>,
     ) -> Result<(Vec<u32>, usize), tokio_postgres::Error> {
-        if !self.probe_ready {
+        if !self.probe_ready && index.by_key.is_none() {
             self.client
                 .batch_execute(&conflicts::probe_table_sql(
                     &self.target.table,
@@ -634,6 +639,17 @@ impl BatchWriter {
         }
         self.client.batch_execute("SAVEPOINT nexus_probe").await?;
         let found = async {
+            if index.by_key.is_some() {
+                return conflicts::probe_keys(
+                    &self.client,
+                    &self.target.table,
+                    index,
+                    &parts.body,
+                    &parts.batch.rows,
+                    &list,
+                )
+                .await;
+            }
             self.client.batch_execute(conflicts::PROBE_TRUNCATE).await?;
             let body = Bytes::from(conflicts::probe_body(&parts.body, &parts.batch.rows, &list));
             let sink = self
@@ -643,15 +659,19 @@ impl BatchWriter {
             let mut sink = pin!(sink);
             sink.send(body).await?;
             sink.as_mut().finish().await?;
-            self.client
+            Ok(self
+                .client
                 .query(
                     &conflicts::conflicts_sql(&self.target.table, index),
                     &[&index.name, &conflicts::key_list(index)],
                 )
-                .await
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
+                .collect())
         }
         .await;
-        let found = match found {
+        let found: Vec<(u32, String)> = match found {
             Ok(rows) => {
                 self.client
                     .batch_execute("RELEASE SAVEPOINT nexus_probe")
@@ -670,10 +690,9 @@ impl BatchWriter {
             Err(e) => return Err(e),
         };
         let mut conflicting: Vec<u32> = Vec::with_capacity(found.len());
-        for row in &found {
-            let i: i32 = row.get(0);
-            conflicting.push(i as u32);
-            rejects.push(parts.batch.reject_row(i as usize, None, row.get(1)));
+        for (i, reason) in &found {
+            conflicting.push(*i);
+            rejects.push(parts.batch.reject_row(*i as usize, None, reason.clone()));
         }
         conflicting.sort_unstable();
         let keep = list
