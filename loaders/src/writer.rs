@@ -589,7 +589,7 @@ impl BatchWriter {
     }
 
     /// The plain unique index a unique violation names, unless this batch
-    /// probed it already (then the conflict is a race: bisect instead).
+    /// probed it twice already.
     async fn conflicting_index(
         &mut self,
         e: &tokio_postgres::Error,
@@ -601,7 +601,11 @@ impl BatchWriter {
         let Some(name) = db.constraint() else {
             return Ok(None);
         };
-        if db.code() != &SqlState::UNIQUE_VIOLATION || probed.iter().any(|p| p == name) {
+        // A second conflict on a probed index is a race with another
+        // writer's rows, committed since: probe once more, then bisect.
+        if db.code() != &SqlState::UNIQUE_VIOLATION
+            || probed.iter().filter(|p| *p == name).count() >= 2
+        {
             return Ok(None);
         }
         if !self.unique_indexes.contains_key(name) {
