@@ -518,9 +518,12 @@ impl BatchWriter {
                 if self.cold_batches >= COLD_BATCHES {
                     self.hot.clear();
                 }
+            } else {
+                self.cold_batches = 0;
             }
+            // Nothing taken out: the whole body goes as it is.
+            first = rest.len() == rows.len();
             work.push(rest);
-            first = false;
         }
         while let Some(list) = work.pop() {
             if list.is_empty() {
