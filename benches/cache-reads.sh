@@ -41,7 +41,7 @@ rate() { python3 -c "import sys; print(round($rows / ($2 - $1)))"; }
 t0=$(date +%s.%N)
 env -u REDIS_URL "$nexus" load --model customer "$csv" >/dev/null
 t1=$(date +%s.%N)
-psql -q "$DATABASE_URL" -c "DROP TABLE customer" -c "TRUNCATE nexus.jobs CASCADE" 2>/dev/null
+psql -q "$DATABASE_URL" -c "DROP TABLE customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE" 2>/dev/null
 t2=$(date +%s.%N)
 "$nexus" load --model customer "$csv" >/dev/null
 t3=$(date +%s.%N)

@@ -34,7 +34,7 @@ $nexus migrate --schema-only >/dev/null
 now() { date +%s.%N; }
 rate() { python3 -c "print(round($1/($3-$2)))"; }
 fresh_base() {
-  psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs CASCADE"
+  psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE"
   $nexus load --model customer "$base" >/dev/null
 }
 

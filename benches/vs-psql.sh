@@ -38,7 +38,7 @@ for round in $(seq 1 "$rounds"); do
   t1=$(now)
   psql_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
 
-  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs CASCADE"
+  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE"
   t0=$(now)
   /usr/bin/time -v -o "$data/time.txt" $nexus load --model customer "$csv" >/dev/null
   t1=$(now)

@@ -165,13 +165,49 @@ pub fn key_list(index: &UniqueIndex) -> String {
     index.columns.join(", ")
 }
 
+/// Where the keys of a one-column index that the table holds can lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyBounds {
+    /// Anywhere (a uuid, or not known).
+    Any,
+    /// Nowhere: the table is empty.
+    Empty,
+    /// Between these integers.
+    Within(i64, i64),
+}
+
+/// The bounds of an integer index's keys in `table` now.
+pub async fn key_bounds(
+    client: &Client,
+    table: &str,
+    index: &UniqueIndex,
+) -> Result<KeyBounds, tokio_postgres::Error> {
+    if !matches!(index.by_key, Some((_, ty)) if ty != ColumnType::Uuid) {
+        return Ok(KeyBounds::Any);
+    }
+    let col = quote_ident(&index.columns[0]);
+    let row = client
+        .query_one(
+            &format!("SELECT min({col})::int8, max({col})::int8 FROM {table}"),
+            &[],
+        )
+        .await?;
+    Ok(match (row.get(0), row.get(1)) {
+        (Some(min), Some(max)) => KeyBounds::Within(min, max),
+        _ => KeyBounds::Empty,
+    })
+}
+
 /// Finds the rows of `which` whose key (field `at`, of type `ty`, of an
 /// index on one integer or uuid column) equals a row of `table` or an
-/// earlier row of the batch: their indices and PostgreSQL's wording.
+/// earlier row of the batch: their indices and PostgreSQL's wording. Keys
+/// outside `bounds` are not looked up in the table: with keys that grow
+/// (the common case) a batch of new rows needs no lookup at all.
 pub async fn probe_keys(
     client: &Client,
     table: &str,
     index: &UniqueIndex,
+    bounds: KeyBounds,
     body: &[u8],
     rows: &[EncodedRow],
     which: &[u32],
@@ -205,22 +241,14 @@ pub async fn probe_keys(
         }
     }
     let col = quote_ident(&index.columns[0]);
-    if ty != ColumnType::Uuid {
-        // Only keys within the table's range can be in it: with keys that
-        // grow (the common case) a batch of new rows needs no lookup.
-        let range = client
-            .query_one(
-                &format!("SELECT min({col})::int8, max({col})::int8 FROM {table}"),
-                &[],
-            )
-            .await?;
-        let (min, max): (Option<i64>, Option<i64>) = (range.get(0), range.get(1));
-        let (Some(min), Some(max)) = (min, max) else {
-            return Ok(found);
-        };
-        unique.retain(|(_, k)| (min..=max).contains(&int_key(k)));
-        if unique.is_empty() {
-            return Ok(found);
+    match bounds {
+        KeyBounds::Any => {}
+        KeyBounds::Empty => return Ok(found),
+        KeyBounds::Within(min, max) => {
+            unique.retain(|(_, k)| (min..=max).contains(&int_key(k)));
+            if unique.is_empty() {
+                return Ok(found);
+            }
         }
     }
     let sql = format!(

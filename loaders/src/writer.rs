@@ -139,6 +139,8 @@ pub struct BatchWriter {
     /// Indexes with conflicts in a recent batch, probed before each COPY.
     hot: Vec<UniqueIndex>,
     cold_batches: u32,
+    /// Per index, the bounds of its integer keys at the first probe.
+    key_bounds: std::collections::HashMap<String, conflicts::KeyBounds>,
     /// The probe table exists in this session.
     probe_ready: bool,
 }
@@ -182,6 +184,7 @@ impl BatchWriter {
             unique_indexes: Default::default(),
             hot: Vec::new(),
             cold_batches: 0,
+            key_bounds: Default::default(),
             probe_ready: false,
         })
     }
@@ -508,7 +511,7 @@ impl BatchWriter {
             let mut rest = work.pop().unwrap_or_default();
             let mut found = 0;
             for index in self.hot.clone() {
-                let (keep, n) = self.probe(parts, rest, &index, rejects).await?;
+                let (keep, n) = self.probe(parts, rest, &index, true, rejects).await?;
                 rest = keep;
                 found += n;
                 probed.push(index.name);
@@ -568,7 +571,7 @@ impl BatchWriter {
                             self.hot.push(index.clone());
                         }
                         self.cold_batches = 0;
-                        let (keep, _) = self.probe(parts, list, &index, rejects).await?;
+                        let (keep, _) = self.probe(parts, list, &index, false, rejects).await?;
                         work.push(keep);
                     } else if list.len() == 1 {
                         let column = e.as_db_error().and_then(|d| d.column()).map(str::to_string);
@@ -627,14 +630,26 @@ impl BatchWriter {
 
     /// Finds the rows of `list` that conflict on `index` with the table or
     /// with an earlier row, rejects them, and returns the others with how
-    /// many were rejected. A probe that fails leaves `list` whole.
+    /// many were rejected. A probe that fails leaves `list` whole. Before
+    /// the COPY (`ahead`), integer keys beyond the bounds the table had at
+    /// this writer's first such probe are not looked up: one that collides
+    /// all the same fails the COPY, and the probe after it looks up all.
     async fn probe(
         &mut self,
         parts: &Parts<'_>,
         list: Vec<u32>,
         index: &UniqueIndex,
+        ahead: bool,
         rejects: &mut Vec<Reject>,
     ) -> Result<(Vec<u32>, usize), tokio_postgres::Error> {
+        let bounds = match self.key_bounds.get(&index.name) {
+            Some(b) if ahead => *b,
+            _ => {
+                let b = conflicts::key_bounds(&self.client, &self.target.table, index).await?;
+                self.key_bounds.insert(index.name.clone(), b);
+                b
+            }
+        };
         if !self.probe_ready && index.by_key.is_none() {
             self.client
                 .batch_execute(&conflicts::probe_table_sql(
@@ -651,6 +666,7 @@ impl BatchWriter {
                     &self.client,
                     &self.target.table,
                     index,
+                    bounds,
                     &parts.body,
                     &parts.batch.rows,
                     &list,
