@@ -218,7 +218,10 @@ pub async fn probe_keys(
     let mut keys: Vec<(u32, &[u8])> = Vec::with_capacity(which.len());
     for &i in which {
         let r = rows[i as usize];
-        if let Some(key) = field(&body[r.start as usize..r.end as usize], at) {
+        // A key of another width than its type's is left to the COPY.
+        if let Some(key) = field(&body[r.start as usize..r.end as usize], at)
+            && key.len() == key_width(ty)
+        {
             keys.push((i, key));
         }
     }
@@ -259,8 +262,10 @@ pub async fn probe_keys(
     let values = key_values(ty, &unique);
     let values: &(dyn ToSql + Sync) = values.as_ref();
     for hit in client.query(&sql, &[values]).await? {
-        let (i, key) = unique[hit.get::<_, i32>(0) as usize - 1];
-        found.push((i, message(key)));
+        let ordinal = hit.get::<_, i32>(0) as usize;
+        if let Some(&(i, key)) = ordinal.checked_sub(1).and_then(|o| unique.get(o)) {
+            found.push((i, message(key)));
+        }
     }
     Ok(found)
 }
@@ -285,6 +290,16 @@ fn field(row: &[u8], at: usize) -> Option<&[u8]> {
     None
 }
 
+/// The width of a key type's binary form.
+fn key_width(ty: ColumnType) -> usize {
+    match ty {
+        ColumnType::SmallInt => 2,
+        ColumnType::Int => 4,
+        ColumnType::BigInt => 8,
+        _ => 16,
+    }
+}
+
 /// A big-endian integer field of 2, 4 or 8 bytes.
 fn int_key(k: &[u8]) -> i64 {
     let mut b = [0u8; 8];
@@ -296,13 +311,18 @@ fn int_key(k: &[u8]) -> i64 {
 
 /// The keys as a typed array parameter.
 fn key_values(ty: ColumnType, keys: &[(u32, &[u8])]) -> Box<dyn ToSql + Sync + Send> {
-    let be = int_key;
     match ty {
-        ColumnType::SmallInt => {
-            Box::new(keys.iter().map(|(_, k)| be(k) as i16).collect::<Vec<_>>())
-        }
-        ColumnType::Int => Box::new(keys.iter().map(|(_, k)| be(k) as i32).collect::<Vec<_>>()),
-        ColumnType::BigInt => Box::new(keys.iter().map(|(_, k)| be(k)).collect::<Vec<_>>()),
+        ColumnType::SmallInt => Box::new(
+            keys.iter()
+                .map(|(_, k)| int_key(k) as i16)
+                .collect::<Vec<_>>(),
+        ),
+        ColumnType::Int => Box::new(
+            keys.iter()
+                .map(|(_, k)| int_key(k) as i32)
+                .collect::<Vec<_>>(),
+        ),
+        ColumnType::BigInt => Box::new(keys.iter().map(|(_, k)| int_key(k)).collect::<Vec<_>>()),
         _ => Box::new(
             keys.iter()
                 .map(|(_, k)| uuid::Uuid::from_slice(k).unwrap_or_default())

@@ -126,11 +126,12 @@ impl EncodedBatch {
     /// or that break a rule of the model become rejects; the rest get the
     /// server's binary value spliced into their gap.
     pub fn settle(&mut self, plan: &Plan, readings: &[ServerReading]) {
-        assert_eq!(
+        debug_assert_eq!(
             readings.len(),
             self.deferred.len(),
             "one reading per deferred value"
         );
+        let missing: ServerReading = Err("the server gave no reading for this value".into());
         let deferred = std::mem::take(&mut self.deferred);
         if deferred.is_empty() {
             return;
@@ -154,14 +155,15 @@ impl EncodedBatch {
                 if failed.is_none() {
                     copy.extend_from_slice(&old[pos..def.at as usize]);
                     pos = def.at as usize;
-                    let checked =
-                        readings[d]
-                            .as_ref()
-                            .map_err(Clone::clone)
-                            .and_then(|(bin, text)| {
-                                check_server_value(col, &def.text, text)?;
-                                Ok(bin)
-                            });
+                    let checked = readings
+                        .get(d)
+                        .unwrap_or(&missing)
+                        .as_ref()
+                        .map_err(Clone::clone)
+                        .and_then(|(bin, text)| {
+                            check_server_value(col, &def.text, text)?;
+                            Ok(bin)
+                        });
                     match checked {
                         Ok(bin) => {
                             put_i32(&mut copy, bin.len() as i32);
