@@ -199,6 +199,28 @@ fn replace_and_atomic_keep_nothing_when_rejects_exceed_the_limit() {
     assert_eq!(db.count("customer"), 50);
 }
 
+/// The rejects that broke the limit were in the job's last batch: a re-run
+/// has nothing left to commit, and must still find the job over its limit.
+#[test]
+fn a_rerun_of_a_load_over_its_reject_limit_still_fails() {
+    let db = TestDb::new();
+    let mut text = customers(1, 10);
+    text.push_str("11,,N,bad-email,DE,smb,1,2024-01-01T00:00:00Z,true,1\n12,,N,bad,DE,smb,1,2024-01-01T00:00:00Z,true,1\n");
+    let f = db.file("c.csv", &text);
+    let p = f.to_str().unwrap();
+    for run in 0..2 {
+        let (r, s) = db.load_json(&["--model", "customer", "--max-rejects", "1", p]);
+        assert_eq!(r.code, 3, "run {run}: {r:?}");
+        assert_eq!(s["status"], "failed", "run {run}");
+        assert_eq!(s["rows_rejected"], 2, "run {run}");
+        assert_eq!(s["resumed"], run == 1, "run {run}");
+    }
+    // Run again under a limit it meets, the job succeeds.
+    let (r, s) = db.load_json(&["--model", "customer", "--max-rejects", "2", p]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s["status"], "succeeded");
+}
+
 #[test]
 fn max_rejects_and_ratio_exit_3() {
     let db = TestDb::new();

@@ -137,6 +137,44 @@ fn a_second_concurrent_run_of_the_same_file_refuses() {
     assert_eq!(db.count("ev"), ROWS);
 }
 
+/// A job's end and the record of its file as loaded commit together: when
+/// the ledger cannot be written, the job is not `succeeded` either, and the
+/// next run resumes it instead of loading the file again.
+#[test]
+fn a_job_succeeds_only_with_its_file_recorded_as_loaded() {
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    db.exec(
+        "CREATE FUNCTION refuse_ledger() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'the ledger is unavailable'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON nexus.loaded_files
+           FOR EACH ROW EXECUTE FUNCTION refuse_ledger();",
+    );
+    let load = || {
+        db.run_with_models(
+            &models,
+            &["load", "--json", "--model", "ev", file.to_str().unwrap()],
+        )
+    };
+    let r = load();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("ledger is unavailable"), "{r:?}");
+    let status = db.value("SELECT status FROM nexus.jobs").unwrap();
+    assert_ne!(status, "succeeded", "no success without the ledger");
+    db.exec("DROP TRIGGER refuse ON nexus.loaded_files");
+    let r = load();
+    assert_eq!(r.code, 0, "{r:?}");
+    let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(s["resumed"], true, "{s}");
+    assert_eq!(db.count("nexus.jobs"), 1);
+    assert_eq!(db.count("ev"), ROWS, "every row once");
+    assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS);
+    let r = load();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("\"skipped\""), "{r:?}");
+}
+
 #[test]
 fn jobs_cancel_stops_a_running_load() {
     let db = TestDb::new();

@@ -164,15 +164,32 @@ pub async fn loaded_by(
     .map(|r| r.get(0)))
 }
 
-/// Marks a job running again (a resume) and clears its last error.
-pub async fn mark_running(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
+/// Marks a job running again (a resume) and clears its last error. A
+/// resume the user asked for (`Resume::Fresh`, a new command) also clears
+/// a pending cancel; one the queue handed over (`Resume::KeepCancel`) keeps
+/// it, so that a cancel answered while the job was being claimed still wins.
+pub async fn mark_running(
+    c: &impl GenericClient,
+    id: Uuid,
+    resume: Resume,
+) -> Result<(), tokio_postgres::Error> {
     c.execute(
-        "UPDATE nexus.jobs SET status = 'running', error = NULL, cancel_requested = false,
+        "UPDATE nexus.jobs SET status = 'running', error = NULL,
+                cancel_requested = cancel_requested AND $2,
                 started_at = now(), finished_at = NULL WHERE id = $1",
-        &[&id],
+        &[&id, &(resume == Resume::KeepCancel)],
     )
     .await?;
     Ok(())
+}
+
+/// Who resumes a job, deciding the fate of a pending cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// A new command for the same file: the user's latest word.
+    Fresh,
+    /// A worker that claimed the job from the queue.
+    KeepCancel,
 }
 
 /// Closes a job whose file was already loaded by another.
@@ -229,7 +246,11 @@ pub fn bounded_error(e: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Closes a run of the job; counters come from the checkpoints, so
-/// `rows_read = rows_committed + rows_rejected` holds by construction.
+/// `rows_read = rows_committed + rows_rejected` holds by construction. A
+/// cancel requested before this statement wins over `status`: the job ends
+/// `cancelled` whatever its run came to. One statement, so that a job that
+/// succeeded and the record of its file as loaded commit together (a crash
+/// cannot leave one without the other). Returns the status it was given.
 pub async fn finish(
     c: &impl GenericClient,
     id: Uuid,
@@ -237,27 +258,32 @@ pub async fn finish(
     error: Option<&str>,
     bytes_read: i64,
     duration_ms: i64,
-) -> Result<(), tokio_postgres::Error> {
-    let (committed, rejected) = committed_counts(c, id).await?;
+) -> Result<String, tokio_postgres::Error> {
     let error = error.map(bounded_error);
     let error = error.as_deref();
-    c.execute(
-        "UPDATE nexus.jobs SET status = $2, error = $3, rows_committed = $4, rows_rejected = $5,
-                rows_read = $4::bigint + $5::bigint, bytes_read = $6, duration_ms = $7, finished_at = now()
-         WHERE id = $1",
-        &[&id, &status, &error, &committed, &rejected, &bytes_read, &duration_ms],
-    )
-    .await?;
-    if status == "succeeded" {
-        c.execute(
-            "INSERT INTO nexus.loaded_files (model, file_hash, job_id)
-             SELECT model, file_hash, id FROM nexus.jobs WHERE id = $1
-             ON CONFLICT (model, file_hash) DO UPDATE SET job_id = EXCLUDED.job_id, loaded_at = now()",
-            &[&id],
+    let row = c
+        .query_one(
+            "WITH counts AS (
+                 SELECT coalesce(sum(rows_committed), 0)::bigint AS committed,
+                        (SELECT count(*) FROM nexus.rejects WHERE job_id = $1) AS rejected
+                 FROM nexus.job_batches WHERE job_id = $1),
+             done AS (
+                 UPDATE nexus.jobs j SET
+                     status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE $2 END,
+                     error = $3, rows_committed = counts.committed, rows_rejected = counts.rejected,
+                     rows_read = counts.committed + counts.rejected, bytes_read = $4,
+                     duration_ms = $5, finished_at = now()
+                 FROM counts WHERE j.id = $1
+                 RETURNING j.id, j.model, j.file_hash, j.status),
+             ledger AS (
+                 INSERT INTO nexus.loaded_files (model, file_hash, job_id)
+                 SELECT model, file_hash, id FROM done WHERE status = 'succeeded'
+                 ON CONFLICT (model, file_hash) DO UPDATE SET job_id = EXCLUDED.job_id, loaded_at = now())
+             SELECT coalesce((SELECT status FROM done), $2)",
+            &[&id, &status, &error, &bytes_read, &duration_ms],
         )
         .await?;
-    }
-    Ok(())
+    Ok(row.get(0))
 }
 
 pub async fn get(
@@ -291,11 +317,21 @@ pub async fn list(
     .collect())
 }
 
-/// Asks a running job to stop at its next batch boundary; a job that is not
-/// running is cancelled at once. Returns the status it had, if it exists.
-pub async fn request_cancel(c: &Client, id: Uuid) -> Result<Option<String>, tokio_postgres::Error> {
-    let Some(row) = c
-        .query_opt("SELECT status FROM nexus.jobs WHERE id = $1", &[&id])
+/// Asks a running job to stop at its next batch boundary; a queued or
+/// failed job is cancelled at once. Returns the status the job had, if it
+/// exists. The row is locked while it is read and changed, so a worker
+/// claiming the job at the same moment either sees `cancelled` or takes the
+/// job with the request set (which `mark_running` keeps for it).
+pub async fn request_cancel(
+    c: &mut Client,
+    id: Uuid,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT status FROM nexus.jobs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
         .await?
     else {
         return Ok(None);
@@ -303,21 +339,24 @@ pub async fn request_cancel(c: &Client, id: Uuid) -> Result<Option<String>, toki
     let status: String = row.get(0);
     match status.as_str() {
         "running" => {
-            c.execute(
+            tx.execute(
                 "UPDATE nexus.jobs SET cancel_requested = true WHERE id = $1",
                 &[&id],
             )
             .await?;
         }
         "queued" | "failed" => {
-            c.execute(
-                "UPDATE nexus.jobs SET status = 'cancelled', finished_at = now() WHERE id = $1",
+            tx.execute(
+                "UPDATE nexus.jobs SET status = 'cancelled', cancel_requested = true,
+                        finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = $1",
                 &[&id],
             )
             .await?;
         }
         _ => {}
     }
+    tx.commit().await?;
     Ok(Some(status))
 }
 
@@ -430,14 +469,15 @@ pub async fn claim_next(
                      FROM pick JOIN nexus.jobs j ON j.id = pick.id)
                  UPDATE nexus.jobs j SET
                      stalled_leases = v.stalled, claimed_done = v.done,
-                     status = CASE WHEN v.stalled >= $3 THEN 'failed' ELSE 'running' END,
+                     status = CASE WHEN v.stalled >= $3 THEN 'failed'
+                                   WHEN j.cancel_requested THEN 'cancelled' ELSE 'running' END,
                      error = CASE WHEN v.stalled >= $3 THEN
                          'failed: its worker stopped ' || v.stalled || ' times without committing a batch '
                          || '(a crash or a kill while loading it); it is not retried, so that it cannot stop '
                          || 'another server. Check the file, then upload it again' END,
-                     finished_at = CASE WHEN v.stalled >= $3 THEN now() END,
-                     lease_owner = CASE WHEN v.stalled >= $3 THEN NULL ELSE $1 END,
-                     lease_expires_at = CASE WHEN v.stalled >= $3 THEN NULL
+                     finished_at = CASE WHEN v.stalled >= $3 OR j.cancel_requested THEN now() END,
+                     lease_owner = CASE WHEN v.stalled >= $3 OR j.cancel_requested THEN NULL ELSE $1 END,
+                     lease_expires_at = CASE WHEN v.stalled >= $3 OR j.cancel_requested THEN NULL
                                              ELSE now() + make_interval(secs => $2) END,
                      started_at = coalesce(started_at, now())
                  FROM verdict v WHERE j.id = v.id
@@ -450,9 +490,13 @@ pub async fn claim_next(
             return Ok(None);
         };
         let id: Uuid = r.get(0);
-        if r.get::<_, String>(10) == "failed" {
-            tracing::error!(job = %id, "a job stopped its workers {MAX_STALLED_LEASES} times without progress; failed it");
-            continue;
+        match r.get::<_, &str>(10) {
+            "failed" => {
+                tracing::error!(job = %id, "a job stopped its workers {MAX_STALLED_LEASES} times without progress; failed it");
+                continue;
+            }
+            "cancelled" => continue,
+            _ => {}
         }
         return Ok(Some(Claimed {
             id,
@@ -486,12 +530,13 @@ pub async fn renew_lease(
 }
 
 /// Hands a job back to the queue (its worker is shutting down); it resumes
-/// from its checkpoints wherever it is claimed next.
+/// from its checkpoints wherever it is claimed next. A job that ended
+/// otherwise meanwhile (a cancel won) stays as it is.
 pub async fn requeue(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
     c.execute(
         "UPDATE nexus.jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
                 error = NULL, finished_at = NULL
-         WHERE id = $1",
+         WHERE id = $1 AND status = 'failed' AND NOT cancel_requested",
         &[&id],
     )
     .await?;

@@ -156,7 +156,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         if !locked {
             return Err(LoadError::Busy(id));
         }
-        jobs::mark_running(&tx, id).await?;
+        jobs::mark_running(&tx, id, jobs::Resume::Fresh).await?;
         tx.commit().await?;
         let options = JobOptions::stored(opts, req);
         return Ok(Claim::Run {
@@ -235,7 +235,7 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
         .ok_or(LoadError::Vanished(id))?
         .get(0);
     let resumed = !jobs::committed_seqs(&tx, id).await?.is_empty();
-    jobs::mark_running(&tx, id).await?;
+    jobs::mark_running(&tx, id, jobs::Resume::KeepCancel).await?;
     tx.commit().await?;
     let options = JobOptions::stored(stored, req);
     Ok(Claim::Run {
@@ -459,41 +459,30 @@ pub async fn run_load(
     };
     watcher.abort();
 
-    let snapshot = progress.snapshot();
-    let ratio_exceeded = match req.model.input.max_reject_ratio {
-        Some(r) if snapshot.rows_read > 0 => {
-            snapshot.rows_rejected as f64 / snapshot.rows_read as f64 > r
-        }
-        _ => false,
+    // The verdict counts every committed batch and reject of the job, from
+    // earlier runs too; a whole load that rolled back has only this run's
+    // reads to go by.
+    let (db_committed, db_rejected) = jobs::committed_counts(control.as_ref(), job_id).await?;
+    let rows_read = if whole {
+        progress.snapshot().rows_read as i64
+    } else {
+        db_committed + db_rejected
     };
     let writer_error = shared.error.lock().expect("error slot").clone();
-    let (status, error, exceeded) = if let Some(e) = writer_error {
-        ("failed", Some(e), false)
-    } else if let Err(e) = read_result {
-        ("failed", Some(e.to_string()), false)
-    } else if shared.exceeded.load(Ordering::SeqCst) {
-        let max = req.model.input.max_rejects.unwrap_or(0);
-        let msg = format!("stopped: more than {max} rejects (--max-rejects {max})");
-        ("failed", Some(msg), true)
-    } else if ratio_exceeded {
-        let r = req.model.input.max_reject_ratio.unwrap_or(0.0);
-        let msg = format!(
-            "{} of {} rows rejected, over the allowed ratio {r}",
-            snapshot.rows_rejected, snapshot.rows_read
-        );
-        ("failed", Some(msg), true)
-    } else if req.interrupt.load(Ordering::SeqCst) {
-        let msg = "interrupted; run the same command again to resume".to_string();
-        ("failed", Some(msg), false)
-    } else if shared.cancelled.load(Ordering::SeqCst) {
-        ("cancelled", None, false)
-    } else {
-        ("succeeded", None, false)
-    };
+    let verdict = verdict(&RunEnd {
+        error: writer_error.or(read_result.err().map(|e| e.to_string())),
+        cancelled: shared.cancelled.load(Ordering::SeqCst),
+        interrupted: req.interrupt.load(Ordering::SeqCst),
+        rows_read,
+        rows_rejected: db_rejected,
+        max_rejects: req.model.input.max_rejects,
+        max_reject_ratio: req.model.input.max_reject_ratio,
+    });
+    let (status, error, exceeded) = (verdict.status, verdict.error, verdict.rejects_exceeded);
     // A whole-load transaction is decided here (see run_whole); its result
     // is already in `shared` by now.
     let duration_ms = started.elapsed().as_millis() as i64;
-    jobs::finish(
+    let status = jobs::finish(
         control.as_ref(),
         job_id,
         status,
@@ -502,10 +491,10 @@ pub async fn run_load(
         duration_ms,
     )
     .await?;
-    if req.job.is_some() && req.interrupt.load(Ordering::SeqCst) && status == "failed" && !exceeded
-    {
+    if req.job.is_some() && verdict.interrupted {
         jobs::requeue(control.as_ref(), job_id).await?;
     }
+    let exceeded = exceeded && status == "failed";
     if let Some(cache) = &req.cache
         && let Err(e) = cache.settle(control.as_ref()).await
     {
@@ -519,6 +508,94 @@ pub async fn run_load(
         rejects_exceeded: exceeded,
         resumed,
     })
+}
+
+/// How a run ended, as far as its verdict goes.
+#[derive(Debug, Clone, Default)]
+pub struct RunEnd {
+    /// A writer's or the reader's error.
+    pub error: Option<String>,
+    /// The job's cancel request was seen.
+    pub cancelled: bool,
+    /// Stopped by a signal or a lost lease: resumable.
+    pub interrupted: bool,
+    /// Rows read and rejected by the job in all, over all its runs.
+    pub rows_read: i64,
+    pub rows_rejected: i64,
+    pub max_rejects: Option<u64>,
+    pub max_reject_ratio: Option<f64>,
+}
+
+/// A job's status after a run, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: &'static str,
+    pub error: Option<String>,
+    /// Failed for its rejects (exit 3).
+    pub rejects_exceeded: bool,
+    /// Stopped before its end and worth resuming.
+    pub interrupted: bool,
+}
+
+/// The status a run gives its job: an error fails it; a cancel wins over
+/// everything else; then the reject limits, judged on all the job's rows so
+/// that a re-run cannot turn a job that broke them into a success; then an
+/// interruption; else success.
+pub fn verdict(end: &RunEnd) -> Verdict {
+    let failed = |error: String, rejects_exceeded: bool| Verdict {
+        status: "failed",
+        error: Some(error),
+        rejects_exceeded,
+        interrupted: false,
+    };
+    if let Some(e) = &end.error {
+        return failed(e.clone(), false);
+    }
+    if end.cancelled {
+        return Verdict {
+            status: "cancelled",
+            error: None,
+            rejects_exceeded: false,
+            interrupted: false,
+        };
+    }
+    if let Some(max) = end.max_rejects
+        && end.rows_rejected > max as i64
+    {
+        return failed(
+            format!(
+                "stopped: {} rejects, more than {max} (--max-rejects {max})",
+                end.rows_rejected
+            ),
+            true,
+        );
+    }
+    if let Some(r) = end.max_reject_ratio
+        && end.rows_read > 0
+        && end.rows_rejected as f64 / end.rows_read as f64 > r
+    {
+        return failed(
+            format!(
+                "{} of {} rows rejected, over the allowed ratio {r}",
+                end.rows_rejected, end.rows_read
+            ),
+            true,
+        );
+    }
+    if end.interrupted {
+        return Verdict {
+            status: "failed",
+            error: Some("interrupted; run the same command again to resume".into()),
+            rejects_exceeded: false,
+            interrupted: true,
+        };
+    }
+    Verdict {
+        status: "succeeded",
+        error: None,
+        rejects_exceeded: false,
+        interrupted: false,
+    }
 }
 
 /// Polls the job's cancel flag and the interrupt flag; either stops the load
@@ -711,4 +788,79 @@ pub fn register_metrics<'a>(models: impl IntoIterator<Item = &'a str>) {
         metrics::counter!("nexus_rows_rejected_total", "model" => model).increment(0);
     }
     metrics::counter!("nexus_batch_retries_total").increment(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end() -> RunEnd {
+        RunEnd {
+            rows_read: 100,
+            rows_rejected: 2,
+            max_rejects: Some(1),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rejects_over_the_limit_fail_whatever_this_run_committed() {
+        let v = verdict(&end());
+        assert_eq!((v.status, v.rejects_exceeded), ("failed", true));
+        let v = verdict(&RunEnd {
+            max_rejects: Some(2),
+            ..end()
+        });
+        assert_eq!(v.status, "succeeded");
+        let v = verdict(&RunEnd {
+            max_rejects: None,
+            max_reject_ratio: Some(0.01),
+            ..end()
+        });
+        assert_eq!((v.status, v.rejects_exceeded), ("failed", true));
+        let v = verdict(&RunEnd {
+            max_rejects: None,
+            max_reject_ratio: Some(0.02),
+            ..end()
+        });
+        assert_eq!(v.status, "succeeded");
+    }
+
+    #[test]
+    fn an_error_fails_and_a_cancel_wins_over_the_rest() {
+        let v = verdict(&RunEnd {
+            error: Some("boom".into()),
+            cancelled: true,
+            ..end()
+        });
+        assert_eq!((v.status, v.error.as_deref()), ("failed", Some("boom")));
+        let v = verdict(&RunEnd {
+            cancelled: true,
+            interrupted: true,
+            ..end()
+        });
+        assert_eq!((v.status, v.interrupted), ("cancelled", false));
+    }
+
+    #[test]
+    fn an_interrupted_run_is_resumable_unless_over_its_limits() {
+        let v = verdict(&RunEnd {
+            interrupted: true,
+            max_rejects: None,
+            ..end()
+        });
+        assert_eq!((v.status, v.interrupted), ("failed", true));
+        let v = verdict(&RunEnd {
+            interrupted: true,
+            ..end()
+        });
+        assert_eq!((v.interrupted, v.rejects_exceeded), (false, true));
+        let v = verdict(&RunEnd {
+            rows_read: 0,
+            rows_rejected: 0,
+            max_reject_ratio: Some(0.0),
+            ..Default::default()
+        });
+        assert_eq!(v.status, "succeeded");
+    }
 }

@@ -336,8 +336,8 @@ pub async fn cancel(
     Path(id): Path<Uuid>,
 ) -> Result<Response, Problem> {
     visible(&state, &user, id).await?;
-    let db = state.pool.get().await?;
-    match jobs::request_cancel(&db, id).await?.as_deref() {
+    let mut db = state.pool.get().await?;
+    match jobs::request_cancel(&mut db, id).await?.as_deref() {
         Some("running" | "queued" | "failed") => {}
         Some(s) => {
             return Err(Problem::new(

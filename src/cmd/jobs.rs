@@ -93,7 +93,7 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
             }
             JobsCommand::Cancel { id } => {
                 let id = parse_id(&id)?;
-                match jobs::request_cancel(&client, id).await? {
+                match jobs::request_cancel(&mut client, id).await? {
                     None => return Err(exit::failed(format!("no job {id}"))),
                     Some(s) if s == "running" => {
                         writeln!(out, "cancelling job {id}: it stops at its next batch")?
