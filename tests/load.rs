@@ -72,6 +72,63 @@ fn a_loaded_file_is_skipped_unless_forced() {
     assert_eq!(s["status"], "skipped");
 }
 
+/// A value the table's column type refuses is a reject with its line in
+/// every mode; in upsert it is refused while staging, before the merge.
+#[test]
+fn a_value_the_column_refuses_is_a_reject_in_append_and_upsert_alike() {
+    let db = TestDb::new();
+    let models = db.file(
+        "m.toml",
+        "[models.kv]\ntable = \"kv\"\nkey = [\"k\"]\nbatch_size = 50\n\
+         [[models.kv.columns]]\nname = \"k\"\ntype = \"int\"\n\
+         [[models.kv.columns]]\nname = \"v\"\ntype = \"text\"\n",
+    );
+    db.exec("CREATE TABLE kv (k int PRIMARY KEY, v varchar(5))");
+    let mut csv = String::from("k,v\n");
+    for k in 1..=120 {
+        let v = if k % 40 == 7 { "far too long" } else { "ok" };
+        csv.push_str(&format!("{k},{v}\n"));
+    }
+    let f = db.file("kv.csv", &csv);
+    for mode in ["append", "upsert"] {
+        db.exec("TRUNCATE kv");
+        let r = db.run_with_models(
+            &models,
+            &[
+                "load",
+                "--json",
+                "--force",
+                "--model",
+                "kv",
+                "--mode",
+                mode,
+                f.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.code, 0, "{mode}: {r:?}");
+        let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        assert_eq!(s["status"], "succeeded", "{mode}");
+        assert_eq!(s["rows_committed"], 117, "{mode}");
+        assert_eq!(s["rows_rejected"], 3, "{mode}");
+        assert_eq!(db.count("kv"), 117, "{mode}");
+        let job = s["job_id"].as_str().unwrap();
+        let lines: Vec<i64> = db
+            .sql(&format!(
+                "SELECT line FROM nexus.rejects WHERE job_id = '{job}' ORDER BY line"
+            ))
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(lines, [8, 48, 88], "{mode}");
+        let reason = db
+            .value(&format!(
+                "SELECT reason FROM nexus.rejects WHERE job_id = '{job}' LIMIT 1"
+            ))
+            .unwrap();
+        assert!(reason.contains("too long"), "{mode}: {reason}");
+    }
+}
+
 #[test]
 fn upsert_updates_and_the_last_row_for_a_key_wins() {
     let db = TestDb::new();

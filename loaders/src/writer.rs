@@ -487,12 +487,32 @@ impl BatchWriter {
             return Ok(0);
         }
         let upsert = self.target.mode == Mode::Upsert;
+        // The whole batch goes in one statement first; rows it refuses are
+        // narrowed out below.
+        let mut first = true;
         if upsert {
             // Stage in parallel with other writers; merge in sequence order.
+            // The stage refuses what the table's column types refuse: then
+            // the batch is narrowed from the start, staging each part again.
             self.client
-                .batch_execute(&format!("TRUNCATE pg_temp.{STAGE}"))
+                .batch_execute(&format!("TRUNCATE pg_temp.{STAGE}; SAVEPOINT nexus_rows"))
                 .await?;
-            self.copy(parts.body.clone()).await?;
+            match self.copy(parts.body.clone()).await {
+                Ok(()) => {
+                    self.client
+                        .batch_execute("RELEASE SAVEPOINT nexus_rows")
+                        .await?
+                }
+                Err(e) if classify(&e) == ErrorKind::Row => {
+                    self.client
+                        .batch_execute(
+                            "ROLLBACK TO SAVEPOINT nexus_rows; RELEASE SAVEPOINT nexus_rows",
+                        )
+                        .await?;
+                    first = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
             if let Some(g) = gate
                 && !g.wait_turn(parts.seq).await
             {
@@ -502,7 +522,6 @@ impl BatchWriter {
         let mut applied = 0u64;
         // Lists of row indices still to apply; the first is the whole batch.
         let mut work: Vec<Vec<u32>> = vec![(0..rows.len() as u32).collect()];
-        let mut first = true;
         // Unique indexes already probed for this batch.
         let mut probed: Vec<String> = Vec::new();
         if !upsert && !self.hot.is_empty() {
