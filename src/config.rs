@@ -35,6 +35,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_WORKERS", "workers"),
     ("NEXUS_JOB_LEASE", "job_lease"),
     ("NEXUS_WS_HEARTBEAT", "ws_heartbeat"),
+    ("NEXUS_WS_EVENT_BUFFER", "ws_event_buffer"),
 ];
 
 #[derive(Debug, Clone)]
@@ -67,6 +68,9 @@ pub struct Config {
     pub job_lease: Duration,
     /// How often a WebSocket client gets a heartbeat.
     pub ws_heartbeat: Duration,
+    /// Job events a server buffers for its WebSocket relays; a relay that
+    /// falls further behind resends the current state of what it follows.
+    pub ws_event_buffer: usize,
     pub db_pool_max: usize,
     pub db_pool_recycle: Duration,
     pub copy_connections: usize,
@@ -228,6 +232,7 @@ impl Config {
                 Duration::from_secs(15),
                 at_least(Duration::from_millis(100)),
             )?,
+            ws_event_buffer: s.parse("NEXUS_WS_EVENT_BUFFER", 4096, number(1, 1 << 20))?,
             db_pool_max: s.parse("NEXUS_DB_POOL_MAX", 16, number(1, 1000))?,
             db_pool_recycle: s.parse(
                 "NEXUS_DB_POOL_RECYCLE",

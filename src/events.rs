@@ -4,7 +4,8 @@
 //! they feed the job hub and invalidate the read caches. Progress samples,
 //! many per second, travel on the progress bus: Redis pub/sub when
 //! `REDIS_URL` is set (channel `{prefix}:progress`, over the cache's Redis
-//! tier), else PostgreSQL `NOTIFY nexus_progress` on the same connection.
+//! tier), else — and whenever Redis does not answer — PostgreSQL
+//! `NOTIFY nexus_progress`, which every server always listens to.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,44 +21,39 @@ use crate::read_cache::ReadCaches;
 
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
-/// Where progress samples are published and heard.
-pub enum ProgressBus {
-    Postgres(deadpool_postgres::Pool),
+/// Where progress samples are published: Redis when the cache has it and
+/// it answers, PostgreSQL otherwise.
+pub struct ProgressBus {
+    pool: deadpool_postgres::Pool,
     /// The cache's Redis tier (its connection, prefix and deadlines).
-    Redis(Arc<Cache>),
+    redis: Option<Arc<Cache>>,
 }
 
 const PROGRESS_CHANNEL: &str = "progress";
 
 impl ProgressBus {
-    /// Redis when the cache has it, else PostgreSQL.
     pub fn new(cache: &Arc<Cache>, pool: deadpool_postgres::Pool) -> ProgressBus {
-        match cache.redis {
-            Some(_) => ProgressBus::Redis(cache.clone()),
-            None => ProgressBus::Postgres(pool),
+        ProgressBus {
+            pool,
+            redis: cache.redis.is_some().then(|| cache.clone()),
         }
     }
 
-    /// Publishes one sample; false when it could not be sent.
+    /// Publishes one sample; false when it could not be sent either way.
     pub async fn publish(&self, sample: &ProgressMsg) -> bool {
         let payload = serde_json::to_string(sample).unwrap_or_default();
-        match self {
-            ProgressBus::Postgres(pool) => {
-                let Ok(db) = pool.get().await else {
-                    return false;
-                };
-                db.execute("SELECT pg_notify('nexus_progress', $1)", &[&payload])
-                    .await
-                    .is_ok()
+        if let Some(r) = self.redis.as_ref().and_then(|c| c.redis.as_ref()) {
+            match r.publish(&r.channel(PROGRESS_CHANNEL), &payload).await {
+                Ok(()) => return true,
+                Err(e) => r.failed(&e),
             }
-            ProgressBus::Redis(cache) => match &cache.redis {
-                Some(r) => r
-                    .publish(&r.channel(PROGRESS_CHANNEL), &payload)
-                    .await
-                    .is_ok(),
-                None => false,
-            },
         }
+        let Ok(db) = self.pool.get().await else {
+            return false;
+        };
+        db.execute("SELECT pg_notify('nexus_progress', $1)", &[&payload])
+            .await
+            .is_ok()
     }
 }
 
@@ -69,7 +65,6 @@ pub fn spawn_listeners(
     database_url: String,
     bus: &ProgressBus,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let progress_on_postgres = matches!(bus, ProgressBus::Postgres(_));
     let mut tasks = vec![tokio::spawn(listen_postgres(
         Heard {
             hub: hub.clone(),
@@ -77,9 +72,8 @@ pub fn spawn_listeners(
             cache,
         },
         database_url,
-        progress_on_postgres,
     ))];
-    if let ProgressBus::Redis(cache) = bus {
+    if let Some(cache) = &bus.redis {
         tasks.push(tokio::spawn(listen_redis(hub, cache.clone())));
     }
     tasks
@@ -102,12 +96,9 @@ impl Heard {
     }
 }
 
-async fn listen_postgres(heard: Heard, url: String, with_progress: bool) {
-    let channels = if with_progress {
-        "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_cache; LISTEN nexus_progress"
-    } else {
-        "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_cache"
-    };
+async fn listen_postgres(heard: Heard, url: String) {
+    let channels =
+        "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_cache; LISTEN nexus_progress";
     loop {
         let mut config: tokio_postgres::Config = match url.parse() {
             Ok(c) => c,

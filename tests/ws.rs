@@ -267,3 +267,88 @@ fn progress_crosses_servers_over_redis_pubsub() {
     let sample = spy.join().unwrap();
     assert!(sample["rows_read"].as_i64().is_some(), "{sample}");
 }
+
+/// Counters of a running job never go backwards for a client, whichever
+/// message carries them (its state, a sample), starting from what
+/// `GET /jobs/{id}` answered just before it subscribed.
+fn assert_never_behind(start: &Value, messages: &[Value]) {
+    let mut last = start.clone();
+    for m in messages
+        .iter()
+        .filter(|m| m["type"] == "progress" || (m["type"] == "job" && m["status"] == "running"))
+    {
+        for k in ["rows_read", "rows_committed", "bytes_read"] {
+            assert!(
+                m[k].as_i64() >= last[k].as_i64(),
+                "{k} went backwards: {last} then {m}"
+            );
+        }
+        last = m.clone();
+    }
+}
+
+#[test]
+fn a_subscriber_never_sees_counters_older_than_the_status_route() {
+    let db = TestDb::new();
+    let (models, csv) = setup(&db);
+    let s = Server::start(&db, &[("NEXUS_MODELS", &models)]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let id = upload(&s, &a, csv);
+    wait_for("batches to commit", Duration::from_secs(120), || {
+        common::batches(&db) >= 5
+    });
+    let status: Value = s.get(&format!("/api/v2/jobs/{id}"), &a).json().unwrap();
+    assert_eq!(status["status"], "running", "{status}");
+    assert!(status["rows_committed"].as_i64().unwrap() > 0, "{status}");
+    let mut ws = connect(&s, &a);
+    send(&mut ws, json!({"type": "subscribe", "job_id": id}));
+    let all = read_until(&mut ws, finished);
+    assert_eq!(all[0]["type"], "job", "{all:?}");
+    assert_never_behind(&status, &all);
+}
+
+/// A server that keeps one event for its relays (a relay that misses
+/// events resends the current state: `src/api/ws.rs` tests that) delivers
+/// every job's end of eight jobs on two workers.
+#[test]
+fn every_end_reaches_a_subscriber_with_the_smallest_event_buffer() {
+    let db = TestDb::new();
+    let models = common::small_batch_model(&db);
+    let s = Server::start(
+        &db,
+        &[
+            ("NEXUS_MODELS", models.to_str().unwrap()),
+            ("NEXUS_WS_EVENT_BUFFER", "1"),
+            ("NEXUS_WORKERS", "2"),
+        ],
+    );
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let mut ws = connect(&s, &a);
+    send(&mut ws, json!({"type": "subscribe", "all": true}));
+    let mut ids = std::collections::HashSet::new();
+    for j in 0..8 {
+        let mut csv = String::from("id,payload\n");
+        for i in 1..=3000 {
+            csv.push_str(&format!("{i},job {j} row {i}\n"));
+        }
+        ids.insert(upload(&s, &a, csv.into_bytes()));
+    }
+    let mut ended = std::collections::HashSet::new();
+    let all = read_until(&mut ws, |m| {
+        if finished(m) {
+            ended.insert(m["job_id"].as_str().unwrap().to_string());
+        }
+        ended == ids
+    });
+    assert!(all.iter().all(|m| m["type"] != "error"), "{all:?}");
+}
+
+/// With Redis down, progress goes over PostgreSQL and still reaches a
+/// subscriber on another server.
+#[test]
+fn progress_crosses_servers_while_redis_is_down() {
+    let mut redis = common::redis::PrivateRedis::start();
+    let url = redis.url();
+    redis.kill();
+    progress_crosses_servers(&[("REDIS_URL", url.as_str())]);
+}

@@ -543,6 +543,29 @@ pub async fn requeue(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postg
     Ok(())
 }
 
+/// Jobs that are open or changed state within `window`, newest first;
+/// `owner` limits them to one user's.
+pub async fn recently_changed(
+    c: &impl GenericClient,
+    owner: Option<&str>,
+    window: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    Ok(c
+        .query(
+            "SELECT id FROM nexus.jobs
+             WHERE ($1::text IS NULL OR owner = $1)
+               AND (status IN ('queued', 'running')
+                    OR greatest(created_at, started_at, finished_at) > now() - make_interval(secs => $2))
+             ORDER BY greatest(created_at, started_at, finished_at) DESC LIMIT $3",
+            &[&owner, &window.as_secs_f64(), &limit],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// A page of jobs, newest first, after `cursor` (the last id of the
 /// previous page); `owner` limits it to one user's jobs.
 pub async fn page(

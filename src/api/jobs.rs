@@ -246,7 +246,7 @@ pub async fn list(
     )
     .await?;
     for j in page.iter_mut().filter(|j| j.status == "running") {
-        live_counts(&db, j).await?;
+        live_counts(&state, &db, j).await?;
     }
     let next_cursor = (page.len() as i64 == limit)
         .then(|| page.last().map(|j| j.job_id))
@@ -257,12 +257,23 @@ pub async fn list(
     }))
 }
 
-/// A running job's counters, from what it has committed so far.
-async fn live_counts(db: &tokio_postgres::Client, j: &mut JobRecord) -> Result<(), Problem> {
+/// A running job's counters: what it has committed so far, or the live
+/// sample of its progress where that is ahead.
+pub(crate) async fn live_counts(
+    state: &AppState,
+    db: &tokio_postgres::Client,
+    j: &mut JobRecord,
+) -> Result<(), Problem> {
     let (committed, rejected) = jobs::committed_counts(db, j.job_id).await?;
     j.rows_committed = committed;
     j.rows_rejected = rejected;
     j.rows_read = committed + rejected;
+    if let Some(p) = state.hub.latest(j.job_id) {
+        j.rows_read = j.rows_read.max(p.rows_read);
+        j.rows_committed = j.rows_committed.max(p.rows_committed);
+        j.rows_rejected = j.rows_rejected.max(p.rows_rejected);
+        j.bytes_read = j.bytes_read.max(p.bytes_read);
+    }
     Ok(())
 }
 
@@ -297,7 +308,7 @@ async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRe
                 job.rows_rejected = p.rows_rejected;
                 job.bytes_read = p.bytes_read;
             }
-            None => live_counts(&*state.pool.get().await?, &mut job).await?,
+            None => live_counts(state, &*state.pool.get().await?, &mut job).await?,
         }
     }
     Ok(job)

@@ -5,7 +5,7 @@
 //! beyond a small bound drop the oldest, state changes are never dropped, and
 //! a slow reader never holds up anything but itself.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -136,55 +136,157 @@ fn event_message(e: &Event) -> (bool, String) {
     (progress, typed_first(v))
 }
 
+/// One client's connection: what it asked for and what it was sent.
+struct Conn {
+    who: Principal,
+    outbox: Outbox,
+    subs: Mutex<Subscriptions>,
+    /// Per running job, the counters last sent: a client never sees them
+    /// go backwards, whichever source (a checkpoint, a sample) was newer.
+    sent: Mutex<HashMap<Uuid, Counters>>,
+    /// Jobs this client was told are queued or running: after a lag their
+    /// current state is sent again, so that no end is lost.
+    open: Mutex<HashSet<Uuid>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counters {
+    rows_read: i64,
+    rows_committed: i64,
+    rows_rejected: i64,
+    bytes_read: i64,
+}
+
+impl Counters {
+    fn max(self, o: Counters) -> Counters {
+        Counters {
+            rows_read: self.rows_read.max(o.rows_read),
+            rows_committed: self.rows_committed.max(o.rows_committed),
+            rows_rejected: self.rows_rejected.max(o.rows_rejected),
+            bytes_read: self.bytes_read.max(o.bytes_read),
+        }
+    }
+}
+
+impl Conn {
+    fn new(who: Principal) -> Conn {
+        Conn {
+            who,
+            outbox: Outbox::default(),
+            subs: Mutex::new(Subscriptions::default()),
+            sent: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn wants(&self, job: Uuid, owner: Option<&str>) -> bool {
+        let s = self.subs.lock().expect("subs");
+        (s.all || s.jobs.contains(&job)) && may_see(&self.who, owner)
+    }
+
+    /// Raises a running job's counters to what was sent before, and
+    /// remembers them.
+    fn monotone(&self, job: Uuid, c: Counters) -> Counters {
+        let mut sent = self.sent.lock().expect("sent");
+        let c = sent.get(&job).map_or(c, |prev| prev.max(c));
+        sent.insert(job, c);
+        c
+    }
+
+    /// Sends a job's state; a running job's counters never go backwards.
+    fn send_job(&self, j: &JobRecord) -> bool {
+        let mut j = j.clone();
+        self.track(j.job_id, &j.status);
+        if j.status == "running" {
+            let c = self.monotone(
+                j.job_id,
+                Counters {
+                    rows_read: j.rows_read,
+                    rows_committed: j.rows_committed,
+                    rows_rejected: j.rows_rejected,
+                    bytes_read: j.bytes_read,
+                },
+            );
+            (j.rows_read, j.rows_committed, j.rows_rejected, j.bytes_read) =
+                (c.rows_read, c.rows_committed, c.rows_rejected, c.bytes_read);
+        }
+        self.outbox.push(false, job_message(&j))
+    }
+
+    fn track(&self, job: Uuid, status: &str) {
+        let mut open = self.open.lock().expect("open");
+        if matches!(status, "queued" | "running") {
+            open.insert(job);
+        } else {
+            open.remove(&job);
+            self.sent.lock().expect("sent").remove(&job);
+        }
+    }
+
+    /// Passes an event from the hub on, if the client wants it.
+    fn relay(&self, event: &Event) -> bool {
+        if !self.wants(event.job_id(), event.owner()) {
+            return true;
+        }
+        match event {
+            Event::Progress(p) => {
+                let mut p = p.clone();
+                let c = self.monotone(
+                    p.job_id,
+                    Counters {
+                        rows_read: p.rows_read,
+                        rows_committed: p.rows_committed,
+                        rows_rejected: p.rows_rejected,
+                        bytes_read: p.bytes_read,
+                    },
+                );
+                (p.rows_read, p.rows_committed, p.rows_rejected, p.bytes_read) =
+                    (c.rows_read, c.rows_committed, c.rows_rejected, c.bytes_read);
+                let (progress, text) = event_message(&Event::Progress(p));
+                self.outbox.push(progress, text)
+            }
+            Event::Job(j) => {
+                self.track(j.job_id, &j.status);
+                let (progress, text) = event_message(event);
+                self.outbox.push(progress, text)
+            }
+        }
+    }
+}
+
 async fn session(state: AppState, who: Principal, socket: WebSocket) {
     metrics::gauge!("nexus_ws_connections").increment(1.0);
-    let outbox = Arc::new(Outbox::default());
-    let subs = Arc::new(Mutex::new(Subscriptions::default()));
+    let conn = Arc::new(Conn::new(who));
     // Drain the hub at once into this connection's outbox.
     let relay = {
-        let (outbox, subs, who) = (outbox.clone(), subs.clone(), who.clone());
-        let mut rx = state.hub.subscribe();
+        let (conn, state) = (conn.clone(), state.clone());
+        let rx = state.hub.subscribe();
         tokio::spawn(async move {
-            loop {
-                let event = match rx.recv().await {
-                    Ok(e) => e,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "a WebSocket relay fell behind the hub");
-                        continue;
-                    }
-                    Err(_) => return,
-                };
-                let wanted = {
-                    let s = subs.lock().expect("subs");
-                    s.all || s.jobs.contains(&event.job_id())
-                };
-                if wanted && may_see(&who, event.owner()) {
-                    let (progress, text) = event_message(&event);
-                    if !outbox.push(progress, text) {
-                        return;
-                    }
-                }
-            }
+            let again = || {
+                let (state, conn) = (state.clone(), conn.clone());
+                async move { resync(&state, &conn).await }
+            };
+            relay(rx, &conn, again).await
         })
     };
     let (mut sink, mut stream) = socket.split();
     let mut heartbeat = tokio::time::interval(state.config.ws_heartbeat);
     heartbeat.tick().await;
     loop {
-        if let Some(text) = outbox.pop() {
+        if let Some(text) = conn.outbox.pop() {
             if sink.send(Message::Text(text.into())).await.is_err() {
                 break;
             }
             continue;
         }
         tokio::select! {
-            _ = outbox.ready.notified() => {}
+            _ = conn.outbox.ready.notified() => {}
             _ = heartbeat.tick() => {
                 let ts = chrono::Utc::now().to_rfc3339();
-                outbox.push(false, typed_first(json!({"type": "heartbeat", "ts": ts})));
+                conn.outbox.push(false, typed_first(json!({"type": "heartbeat", "ts": ts})));
             }
             msg = stream.next() => match msg {
-                Some(Ok(Message::Text(t))) => handle(&state, &who, &subs, &outbox, t.as_str()).await,
+                Some(Ok(Message::Text(t))) => handle(&state, &conn, t.as_str()).await,
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
@@ -196,6 +298,68 @@ async fn session(state: AppState, who: Principal, socket: WebSocket) {
     relay.abort();
     metrics::gauge!("nexus_ws_connections").decrement(1.0);
 }
+
+/// Passes the hub's events to the connection until it closes; after a lag
+/// (events missed), `resync` sends the current state again.
+async fn relay<F: std::future::Future<Output = ()>>(
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    conn: &Conn,
+    resync: impl Fn() -> F,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(event) => {
+                if !conn.relay(&event) {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "a WebSocket relay fell behind the hub; resending the current state"
+                );
+                metrics::counter!("nexus_ws_resyncs_total").increment(1);
+                resync().await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// After events were missed: the current state of every job the client
+/// follows — those it was told are open, those open now, and those that
+/// ended in the last minutes — so that no state change is lost.
+async fn resync(state: &AppState, conn: &Conn) {
+    let Ok(db) = state.pool.get().await else {
+        return;
+    };
+    let (all, mut ids): (bool, HashSet<Uuid>) = {
+        let s = conn.subs.lock().expect("subs");
+        (s.all, s.jobs.clone())
+    };
+    ids.extend(conn.open.lock().expect("open").iter().copied());
+    let owner = (conn.who.role != Role::Admin).then_some(conn.who.username.as_str());
+    if all {
+        match jobs::recently_changed(&**db, owner, RESYNC_WINDOW, RESYNC_LIMIT).await {
+            Ok(recent) => ids.extend(recent),
+            Err(e) => tracing::warn!(error = %e, "resync: listing recent jobs failed"),
+        }
+    }
+    for id in ids {
+        if let Ok(Some(mut j)) = jobs::get(&**db, id).await
+            && conn.wants(id, j.owner.as_deref())
+        {
+            if j.status == "running" {
+                let _ = super::jobs::live_counts(state, &db, &mut j).await;
+            }
+            conn.send_job(&j);
+        }
+    }
+}
+
+/// Jobs changed this recently are sent again after a lag.
+const RESYNC_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+const RESYNC_LIMIT: i64 = 500;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -217,13 +381,8 @@ fn error(message: &str) -> String {
     typed_first(json!({"type": "error", "message": message}))
 }
 
-async fn handle(
-    state: &AppState,
-    who: &Principal,
-    subs: &Mutex<Subscriptions>,
-    outbox: &Outbox,
-    text: &str,
-) {
+async fn handle(state: &AppState, conn: &Conn, text: &str) {
+    let (who, outbox) = (&conn.who, &conn.outbox);
     let msg: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -241,7 +400,7 @@ async fn handle(
             outbox.push(false, typed_first(json!({"type": "pong"})));
         }
         ClientMessage::Unsubscribe { job_id, all } => {
-            let mut s = subs.lock().expect("subs");
+            let mut s = conn.subs.lock().expect("subs");
             if all {
                 s.all = false;
             }
@@ -258,8 +417,8 @@ async fn handle(
             };
             match job.filter(|j| may_see(who, j.owner.as_deref())) {
                 Some(j) => {
-                    subs.lock().expect("subs").jobs.insert(id);
-                    send_current(state, outbox, &j);
+                    conn.subs.lock().expect("subs").jobs.insert(id);
+                    send_current(state, conn, j).await;
                 }
                 None => {
                     outbox.push(false, error(&format!("no job {id}")));
@@ -267,14 +426,14 @@ async fn handle(
             }
         }
         ClientMessage::Subscribe { all: true, .. } => {
-            subs.lock().expect("subs").all = true;
+            conn.subs.lock().expect("subs").all = true;
             let owner = (who.role != Role::Admin).then_some(who.username.as_str());
             if let Ok(db) = state.pool.get().await {
                 for status in ["running", "queued"] {
                     if let Ok(page) = jobs::page(&**db, owner, Some(status), None, 100, None).await
                     {
-                        for j in &page {
-                            send_current(state, outbox, j);
+                        for j in page {
+                            send_current(state, conn, j).await;
                         }
                     }
                 }
@@ -286,11 +445,83 @@ async fn handle(
     }
 }
 
-/// The state of a job for a subscriber joining now: its record, and its
-/// latest progress while it runs.
-fn send_current(state: &AppState, outbox: &Outbox, j: &JobRecord) {
-    outbox.push(false, job_message(j));
-    if let Some(p) = state.hub.latest(j.job_id) {
-        outbox.push(true, event_message(&Event::Progress(p)).1);
+/// The state of a job for a subscriber joining now: its record with the
+/// newest counters known here (its checkpoints, or the live sample when
+/// that is ahead), never older than what `GET /jobs/{id}` answered.
+async fn send_current(state: &AppState, conn: &Conn, mut j: JobRecord) {
+    if j.status == "running"
+        && let Ok(db) = state.pool.get().await
+    {
+        let _ = super::jobs::live_counts(state, &db, &mut j).await;
+    }
+    conn.send_job(&j);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::progress::{Hub, JobMsg};
+
+    fn admin() -> Principal {
+        Principal {
+            user_id: Uuid::new_v4(),
+            session_id: Uuid::new_v4(),
+            username: "admin".into(),
+            role: Role::Admin,
+        }
+    }
+
+    fn state_change(job: Uuid, status: &str) -> Event {
+        Event::Job(JobMsg {
+            job_id: job,
+            status: status.into(),
+            owner: None,
+            model: None,
+            rows_read: 0,
+            rows_committed: 0,
+            rows_rejected: 0,
+            bytes_read: 0,
+            bytes_total: None,
+            error: None,
+        })
+    }
+
+    /// Events sent while the relay was not reading overflow a one-event
+    /// buffer: the relay resynchronises instead of going on without them.
+    #[tokio::test]
+    async fn a_relay_that_lags_resends_the_current_state() {
+        let hub = Hub::new(1);
+        let conn = Conn::new(admin());
+        conn.subs.lock().unwrap().all = true;
+        let rx = hub.subscribe();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        hub.receive(state_change(a, "running"));
+        hub.receive(state_change(a, "succeeded"));
+        hub.receive(state_change(b, "running"));
+        let resyncs = std::sync::atomic::AtomicUsize::new(0);
+        let relayed = relay(rx, &conn, || async {
+            resyncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // What the database says now.
+            conn.relay(&state_change(a, "succeeded"));
+        });
+        // The hub is dropped after its last event: the relay ends.
+        drop(hub);
+        relayed.await;
+        assert_eq!(resyncs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let mut sent = Vec::new();
+        while let Some(m) = conn.outbox.pop() {
+            sent.push(serde_json::from_str::<Value>(&m).unwrap());
+        }
+        let ends: Vec<&Value> = sent
+            .iter()
+            .filter(|m| m["job_id"] == a.to_string() && m["status"] == "succeeded")
+            .collect();
+        assert_eq!(ends.len(), 1, "the missed end is sent: {sent:?}");
+        assert!(
+            sent.iter().any(|m| m["job_id"] == b.to_string()),
+            "events after the lag still flow: {sent:?}"
+        );
+        assert!(conn.open.lock().unwrap().contains(&b));
+        assert!(!conn.open.lock().unwrap().contains(&a));
     }
 }

@@ -108,6 +108,7 @@ async fn serve(
     nexus_loaders::load::register_metrics(models.iter().map(|m| m.name.as_str()));
     let caches = Arc::new(crate::read_cache::ReadCaches::new());
     let cache = super::cache::open(&config, true, caches.listening.clone())?;
+    let ws_event_buffer = config.ws_event_buffer;
     let state = AppState(Arc::new(api::Services {
         pool: pool.clone(),
         limiter: Arc::new(middleware::limiter(config.rate_limit, config.rate_burst)),
@@ -124,7 +125,7 @@ async fn serve(
         queue: Arc::new(tokio::sync::Notify::new()),
         instance: uuid::Uuid::new_v4(),
         database_url: url.clone(),
-        hub: Arc::new(crate::jobs::progress::Hub::new()),
+        hub: Arc::new(crate::jobs::progress::Hub::new(ws_event_buffer)),
         caches,
         cache,
     }));

@@ -95,9 +95,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new() -> Hub {
+    /// A hub whose relays may fall `buffer` events behind before they
+    /// resynchronise.
+    pub fn new(buffer: usize) -> Hub {
         Hub {
-            tx: broadcast::Sender::new(4096),
+            tx: broadcast::Sender::new(buffer.max(1)),
             latest: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
         }
