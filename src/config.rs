@@ -36,6 +36,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_JOB_LEASE", "job_lease"),
     ("NEXUS_WS_HEARTBEAT", "ws_heartbeat"),
     ("NEXUS_WS_EVENT_BUFFER", "ws_event_buffer"),
+    ("NEXUS_UPLOAD_RETENTION", "upload_retention"),
 ];
 
 #[derive(Debug, Clone)]
@@ -71,6 +72,9 @@ pub struct Config {
     /// Job events a server buffers for its WebSocket relays; a relay that
     /// falls further behind resends the current state of what it follows.
     pub ws_event_buffer: usize,
+    /// How long the upload of a finished job is kept (a failed one, for a
+    /// look at what was sent).
+    pub upload_retention: Duration,
     pub db_pool_max: usize,
     pub db_pool_recycle: Duration,
     pub copy_connections: usize,
@@ -233,6 +237,11 @@ impl Config {
                 at_least(Duration::from_millis(100)),
             )?,
             ws_event_buffer: s.parse("NEXUS_WS_EVENT_BUFFER", 4096, number(1, 1 << 20))?,
+            upload_retention: s.parse(
+                "NEXUS_UPLOAD_RETENTION",
+                Duration::from_secs(7 * 86400),
+                at_least(Duration::from_secs(1)),
+            )?,
             db_pool_max: s.parse("NEXUS_DB_POOL_MAX", 16, number(1, 1000))?,
             db_pool_recycle: s.parse(
                 "NEXUS_DB_POOL_RECYCLE",

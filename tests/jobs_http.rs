@@ -457,3 +457,119 @@ fn a_job_whose_worker_died_twice_without_progress_is_failed_not_retried() {
     let loaded = wait_status(&s, &a, &progressed, "succeeded");
     assert_eq!(loaded["rows_committed"], 10);
 }
+
+/// Sets a file's last-modified time `ago` in the past.
+fn age_file(path: &std::path::Path, ago: Duration) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - ago).unwrap();
+}
+
+/// A server sweeps its upload store at startup: the upload of a job that
+/// finished longer ago than the retention, partial uploads left idle, and
+/// files no job refers to go; a partial upload still being written and the
+/// uploads of recent jobs stay. Uploads are private to the server.
+#[test]
+fn uploads_of_old_jobs_and_cut_off_parts_are_swept() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    // A file whose header names no column of the model fails its job.
+    let old = accepted(upload(
+        &s,
+        &a,
+        "model=customer",
+        b"foo,bar\n1,2\n".to_vec(),
+        &[],
+    ));
+    let recent = accepted(upload(
+        &s,
+        &a,
+        "model=customer",
+        b"foo,baz\n1,2\n".to_vec(),
+        &[],
+    ));
+    wait_status(&s, &a, &old, "failed");
+    wait_status(&s, &a, &recent, "failed");
+    drop(s);
+    let uploads = db.dir.path().join("data/uploads");
+    let key = |id: &str| {
+        db.value(&format!(
+            "SELECT storage_key FROM nexus.jobs WHERE id = '{id}'"
+        ))
+    };
+    let (old_key, recent_key) = (key(&old).unwrap(), key(&recent).unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&uploads), 0o700);
+    assert_eq!(mode(&uploads.join(&old_key)), 0o600);
+    db.exec(&format!(
+        "UPDATE nexus.jobs SET finished_at = now() - interval '8 days' WHERE id = '{old}'"
+    ));
+    let cut_off = uploads.join(format!("{}.part", uuid::Uuid::new_v4()));
+    let writing = uploads.join(format!("{}.part", uuid::Uuid::new_v4()));
+    let orphan = uploads.join(uuid::Uuid::new_v4().to_string());
+    for p in [&cut_off, &writing, &orphan] {
+        std::fs::write(p, "id\n1\n").unwrap();
+    }
+    age_file(&cut_off, Duration::from_secs(3600));
+    age_file(&orphan, Duration::from_secs(2 * 3600));
+    let _s = Server::start(&db, &[]);
+    wait_for("the startup sweep", Duration::from_secs(60), || {
+        !uploads.join(&old_key).exists() && !cut_off.exists() && !orphan.exists()
+    });
+    assert!(writing.exists(), "a part still being written stays");
+    assert!(
+        uploads.join(&recent_key).exists(),
+        "a recent job's upload stays"
+    );
+    assert_eq!(key(&old), None, "the job no longer names its upload");
+    assert_eq!(key(&recent), Some(recent_key));
+}
+
+/// `nexus jobs purge --older-than` deletes old finished jobs with their
+/// rejects and uploads; the files they loaded stay loaded.
+#[test]
+fn jobs_purge_deletes_old_jobs_their_rejects_and_uploads() {
+    let db = TestDb::new();
+    let demo = common::fixture("customers.csv");
+    let (r, old) = db.load_json(&["--model", "customer", demo.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(old["rows_rejected"], 5);
+    let other = db.file("other.csv", customers(5000, 10));
+    let (r, recent) = db.load_json(&["--model", "customer", other.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let old_id = old["job_id"].as_str().unwrap();
+    // As if the old job had been uploaded: its upload is in the store.
+    let uploads = db.dir.path().join("data/uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    let key = uuid::Uuid::new_v4().to_string();
+    std::fs::write(uploads.join(&key), "x").unwrap();
+    db.exec(&format!(
+        "UPDATE nexus.jobs SET storage_key = '{key}', created_at = now() - interval '41 days',
+                finished_at = now() - interval '40 days' WHERE id = '{old_id}'"
+    ));
+    let r = db.run(&["jobs", "purge", "--older-than", "30d", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"jobs": 1, "rejects": 5, "uploads": 1})
+    );
+    assert_eq!(db.count("nexus.jobs"), 1);
+    assert_eq!(
+        db.value("SELECT id::text FROM nexus.jobs").as_deref(),
+        recent["job_id"].as_str()
+    );
+    assert_eq!(db.count("nexus.rejects"), 0);
+    assert_eq!(
+        db.count(&format!("nexus.job_batches WHERE job_id = '{old_id}'")),
+        0
+    );
+    assert!(!uploads.join(&key).exists());
+    // The purged job's file is still loaded.
+    let (r, again) = db.load_json(&["--model", "customer", demo.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(again["status"], "skipped");
+    let r = db.run(&["jobs", "purge", "--older-than", "soon"]);
+    assert_eq!(r.code, 2, "{r:?}");
+}

@@ -150,14 +150,16 @@ pub async fn find_resumable(
     .map(|r| (r.get(0), r.get(1))))
 }
 
-/// The job that already loaded this file into this model, if any.
+/// The job that already loaded this file into this model, if any (the nil
+/// id when that job has been purged since).
 pub async fn loaded_by(
     c: &impl GenericClient,
     model: &str,
     file_hash: &str,
 ) -> Result<Option<Uuid>, tokio_postgres::Error> {
     Ok(c.query_opt(
-        "SELECT job_id FROM nexus.loaded_files WHERE model = $1 AND file_hash = $2",
+        "SELECT coalesce(job_id, '00000000-0000-0000-0000-000000000000')
+         FROM nexus.loaded_files WHERE model = $1 AND file_hash = $2",
         &[&model, &file_hash],
     )
     .await?
@@ -564,6 +566,87 @@ pub async fn recently_changed(
         .iter()
         .map(|r| r.get(0))
         .collect())
+}
+
+/// Statuses a job does not leave on its own.
+pub const FINISHED: &[&str] = &["succeeded", "failed", "cancelled", "skipped"];
+
+/// What `purge` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Purged {
+    pub jobs: u64,
+    pub rejects: u64,
+    /// The uploads of the purged jobs, for the caller to remove.
+    #[serde(skip)]
+    pub storage_keys: Vec<String>,
+}
+
+/// Deletes the jobs that finished more than `older_than` ago, with their
+/// rejects and checkpoints (not their files' places in the loaded-file
+/// ledger: those files stay loaded). Jobs whose cache writes are still
+/// pending are kept until they are settled.
+pub async fn purge(
+    c: &mut Client,
+    older_than: std::time::Duration,
+) -> Result<Purged, tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    let rows = tx
+        .query(
+            "DELETE FROM nexus.jobs j
+             WHERE j.status = ANY($1) AND coalesce(j.finished_at, j.created_at) < now() - make_interval(secs => $2)
+               AND NOT EXISTS (SELECT 1 FROM nexus.job_batches b WHERE b.job_id = j.id AND b.cache_pending)
+             RETURNING j.id, j.storage_key",
+            &[&FINISHED, &older_than.as_secs_f64()],
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let rejects = tx
+        .execute("DELETE FROM nexus.rejects WHERE job_id = ANY($1)", &[&ids])
+        .await?;
+    tx.commit().await?;
+    Ok(Purged {
+        jobs: ids.len() as u64,
+        rejects,
+        storage_keys: rows.iter().filter_map(|r| r.get(1)).collect(),
+    })
+}
+
+/// Lets go of the uploads of jobs that finished more than `retention` ago:
+/// returns their keys, for the caller to remove, and forgets them.
+pub async fn release_uploads(
+    c: &impl GenericClient,
+    retention: std::time::Duration,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(c.query(
+        "WITH old AS (
+                 SELECT id, storage_key FROM nexus.jobs
+                 WHERE storage_key IS NOT NULL AND status = ANY($1)
+                   AND finished_at < now() - make_interval(secs => $2)
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE nexus.jobs j SET storage_key = NULL FROM old WHERE j.id = old.id
+             RETURNING old.storage_key",
+        &[&FINISHED, &retention.as_secs_f64()],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
+/// The keys of `keys` that no job refers to.
+pub async fn unreferenced(
+    c: &impl GenericClient,
+    keys: &[String],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(c.query(
+        "SELECT k FROM unnest($1::text[]) k
+             WHERE NOT EXISTS (SELECT 1 FROM nexus.jobs WHERE storage_key = k)",
+        &[&keys],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
 }
 
 /// A page of jobs, newest first, after `cursor` (the last id of the

@@ -269,6 +269,19 @@ BEGIN
 END $$;
 "#,
     ),
+    (
+        8,
+        "the loaded-file ledger outlives a purged job",
+        r#"
+-- `nexus jobs purge` deletes old jobs; the files they loaded stay loaded
+-- (a cron run must still skip them), so the ledger keeps its row.
+ALTER TABLE nexus.loaded_files ALTER COLUMN job_id DROP NOT NULL;
+ALTER TABLE nexus.loaded_files DROP CONSTRAINT IF EXISTS loaded_files_job_id_fkey;
+ALTER TABLE nexus.loaded_files ADD CONSTRAINT loaded_files_job_id_fkey
+    FOREIGN KEY (job_id) REFERENCES nexus.jobs (id) ON DELETE SET NULL;
+CREATE INDEX IF NOT EXISTS jobs_storage_key ON nexus.jobs (storage_key) WHERE storage_key IS NOT NULL;
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

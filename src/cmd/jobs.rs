@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::db::Database;
 use crate::exit;
+use crate::jobs::storage::LocalStorage;
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
@@ -28,6 +29,16 @@ pub enum JobsCommand {
     /// A job's rejects as CSV (line,column,reason,raw).
     Rejects {
         id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete jobs that finished longer ago than a duration, with their
+    /// rejects and uploads. The files they loaded stay loaded (a later run
+    /// of the same file is still skipped).
+    Purge {
+        /// How old a finished job must be: 30d, 12h, 90m.
+        #[arg(long, value_name = "DURATION", value_parser = nexus_pipeline::duration::parse_duration)]
+        older_than: std::time::Duration,
         #[arg(long)]
         json: bool,
     },
@@ -116,6 +127,25 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                     writeln!(out, "{}", serde_json::to_string(&rejects)?)?;
                 } else {
                     jobs::write_rejects_csv(out, rejects)?;
+                }
+            }
+            JobsCommand::Purge { older_than, json } => {
+                let storage = LocalStorage::new(config.data_dir.join("uploads"))?;
+                let (purged, uploads) =
+                    crate::jobs::retention::purge(&storage, &mut client, older_than).await?;
+                if json {
+                    let v = serde_json::json!({
+                        "jobs": purged.jobs,
+                        "rejects": purged.rejects,
+                        "uploads": uploads,
+                    });
+                    writeln!(out, "{v}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "purged {} jobs, {} rejects and {uploads} uploads",
+                        purged.jobs, purged.rejects
+                    )?;
                 }
             }
         }

@@ -140,6 +140,11 @@ async fn serve(
     let publisher = crate::jobs::progress::spawn_publisher(state.hub.clone(), bus);
     drop(control);
     let background = spawn_housekeeping(state.clone());
+    let sweeper = crate::jobs::retention::spawn(
+        state.storage.clone(),
+        pool.clone(),
+        state.config.upload_retention,
+    );
     let cache_upkeep = spawn_cache_upkeep(state.clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -174,6 +179,7 @@ async fn serve(
     // Running jobs stop at their next batch boundary and go back to the queue.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(workers)).await;
     background.abort();
+    sweeper.abort();
     cache_upkeep.abort();
     for t in &listener_tasks {
         t.abort();

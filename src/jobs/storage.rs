@@ -7,6 +7,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -43,18 +44,63 @@ pub trait Storage: Send + Sync {
     ) -> BoxFuture<'a, Result<Stored, UploadError>>;
     /// A local file with the upload's bytes, for the pipeline to read.
     fn local_path(&self, key: &str) -> PathBuf;
+    /// Removes a stored upload; one already gone is not an error.
     fn remove(&self, key: &str) -> BoxFuture<'_, io::Result<()>>;
+    /// Removes what uploads cut off mid-way left behind: partial files
+    /// untouched for `idle` (a live upload writes all the time). Returns how
+    /// many went.
+    fn sweep_partial(&self, idle: Duration) -> BoxFuture<'_, io::Result<usize>>;
+    /// The keys of stored uploads untouched for `age`.
+    fn older_than(&self, age: Duration) -> BoxFuture<'_, io::Result<Vec<String>>>;
 }
+
+/// A partial upload's name: its key and this suffix.
+const PARTIAL: &str = ".part";
 
 pub struct LocalStorage {
     dir: PathBuf,
 }
 
 impl LocalStorage {
+    /// Uploads are the users' data: the directory is the server's alone
+    /// (0700) and each file in it 0600.
     pub fn new(dir: PathBuf) -> io::Result<LocalStorage> {
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir)?;
         Ok(LocalStorage { dir })
     }
+
+    /// Files directly in the directory, with their age since last written.
+    async fn entries(&self) -> io::Result<Vec<(String, Duration)>> {
+        let mut out = Vec::new();
+        let mut dir = tokio::fs::read_dir(&self.dir).await?;
+        let now = SystemTime::now();
+        while let Some(e) = dir.next_entry().await? {
+            let meta = match e.metadata().await {
+                Ok(m) if m.is_file() => m,
+                _ => continue,
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            if let Some(name) = e.file_name().to_str() {
+                out.push((name.to_string(), age));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Creates `dir` (and its parents) with mode 0700, and makes it 0700 if it
+/// exists.
+pub fn private_dir(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 impl Storage for LocalStorage {
@@ -65,8 +111,12 @@ impl Storage for LocalStorage {
     ) -> BoxFuture<'a, Result<Stored, UploadError>> {
         Box::pin(async move {
             let key = uuid::Uuid::new_v4().to_string();
-            let partial = self.dir.join(format!("{key}.part"));
-            let mut file = tokio::fs::File::create(&partial)
+            let partial = self.dir.join(format!("{key}{PARTIAL}"));
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
                 .await
                 .map_err(UploadError::Storage)?;
             let mut hasher = Sha256::new();
@@ -110,6 +160,39 @@ impl Storage for LocalStorage {
 
     fn remove(&self, key: &str) -> BoxFuture<'_, io::Result<()>> {
         let path = self.local_path(key);
-        Box::pin(async move { tokio::fs::remove_file(path).await })
+        Box::pin(async move {
+            match tokio::fs::remove_file(path).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn sweep_partial(&self, idle: Duration) -> BoxFuture<'_, io::Result<usize>> {
+        Box::pin(async move {
+            let mut swept = 0;
+            for (name, age) in self.entries().await? {
+                if name.ends_with(PARTIAL) && age >= idle {
+                    match tokio::fs::remove_file(self.dir.join(&name)).await {
+                        Ok(()) => swept += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(swept)
+        })
+    }
+
+    fn older_than(&self, age: Duration) -> BoxFuture<'_, io::Result<Vec<String>>> {
+        Box::pin(async move {
+            Ok(self
+                .entries()
+                .await?
+                .into_iter()
+                .filter(|(name, a)| !name.ends_with(PARTIAL) && *a >= age)
+                .map(|(name, _)| name)
+                .collect())
+        })
     }
 }
