@@ -37,6 +37,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_WS_HEARTBEAT", "ws_heartbeat"),
     ("NEXUS_WS_EVENT_BUFFER", "ws_event_buffer"),
     ("NEXUS_UPLOAD_RETENTION", "upload_retention"),
+    ("NEXUS_DB_RETRY", "db_retry"),
 ];
 
 #[derive(Debug, Clone)]
@@ -75,6 +76,9 @@ pub struct Config {
     /// How long the upload of a finished job is kept (a failed one, for a
     /// look at what was sent).
     pub upload_retention: Duration,
+    /// How long PostgreSQL may be out of reach (a failover, a restart)
+    /// before a load or a connection gives up.
+    pub db_retry: Duration,
     pub db_pool_max: usize,
     pub db_pool_recycle: Duration,
     pub copy_connections: usize,
@@ -241,6 +245,11 @@ impl Config {
                 "NEXUS_UPLOAD_RETENTION",
                 Duration::from_secs(7 * 86400),
                 at_least(Duration::from_secs(1)),
+            )?,
+            db_retry: s.parse(
+                "NEXUS_DB_RETRY",
+                nexus_loaders::pg::DEFAULT_RETRY_WINDOW,
+                duration,
             )?,
             db_pool_max: s.parse("NEXUS_DB_POOL_MAX", 16, number(1, 1000))?,
             db_pool_recycle: s.parse(

@@ -11,6 +11,8 @@ use crate::exit;
 pub struct Database {
     pub url: String,
     embedded: Option<EmbeddedPg>,
+    /// How long connecting retries while the server is out of reach.
+    retry: std::time::Duration,
 }
 
 impl Database {
@@ -19,6 +21,7 @@ impl Database {
             return Ok(Database {
                 url: url.clone(),
                 embedded: None,
+                retry: config.db_retry,
             });
         }
         let dir = config.data_dir.clone();
@@ -27,6 +30,7 @@ impl Database {
             Ok(pg) => Ok(Database {
                 url: pg.url.clone(),
                 embedded: Some(pg),
+                retry: config.db_retry,
             }),
             Err(e @ EmbeddedError::NoBinaries) => Err(exit::usage(e.to_string())),
             Err(e) => Err(exit::failed(e.to_string())),
@@ -34,7 +38,7 @@ impl Database {
     }
 
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        nexus_loaders::pg::connect_retrying(&self.url)
+        nexus_loaders::pg::connect_retrying(&self.url, self.retry)
             .await
             .map_err(|e| {
                 exit::failed(format!(

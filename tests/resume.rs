@@ -242,3 +242,88 @@ fn writer_connections_killed_mid_load_are_retried_without_loss_or_duplicates() {
     assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS);
     assert_eq!(db.count("nexus.rejects"), ROWS / 1000);
 }
+
+/// `nexus load` through a proxy that the test cuts like a failover.
+fn load_through(db: &TestDb, proxy: &common::proxy::Proxy, retry: &str) -> Reaped {
+    let (models, file) = (
+        db.dir.path().join("small-batches.toml"),
+        db.dir.path().join("ev.csv"),
+    );
+    Reaped(Some(
+        db.nexus()
+            .env("DATABASE_URL", proxy.url(&db.url))
+            .env("NEXUS_MODELS", &models)
+            .env("NEXUS_DB_RETRY", retry)
+            .args(["load", "--json", "--model", "ev", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+/// PostgreSQL out of reach for 12 s mid-load (longer than the ~11 s the
+/// writers used to retry) is ridden out under the default window.
+#[test]
+fn a_failover_within_the_retry_window_is_ridden_out() {
+    let db = TestDb::new();
+    setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let proxy = common::proxy::Proxy::start("127.0.0.1:5432");
+    let child = load_through(&db, &proxy, "60s");
+    wait_for("batches to commit", Duration::from_secs(120), || {
+        common::batches(&db) >= 5
+    });
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    // The outage lasts 12 s, and the load keeps trying all along.
+    wait_for(
+        "the load to retry for 12 s",
+        Duration::from_secs(60),
+        || proxy.refused() >= 2 && cut_at.elapsed() >= Duration::from_secs(12),
+    );
+    let refused = proxy.refused();
+    proxy.restore();
+    let out = child.take().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["status"], "succeeded");
+    assert!(refused >= 2, "it retried during the outage");
+    assert_eq!(db.count("ev"), ROWS, "every row");
+    assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS, "once");
+    assert_eq!(s["rows_committed"], ROWS);
+}
+
+/// An outage longer than the window: the load gives up, still prints its
+/// summary (exit 1) and leaves the job resumable; the next run finishes it.
+#[test]
+fn a_load_that_outlasts_the_retry_window_prints_its_summary_and_resumes() {
+    let db = TestDb::new();
+    setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let proxy = common::proxy::Proxy::start("127.0.0.1:5432");
+    let child = load_through(&db, &proxy, "2s");
+    wait_for("batches to commit", Duration::from_secs(120), || {
+        common::batches(&db) >= 5
+    });
+    proxy.cut();
+    let out = child.take().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("a JSON summary: {e}: {out:?}"));
+    assert_eq!(s["status"], "failed", "{s}");
+    assert!(s["error"].as_str().unwrap().contains("resumable"), "{s}");
+    let committed = s["rows_committed"].as_i64().unwrap();
+    assert!(committed > 0 && committed < ROWS, "{s}");
+    proxy.restore();
+    let out = load_through(&db, &proxy, "60s")
+        .take()
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["status"], "succeeded");
+    assert_eq!(s["resumed"], true);
+    assert_eq!(db.count("nexus.jobs"), 1);
+    assert_eq!(db.count("ev"), ROWS, "every row");
+    assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS, "once");
+}

@@ -73,6 +73,9 @@ pub struct LoadRequest {
     pub job: Option<Uuid>,
     /// The process's cache; the model's strategy decides what it gets.
     pub cache: Option<Arc<Cache>>,
+    /// How long the database may be out of reach before the load gives up
+    /// (resumable).
+    pub retry: Duration,
 }
 
 #[derive(Debug)]
@@ -255,6 +258,9 @@ struct Shared {
     stop: AtomicBool,
     cancelled: AtomicBool,
     exceeded: AtomicBool,
+    /// The error that stopped the load was the database out of reach
+    /// (retried for the whole window): the job is resumable.
+    outage: AtomicBool,
     error: Mutex<Option<String>>,
     progress: Arc<Progress>,
     max_rejects: Option<u64>,
@@ -268,6 +274,21 @@ impl Shared {
             *e = Some(message);
         }
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Fails the load with a database error, noting an outage.
+    fn fail_db(&self, context: &str, e: &tokio_postgres::Error) {
+        if pg::classify(e) == pg::ErrorKind::Transient {
+            self.outage.store(true, Ordering::SeqCst);
+        }
+        self.fail(format!("{context}{}", describe(e)));
+    }
+
+    fn fail_write(&self, e: WriteError) {
+        match &e {
+            WriteError::Db(db) => self.fail_db("", db),
+            WriteError::Aborted => self.fail(e.to_string()),
+        }
     }
 
     fn count(&self, c: Committed, rows_read: u64) {
@@ -293,7 +314,7 @@ pub async fn run_load(
     progress: Arc<Progress>,
 ) -> Result<LoadOutcome, LoadError> {
     let started = Instant::now();
-    let mut control = pg::connect_retrying(url).await?;
+    let mut control = pg::connect_retrying(url, req.retry).await?;
     migrate(&mut control).await?;
     if req.create_table && !catalog::table_exists(&control, &req.model).await? {
         catalog::ensure_table(&control, &req.model).await?;
@@ -319,6 +340,10 @@ pub async fn run_load(
             options,
         } => (id, resumed, options),
     };
+    // The job as it starts, for a summary when it cannot be closed.
+    let base = jobs::get(&control, job_id)
+        .await?
+        .ok_or(LoadError::Vanished(job_id))?;
     let whole = req.atomic || req.mode == Mode::Replace;
     let mut committed: HashSet<u64> = jobs::committed_seqs(&control, job_id)
         .await?
@@ -347,6 +372,7 @@ pub async fn run_load(
         stop: AtomicBool::new(false),
         cancelled: AtomicBool::new(false),
         exceeded: AtomicBool::new(false),
+        outage: AtomicBool::new(false),
         error: Mutex::new(None),
         progress: progress.clone(),
         max_rejects: req.model.input.max_rejects,
@@ -412,6 +438,7 @@ pub async fn run_load(
             mode: req.mode,
             plan: stages.plan.clone(),
             timezone: req.model.input.timezone.session_setting(),
+            retry: req.retry,
         });
         let cache = req.cache.as_ref().and_then(|c| {
             let model = CachedModel::of(&req.model)?;
@@ -459,54 +486,134 @@ pub async fn run_load(
     };
     watcher.abort();
 
-    // The verdict counts every committed batch and reject of the job, from
-    // earlier runs too; a whole load that rolled back has only this run's
-    // reads to go by.
-    let (db_committed, db_rejected) = jobs::committed_counts(control.as_ref(), job_id).await?;
-    let rows_read = if whole {
-        progress.snapshot().rows_read as i64
-    } else {
-        db_committed + db_rejected
-    };
     let writer_error = shared.error.lock().expect("error slot").clone();
-    let verdict = verdict(&RunEnd {
-        error: writer_error.or(read_result.err().map(|e| e.to_string())),
+    let outage = shared.outage.load(Ordering::SeqCst);
+    let error = match writer_error {
+        Some(e) if outage => Some(format!(
+            "gave up after {}s of database errors ({e}); the job is resumable: run the same command again",
+            req.retry.as_secs()
+        )),
+        Some(e) => Some(e),
+        None => read_result.err().map(|e| e.to_string()),
+    };
+    let end = RunEnd {
+        error,
+        outage,
         cancelled: shared.cancelled.load(Ordering::SeqCst),
         interrupted: req.interrupt.load(Ordering::SeqCst),
-        rows_read,
-        rows_rejected: db_rejected,
+        rows_read: progress.snapshot().rows_read as i64,
+        rows_rejected: progress.snapshot().rows_rejected as i64,
         max_rejects: req.model.input.max_rejects,
         max_reject_ratio: req.model.input.max_reject_ratio,
-    });
-    let (status, error, exceeded) = (verdict.status, verdict.error, verdict.rejects_exceeded);
-    // A whole-load transaction is decided here (see run_whole); its result
-    // is already in `shared` by now.
-    let duration_ms = started.elapsed().as_millis() as i64;
-    let status = jobs::finish(
-        control.as_ref(),
+    };
+    let closing = Closing {
         job_id,
-        status,
-        error.as_deref(),
-        progress.bytes_read.load(Ordering::Relaxed) as i64,
-        duration_ms,
+        whole,
+        queued: req.job.is_some(),
+        bytes_read: progress.bytes_read.load(Ordering::Relaxed) as i64,
+        duration_ms: started.elapsed().as_millis() as i64,
+        resumed,
+    };
+    let closed = match close(
+        control.as_ref(),
+        &closing,
+        end.clone(),
+        req.cache.as_deref(),
+    )
+    .await
+    {
+        Err(LoadError::Db(e)) if pg::classify(&e) == pg::ErrorKind::Transient => {
+            // The control connection may be the casualty of an outage the
+            // writers rode out: once more on a new one.
+            match pg::connect_retrying(url, CLOSE_RETRY).await {
+                Ok(c) => close(&c, &closing, end.clone(), req.cache.as_deref()).await,
+                Err(e) => Err(e.into()),
+            }
+        }
+        other => other,
+    };
+    match closed {
+        Ok(outcome) => Ok(outcome),
+        Err(LoadError::Db(e)) if pg::classify(&e) == pg::ErrorKind::Transient => {
+            // The job stays open in the database, and so resumable; the
+            // caller still learns how far it got.
+            let mut job = base;
+            let v = verdict(&end);
+            job.status = "failed".into();
+            job.error = Some(format!(
+                "{}; and the job could not be closed ({}): it is resumable",
+                v.error.as_deref().unwrap_or("stopped"),
+                describe(&e)
+            ));
+            let s = progress.snapshot();
+            job.rows_read = s.rows_read as i64;
+            job.rows_committed = s.rows_committed as i64;
+            job.rows_rejected = s.rows_rejected as i64;
+            job.bytes_read = closing.bytes_read;
+            job.duration_ms = closing.duration_ms;
+            Ok(LoadOutcome {
+                job,
+                rejects_exceeded: false,
+                resumed,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How long closing a job retries on a new connection after the control
+/// connection failed.
+const CLOSE_RETRY: Duration = Duration::from_secs(5);
+
+/// What closing a run needs besides the database.
+struct Closing {
+    job_id: Uuid,
+    whole: bool,
+    /// A job from the queue: an interrupted run goes back to it.
+    queued: bool,
+    bytes_read: i64,
+    duration_ms: i64,
+    resumed: bool,
+}
+
+/// Decides the job's status and closes it: the verdict counts every
+/// committed batch and reject of the job, from earlier runs too (a whole
+/// load that rolled back has only this run's reads to go by).
+async fn close(
+    c: &Client,
+    closing: &Closing,
+    mut end: RunEnd,
+    cache: Option<&Cache>,
+) -> Result<LoadOutcome, LoadError> {
+    let id = closing.job_id;
+    let (committed, rejected) = jobs::committed_counts(c, id).await?;
+    if !closing.whole {
+        end.rows_read = committed + rejected;
+    }
+    end.rows_rejected = rejected;
+    let v = verdict(&end);
+    let status = jobs::finish(
+        c,
+        id,
+        v.status,
+        v.error.as_deref(),
+        closing.bytes_read,
+        closing.duration_ms,
     )
     .await?;
-    if req.job.is_some() && verdict.interrupted {
-        jobs::requeue(control.as_ref(), job_id).await?;
+    if closing.queued && v.interrupted {
+        jobs::requeue(c, id).await?;
     }
-    let exceeded = exceeded && status == "failed";
-    if let Some(cache) = &req.cache
-        && let Err(e) = cache.settle(control.as_ref()).await
+    if let Some(cache) = cache
+        && let Err(e) = cache.settle(c).await
     {
         tracing::warn!(error = %e, "settling the cache's pending writes failed; they are repaired later");
     }
-    let job = jobs::get(control.as_ref(), job_id)
-        .await?
-        .ok_or(LoadError::Vanished(job_id))?;
+    let job = jobs::get(c, id).await?.ok_or(LoadError::Vanished(id))?;
     Ok(LoadOutcome {
         job,
-        rejects_exceeded: exceeded,
-        resumed,
+        rejects_exceeded: v.rejects_exceeded && status == "failed",
+        resumed: closing.resumed,
     })
 }
 
@@ -515,6 +622,8 @@ pub async fn run_load(
 pub struct RunEnd {
     /// A writer's or the reader's error.
     pub error: Option<String>,
+    /// That error was the database out of reach for the whole retry window.
+    pub outage: bool,
     /// The job's cancel request was seen.
     pub cancelled: bool,
     /// Stopped by a signal or a lost lease: resumable.
@@ -549,7 +658,10 @@ pub fn verdict(end: &RunEnd) -> Verdict {
         interrupted: false,
     };
     if let Some(e) = &end.error {
-        return failed(e.clone(), false);
+        return Verdict {
+            interrupted: end.outage,
+            ..failed(e.clone(), false)
+        };
     }
     if end.cancelled {
         return Verdict {
@@ -656,7 +768,7 @@ async fn run_parallel(
             let mut writer = match BatchWriter::connect(&url, target, job_id).await {
                 Ok(w) => w.with_cache(cache),
                 Err(e) => {
-                    shared.fail(format!("cannot connect a COPY writer: {}", describe(&e)));
+                    shared.fail_db("cannot connect a COPY writer: ", &e);
                     if let Some(g) = &gate {
                         g.abort();
                     }
@@ -675,7 +787,7 @@ async fn run_parallel(
                     Ok(c) => shared.count(c, rows_read),
                     Err(WriteError::Aborted) => break,
                     Err(e) => {
-                        shared.fail(e.to_string());
+                        shared.fail_write(e);
                         if let Some(g) = &gate {
                             g.abort();
                         }
@@ -716,12 +828,12 @@ async fn run_whole(
     let mut writer = match BatchWriter::connect(url, target, job_id).await {
         Ok(w) => w.with_cache(cache),
         Err(e) => {
-            shared.fail(format!("cannot connect a COPY writer: {}", describe(&e)));
+            shared.fail_db("cannot connect a COPY writer: ", &e);
             return;
         }
     };
     if let Err(e) = writer.begin_whole(replace).await {
-        shared.fail(describe(&e));
+        shared.fail_db("", &e);
         return;
     }
     while !shared.stop.load(Ordering::SeqCst) {
@@ -730,13 +842,13 @@ async fn run_whole(
         match writer.apply_in_whole(batch).await {
             Ok((c, rejects)) => {
                 if let Err(e) = insert_rejects(control, None, job_id, &rejects).await {
-                    shared.fail(describe(&e));
+                    shared.fail_db("", &e);
                     break;
                 }
                 shared.count(c, rows_read);
             }
             Err(e) => {
-                shared.fail(e.to_string());
+                shared.fail_write(e);
                 break;
             }
         }
@@ -752,7 +864,7 @@ async fn run_whole(
     let commit =
         !shared.stop.load(Ordering::SeqCst) && ratio_ok && !req.interrupt.load(Ordering::SeqCst);
     if let Err(e) = writer.finish_whole(commit).await {
-        shared.fail(describe(&e));
+        shared.fail_db("", &e);
     }
     if !commit {
         // Nothing of this run is kept but its rejects.

@@ -22,29 +22,70 @@ pub async fn connect_with(config: &Config) -> Result<Client, tokio_postgres::Err
     Ok(client)
 }
 
-/// Opens a connection, retrying transient failures with backoff.
-pub async fn connect_retrying(url: &str) -> Result<Client, tokio_postgres::Error> {
-    connect_retrying_with(&url.parse()?).await
+/// Opens a connection, retrying transient failures with backoff for up to
+/// `window`.
+pub async fn connect_retrying(
+    url: &str,
+    window: Duration,
+) -> Result<Client, tokio_postgres::Error> {
+    connect_retrying_with(&url.parse()?, window).await
 }
 
 /// [`connect_retrying`] with a prepared configuration.
-pub async fn connect_retrying_with(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let mut attempt = 0;
+pub async fn connect_retrying_with(
+    config: &Config,
+    window: Duration,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut retry = Retry::new(window);
     loop {
         match connect_with(config).await {
             Ok(c) => return Ok(c),
-            Err(e) if classify(&e) == ErrorKind::Transient && attempt < RETRIES => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "connecting to PostgreSQL failed; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
+            Err(e) if classify(&e) == ErrorKind::Transient && retry.again().await => {
+                tracing::warn!(error = %e, attempt = retry.attempt, "connecting to PostgreSQL failed; retrying");
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-/// How many times a transient failure is retried.
-pub const RETRIES: u32 = 6;
+/// How long transient failures are retried by default: long enough to
+/// ride out a typical failover (`NEXUS_DB_RETRY`).
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(60);
+
+/// Retries of one operation within a window of time from its first failure,
+/// with growing waits (100 ms doubling, capped at 5 s).
+#[derive(Debug)]
+pub struct Retry {
+    window: Duration,
+    first_failure: Option<tokio::time::Instant>,
+    pub attempt: u32,
+}
+
+impl Retry {
+    pub fn new(window: Duration) -> Retry {
+        Retry {
+            window,
+            first_failure: None,
+            attempt: 0,
+        }
+    }
+
+    /// After a failure: waits before the next attempt and returns true, or
+    /// returns false at once when the window is spent. The last wait is cut
+    /// to end with the window, so that the last attempt comes at its end.
+    pub async fn again(&mut self) -> bool {
+        let first = *self
+            .first_failure
+            .get_or_insert_with(tokio::time::Instant::now);
+        let left = self.window.saturating_sub(first.elapsed());
+        if left.is_zero() {
+            return false;
+        }
+        self.attempt += 1;
+        tokio::time::sleep(backoff(self.attempt).min(left)).await;
+        true
+    }
+}
 
 /// 100 ms doubling, capped at 5 s.
 pub fn backoff(attempt: u32) -> Duration {
@@ -101,5 +142,23 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
             s
         }
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_last_as_long_as_the_window_and_no_longer() {
+        let started = tokio::time::Instant::now();
+        let mut retry = Retry::new(Duration::from_secs(60));
+        while retry.again().await {}
+        let spent = started.elapsed();
+        assert!(spent >= Duration::from_secs(60), "{spent:?}");
+        assert!(spent < Duration::from_secs(61), "{spent:?}");
+        assert!(retry.attempt >= 12, "{}", retry.attempt);
+        let mut none = Retry::new(Duration::ZERO);
+        assert!(!none.again().await);
     }
 }

@@ -28,7 +28,7 @@ use crate::cache::BatchCache;
 use crate::conflicts::{self, UniqueIndex};
 use crate::gate::SeqGate;
 use crate::load::Mode;
-use crate::pg::{self, ErrorKind, backoff, classify, describe};
+use crate::pg::{self, ErrorKind, Retry, classify, describe};
 use crate::server_input;
 
 /// What a load writes into: the SQL shared by all its writers.
@@ -43,6 +43,8 @@ pub struct Target {
     pub plan: Arc<Plan>,
     /// The load's zone as a session `TimeZone`, for values read by the server.
     pub timezone: String,
+    /// How long transient failures (the database unreachable) are retried.
+    pub retry: std::time::Duration,
 }
 
 const STAGE: &str = "nexus_stage";
@@ -169,7 +171,7 @@ impl BatchWriter {
         target: std::sync::Arc<Target>,
         job_id: Uuid,
     ) -> Result<BatchWriter, tokio_postgres::Error> {
-        let client = Self::open(url, &target.timezone).await?;
+        let client = Self::open(url, &target.timezone, target.retry).await?;
         Ok(BatchWriter {
             url: url.to_string(),
             timezone: target.timezone.clone(),
@@ -234,7 +236,11 @@ impl BatchWriter {
     /// share a transaction, so a crash loses both or neither, and the job's
     /// final (synchronous) commit flushes every batch commit before it.
     /// Its `TimeZone` is the load's, for the values the server reads.
-    async fn open(url: &str, timezone: &str) -> Result<Client, tokio_postgres::Error> {
+    async fn open(
+        url: &str,
+        timezone: &str,
+        retry: std::time::Duration,
+    ) -> Result<Client, tokio_postgres::Error> {
         // Session settings as startup parameters: the session never exists
         // without them, not even for a moment after it connects.
         let mut config: tokio_postgres::Config = url.parse()?;
@@ -244,11 +250,20 @@ impl BatchWriter {
             None => ours,
         };
         config.application_name("nexus writer").options(&options);
-        pg::connect_retrying_with(&config).await
+        pg::connect_retrying_with(&config, retry).await
     }
 
-    async fn reconnect(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.client = Self::open(&self.url, &self.timezone).await?;
+    /// Connects again within what is left of `retry`'s window.
+    async fn reconnect(&mut self, retry: &mut Retry) -> Result<(), tokio_postgres::Error> {
+        self.client = loop {
+            match Self::open(&self.url, &self.timezone, std::time::Duration::ZERO).await {
+                Ok(c) => break c,
+                Err(e) if classify(&e) == ErrorKind::Transient && retry.again().await => {
+                    tracing::warn!(error = %e, attempt = retry.attempt, "reconnecting a COPY writer failed; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.prepared = None;
         self.staged = false;
         self.probe_ready = false;
@@ -265,7 +280,7 @@ impl BatchWriter {
         let mut batch = batch;
         self.settle_values(&mut batch).await?;
         let parts = Parts::take(&mut batch);
-        let mut attempt = 0;
+        let mut retry = Retry::new(self.target.retry);
         loop {
             let result = self.try_batch(&parts, gate).await;
             match result {
@@ -275,14 +290,12 @@ impl BatchWriter {
                     return Ok(c);
                 }
                 Err(WriteError::Db(e))
-                    if classify(&e) == ErrorKind::Transient && attempt < pg::RETRIES =>
+                    if classify(&e) == ErrorKind::Transient && retry.again().await =>
                 {
-                    attempt += 1;
                     metrics::counter!("nexus_batch_retries_total").increment(1);
-                    tracing::warn!(error = %e, seq = parts.seq, attempt, "batch failed transiently; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tracing::warn!(error = %e, seq = parts.seq, attempt = retry.attempt, "batch failed transiently; retrying");
                     if self.client.is_closed() {
-                        self.reconnect().await?;
+                        self.reconnect(&mut retry).await?;
                     } else {
                         let _ = self.client.batch_execute("ROLLBACK").await;
                     }
@@ -303,16 +316,14 @@ impl BatchWriter {
     /// Has the server read the values the encoder deferred, retrying
     /// transient failures like a batch.
     async fn settle_values(&mut self, batch: &mut EncodedBatch) -> Result<(), WriteError> {
-        let mut attempt = 0;
+        let mut retry = Retry::new(self.target.retry);
         loop {
             match server_input::settle(&self.client, &self.target.plan, batch).await {
                 Ok(()) => return Ok(()),
-                Err(e) if classify(&e) == ErrorKind::Transient && attempt < pg::RETRIES => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, seq = batch.seq, attempt, "reading deferred values failed transiently; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
+                Err(e) if classify(&e) == ErrorKind::Transient && retry.again().await => {
+                    tracing::warn!(error = %e, seq = batch.seq, attempt = retry.attempt, "reading deferred values failed transiently; retrying");
                     if self.client.is_closed() {
-                        self.reconnect().await?;
+                        self.reconnect(&mut retry).await?;
                     }
                 }
                 Err(e) => return Err(e.into()),

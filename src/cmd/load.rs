@@ -198,6 +198,7 @@ async fn load_all(
             create_table,
             owner: std::env::var("USER").ok(),
             interrupt: interrupt.clone(),
+            retry: config.db_retry,
             job: None,
             cache: Some(cache.clone()),
         };

@@ -72,7 +72,7 @@ async fn serve(
     addr: SocketAddr,
     models: nexus_pipeline::ModelSet,
 ) -> anyhow::Result<u8> {
-    let mut control = nexus_loaders::pg::connect_retrying(&url)
+    let mut control = nexus_loaders::pg::connect_retrying(&url, config.db_retry)
         .await
         .map_err(|e| {
             exit::failed(format!(

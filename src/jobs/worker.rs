@@ -119,6 +119,7 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
                 interrupt: interrupt.clone(),
                 job: Some(id),
                 cache: Some(state.cache.clone()),
+                retry: state.config.db_retry,
             };
             let progress = Arc::new(Progress::default());
             state

@@ -306,13 +306,17 @@ async fn run_stage(
     }
 }
 
+/// How long the stage worker retries connecting before it carries on
+/// without announcing (servers then keep keys until their TTL).
+const CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The stage worker's connection, opened (again) when needed.
 async fn connected<'a>(
     db: &'a mut Option<tokio_postgres::Client>,
     url: &str,
 ) -> Option<&'a tokio_postgres::Client> {
     if db.as_ref().is_none_or(|c| c.is_closed()) {
-        *db = crate::pg::connect_retrying(url).await.ok();
+        *db = crate::pg::connect_retrying(url, CONNECT_WINDOW).await.ok();
     }
     db.as_ref()
 }
