@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::jobs::progress::{Event, Hub, ProgressMsg};
 use nexus_loaders::cache::Cache;
 
-use crate::read_cache::ReadCaches;
+use crate::read_cache::{AuthChange, ReadCaches};
 
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
@@ -151,14 +151,14 @@ impl Heard {
                     hub.receive(Event::Job(j));
                 }
             }
-            "nexus_auth" => match payload.split_once(':') {
+            "nexus_auth" => caches.session_changed(match payload.split_once(':') {
                 Some(("sessions", id)) => match Uuid::parse_str(id) {
-                    Ok(id) => caches.sessions.invalidate(&id),
-                    Err(_) => caches.sessions.clear(),
+                    Ok(id) => AuthChange::Session(id),
+                    Err(_) => AuthChange::All,
                 },
-                // A user changed: role, disabling. Rare; drop every session.
-                _ => caches.sessions.clear(),
-            },
+                // A user changed: role, disabling. Rare; check every session.
+                _ => AuthChange::All,
+            }),
             "nexus_cache" => self.cache.apply_notice(payload),
             "nexus_progress" => {
                 if let Ok(p) = serde_json::from_str(payload) {

@@ -17,6 +17,17 @@ pub struct ReadCaches {
     pub sessions: ReadCache<Uuid, LiveSession>,
     pub jobs: ReadCache<Uuid, JobRecord>,
     pub listening: Listening,
+    /// Sessions that may have ended (revoked, their user disabled), for
+    /// whatever holds one open — a WebSocket — to check again.
+    pub auth_changes: tokio::sync::broadcast::Sender<AuthChange>,
+}
+
+/// A change that may have ended sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthChange {
+    Session(Uuid),
+    /// Any session may have ended (a user changed, or notices were missed).
+    All,
 }
 
 /// Entries are dropped on notification; the expiry only bounds how long
@@ -30,7 +41,17 @@ impl ReadCaches {
             sessions: ReadCache::new(100_000, IDLE_LIMIT, listening.clone()),
             jobs: ReadCache::new(100_000, IDLE_LIMIT, listening.clone()),
             listening,
+            auth_changes: tokio::sync::broadcast::Sender::new(1024),
         }
+    }
+
+    /// A session (or any) may have ended: forget it and tell its holders.
+    pub fn session_changed(&self, change: AuthChange) {
+        match change {
+            AuthChange::Session(id) => self.sessions.invalidate(&id),
+            AuthChange::All => self.sessions.clear(),
+        }
+        let _ = self.auth_changes.send(change);
     }
 
     /// The listener is (or is no longer) receiving every notification.
@@ -41,6 +62,7 @@ impl ReadCaches {
         }
         self.sessions.clear();
         self.jobs.clear();
+        let _ = self.auth_changes.send(AuthChange::All);
         if on {
             self.listening.set(true);
         }

@@ -352,3 +352,91 @@ fn progress_crosses_servers_while_redis_is_down() {
     redis.kill();
     progress_crosses_servers(&[("REDIS_URL", url.as_str())]);
 }
+
+/// A socket opened with the token as a subprotocol (`nexus`,
+/// `bearer.<token>`), as a browser does it: no token in the URL.
+fn connect_with_protocol(s: &Server, token: &str) -> Ws {
+    use tungstenite::client::IntoClientRequest;
+    let url = format!("{}/api/v2/ws", s.base.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("nexus, bearer.{token}").parse().unwrap(),
+    );
+    let (ws, resp) = tungstenite::connect(req).unwrap();
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "nexus",
+        "the server picks `nexus`, never echoes the token"
+    );
+    if let MaybeTlsStream::Plain(t) = ws.get_ref() {
+        t.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    }
+    ws
+}
+
+/// Reads until the server closes the socket; its close code.
+fn closed_with(ws: &mut Ws) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return f.code.into(),
+            Ok(Message::Close(None)) => return 1005,
+            Ok(_) => continue,
+            Err(e) => panic!("the socket was not closed by the server: {e}"),
+        }
+    }
+}
+
+#[test]
+fn logout_revocation_and_disabling_close_open_sockets_at_once() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    add_user(&db, "uma", "uploader", "uploader-password");
+    add_user(&db, "vic", "viewer", "viewer-password");
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let (a2, _) = s.tokens("admin", ADMIN_PW);
+    let (u, _) = s.tokens("uma", "uploader-password");
+    let (v, refresh_v) = s.tokens("vic", "viewer-password");
+    let mut mine = connect_with_protocol(&s, &a);
+    let mut other_session = connect_with_protocol(&s, &a2);
+    let mut uma = connect_with_protocol(&s, &u);
+    let mut vic = connect(&s, &v);
+    for ws in [&mut mine, &mut other_session, &mut uma, &mut vic] {
+        send(ws, json!({"type": "ping"}));
+        assert_eq!(next(ws)["type"], "pong");
+    }
+    // Logout ends this session's sockets, not the same user's other session.
+    let r = s
+        .http
+        .post(s.url("/api/v2/auth/logout"))
+        .bearer_auth(&a)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(closed_with(&mut mine), 4401);
+    send(&mut other_session, json!({"type": "ping"}));
+    assert_eq!(next(&mut other_session)["type"], "pong");
+    // A disabled user's sockets close.
+    let r = db.run(&["user", "disable", "uma"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(closed_with(&mut uma), 4401);
+    // A session revoked because its spent refresh token came back.
+    assert_eq!(s.refresh(&refresh_v).status(), 200);
+    assert_eq!(s.refresh(&refresh_v).status(), 401);
+    assert_eq!(closed_with(&mut vic), 4401);
+    send(&mut other_session, json!({"type": "ping"}));
+    assert_eq!(next(&mut other_session)["type"], "pong");
+    // A bad token as a subprotocol is refused like any other.
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/api/v2/ws", s.base.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "nexus, bearer.nope".parse().unwrap(),
+    );
+    match tungstenite::connect(req) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}

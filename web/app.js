@@ -114,7 +114,8 @@ async function downloadRejects(id) {
 function connect() {
   if (state.ws) state.ws.onclose = null, state.ws.close();
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/api/v2/ws?access_token=${encodeURIComponent(state.access)}`);
+  // The token travels as a subprotocol, not in the URL (where logs keep it).
+  const ws = new WebSocket(`${proto}://${location.host}/api/v2/ws`, ["nexus", `bearer.${state.access}`]);
   state.ws = ws;
   ws.onopen = () => { $("#live").classList.add("on"); ws.send(JSON.stringify({ type: "subscribe", all: true })); };
   ws.onmessage = async (e) => {
@@ -128,9 +129,11 @@ function connect() {
       }
     }
   };
-  ws.onclose = async () => {
+  ws.onclose = async (e) => {
     $("#live").classList.remove("on");
     if ($("#app").hidden) return;
+    // 4401: the session ended (logged out elsewhere, revoked, user disabled).
+    if (e.code === 4401) { sessionStorage.removeItem("nexus"); showLogin(); return; }
     await refreshTokens();
     setTimeout(connect, 1000);
   };

@@ -61,32 +61,41 @@ impl FromRequestParts<AppState> for CurrentUser {
 }
 
 /// The user behind an access token, if it is valid and its session live.
-/// The session is looked up in the server's cache first; a revocation or
-/// a disabled user drops it from every server's cache (`crate::events`).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Problem> {
     let claims = state
         .keys
         .verify(token.trim())
         .ok_or_else(|| Problem::unauthorized("the access token is invalid or expired"))?;
+    live_principal(state, claims.sid)
+        .await?
+        .filter(|p| p.user_id == claims.sub)
+        .ok_or_else(|| Problem::unauthorized("the session was revoked or the user disabled"))
+}
+
+/// The user of a session while it is live: not revoked, not expired, its
+/// user not disabled. Looked up in the server's cache first; a revocation
+/// or a disabled user drops it from every server's cache (`crate::events`).
+pub async fn live_principal(
+    state: &AppState,
+    session: uuid::Uuid,
+) -> Result<Option<Principal>, Problem> {
     let cache = &state.caches.sessions;
     let live = match cache
-        .get(&claims.sid)
+        .get(&session)
         .filter(|s| s.expires_at > chrono::Utc::now())
     {
         Some(s) => Some(s),
         None => {
             let ticket = cache.ticket();
             let db = state.pool.get().await?;
-            let found = store::live_session(&**db, claims.sid).await?;
+            let found = store::live_session(&**db, session).await?;
             if let Some(s) = &found {
-                cache.fill(claims.sid, s.clone(), ticket);
+                cache.fill(session, s.clone(), ticket);
             }
             found
         }
     };
-    live.map(|s| s.principal)
-        .filter(|p| p.user_id == claims.sub)
-        .ok_or_else(|| Problem::unauthorized("the session was revoked or the user disabled"))
+    Ok(live.map(|s| s.principal))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -321,7 +330,9 @@ pub async fn logout(
 ) -> Result<StatusCode, Problem> {
     let db = state.pool.get().await?;
     store::revoke_session(&**db, user.0.session_id, "logout").await?;
-    state.caches.sessions.invalidate(&user.0.session_id);
+    state
+        .caches
+        .session_changed(crate::read_cache::AuthChange::Session(user.0.session_id));
     let ip = peer.ip().to_string();
     store::audit(
         &**db,

@@ -25,6 +25,8 @@ use super::problem::Problem;
 use crate::auth::Role;
 use crate::auth::store::Principal;
 use crate::jobs::progress::Event;
+use crate::read_cache::AuthChange;
+use tokio::sync::broadcast::error::RecvError;
 
 /// Progress samples a connection keeps for a slow reader.
 const PROGRESS_BACKLOG: usize = 32;
@@ -37,23 +39,44 @@ pub struct WsQuery {
     access_token: Option<String>,
 }
 
+/// The subprotocol a client names, beside its token, and the server picks.
+pub const SUBPROTOCOL: &str = "nexus";
+/// A token offered as a subprotocol: `bearer.<access token>`.
+const TOKEN_PROTOCOL: &str = "bearer.";
+
+/// The access token: `Authorization: Bearer`, or a `bearer.<token>`
+/// subprotocol (what a browser can send: `new WebSocket(url, ["nexus",
+/// "bearer." + token])`), or — a fallback that puts the token in URLs and
+/// logs — `?access_token=`.
+fn token(headers: &HeaderMap, q: WsQuery) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL));
+    bearer.or(offered).map(str::to_string).or(q.access_token)
+}
+
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Problem> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string)
-        .or(q.access_token)
-        .ok_or_else(|| {
-            Problem::unauthorized("an access token is required (Authorization or ?access_token=)")
-        })?;
+    let token = token(&headers, q).ok_or_else(|| {
+        Problem::unauthorized(
+            "an access token is required (Authorization, a `bearer.<token>` subprotocol, or ?access_token=)",
+        )
+    })?;
     let who = authenticate(&state, &token).await?;
-    Ok(ws.on_upgrade(move |socket| session(state, who, socket)))
+    Ok(ws
+        .protocols([SUBPROTOCOL])
+        .on_upgrade(move |socket| session(state, who, socket)))
 }
 
 /// Messages waiting to be sent to one client.
@@ -272,6 +295,7 @@ async fn session(state: AppState, who: Principal, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let mut heartbeat = tokio::time::interval(state.config.ws_heartbeat);
     heartbeat.tick().await;
+    let mut auth = state.caches.auth_changes.subscribe();
     loop {
         if let Some(text) = conn.outbox.pop() {
             if sink.send(Message::Text(text.into())).await.is_err() {
@@ -282,8 +306,24 @@ async fn session(state: AppState, who: Principal, socket: WebSocket) {
         tokio::select! {
             _ = conn.outbox.ready.notified() => {}
             _ = heartbeat.tick() => {
+                // The session may also just have expired.
+                if !still_live(&state, &conn.who).await {
+                    close_ended(&mut sink).await;
+                    break;
+                }
                 let ts = chrono::Utc::now().to_rfc3339();
                 conn.outbox.push(false, typed_first(json!({"type": "heartbeat", "ts": ts})));
+            }
+            change = auth.recv() => {
+                let concerns = match change {
+                    Ok(AuthChange::Session(id)) => id == conn.who.session_id,
+                    Ok(AuthChange::All) | Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => false,
+                };
+                if concerns && !still_live(&state, &conn.who).await {
+                    close_ended(&mut sink).await;
+                    break;
+                }
             }
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => handle(&state, &conn, t.as_str()).await,
@@ -325,6 +365,29 @@ async fn relay<F: std::future::Future<Output = ()>>(
         }
     }
 }
+
+/// Whether the connection's session is still live. A database that does
+/// not answer keeps the connection: the next change or heartbeat asks again.
+async fn still_live(state: &AppState, who: &Principal) -> bool {
+    match super::auth::live_principal(state, who.session_id).await {
+        Ok(p) => p.is_some_and(|p| p.user_id == who.user_id),
+        Err(_) => true,
+    }
+}
+
+/// Closes a connection whose session ended (logout, revoked, user disabled,
+/// expired), saying so: code 4401.
+async fn close_ended(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>) {
+    let frame = axum::extract::ws::CloseFrame {
+        code: SESSION_ENDED,
+        reason: "the session ended (logged out, revoked, or the user disabled)".into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+}
+
+/// The close code for a connection whose session ended (the 4000s are the
+/// application's; 4401 mirrors HTTP 401).
+pub const SESSION_ENDED: u16 = 4401;
 
 /// After events were missed: the current state of every job the client
 /// follows — those it was told are open, those open now, and those that
