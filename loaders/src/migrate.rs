@@ -282,6 +282,22 @@ ALTER TABLE nexus.loaded_files ADD CONSTRAINT loaded_files_job_id_fkey
 CREATE INDEX IF NOT EXISTS jobs_storage_key ON nexus.jobs (storage_key) WHERE storage_key IS NOT NULL;
 "#,
     ),
+    (
+        9,
+        "login throttling per account and address, and per address",
+        r#"
+-- One row per throttled key (`acct:<user>\n<address>`, `addr:<address>`):
+-- failures since `last_at` (counted before a password is checked, so that
+-- parallel guesses cannot pass the limit together), and until when the
+-- next attempt must wait.
+CREATE TABLE nexus.login_throttle (
+    key           text PRIMARY KEY,
+    failures      int NOT NULL,
+    last_at       timestamptz NOT NULL,
+    blocked_until timestamptz
+);
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

@@ -1,5 +1,6 @@
 //! `/api/v2/auth/*` and the authenticated-user extractor every protected
-//! route takes. Login is throttled per account and per address; refresh
+//! route takes. Failed logins slow down per account and address, and per
+//! address, with growing waits; refresh
 //! rotates; a spent refresh token presented again revokes its session.
 
 use std::net::SocketAddr;
@@ -13,13 +14,24 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::problem::{Authenticated, JsonBody, Problem, ProblemBody};
-use crate::auth::store::{self, Audit, Principal, Spend};
+use crate::auth::store::{self, Audit, Principal, Spend, Throttle};
 use crate::auth::{Role, passwords, tokens};
 
-/// Failed logins allowed per account, and per address, within the window.
-const MAX_FAILURES_PER_ACCOUNT: i64 = 5;
-const MAX_FAILURES_PER_ADDRESS: i64 = 20;
-const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Failed logins are slowed down per account from one address (someone
+/// guessing elsewhere never locks the owner out) and per address (one
+/// address guessing many accounts), with growing waits, not a lock.
+const PER_ACCOUNT_AND_ADDRESS: Throttle = Throttle {
+    free: 5,
+    window: Duration::from_secs(15 * 60),
+    max_wait: Duration::from_secs(15 * 60),
+};
+/// Throttle keys idle this long are forgotten.
+pub const THROTTLE_IDLE: Duration = Duration::from_secs(60 * 60);
+const PER_ADDRESS: Throttle = Throttle {
+    free: 20,
+    window: Duration::from_secs(15 * 60),
+    max_wait: Duration::from_secs(15 * 60),
+};
 
 /// The user behind a request's bearer token, checked against a live session.
 pub struct CurrentUser(pub Principal);
@@ -167,10 +179,14 @@ pub async fn login(
         username: req.username.replace('\0', "\u{FFFD}"),
         password: req.password,
     };
-    let db = state.pool.get().await?;
-    let (by_user, by_ip, retry) =
-        store::recent_failures(&**db, &req.username, &ip, FAILURE_WINDOW).await?;
-    if by_user >= MAX_FAILURES_PER_ACCOUNT || by_ip >= MAX_FAILURES_PER_ADDRESS {
+    let mut db = state.pool.get().await?;
+    let keys = store::throttle_keys(&req.username, &ip);
+    let taken = store::take_login_attempt(
+        &mut db,
+        &[(&keys[0], PER_ACCOUNT_AND_ADDRESS), (&keys[1], PER_ADDRESS)],
+    )
+    .await?;
+    if let Err(wait) = taken {
         metrics::counter!("nexus_logins_total", "result" => "throttled").increment(1);
         store::audit(
             &**db,
@@ -184,8 +200,8 @@ pub async fn login(
         )
         .await?;
         return Err(Problem::too_many(
-            retry.ceil() as u64,
-            "too many failed logins; try again later",
+            wait.ceil() as u64,
+            "too many failed logins from this address; try again after the time in Retry-After",
         ));
     }
     let creds = store::credentials(&**db, &req.username).await?;
@@ -218,6 +234,7 @@ pub async fn login(
             return Err(Problem::unauthorized("wrong username or password"));
         }
     };
+    store::login_succeeded(&**db, &keys).await?;
     let session_id = store::create_session(
         &**db,
         creds.id,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::GenericClient;
+use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use super::Role;
@@ -289,24 +289,95 @@ pub async fn audit(c: &impl GenericClient, a: Audit<'_>) -> Result<(), Db> {
     Ok(())
 }
 
-/// Failed logins within `window`: (for this account, from this address),
-/// and the seconds until the oldest of them leaves the window.
-pub async fn recent_failures(
-    c: &impl GenericClient,
-    username: &str,
-    ip: &str,
-    window: Duration,
-) -> Result<(i64, i64, f64), Db> {
-    let r = c
-        .query_one(
-            "SELECT count(*) FILTER (WHERE username = $1),
-                    count(*) FILTER (WHERE ip = $2),
-                    coalesce(extract(epoch FROM min(at) + make_interval(secs => $3) - now()), 0)::float8
-             FROM nexus.audit_log
-             WHERE event = 'login_failed' AND at > now() - make_interval(secs => $3)
-               AND (username = $1 OR ip = $2)",
-            &[&username, &ip, &window.as_secs_f64()],
-        )
-        .await?;
-    Ok((r.get(0), r.get(1), r.get(2)))
+/// How failed logins are slowed down: per key, the first `free` failures
+/// within `window` cost nothing; each one after that makes the next
+/// attempt wait twice as long as the last (1 s, 2 s, 4 s … up to `max_wait`).
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    pub free: i32,
+    pub window: Duration,
+    pub max_wait: Duration,
+}
+
+/// The throttle keys of a login attempt: the account from this address,
+/// and the address.
+pub fn throttle_keys(username: &str, ip: &str) -> [String; 2] {
+    [format!("acct:{username}\n{ip}"), format!("addr:{ip}")]
+}
+
+/// Takes an attempt on every key at once, counting it as a failure until
+/// [`login_succeeded`] says otherwise: either all keys allow it (and all
+/// count it), or none does and the seconds to wait are returned. One
+/// transaction, so that parallel guesses are counted one by one.
+pub async fn take_login_attempt(
+    c: &mut Client,
+    keys: &[(&str, Throttle)],
+) -> Result<Result<(), f64>, Db> {
+    let tx = c.transaction().await?;
+    for (key, t) in keys {
+        let taken = tx
+            .query_opt(
+                "INSERT INTO nexus.login_throttle AS t (key, failures, last_at)
+                 VALUES ($1, 1, now())
+                 ON CONFLICT (key) DO UPDATE SET
+                     failures = CASE WHEN t.last_at < now() - make_interval(secs => $2) THEN 1
+                                     ELSE t.failures + 1 END,
+                     last_at = now(),
+                     blocked_until = CASE
+                         WHEN t.last_at < now() - make_interval(secs => $2) THEN NULL
+                         WHEN t.failures + 1 > $3 THEN now() + make_interval(secs =>
+                             least(power(2, least(t.failures + 1 - $3 - 1, 30)), $4))
+                         ELSE NULL END
+                 WHERE t.blocked_until IS NULL OR t.blocked_until <= now()
+                 RETURNING failures",
+                &[
+                    key,
+                    &t.window.as_secs_f64(),
+                    &t.free,
+                    &t.max_wait.as_secs_f64(),
+                ],
+            )
+            .await?;
+        if taken.is_none() {
+            let wait: f64 = tx
+                .query_one(
+                    "SELECT greatest(extract(epoch FROM blocked_until - now()), 0)::float8
+                     FROM nexus.login_throttle WHERE key = $1",
+                    &[key],
+                )
+                .await?
+                .get(0);
+            tx.rollback().await?;
+            return Ok(Err(wait));
+        }
+    }
+    tx.commit().await?;
+    Ok(Ok(()))
+}
+
+/// Forgets throttle keys idle longer than any window, so that the table
+/// holds only recent guessers.
+pub async fn prune_login_throttle(c: &impl GenericClient, idle: Duration) -> Result<u64, Db> {
+    Ok(c.execute(
+        "DELETE FROM nexus.login_throttle WHERE last_at < now() - make_interval(secs => $1)
+           AND (blocked_until IS NULL OR blocked_until < now())",
+        &[&idle.as_secs_f64()],
+    )
+    .await?)
+}
+
+/// The attempt taken on `keys` was a success: the account from this address
+/// starts afresh, and the address gets its attempt back.
+pub async fn login_succeeded(c: &impl GenericClient, keys: &[String; 2]) -> Result<(), Db> {
+    c.execute(
+        "DELETE FROM nexus.login_throttle WHERE key = $1",
+        &[&keys[0]],
+    )
+    .await?;
+    c.execute(
+        "UPDATE nexus.login_throttle SET failures = greatest(failures - 1, 0) WHERE key = $1",
+        &[&keys[1]],
+    )
+    .await?;
+    Ok(())
 }

@@ -218,8 +218,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// Every minute: retire pooled connections older than the recycle age, and
-/// write the minute's request latencies for `nexus perf report`.
+/// Every minute: retire pooled connections older than the recycle age,
+/// write the minute's request latencies for `nexus perf report`, and forget
+/// idle login throttles.
 fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -229,6 +230,12 @@ fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
             let max_age = state.config.db_pool_recycle;
             state.pool.retain(|_, m| m.age() < max_age);
             flush_stats(&state).await;
+            if let Ok(db) = state.pool.get().await
+                && let Err(e) =
+                    crate::auth::store::prune_login_throttle(&**db, api::auth::THROTTLE_IDLE).await
+            {
+                tracing::warn!(error = %e, "pruning login throttles failed");
+            }
         }
     })
 }
