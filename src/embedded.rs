@@ -4,6 +4,12 @@
 //! loopback. Started (or reused, if another nexus process runs it) on
 //! demand and stopped on exit by the process that started it, unless other
 //! clients are still connected.
+//!
+//! Its superuser `nexus` has a generated password (scram-sha-256) kept in
+//! `$NEXUS_DATA_DIR/pg.password`, readable by the owner alone, and the
+//! server has no Unix socket: another local account cannot log in (and run
+//! `COPY … TO PROGRAM`). A cluster made by an older nexus with `trust` is
+//! given a password the first time it is started.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -107,6 +113,41 @@ fn reachable_by(data_dir: &Path, uid: u32) -> Result<(), EmbeddedError> {
     Ok(())
 }
 
+/// Where the password of the cluster's `nexus` user is kept.
+const PASSWORD_FILE: &str = "pg.password";
+
+/// Client authentication: a password over loopback TCP, nothing else.
+const HBA: &str = "# Written by nexus: a password (scram-sha-256) over loopback only.\n\
+host all all 127.0.0.1/32 scram-sha-256\n\
+host all all ::1/128 scram-sha-256\n";
+
+fn new_password() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file only its owner can read (mode 0600), owned by `owner`
+/// when given.
+fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
 impl EmbeddedPg {
     fn command(&self, tool: &str) -> Command {
         let mut c = Command::new(self.bindir.join(tool));
@@ -162,16 +203,25 @@ impl EmbeddedPg {
                 std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                     .map_err(|e| fail(e.to_string()))?;
             }
+            let password = new_password();
+            write_private(&data_dir.join(PASSWORD_FILE), &password, None)
+                .map_err(|e| fail(format!("{PASSWORD_FILE}: {e}")))?;
+            // initdb reads the password from a file its user can read.
+            let pwfile = data_dir.join("pg.initdb.pw");
+            write_private(&pwfile, &password, pg.run_as).map_err(|e| fail(e.to_string()))?;
             let mut c = pg.command("initdb");
             c.args(["-D"]).arg(&dir).args([
                 "-U",
                 "nexus",
-                "--auth=trust",
+                "--auth=scram-sha-256",
                 "-E",
                 "UTF8",
                 "--locale=C",
             ]);
-            pg.run(c, "initdb")?;
+            c.arg(format!("--pwfile={}", pwfile.display()));
+            let made = pg.run(c, "initdb");
+            let _ = std::fs::remove_file(&pwfile);
+            made?;
         }
         let port_file = dir.join("nexus.port");
         let port: u16 = match std::fs::read_to_string(&port_file)
@@ -204,8 +254,52 @@ impl EmbeddedPg {
             pg.run(c, "pg_ctl start")?;
             pg.started_here = true;
         }
-        pg.url = format!("host=127.0.0.1 port={port} user=nexus dbname=postgres");
+        let secret = data_dir.join(PASSWORD_FILE);
+        if !secret.exists() {
+            pg.require_password(port, &secret)?;
+        }
+        let password = std::fs::read_to_string(&secret)
+            .map_err(|e| fail(format!("{}: {e}", secret.display())))?;
+        pg.url = format!(
+            "host=127.0.0.1 port={port} user=nexus password={} dbname=postgres",
+            password.trim()
+        );
         Ok(pg)
+    }
+
+    /// A cluster an older nexus made with `trust`: gives `nexus` a password,
+    /// then asks for it from every client.
+    fn require_password(&self, port: u16, secret: &Path) -> Result<(), EmbeddedError> {
+        let fail = |m: String| EmbeddedError::Failed(m);
+        let password = new_password();
+        let url = format!("host=127.0.0.1 port={port} user=nexus dbname=postgres");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        rt.block_on(async {
+            let c = nexus_loaders::pg::connect(&url).await.map_err(|e| {
+                fail(format!(
+                    "{} is missing and the cluster does not let nexus in without it ({}); \
+                     restore the file or remove {} to start afresh",
+                    secret.display(),
+                    nexus_loaders::pg::describe(&e),
+                    self.dir.display()
+                ))
+            })?;
+            // Hex: nothing to quote.
+            c.batch_execute(&format!(
+                "SET password_encryption = 'scram-sha-256'; ALTER ROLE nexus PASSWORD '{password}'"
+            ))
+            .await
+            .map_err(|e| fail(nexus_loaders::pg::describe(&e)))
+        })?;
+        write_private(secret, &password, None).map_err(|e| fail(e.to_string()))?;
+        write_private(&self.dir.join("pg_hba.conf"), HBA, self.run_as)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut c = self.command("pg_ctl");
+        c.arg("reload").arg("-D").arg(&self.dir);
+        self.run(c, "pg_ctl reload")
     }
 
     /// Stops the cluster if this process started it and nobody else is connected.

@@ -60,3 +60,91 @@ fn loads_into_a_private_cluster_and_stops_it_after() {
     let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(s["status"], "skipped");
 }
+
+fn connect(url: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        tokio::spawn(conn);
+        c.simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+/// The private cluster asks every client for the generated password, kept
+/// in a file only the owner can read; a spooled stdin is private too.
+#[test]
+fn the_private_cluster_lets_in_only_who_holds_its_password() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut load = nexus(&data)
+        .args(["load", "--json", "--model", "customer", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let demo = std::fs::read(fixture("customers.csv")).unwrap();
+    load.stdin.take().unwrap().write_all(&demo).unwrap();
+    let out = load.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let secret = data.join("pg.password");
+    assert_eq!(mode(&secret), 0o600);
+    assert_eq!(mode(&data.join("spool")), 0o700);
+    // Keep the cluster up with a server, then knock.
+    let mut serve = common::Reaped(Some(
+        nexus(&data)
+            .args(["serve", "--dev", "--bind", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let stderr = serve.get().stderr.take().unwrap();
+    let listening = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("nexus: listening on "));
+    assert!(listening);
+    let port = std::fs::read_to_string(data.join("pg/nexus.port")).unwrap();
+    let port = port.trim();
+    let password = std::fs::read_to_string(&secret).unwrap();
+    let e = connect(&format!(
+        "host=127.0.0.1 port={port} user=nexus dbname=postgres"
+    ))
+    .unwrap_err();
+    assert!(e.contains("password missing"), "{e}");
+    let e = connect(&format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    ))
+    .unwrap_err();
+    assert!(e.contains("password missing"), "{e}");
+    connect(&format!(
+        "host=127.0.0.1 port={port} user=nexus password={} dbname=postgres",
+        password.trim()
+    ))
+    .unwrap();
+    common::sigterm(serve.get().id());
+    serve.get().wait().unwrap();
+    // A cluster an older nexus made without a password gets one.
+    std::fs::remove_file(&secret).unwrap();
+    let hba = data.join("pg/pg_hba.conf");
+    std::fs::write(&hba, "host all all 127.0.0.1/32 trust\n").unwrap();
+    let r = run(nexus(&data).args(["jobs", "list"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(mode(&secret), 0o600);
+    assert!(
+        std::fs::read_to_string(&hba)
+            .unwrap()
+            .contains("scram-sha-256")
+    );
+    assert_ne!(std::fs::read_to_string(&secret).unwrap(), password);
+}

@@ -267,11 +267,18 @@ fn spawn_signal_handler(flag: Arc<AtomicBool>) {
 /// content identity (for skip and resume) like a file does.
 async fn spool_stdin(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     let dir = data_dir.join("spool");
-    std::fs::create_dir_all(&dir).map_err(|e| exit::failed(format!("{}: {e}", dir.display())))?;
+    crate::jobs::storage::private_dir(&dir)
+        .map_err(|e| exit::failed(format!("{}: {e}", dir.display())))?;
     let path = dir.join(format!("stdin-{}", uuid::Uuid::new_v4()));
     let p = path.clone();
     let hash = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&p)?);
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)?;
+        let mut out = std::io::BufWriter::new(file);
         let hash = nexus_pipeline::source::hash_reader(&mut std::io::stdin().lock(), |chunk| {
             out.write_all(chunk)
         })?;
