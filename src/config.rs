@@ -38,6 +38,8 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_WS_EVENT_BUFFER", "ws_event_buffer"),
     ("NEXUS_UPLOAD_RETENTION", "upload_retention"),
     ("NEXUS_DB_RETRY", "db_retry"),
+    ("NEXUS_REQUEST_TIMEOUT", "request_timeout"),
+    ("NEXUS_DB_POOL_TIMEOUT", "db_pool_timeout"),
 ];
 
 #[derive(Debug, Clone)]
@@ -80,6 +82,12 @@ pub struct Config {
     /// before a load or a connection gives up.
     pub db_retry: Duration,
     pub db_pool_max: usize,
+    /// How long a request may wait for a pooled connection (or for one to
+    /// be opened) before it is answered 503.
+    pub db_pool_timeout: Duration,
+    /// How long a request may take before it is answered 503 (uploads,
+    /// which stream, excepted); also each pooled session's statement_timeout.
+    pub request_timeout: Duration,
     pub db_pool_recycle: Duration,
     pub copy_connections: usize,
     pub cors_origins: Vec<String>,
@@ -252,6 +260,16 @@ impl Config {
                 duration,
             )?,
             db_pool_max: s.parse("NEXUS_DB_POOL_MAX", 16, number(1, 1000))?,
+            db_pool_timeout: s.parse(
+                "NEXUS_DB_POOL_TIMEOUT",
+                Duration::from_secs(5),
+                at_least(Duration::from_millis(10)),
+            )?,
+            request_timeout: s.parse(
+                "NEXUS_REQUEST_TIMEOUT",
+                Duration::from_secs(30),
+                at_least(Duration::from_millis(100)),
+            )?,
             db_pool_recycle: s.parse(
                 "NEXUS_DB_POOL_RECYCLE",
                 Duration::from_secs(20 * 60),

@@ -509,3 +509,284 @@ fn perf_report_shows_jobs_and_request_percentiles() {
     assert!(text.stdout.contains("/api/v2/auth/login"), "{text:?}");
     assert_eq!(db.run(&["perf", "report", "--since", "soon"]).code, 2);
 }
+
+/// A request whose statement waits on a lock, or which cannot get a pooled
+/// connection, is answered 503 (problem+json, Retry-After) within the
+/// deadline, never left hanging; once the lock is gone all is well.
+#[test]
+fn a_stuck_database_is_answered_503_not_a_hang() {
+    let db = TestDb::new();
+    let s = Server::start(
+        &db,
+        &[
+            ("NEXUS_REQUEST_TIMEOUT", "1s"),
+            ("NEXUS_DB_POOL_TIMEOUT", "500ms"),
+            ("NEXUS_DB_POOL_MAX", "2"),
+            ("NEXUS_WORKERS", "0"),
+        ],
+    );
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    assert_eq!(s.get("/api/v2/jobs", &a).status(), 200);
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release_tx, release) = std::sync::mpsc::channel::<()>();
+    let url = db.url.clone();
+    let holder = std::thread::spawn(move || {
+        let mut c = postgres_client(&url);
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE nexus.jobs IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        release.recv().unwrap();
+        tx.rollback().unwrap();
+    });
+    locked.recv().unwrap();
+    let started = std::time::Instant::now();
+    let answers: Vec<reqwest::blocking::Response> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| s.get("/api/v2/jobs", &a)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    for r in answers {
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_problem(r, 503);
+    }
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    wait_for(
+        "the service to answer again",
+        Duration::from_secs(30),
+        || s.get("/api/v2/jobs", &a).status() == 200,
+    );
+}
+
+fn postgres_client(url: &str) -> SyncClient {
+    SyncClient::connect(url)
+}
+
+/// A blocking PostgreSQL session on its own thread's runtime.
+struct SyncClient {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+struct SyncTx<'a> {
+    c: &'a mut SyncClient,
+}
+
+impl SyncClient {
+    fn connect(url: &str) -> SyncClient {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c
+        });
+        SyncClient { rt, client }
+    }
+
+    fn transaction(&mut self) -> Result<SyncTx<'_>, tokio_postgres::Error> {
+        self.rt.block_on(self.client.batch_execute("BEGIN"))?;
+        Ok(SyncTx { c: self })
+    }
+}
+
+impl SyncTx<'_> {
+    fn batch_execute(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.c.rt.block_on(self.c.client.batch_execute(sql))
+    }
+
+    fn rollback(self) -> Result<(), tokio_postgres::Error> {
+        self.c.rt.block_on(self.c.client.batch_execute("ROLLBACK"))
+    }
+}
+
+/// Millions of rejects must not be read into memory at once: the CSV
+/// streams a page at a time, the JSON comes in linked pages; together they
+/// hold every reject once, in line order.
+#[test]
+fn rejects_stream_as_csv_and_page_as_json() {
+    let db = TestDb::new();
+    let mut csv = String::from("id,payload\n");
+    for i in 1..=24_000 {
+        if i % 2 == 0 {
+            csv.push_str(&format!("bad{i},x\n"));
+        } else {
+            csv.push_str(&format!("{i},ok\n"));
+        }
+    }
+    let models = common::small_batch_model(&db);
+    let f = db.file("r.csv", &csv);
+    let r = db.run_with_models(
+        &models,
+        &["load", "--json", "--model", "ev", f.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let job: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(job["rows_rejected"], 12_000);
+    let id = job["job_id"].as_str().unwrap();
+    let s = Server::start(&db, &[("NEXUS_MODELS", models.to_str().unwrap())]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let text = s
+        .get(&format!("/api/v2/jobs/{id}/rejects"), &a)
+        .text()
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "line,column,reason,raw");
+    assert_eq!(lines.len(), 12_001);
+    let numbers: Vec<i64> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "in line order, once each"
+    );
+    // JSON, in pages of 5000 linked by `Link`.
+    let mut next = Some(format!("/api/v2/jobs/{id}/rejects?limit=5000"));
+    let mut seen = Vec::new();
+    while let Some(path) = next.take() {
+        let r = s
+            .http
+            .get(s.url(&path))
+            .bearer_auth(&a)
+            .header("accept", "application/json")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        next = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with("; rel=\"next\""), "{l}");
+            l[1..l.find('>').unwrap()].to_string()
+        });
+        let page: Vec<Value> = r.json().unwrap();
+        assert!(page.len() <= 5000);
+        seen.extend(page.iter().map(|v| v["line"].as_i64().unwrap()));
+    }
+    assert_eq!(seen, numbers);
+    let r = s
+        .http
+        .get(s.url(&format!("/api/v2/jobs/{id}/rejects?after=nonsense")))
+        .bearer_auth(&a)
+        .header("accept", "application/json")
+        .send()
+        .unwrap();
+    assert_problem(r, 400);
+    // The command line streams them too.
+    let r = db.run(&["jobs", "rejects", id]);
+    assert_eq!(r.code, 0);
+    assert_eq!(r.stdout, text);
+    let r = db.run(&["jobs", "rejects", "--json", id]);
+    let all: Vec<Value> = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(all.len(), 12_000);
+}
+
+/// Keys no row can have are 400 on the records route, text keys included;
+/// the rate limiter forgets clients whose allowance is full again; jobs
+/// from the command line belong to no service user.
+#[test]
+fn bad_keys_limiter_memory_and_command_line_owners() {
+    let db = TestDb::new();
+    let models = db.file(
+        "m.toml",
+        "[models.tk]\ntable = \"tk\"\nkey = [\"code\"]\n\
+         [[models.tk.columns]]\nname = \"code\"\ntype = \"text\"\n\
+         [[models.tk.columns]]\nname = \"n\"\ntype = \"int\"\n\
+         [models.ik]\ntable = \"ik\"\nkey = [\"id\"]\n\
+         [[models.ik.columns]]\nname = \"id\"\ntype = \"int\"\n",
+    );
+    let f = db.file("tk.csv", "code,n\nabc,1\n");
+    let r = run_as(
+        &db,
+        &models,
+        "ann",
+        &["load", "--json", "--model", "tk", f.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let job: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(job["owner"], "cli:ann");
+    let s = Server::start(&db, &[("NEXUS_MODELS", models.to_str().unwrap())]);
+    add_user(&db, "ann", "uploader", "ann-password");
+    let (ann, _) = s.tokens("ann", "ann-password");
+    let mine: Value = s.get("/api/v2/jobs", &ann).json().unwrap();
+    assert_eq!(
+        mine["jobs"],
+        json!([]),
+        "a service user named like the account sees nothing"
+    );
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    assert_eq!(s.get("/api/v2/records/tk/abc", &a).status(), 200);
+    for path in [
+        "/api/v2/records/tk/%00",
+        "/api/v2/records/tk/a%00b",
+        "/api/v2/records/ik/%00",
+    ] {
+        assert_problem(s.get(path, &a), 400);
+    }
+    let mut child = db
+        .nexus()
+        .args([
+            "user",
+            "add",
+            "cli:ann",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "long-enough-password").unwrap();
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(2),
+        "no service user takes a `cli:` name"
+    );
+    // Five addresses, remembered, then forgotten once their allowance is full.
+    for ip in [
+        "127.0.0.31",
+        "127.0.0.32",
+        "127.0.0.33",
+        "127.0.0.34",
+        "127.0.0.35",
+    ] {
+        let c = reqwest::blocking::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        assert_eq!(c.get(s.url("/api/v2/models")).send().unwrap().status(), 401);
+    }
+    let keys = |s: &Server| -> f64 {
+        s.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("nexus_http_rate_limit_keys "))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap()
+    };
+    assert!(keys(&s) >= 5.0, "{}", keys(&s));
+    wait_for(
+        "the limiter to forget idle clients",
+        Duration::from_secs(60),
+        || keys(&s) == 0.0,
+    );
+}
+
+fn run_as(db: &TestDb, models: &std::path::Path, user: &str, args: &[&str]) -> common::Run {
+    common::run(
+        db.nexus()
+            .env("NEXUS_MODELS", models)
+            .env("USER", user)
+            .args(args),
+    )
+}

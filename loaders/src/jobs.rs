@@ -381,43 +381,95 @@ pub struct RejectRow {
     pub raw: String,
 }
 
-/// Writes rejects as CSV with the header `line,column,reason,raw` (the
-/// format of `nexus jobs rejects` and the HTTP rejects route).
-pub fn write_rejects_csv<W: std::io::Write>(
-    out: W,
-    rows: Vec<RejectRow>,
-) -> Result<(), csv::Error> {
-    let mut w = csv::Writer::from_writer(out);
-    w.write_record(["line", "column", "reason", "raw"])?;
+/// The header of rejects as CSV (`nexus jobs rejects`, the HTTP route).
+pub const REJECTS_CSV_HEADER: [&str; 4] = ["line", "column", "reason", "raw"];
+
+/// Appends rejects as CSV records (no header) to `out`.
+pub fn rejects_csv(out: &mut Vec<u8>, rows: &[RejectRow]) -> Result<(), csv::Error> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(out);
     for r in rows {
         w.write_record([
-            r.line.to_string(),
-            r.column.unwrap_or_default(),
-            r.reason,
-            r.raw,
+            r.line.to_string().as_str(),
+            r.column.as_deref().unwrap_or_default(),
+            &r.reason,
+            &r.raw,
         ])?;
     }
     w.flush()?;
     Ok(())
 }
 
-pub async fn rejects(
+/// Where a page of rejects ends: the next page starts after it. Rejects are
+/// read in line order (a line's rejects in the order they are stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectCursor {
+    pub line: i64,
+    /// The row's physical position, to break ties between rejects of one line.
+    tid: String,
+}
+
+impl std::fmt::Display for RejectCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.line, self.tid)
+    }
+}
+
+impl std::str::FromStr for RejectCursor {
+    type Err = String;
+    /// `201(0,5)`: a line and a tuple id.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a cursor from a previous page");
+        let at = s.find('(').ok_or_else(bad)?;
+        let line = s[..at].parse::<i64>().map_err(|_| bad())?;
+        let tid = &s[at..];
+        let inner = tid
+            .strip_prefix('(')
+            .and_then(|t| t.strip_suffix(')'))
+            .ok_or_else(bad)?;
+        let (block, off) = inner.split_once(',').ok_or_else(bad)?;
+        block.parse::<u32>().map_err(|_| bad())?;
+        off.parse::<u16>().map_err(|_| bad())?;
+        Ok(RejectCursor {
+            line,
+            tid: tid.to_string(),
+        })
+    }
+}
+
+/// Up to `limit` rejects of a job after `after`, with the cursor of each.
+pub async fn rejects_page(
     c: &impl GenericClient,
     id: Uuid,
-    limit: Option<i64>,
-) -> Result<Vec<RejectRow>, tokio_postgres::Error> {
+    after: Option<&RejectCursor>,
+    limit: i64,
+) -> Result<Vec<(RejectRow, RejectCursor)>, tokio_postgres::Error> {
+    let (line, tid) = match after {
+        Some(a) => (Some(a.line), Some(a.tid.as_str())),
+        None => (None, None),
+    };
     Ok(c.query(
-        "SELECT line, \"column\", reason, raw FROM nexus.rejects WHERE job_id = $1
-             ORDER BY line LIMIT $2",
-        &[&id, &limit],
+        "SELECT line, \"column\", reason, raw, ctid::text FROM nexus.rejects
+             WHERE job_id = $1 AND ($2::int8 IS NULL OR (line, ctid) > ($2, $3::text::tid))
+             ORDER BY line, ctid LIMIT $4",
+        &[&id, &line, &tid, &limit],
     )
     .await?
     .iter()
-    .map(|r| RejectRow {
-        line: r.get(0),
-        column: r.get(1),
-        reason: r.get(2),
-        raw: r.get(3),
+    .map(|r| {
+        (
+            RejectRow {
+                line: r.get(0),
+                column: r.get(1),
+                reason: r.get(2),
+                raw: r.get(3),
+            },
+            RejectCursor {
+                line: r.get(0),
+                tid: r.get(4),
+            },
+        )
     })
     .collect())
 }

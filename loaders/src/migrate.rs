@@ -284,7 +284,7 @@ CREATE INDEX IF NOT EXISTS jobs_storage_key ON nexus.jobs (storage_key) WHERE st
     ),
     (
         9,
-        "login throttling per account and address, and per address",
+        "login throttling per account and address, and per address; user names without `:`",
         r#"
 -- One row per throttled key (`acct:<user>\n<address>`, `addr:<address>`):
 -- failures since `last_at` (counted before a password is checked, so that
@@ -296,6 +296,10 @@ CREATE TABLE nexus.login_throttle (
     last_at       timestamptz NOT NULL,
     blocked_until timestamptz
 );
+-- Jobs from the command line are owned by `cli:<account>`; no service user
+-- may take such a name (existing ones are left as they are).
+ALTER TABLE nexus.users ADD CONSTRAINT users_name_no_colon
+    CHECK (position(':' in username) = 0) NOT VALID;
 "#,
     ),
 ];

@@ -184,6 +184,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("nexus_db_pool_waiting").set(s.waiting as f64);
     metrics::gauge!("nexus_db_pool_max_size").set(s.max_size as f64);
     metrics::gauge!("nexus_uptime_seconds").set(state.started.elapsed().as_secs_f64());
+    metrics::gauge!("nexus_http_rate_limit_keys").set(state.limiter.len() as f64);
     // Sets the cache's gauges (sizes, write-behind depth).
     state.cache.snapshot();
     state.prometheus.run_upkeep();

@@ -364,12 +364,27 @@ pub async fn cancel(
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 
-/// The job's rejects: CSV (`line,column,reason,raw`), or JSON with `Accept: application/json`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RejectsParams {
+    /// JSON only: rejects per page (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<i64>,
+    /// JSON only: the cursor of the previous page's `Link: <…>; rel="next"`.
+    pub after: Option<String>,
+}
+
+/// Rejects per query of a streamed CSV.
+const CSV_PAGE: i64 = 10_000;
+
+/// The job's rejects: all of them as CSV (`line,column,reason,raw`),
+/// streamed; or a page of them as JSON with `Accept: application/json`,
+/// the next page linked in `Link: <…>; rel="next"`.
 #[utoipa::path(get, path = "/api/v2/jobs/{id}/rejects", tag = "jobs", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Job id")),
+    params(("id" = Uuid, Path, description = "Job id"), RejectsParams),
     responses(
         (status = 200, description = "The rejects", content_type = "text/csv"),
-        (status = 400, description = "The id is not a UUID", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not a UUID, or a bad page", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
         Authenticated,
     ))]
@@ -377,20 +392,69 @@ pub async fn rejects(
     State(state): State<AppState>,
     user: CurrentUser,
     Path(id): Path<Uuid>,
+    Query(p): Query<RejectsParams>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     visible(&state, &user, id).await?;
-    let db = state.pool.get().await?;
-    let rows = jobs::rejects(&**db, id, None).await?;
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
+    let after = p
+        .after
+        .as_deref()
+        .map(str::parse::<jobs::RejectCursor>)
+        .transpose()
+        .map_err(bad)?;
     if wants_json {
-        return Ok(Json(rows).into_response());
+        let limit = p.limit.unwrap_or(1000);
+        if !(1..=10_000).contains(&limit) {
+            return Err(bad("limit must be 1 to 10000"));
+        }
+        let db = state.pool.get().await?;
+        let page = jobs::rejects_page(&**db, id, after.as_ref(), limit).await?;
+        let next = (page.len() as i64 == limit)
+            .then(|| page.last().map(|(_, c)| c.to_string()))
+            .flatten();
+        let rows: Vec<jobs::RejectRow> = page.into_iter().map(|(r, _)| r).collect();
+        let mut res = Json(rows).into_response();
+        if let Some(next) = next {
+            let link = format!(
+                "</api/v2/jobs/{id}/rejects?limit={limit}&after={}>; rel=\"next\"",
+                urlencoding(&next)
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&link) {
+                res.headers_mut().insert(header::LINK, v);
+            }
+        }
+        return Ok(res);
     }
-    let mut body = Vec::new();
-    jobs::write_rejects_csv(&mut body, rows).map_err(Problem::internal)?;
+    // CSV: every reject, a page at a time, in constant memory.
+    let mut head = jobs::REJECTS_CSV_HEADER.join(",");
+    head.push('\n');
+    let pages = futures_util::stream::try_unfold(
+        (state.clone(), after, false),
+        move |(state, after, done)| async move {
+            if done {
+                return Ok::<_, std::io::Error>(None);
+            }
+            let db = state.pool.get().await.map_err(std::io::Error::other)?;
+            let page = jobs::rejects_page(&**db, id, after.as_ref(), CSV_PAGE)
+                .await
+                .map_err(std::io::Error::other)?;
+            drop(db);
+            let Some((_, last)) = page.last() else {
+                return Ok(None);
+            };
+            let next = Some(last.clone());
+            let done = (page.len() as i64) < CSV_PAGE;
+            let rows: Vec<jobs::RejectRow> = page.into_iter().map(|(r, _)| r).collect();
+            let mut buf = Vec::new();
+            jobs::rejects_csv(&mut buf, &rows).map_err(std::io::Error::other)?;
+            Ok(Some((bytes::Bytes::from(buf), (state, next, done))))
+        },
+    );
+    let body = futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) }).chain(pages);
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -399,7 +463,17 @@ pub async fn rejects(
                 format!("attachment; filename=\"rejects-{id}.csv\""),
             ),
         ],
-        Body::from(body),
+        Body::from_stream(body),
     )
         .into_response())
+}
+
+/// A cursor as a query value (it holds `(`, `,` and `)`).
+fn urlencoding(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -138,6 +138,42 @@ pub fn limiter(per_minute: u32, burst: u32) -> Limiter {
     RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
 }
 
+/// Answers 503 (problem+json, Retry-After) for a request whose handler has
+/// not answered within `NEXUS_REQUEST_TIMEOUT`, rather than leaving the
+/// client hanging; the handler is dropped.
+pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            metrics::counter!("nexus_http_timeouts_total").increment(1);
+            Problem::unavailable("the request took too long (NEXUS_REQUEST_TIMEOUT); try again")
+                .into_response()
+        }
+    }
+}
+
+/// How often the limiter forgets clients whose allowance is full again.
+pub const LIMITER_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps the limiter's per-client map to clients seen recently: every
+/// [`LIMITER_PRUNE_EVERY`], those back to a full allowance are dropped (a
+/// fresh entry would be the same), so that a stream of new addresses cannot
+/// grow it without bound.
+pub fn spawn_limiter_pruner(limiter: std::sync::Arc<Limiter>) -> tokio::task::JoinHandle<()> {
+    metrics::describe_gauge!(
+        "nexus_http_rate_limit_keys",
+        "Clients (users or addresses) the rate limiter remembers"
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LIMITER_PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    })
+}
+
 /// Limits each user (by the subject of a valid access token) or, without
 /// one, each client address.
 pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -159,7 +159,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/jobs/{id}/rejects", get(jobs::rejects))
         .route("/api/v2/records/{model}/{key}", get(records::show))
         .route("/api/v2/ws", get(ws::upgrade))
-        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
+        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT))
+        // Uploads stream for as long as they take: they are not under it.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::deadline,
+        ));
     // Uploads stream to storage under their own limit (NEXUS_MAX_UPLOAD),
     // gzip-decoded on the way in.
     let uploads = Router::new()

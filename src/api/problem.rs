@@ -64,6 +64,11 @@ impl Problem {
             .with_header(header::RETRY_AFTER, &retry_after_secs.max(1).to_string())
     }
 
+    /// 503: the service cannot answer now; try again shortly.
+    pub fn unavailable(detail: &str) -> Problem {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail).with_header(header::RETRY_AFTER, "1")
+    }
+
     /// An internal error: logged in full, answered without details.
     pub fn internal(e: impl std::fmt::Display) -> Problem {
         tracing::error!(error = %e, "request failed");
@@ -77,17 +82,20 @@ impl Problem {
 
 impl From<tokio_postgres::Error> for Problem {
     fn from(e: tokio_postgres::Error) -> Problem {
-        Problem::internal(nexus_loaders::pg::describe(&e))
+        use nexus_loaders::pg::{ErrorKind, classify, describe};
+        let canceled = e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED);
+        if canceled || classify(&e) == ErrorKind::Transient {
+            tracing::warn!(error = %describe(&e), "the database did not answer in time");
+            return Problem::unavailable("the database is busy or unreachable; try again");
+        }
+        Problem::internal(describe(&e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Problem {
     fn from(e: deadpool_postgres::PoolError) -> Problem {
-        tracing::error!(error = %e, "no database connection");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database is not available",
-        )
+        tracing::warn!(error = %e, "no database connection");
+        Problem::unavailable("the database is busy or unreachable; try again")
     }
 }
 

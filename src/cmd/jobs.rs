@@ -44,6 +44,9 @@ pub enum JobsCommand {
     },
 }
 
+/// Rejects read per query by `nexus jobs rejects`.
+const REJECTS_PAGE: i64 = 10_000;
+
 fn parse_id(id: &str) -> anyhow::Result<Uuid> {
     Uuid::parse_str(id).map_err(|_| exit::usage(format!("`{id}` is not a job id")))
 }
@@ -122,11 +125,35 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                 if jobs::get(&client, id).await?.is_none() {
                     return Err(exit::failed(format!("no job {id}")));
                 }
-                let rejects = jobs::rejects(&client, id, None).await?;
+                // Page by page: millions of rejects in constant memory.
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&rejects)?)?;
+                    write!(out, "[")?;
                 } else {
-                    jobs::write_rejects_csv(out, rejects)?;
+                    writeln!(out, "{}", jobs::REJECTS_CSV_HEADER.join(","))?;
+                }
+                let (mut after, mut first) = (None, true);
+                loop {
+                    let page =
+                        jobs::rejects_page(&client, id, after.as_ref(), REJECTS_PAGE).await?;
+                    let Some((_, last)) = page.last() else { break };
+                    after = Some(last.clone());
+                    let rows: Vec<jobs::RejectRow> = page.into_iter().map(|(r, _)| r).collect();
+                    if json {
+                        for r in &rows {
+                            if !first {
+                                write!(out, ",")?;
+                            }
+                            first = false;
+                            serde_json::to_writer(&mut out, r)?;
+                        }
+                    } else {
+                        let mut buf = Vec::new();
+                        jobs::rejects_csv(&mut buf, &rows)?;
+                        out.write_all(&buf)?;
+                    }
+                }
+                if json {
+                    writeln!(out, "]")?;
                 }
             }
             JobsCommand::Purge { older_than, json } => {

@@ -196,7 +196,7 @@ async fn load_all(
                 .map(|n| n.get())
                 .unwrap_or(2),
             create_table,
-            owner: std::env::var("USER").ok(),
+            owner: Some(cli_owner()),
             interrupt: interrupt.clone(),
             retry: config.db_retry,
             job: None,
@@ -261,6 +261,16 @@ fn spawn_signal_handler(flag: Arc<AtomicBool>) {
         );
         flag.store(true, Ordering::SeqCst);
     });
+}
+
+/// The owner of a job started from the command line: `cli:` and the
+/// account's name. A service user name cannot hold `:`, so no HTTP user
+/// sees these jobs as their own (admins see every job).
+fn cli_owner() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
 }
 
 /// Copies stdin to a spool file while hashing it, so that a piped load has a

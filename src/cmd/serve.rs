@@ -140,6 +140,7 @@ async fn serve(
     let publisher = crate::jobs::progress::spawn_publisher(state.hub.clone(), bus);
     drop(control);
     let background = spawn_housekeeping(state.clone());
+    let pruner = middleware::spawn_limiter_pruner(state.limiter.clone());
     let sweeper = crate::jobs::retention::spawn(
         state.storage.clone(),
         pool.clone(),
@@ -179,6 +180,7 @@ async fn serve(
     // Running jobs stop at their next batch boundary and go back to the queue.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(workers)).await;
     background.abort();
+    pruner.abort();
     sweeper.abort();
     cache_upkeep.abort();
     for t in &listener_tasks {
@@ -190,9 +192,19 @@ async fn serve(
 }
 
 fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
-    let pg: tokio_postgres::Config = url
+    let mut pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| exit::usage(format!("DATABASE_URL: {e}")))?;
+    // No statement of a request outlives the request.
+    let ours = format!(
+        "-c statement_timeout={}",
+        config.request_timeout.as_millis()
+    );
+    let options = match pg.get_options() {
+        Some(given) => format!("{given} {ours}"),
+        None => ours,
+    };
+    pg.options(&options);
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         tokio_postgres::NoTls,
@@ -202,6 +214,9 @@ fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
     );
     deadpool_postgres::Pool::builder(manager)
         .max_size(config.db_pool_max)
+        .wait_timeout(Some(config.db_pool_timeout))
+        .create_timeout(Some(config.db_pool_timeout))
+        .recycle_timeout(Some(config.db_pool_timeout))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| exit::failed(format!("database pool: {e}")))

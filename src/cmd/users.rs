@@ -42,8 +42,14 @@ const MIN_PASSWORD: usize = 8;
 pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<u8> {
     let password = match &command {
         UserCommand::Add { name, .. } => {
-            if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-                return Err(exit::usage("a user name is 1 to 100 printable characters"));
+            if name.trim().is_empty()
+                || name.len() > 100
+                || name.chars().any(|c| c.is_control() || c == ':')
+            {
+                return Err(exit::usage(
+                    "a user name is 1 to 100 printable characters other than `:` \
+                     (jobs from the command line are owned by `cli:<account>`)",
+                ));
             }
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;

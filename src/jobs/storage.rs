@@ -54,6 +54,9 @@ pub trait Storage: Send + Sync {
     fn older_than(&self, age: Duration) -> BoxFuture<'_, io::Result<Vec<String>>>;
 }
 
+/// An upload that sends nothing for this long is abandoned.
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
 /// A partial upload's name: its key and this suffix.
 const PARTIAL: &str = ".part";
 
@@ -122,7 +125,17 @@ impl Storage for LocalStorage {
             let mut hasher = Sha256::new();
             let mut size = 0u64;
             let result = async {
-                while let Some(chunk) = body.next().await {
+                loop {
+                    // A client that stops sending is not waited for forever.
+                    let next = tokio::time::timeout(UPLOAD_IDLE, body.next())
+                        .await
+                        .map_err(|_| {
+                            UploadError::Body(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("no data for {}s", UPLOAD_IDLE.as_secs()),
+                            ))
+                        })?;
+                    let Some(chunk) = next else { break };
                     let chunk = chunk.map_err(UploadError::Body)?;
                     size += chunk.len() as u64;
                     if size > limit {
@@ -194,5 +207,30 @@ impl Storage for LocalStorage {
                 .map(|(name, _)| name)
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that stops sending mid-upload is given up on, and its
+    /// partial file removed.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_upload_times_out_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path().join("uploads")).unwrap();
+        let first = futures_util::stream::once(async { Ok(Bytes::from_static(b"id\n1\n")) });
+        let body: ByteStream = Box::pin(first.chain(futures_util::stream::pending()));
+        let started = tokio::time::Instant::now();
+        match storage.put(body, 1 << 20).await {
+            Err(UploadError::Body(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
+            other => panic!("expected a timeout, got {:?}", other.map(|s| s.key)),
+        }
+        assert!(started.elapsed() >= UPLOAD_IDLE);
+        let left = std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
     }
 }

@@ -62,7 +62,8 @@ pub fn canonical(ty: ColumnType, text: &str) -> Result<String, KeyError> {
             .map_err(|_| invalid())?
             .hyphenated()
             .to_string(),
-        _ if text.is_empty() => return Err(invalid()),
+        // PostgreSQL text holds no NUL: no row has such a key.
+        _ if text.is_empty() || text.contains('\0') => return Err(invalid()),
         _ => text.to_string(),
     })
 }
@@ -107,6 +108,9 @@ mod tests {
         );
         assert_eq!(canonical(ColumnType::Text, " a ").unwrap(), " a ");
         assert!(canonical(ColumnType::Text, "").is_err());
+        assert!(canonical(ColumnType::Text, "a\0b").is_err());
+        assert!(canonical(ColumnType::Varchar(Some(5)), "\0").is_err());
+        assert!(canonical(ColumnType::Int, "\0").is_err());
     }
 
     #[test]
