@@ -113,6 +113,10 @@ fn reachable_by(data_dir: &Path, uid: u32) -> Result<(), EmbeddedError> {
     Ok(())
 }
 
+/// How long stopping waits for other clients (this process's own closing
+/// connections among them) to leave before it leaves the server running.
+const OWN_CONNECTIONS_CLOSE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Where the password of the cluster's `nexus` user is kept.
 const PASSWORD_FILE: &str = "pg.password";
 
@@ -308,17 +312,25 @@ impl EmbeddedPg {
             return;
         }
         if let Ok(c) = nexus_loaders::pg::connect(&self.url).await {
-            let others: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                    &[],
-                )
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or(0);
-            if others > 0 {
-                return;
+            // This process's own connections may take a moment to close.
+            let deadline = tokio::time::Instant::now() + OWN_CONNECTIONS_CLOSE;
+            loop {
+                let others: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+                if others == 0 {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
         let mut c = self.command("pg_ctl");

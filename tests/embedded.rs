@@ -134,6 +134,10 @@ fn the_private_cluster_lets_in_only_who_holds_its_password() {
     .unwrap();
     common::sigterm(serve.get().id());
     serve.get().wait().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err(),
+        "the server stopped its cluster when it exited"
+    );
     // A cluster an older nexus made without a password gets one.
     std::fs::remove_file(&secret).unwrap();
     let hba = data.join("pg/pg_hba.conf");

@@ -219,16 +219,15 @@ pub async fn committed_seqs(
     .collect())
 }
 
-/// Counters derived from what is committed: (read, committed, rejected).
+/// Counters derived from what is committed: (committed, rejected); their
+/// sum is the rows read.
 pub async fn committed_counts(
     c: &impl GenericClient,
     id: Uuid,
 ) -> Result<(i64, i64), tokio_postgres::Error> {
     let r = c
         .query_one(
-            "SELECT coalesce(sum(rows_committed), 0)::bigint,
-                    (SELECT count(*) FROM nexus.rejects WHERE job_id = $1)
-             FROM nexus.job_batches WHERE job_id = $1",
+            "SELECT committed, rejected FROM nexus.job_counts($1)",
             &[&id],
         )
         .await?;
@@ -265,10 +264,7 @@ pub async fn finish(
     let error = error.as_deref();
     let row = c
         .query_one(
-            "WITH counts AS (
-                 SELECT coalesce(sum(rows_committed), 0)::bigint AS committed,
-                        (SELECT count(*) FROM nexus.rejects WHERE job_id = $1) AS rejected
-                 FROM nexus.job_batches WHERE job_id = $1),
+            "WITH counts AS (SELECT * FROM nexus.job_counts($1)),
              done AS (
                  UPDATE nexus.jobs j SET
                      status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE $2 END,
@@ -349,9 +345,11 @@ pub async fn request_cancel(
         }
         "queued" | "failed" => {
             tx.execute(
-                "UPDATE nexus.jobs SET status = 'cancelled', cancel_requested = true,
-                        finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = $1",
+                "UPDATE nexus.jobs j SET status = 'cancelled', cancel_requested = true,
+                        finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+                        rows_committed = c.committed, rows_rejected = c.rejected,
+                        rows_read = c.committed + c.rejected
+                 FROM nexus.job_counts($1) c WHERE j.id = $1",
                 &[&id],
             )
             .await?;
@@ -520,7 +518,8 @@ pub async fn claim_next(
                             CASE WHEN NOT pick.expired THEN j.stalled_leases
                                  WHEN pick.done IS NOT DISTINCT FROM j.claimed_done THEN j.stalled_leases + 1
                                  ELSE 0 END AS stalled
-                     FROM pick JOIN nexus.jobs j ON j.id = pick.id)
+                     FROM pick JOIN nexus.jobs j ON j.id = pick.id),
+                 counts AS (SELECT c.* FROM pick, nexus.job_counts(pick.id) c)
                  UPDATE nexus.jobs j SET
                      stalled_leases = v.stalled, claimed_done = v.done,
                      status = CASE WHEN v.stalled >= $3 THEN 'failed'
@@ -533,8 +532,11 @@ pub async fn claim_next(
                      lease_owner = CASE WHEN v.stalled >= $3 OR j.cancel_requested THEN NULL ELSE $1 END,
                      lease_expires_at = CASE WHEN v.stalled >= $3 OR j.cancel_requested THEN NULL
                                              ELSE now() + make_interval(secs => $2) END,
-                     started_at = coalesce(started_at, now())
-                 FROM verdict v WHERE j.id = v.id
+                     started_at = coalesce(started_at, now()),
+                     -- A job ended here gets its counters as finish gives them.
+                     rows_committed = c.committed, rows_rejected = c.rejected,
+                     rows_read = c.committed + c.rejected
+                 FROM verdict v, counts c WHERE j.id = v.id
                  RETURNING j.id, j.model, j.mode, j.atomic, j.file_name, j.file_hash, j.bytes_total,
                            j.storage_key, j.options, j.owner, j.status",
                 &[&owner, &lease.as_secs_f64(), &MAX_STALLED_LEASES],

@@ -284,7 +284,7 @@ CREATE INDEX IF NOT EXISTS jobs_storage_key ON nexus.jobs (storage_key) WHERE st
     ),
     (
         9,
-        "login throttling per account and address, and per address; user names without `:`",
+        "login throttling per account and address, and per address; user names without `:`; job counters in one function",
         r#"
 -- One row per throttled key (`acct:<user>\n<address>`, `addr:<address>`):
 -- failures since `last_at` (counted before a password is checked, so that
@@ -296,6 +296,13 @@ CREATE TABLE nexus.login_throttle (
     last_at       timestamptz NOT NULL,
     blocked_until timestamptz
 );
+-- A job's counters, from what it committed: the one definition of them,
+-- used wherever a job ends.
+CREATE FUNCTION nexus.job_counts(job uuid, OUT committed bigint, OUT rejected bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT (SELECT coalesce(sum(rows_committed), 0)::bigint FROM nexus.job_batches WHERE job_id = job),
+           (SELECT count(*) FROM nexus.rejects WHERE job_id = job)
+$$;
 -- Jobs from the command line are owned by `cli:<account>`; no service user
 -- may take such a name (existing ones are left as they are).
 ALTER TABLE nexus.users ADD CONSTRAINT users_name_no_colon

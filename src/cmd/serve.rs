@@ -188,6 +188,7 @@ async fn serve(
     }
     publisher.abort();
     flush_stats(&state).await;
+    state.pool.close();
     Ok(0)
 }
 
