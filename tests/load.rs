@@ -728,7 +728,7 @@ fn migrate_is_idempotent_and_creates_model_tables() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout
-            .contains("applied migrations [1, 2, 3, 4, 5, 6, 7]"),
+            .contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9]"),
         "{r:?}"
     );
     let r = db.run(&["migrate"]);
@@ -915,4 +915,34 @@ fn unique_conflicts_are_rejected_in_one_pass_with_their_index_and_key() {
         "{reasons:?}"
     );
     assert_eq!(db.count("tiny"), 4, "two NULL uuids never collide");
+}
+
+/// Loads that start at once into a model whose table does not exist yet
+/// all create it (one of them does) and all succeed.
+#[test]
+fn concurrent_first_loads_create_the_table_once() {
+    let db = TestDb::new();
+    let models = common::small_batch_model(&db);
+    let children: Vec<_> = (0..12)
+        .map(|k| {
+            let mut csv = String::from("id,payload\n");
+            for i in 0..500 {
+                csv.push_str(&format!("{},{k}\n", k * 1000 + i));
+            }
+            let f = db.file(&format!("c{k}.csv"), csv);
+            db.nexus()
+                .env("NEXUS_MODELS", &models)
+                .args(["load", "--model", "ev"])
+                .arg(f)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(db.count("ev"), 6000);
 }

@@ -166,29 +166,10 @@ struct Conn {
     subs: Mutex<Subscriptions>,
     /// Per running job, the counters last sent: a client never sees them
     /// go backwards, whichever source (a checkpoint, a sample) was newer.
-    sent: Mutex<HashMap<Uuid, Counters>>,
+    sent: Mutex<HashMap<Uuid, [i64; 4]>>,
     /// Jobs this client was told are queued or running: after a lag their
     /// current state is sent again, so that no end is lost.
     open: Mutex<HashSet<Uuid>>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Counters {
-    rows_read: i64,
-    rows_committed: i64,
-    rows_rejected: i64,
-    bytes_read: i64,
-}
-
-impl Counters {
-    fn max(self, o: Counters) -> Counters {
-        Counters {
-            rows_read: self.rows_read.max(o.rows_read),
-            rows_committed: self.rows_committed.max(o.rows_committed),
-            rows_rejected: self.rows_rejected.max(o.rows_rejected),
-            bytes_read: self.bytes_read.max(o.bytes_read),
-        }
-    }
 }
 
 impl Conn {
@@ -207,13 +188,15 @@ impl Conn {
         (s.all || s.jobs.contains(&job)) && may_see(&self.who, owner)
     }
 
-    /// Raises a running job's counters to what was sent before, and
-    /// remembers them.
-    fn monotone(&self, job: Uuid, c: Counters) -> Counters {
+    /// Raises a running job's counters (rows read, committed, rejected,
+    /// bytes read) to what was sent before, and remembers them.
+    fn monotone(&self, job: Uuid, counters: [&mut i64; 4]) {
         let mut sent = self.sent.lock().expect("sent");
-        let c = sent.get(&job).map_or(c, |prev| prev.max(c));
-        sent.insert(job, c);
-        c
+        let before = sent.entry(job).or_insert([i64::MIN; 4]);
+        for (now, before) in counters.into_iter().zip(before.iter_mut()) {
+            *now = (*now).max(*before);
+            *before = *now;
+        }
     }
 
     /// Sends a job's state; a running job's counters never go backwards.
@@ -221,17 +204,16 @@ impl Conn {
         let mut j = j.clone();
         self.track(j.job_id, &j.status);
         if j.status == "running" {
-            let c = self.monotone(
-                j.job_id,
-                Counters {
-                    rows_read: j.rows_read,
-                    rows_committed: j.rows_committed,
-                    rows_rejected: j.rows_rejected,
-                    bytes_read: j.bytes_read,
-                },
+            let id = j.job_id;
+            self.monotone(
+                id,
+                [
+                    &mut j.rows_read,
+                    &mut j.rows_committed,
+                    &mut j.rows_rejected,
+                    &mut j.bytes_read,
+                ],
             );
-            (j.rows_read, j.rows_committed, j.rows_rejected, j.bytes_read) =
-                (c.rows_read, c.rows_committed, c.rows_rejected, c.bytes_read);
         }
         self.outbox.push(false, job_message(&j))
     }
@@ -254,17 +236,16 @@ impl Conn {
         match event {
             Event::Progress(p) => {
                 let mut p = p.clone();
-                let c = self.monotone(
-                    p.job_id,
-                    Counters {
-                        rows_read: p.rows_read,
-                        rows_committed: p.rows_committed,
-                        rows_rejected: p.rows_rejected,
-                        bytes_read: p.bytes_read,
-                    },
+                let id = p.job_id;
+                self.monotone(
+                    id,
+                    [
+                        &mut p.rows_read,
+                        &mut p.rows_committed,
+                        &mut p.rows_rejected,
+                        &mut p.bytes_read,
+                    ],
                 );
-                (p.rows_read, p.rows_committed, p.rows_rejected, p.bytes_read) =
-                    (c.rows_read, c.rows_committed, c.rows_rejected, c.bytes_read);
                 let (progress, text) = event_message(&Event::Progress(p));
                 self.outbox.push(progress, text)
             }
