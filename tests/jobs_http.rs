@@ -573,3 +573,32 @@ fn jobs_purge_deletes_old_jobs_their_rejects_and_uploads() {
     let r = db.run(&["jobs", "purge", "--older-than", "soon"]);
     assert_eq!(r.code, 2, "{r:?}");
 }
+
+/// The same file uploaded twice (a client retrying a lost answer) with two
+/// workers free: the jobs never run together; the second finds the file
+/// loaded and is skipped, and every row is in the table once.
+#[test]
+fn the_same_file_uploaded_twice_loads_once() {
+    let db = TestDb::new();
+    let (models, csv) = big_job_setup(&db);
+    let m = models.to_str().unwrap();
+    let s = Server::start(&db, &[("NEXUS_MODELS", m), ("NEXUS_WORKERS", "2")]);
+    let (a, _) = s.tokens("admin", ADMIN_PW);
+    let first = accepted(upload(&s, &a, "model=ev", csv.clone(), &[]));
+    let second = accepted(upload(&s, &a, "model=ev", csv, &[]));
+    let ends: Vec<String> = [&first, &second]
+        .iter()
+        .map(|id| {
+            let mut last = Value::Null;
+            wait_for("the job to end", Duration::from_secs(120), || {
+                last = job(&s, &a, id);
+                last["status"] == "succeeded" || last["status"] == "skipped"
+            });
+            last["status"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let mut sorted = ends.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["skipped", "succeeded"], "{ends:?}");
+    exactly_once(&db);
+}

@@ -511,7 +511,8 @@ pub async fn claim_next(
                               WHERE b.job_id = j.id) AS done
                      FROM nexus.jobs j
                      WHERE j.storage_key IS NOT NULL
-                       AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
+                       AND ((j.status = 'queued' AND (j.not_before IS NULL OR j.not_before <= now()))
+                            OR (j.status = 'running' AND j.lease_expires_at < now()))
                      ORDER BY j.created_at FOR UPDATE SKIP LOCKED LIMIT 1),
                  verdict AS (
                      SELECT pick.id, pick.done,
@@ -583,6 +584,23 @@ pub async fn renew_lease(
     )
     .await?
         == 1)
+}
+
+/// Puts a claimed job back in the queue, not to be claimed for `wait`
+/// (another job is loading its file). Not a stall: its lease did not expire.
+pub async fn defer(
+    c: &impl GenericClient,
+    id: Uuid,
+    wait: std::time::Duration,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "UPDATE nexus.jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                not_before = now() + make_interval(secs => $2)
+         WHERE id = $1 AND status = 'running'",
+        &[&id, &wait.as_secs_f64()],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Hands a job back to the queue (its worker is shutting down); it resumes

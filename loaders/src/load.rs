@@ -92,6 +92,14 @@ pub enum LoadError {
     Db(#[from] tokio_postgres::Error),
     #[error("this file is being loaded by another process right now (job {0})")]
     Busy(Uuid),
+    #[error(
+        "this file is being loaded into `{0}` by another job right now; run again when it is done"
+    )]
+    FileBusy(String),
+    /// A queued job whose file another job is loading: back in the queue
+    /// for a little while.
+    #[error("job {0} waits: another job is loading the same file into the same model")]
+    Deferred(Uuid),
     #[error("{0}")]
     Catalog(#[from] catalog::CatalogError),
     #[error("job {0} disappeared while it ran")]
@@ -131,6 +139,22 @@ impl JobOptions {
     }
 }
 
+/// Takes the lock that lets one load at a time read a file into a model,
+/// for as long as this session lasts: two jobs of one file (an upload sent
+/// twice, a command-line run beside a queued job) never run together, so
+/// the second finds the first's work — and the ledger — when it starts.
+async fn lock_file(
+    c: &impl tokio_postgres::GenericClient,
+    req: &LoadRequest,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT pg_try_advisory_lock(hashtextextended($1, 2))",
+        &[&format!("{}\n{}", req.model_key, req.file_hash)],
+    )
+    .await?
+    .get(0))
+}
+
 async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
     let ledger_key = format!("{}\n{}", req.model_key, req.file_hash);
@@ -159,6 +183,9 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         if !locked {
             return Err(LoadError::Busy(id));
         }
+        if !lock_file(&tx, req).await? {
+            return Err(LoadError::FileBusy(req.model_key.clone()));
+        }
         jobs::mark_running(&tx, id, jobs::Resume::Fresh).await?;
         tx.commit().await?;
         let options = JobOptions::stored(opts, req);
@@ -167,6 +194,9 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
             resumed: true,
             options,
         });
+    }
+    if !lock_file(&tx, req).await? {
+        return Err(LoadError::FileBusy(req.model_key.clone()));
     }
     let options = JobOptions::new(&req.model, req.has_header);
     let already = if req.force {
@@ -224,6 +254,11 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
     if !locked {
         return Err(LoadError::Busy(id));
     }
+    if !lock_file(&tx, req).await? {
+        jobs::defer(&tx, id, DEFER).await?;
+        tx.commit().await?;
+        return Err(LoadError::Deferred(id));
+    }
     if !req.force
         && let Some(prev) = jobs::loaded_by(&tx, &req.model_key, &req.file_hash).await?
         && prev != id
@@ -247,6 +282,10 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
         options,
     })
 }
+
+/// How long a queued job whose file is being loaded by another waits
+/// before it is tried again.
+const DEFER: Duration = Duration::from_secs(2);
 
 /// The options a queued job is created with, fixing its batch bounds.
 pub fn queued_job_options(model: &Model, has_header: bool) -> serde_json::Value {

@@ -284,7 +284,7 @@ CREATE INDEX IF NOT EXISTS jobs_storage_key ON nexus.jobs (storage_key) WHERE st
     ),
     (
         9,
-        "login throttling per account and address, and per address; user names without `:`; job counters in one function",
+        "login throttling per account and address, and per address; user names without `:`; job counters in one function; jobs deferred while their file is being loaded",
         r#"
 -- One row per throttled key (`acct:<user>\n<address>`, `addr:<address>`):
 -- failures since `last_at` (counted before a password is checked, so that
@@ -303,6 +303,8 @@ LANGUAGE sql STABLE AS $$
     SELECT (SELECT coalesce(sum(rows_committed), 0)::bigint FROM nexus.job_batches WHERE job_id = job),
            (SELECT count(*) FROM nexus.rejects WHERE job_id = job)
 $$;
+-- A queued job whose file another job is loading waits until then.
+ALTER TABLE nexus.jobs ADD COLUMN not_before timestamptz;
 -- Jobs from the command line are owned by `cli:<account>`; no service user
 -- may take such a name (existing ones are left as they are).
 ALTER TABLE nexus.users ADD CONSTRAINT users_name_no_colon

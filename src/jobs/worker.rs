@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nexus_loaders::jobs::{self, Claimed};
-use nexus_loaders::load::{LoadRequest, Mode};
+use nexus_loaders::load::{LoadError, LoadRequest, Mode};
 use nexus_pipeline::progress::Progress;
 use tokio::sync::watch;
 
@@ -127,12 +127,11 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
                 .started(id, progress.clone(), job.bytes_total, job.owner.clone());
             let result = nexus_loaders::run_load(&state.database_url, req, progress)
                 .await
-                .map(|o| o.job.status)
-                .map_err(|e| e.to_string());
+                .map(|o| o.job.status);
             state.hub.finished(id);
-            result
+            result.map_err(Failure::Load)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Failure::Model(e.to_string())),
     };
     renewer.abort();
     match outcome {
@@ -142,14 +141,27 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
                 let _ = state.storage.remove(&job.storage_key).await;
             }
         }
-        Err(e) if e.contains("being loaded by another process") => {
+        Err(Failure::Load(LoadError::Busy(_))) => {
             tracing::info!(job = %id, "another worker holds this job");
         }
+        Err(Failure::Load(LoadError::Deferred(_))) => {
+            tracing::info!(job = %id, "another job is loading the same file; this one waits");
+        }
         Err(e) => {
+            let e = e.to_string();
             tracing::error!(job = %id, error = %e, "job failed");
             if let Ok(db) = state.pool.get().await {
                 let _ = jobs::finish(&**db, id, "failed", Some(&e), 0, 0).await;
             }
         }
     }
+}
+
+/// Why a claimed job did not run to an end.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    Load(LoadError),
+    #[error("{0}")]
+    Model(String),
 }
