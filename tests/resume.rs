@@ -327,3 +327,25 @@ fn a_load_that_outlasts_the_retry_window_prints_its_summary_and_resumes() {
     assert_eq!(db.count("ev"), ROWS, "every row");
     assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS, "once");
 }
+
+/// A job whose stored options do not read back is not resumed with
+/// guessed ones (its batches could be cut otherwise): the run fails,
+/// saying why.
+#[test]
+fn a_job_whose_stored_options_do_not_read_back_is_not_resumed() {
+    use sha2::Digest;
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    let hash: String = sha2::Sha256::digest(std::fs::read(&file).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO nexus.jobs (id, model, target, mode, atomic, status, file_hash, options)
+         VALUES (gen_random_uuid(), 'ev', 'ev', 'append', false, 'failed', '{hash}', '{{}}')"
+    ));
+    let r = db.run_with_models(&models, &["load", "--model", "ev", file.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("stored options"), "{r:?}");
+    assert_eq!(common::batches(&db), 0, "nothing loaded");
+}

@@ -11,15 +11,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
-/// Statuses a job can have.
-pub const STATUSES: &[&str] = &[
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "skipped",
-];
+use crate::vocab::{JobStatus, Mode};
 
 /// A job as reported by `--json`, `jobs show` and the HTTP API.
 #[derive(Debug, Clone, Serialize)]
@@ -28,9 +20,9 @@ pub struct JobRecord {
     pub job_id: Uuid,
     pub model: String,
     pub target: String,
-    pub mode: String,
+    pub mode: Mode,
     pub atomic: bool,
-    pub status: String,
+    pub status: JobStatus,
     pub file_name: Option<String>,
     pub file_hash: String,
     pub rows_read: i64,
@@ -89,9 +81,9 @@ impl JobRecord {
 pub struct NewJob<'a> {
     pub model: &'a str,
     pub target: &'a str,
-    pub mode: &'a str,
+    pub mode: Mode,
     pub atomic: bool,
-    pub status: &'a str,
+    pub status: JobStatus,
     pub file_name: Option<&'a str>,
     pub file_hash: &'a str,
     pub bytes_total: Option<i64>,
@@ -136,7 +128,7 @@ pub async fn find_resumable(
     c: &impl GenericClient,
     model: &str,
     file_hash: &str,
-    mode: &str,
+    mode: Mode,
     atomic: bool,
 ) -> Result<Option<(Uuid, serde_json::Value)>, tokio_postgres::Error> {
     Ok(c.query_opt(
@@ -255,11 +247,11 @@ pub fn bounded_error(e: &str) -> std::borrow::Cow<'_, str> {
 pub async fn finish(
     c: &impl GenericClient,
     id: Uuid,
-    status: &str,
+    status: JobStatus,
     error: Option<&str>,
     bytes_read: i64,
     duration_ms: i64,
-) -> Result<String, tokio_postgres::Error> {
+) -> Result<JobStatus, tokio_postgres::Error> {
     let error = error.map(bounded_error);
     let error = error.as_deref();
     let row = c
@@ -299,12 +291,12 @@ pub async fn get(
 /// Newest first.
 pub async fn list(
     c: &impl GenericClient,
-    status: Option<&str>,
+    status: Option<JobStatus>,
     limit: i64,
 ) -> Result<Vec<JobRecord>, tokio_postgres::Error> {
     Ok(c.query(
         &format!(
-            "SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE ($1::text IS NULL OR status = $1)
+            "SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE ($1::text IS NULL OR status = $1::text)
                  ORDER BY created_at DESC LIMIT $2"
         ),
         &[&status, &limit],
@@ -323,7 +315,7 @@ pub async fn list(
 pub async fn request_cancel(
     c: &mut Client,
     id: Uuid,
-) -> Result<Option<String>, tokio_postgres::Error> {
+) -> Result<Option<JobStatus>, tokio_postgres::Error> {
     let tx = c.transaction().await?;
     let Some(row) = tx
         .query_opt(
@@ -334,16 +326,16 @@ pub async fn request_cancel(
     else {
         return Ok(None);
     };
-    let status: String = row.get(0);
-    match status.as_str() {
-        "running" => {
+    let status: JobStatus = row.get(0);
+    match status {
+        JobStatus::Running => {
             tx.execute(
                 "UPDATE nexus.jobs SET cancel_requested = true WHERE id = $1",
                 &[&id],
             )
             .await?;
         }
-        "queued" | "failed" => {
+        JobStatus::Queued | JobStatus::Failed => {
             tx.execute(
                 "UPDATE nexus.jobs j SET status = 'cancelled', cancel_requested = true,
                         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
@@ -477,7 +469,7 @@ pub async fn rejects_page(
 pub struct Claimed {
     pub id: Uuid,
     pub model: String,
-    pub mode: String,
+    pub mode: Mode,
     pub atomic: bool,
     pub file_name: Option<String>,
     pub file_hash: String,
@@ -547,12 +539,12 @@ pub async fn claim_next(
             return Ok(None);
         };
         let id: Uuid = r.get(0);
-        match r.get::<_, &str>(10) {
-            "failed" => {
+        match r.get::<_, JobStatus>(10) {
+            JobStatus::Failed => {
                 tracing::error!(job = %id, "a job stopped its workers {MAX_STALLED_LEASES} times without progress; failed it");
                 continue;
             }
-            "cancelled" => continue,
+            JobStatus::Cancelled => continue,
             _ => {}
         }
         return Ok(Some(Claimed {
@@ -641,7 +633,13 @@ pub async fn recently_changed(
 }
 
 /// Statuses a job does not leave on its own.
-pub const FINISHED: &[&str] = &["succeeded", "failed", "cancelled", "skipped"];
+fn finished() -> Vec<JobStatus> {
+    JobStatus::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.is_finished())
+        .collect()
+}
 
 /// What `purge` removed.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -668,7 +666,7 @@ pub async fn purge(
              WHERE j.status = ANY($1) AND coalesce(j.finished_at, j.created_at) < now() - make_interval(secs => $2)
                AND NOT EXISTS (SELECT 1 FROM nexus.job_batches b WHERE b.job_id = j.id AND b.cache_pending)
              RETURNING j.id, j.storage_key",
-            &[&FINISHED, &older_than.as_secs_f64()],
+            &[&finished(), &older_than.as_secs_f64()],
         )
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
@@ -697,7 +695,7 @@ pub async fn release_uploads(
                  FOR UPDATE SKIP LOCKED)
              UPDATE nexus.jobs j SET storage_key = NULL FROM old WHERE j.id = old.id
              RETURNING old.storage_key",
-        &[&FINISHED, &retention.as_secs_f64()],
+        &[&finished(), &retention.as_secs_f64()],
     )
     .await?
     .iter()
@@ -726,7 +724,7 @@ pub async fn unreferenced(
 pub async fn page(
     c: &impl GenericClient,
     owner: Option<&str>,
-    status: Option<&str>,
+    status: Option<JobStatus>,
     model: Option<&str>,
     limit: i64,
     cursor: Option<Uuid>,
@@ -735,7 +733,7 @@ pub async fn page(
         .query(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM nexus.jobs
-                 WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2)
+                 WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2::text)
                    AND ($3::text IS NULL OR model = $3)
                    AND ($5::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM nexus.jobs WHERE id = $5))
                  ORDER BY created_at DESC, id DESC LIMIT $4"

@@ -13,6 +13,8 @@ pub mod load;
 pub mod migrate;
 pub mod pg;
 pub mod server_input;
+pub mod vocab;
 pub mod writer;
 
-pub use load::{LoadError, LoadRequest, Mode, run_load};
+pub use load::{LoadError, LoadRequest, run_load};
+pub use vocab::{JobStatus, Mode};

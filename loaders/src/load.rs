@@ -23,29 +23,12 @@ use crate::gate::SeqGate;
 use crate::jobs::{self, JobRecord, NewJob};
 use crate::migrate::migrate;
 use crate::pg::{self, describe};
+use crate::vocab::{JobStatus, Mode};
 use crate::writer::{BatchWriter, Committed, Target, WriteError, insert_rejects};
 
 /// A batch is also cut at this many bytes of input, bounding memory for
 /// files of very long rows. Stored with the job: resume must cut alike.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Append,
-    Upsert,
-    Replace,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Append => "append",
-            Mode::Upsert => "upsert",
-            Mode::Replace => "replace",
-        }
-    }
-}
 
 /// Everything one load needs.
 #[derive(Debug, Clone)]
@@ -96,6 +79,10 @@ pub enum LoadError {
         "this file is being loaded into `{0}` by another job right now; run again when it is done"
     )]
     FileBusy(String),
+    #[error(
+        "job {0} cannot be resumed: its stored options do not read back ({1}), and a resume must cut the file's batches as its first run did"
+    )]
+    BadOptions(Uuid, String),
     /// A queued job whose file another job is loading: back in the queue
     /// for a little while.
     #[error("job {0} waits: another job is loading the same file into the same model")]
@@ -132,10 +119,11 @@ impl JobOptions {
         }
     }
 
-    /// The options a job was created with (its batch bounds), or this
-    /// request's if none were stored.
-    fn stored(value: serde_json::Value, req: &LoadRequest) -> JobOptions {
-        serde_json::from_value(value).unwrap_or(JobOptions::new(&req.model, req.has_header))
+    /// The options a job was created with (its batch bounds). A resume
+    /// must cut batches exactly as the first run did: options that do not
+    /// read back fail the job rather than being guessed.
+    fn stored(id: Uuid, value: serde_json::Value) -> Result<JobOptions, LoadError> {
+        serde_json::from_value(value).map_err(|e| LoadError::BadOptions(id, e.to_string()))
     }
 }
 
@@ -164,14 +152,8 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
     )
     .await?;
     let lock_job = |id: Uuid| format!("job {id}");
-    if let Some((id, opts)) = jobs::find_resumable(
-        &tx,
-        &req.model_key,
-        &req.file_hash,
-        req.mode.as_str(),
-        req.atomic,
-    )
-    .await?
+    if let Some((id, opts)) =
+        jobs::find_resumable(&tx, &req.model_key, &req.file_hash, req.mode, req.atomic).await?
     {
         let locked: bool = tx
             .query_one(
@@ -186,9 +168,9 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         if !lock_file(&tx, req).await? {
             return Err(LoadError::FileBusy(req.model_key.clone()));
         }
+        let options = JobOptions::stored(id, opts)?;
         jobs::mark_running(&tx, id, jobs::Resume::Fresh).await?;
         tx.commit().await?;
-        let options = JobOptions::stored(opts, req);
         return Ok(Claim::Run {
             id,
             resumed: true,
@@ -208,12 +190,12 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
     let new = NewJob {
         model: &req.model_key,
         target: &target,
-        mode: req.mode.as_str(),
+        mode: req.mode,
         atomic: req.atomic,
         status: if already.is_some() {
-            "skipped"
+            JobStatus::Skipped
         } else {
-            "running"
+            JobStatus::Running
         },
         file_name: req.file_name.as_deref(),
         file_hash: &req.file_hash,
@@ -273,9 +255,9 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
         .ok_or(LoadError::Vanished(id))?
         .get(0);
     let resumed = !jobs::committed_seqs(&tx, id).await?.is_empty();
+    let options = JobOptions::stored(id, stored)?;
     jobs::mark_running(&tx, id, jobs::Resume::KeepCancel).await?;
     tx.commit().await?;
-    let options = JobOptions::stored(stored, req);
     Ok(Claim::Run {
         id,
         resumed,
@@ -578,7 +560,7 @@ pub async fn run_load(
             // caller still learns how far it got.
             let mut job = base;
             let v = verdict(&end);
-            job.status = "failed".into();
+            job.status = JobStatus::Failed;
             job.error = Some(format!(
                 "{}; and the job could not be closed ({}): it is resumable",
                 v.error.as_deref().unwrap_or("stopped"),
@@ -651,7 +633,7 @@ async fn close(
     let job = jobs::get(c, id).await?.ok_or(LoadError::Vanished(id))?;
     Ok(LoadOutcome {
         job,
-        rejects_exceeded: v.rejects_exceeded && status == "failed",
+        rejects_exceeded: v.rejects_exceeded && status == JobStatus::Failed,
         resumed: closing.resumed,
     })
 }
@@ -677,7 +659,7 @@ pub struct RunEnd {
 /// A job's status after a run, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
-    pub status: &'static str,
+    pub status: JobStatus,
     pub error: Option<String>,
     /// Failed for its rejects (exit 3).
     pub rejects_exceeded: bool,
@@ -691,7 +673,7 @@ pub struct Verdict {
 /// interruption; else success.
 pub fn verdict(end: &RunEnd) -> Verdict {
     let failed = |error: String, rejects_exceeded: bool| Verdict {
-        status: "failed",
+        status: JobStatus::Failed,
         error: Some(error),
         rejects_exceeded,
         interrupted: false,
@@ -704,7 +686,7 @@ pub fn verdict(end: &RunEnd) -> Verdict {
     }
     if end.cancelled {
         return Verdict {
-            status: "cancelled",
+            status: JobStatus::Cancelled,
             error: None,
             rejects_exceeded: false,
             interrupted: false,
@@ -735,14 +717,14 @@ pub fn verdict(end: &RunEnd) -> Verdict {
     }
     if end.interrupted {
         return Verdict {
-            status: "failed",
+            status: JobStatus::Failed,
             error: Some("interrupted; run the same command again to resume".into()),
             rejects_exceeded: false,
             interrupted: true,
         };
     }
     Verdict {
-        status: "succeeded",
+        status: JobStatus::Succeeded,
         error: None,
         rejects_exceeded: false,
         interrupted: false,
@@ -957,24 +939,24 @@ mod tests {
     #[test]
     fn rejects_over_the_limit_fail_whatever_this_run_committed() {
         let v = verdict(&end());
-        assert_eq!((v.status, v.rejects_exceeded), ("failed", true));
+        assert_eq!((v.status, v.rejects_exceeded), (JobStatus::Failed, true));
         let v = verdict(&RunEnd {
             max_rejects: Some(2),
             ..end()
         });
-        assert_eq!(v.status, "succeeded");
+        assert_eq!(v.status, JobStatus::Succeeded);
         let v = verdict(&RunEnd {
             max_rejects: None,
             max_reject_ratio: Some(0.01),
             ..end()
         });
-        assert_eq!((v.status, v.rejects_exceeded), ("failed", true));
+        assert_eq!((v.status, v.rejects_exceeded), (JobStatus::Failed, true));
         let v = verdict(&RunEnd {
             max_rejects: None,
             max_reject_ratio: Some(0.02),
             ..end()
         });
-        assert_eq!(v.status, "succeeded");
+        assert_eq!(v.status, JobStatus::Succeeded);
     }
 
     #[test]
@@ -984,13 +966,16 @@ mod tests {
             cancelled: true,
             ..end()
         });
-        assert_eq!((v.status, v.error.as_deref()), ("failed", Some("boom")));
+        assert_eq!(
+            (v.status, v.error.as_deref()),
+            (JobStatus::Failed, Some("boom"))
+        );
         let v = verdict(&RunEnd {
             cancelled: true,
             interrupted: true,
             ..end()
         });
-        assert_eq!((v.status, v.interrupted), ("cancelled", false));
+        assert_eq!((v.status, v.interrupted), (JobStatus::Cancelled, false));
     }
 
     #[test]
@@ -1000,7 +985,7 @@ mod tests {
             max_rejects: None,
             ..end()
         });
-        assert_eq!((v.status, v.interrupted), ("failed", true));
+        assert_eq!((v.status, v.interrupted), (JobStatus::Failed, true));
         let v = verdict(&RunEnd {
             interrupted: true,
             ..end()
@@ -1012,6 +997,6 @@ mod tests {
             max_reject_ratio: Some(0.0),
             ..Default::default()
         });
-        assert_eq!(v.status, "succeeded");
+        assert_eq!(v.status, JobStatus::Succeeded);
     }
 }

@@ -27,9 +27,9 @@ use uuid::Uuid;
 use crate::cache::BatchCache;
 use crate::conflicts::{self, UniqueIndex};
 use crate::gate::SeqGate;
-use crate::load::Mode;
 use crate::pg::{self, ErrorKind, Retry, classify, describe};
 use crate::server_input;
+use crate::vocab::Mode;
 
 /// What a load writes into: the SQL shared by all its writers.
 #[derive(Debug, Clone)]

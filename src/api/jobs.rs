@@ -8,7 +8,8 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
-use nexus_loaders::jobs::{self, JobRecord, NewJob, STATUSES};
+use nexus_loaders::jobs::{self, JobRecord, NewJob};
+use nexus_loaders::{JobStatus, Mode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -23,18 +24,10 @@ use crate::jobs::storage::{ByteStream, UploadError};
 pub struct CreateParams {
     /// The model to load into (the document lists the models in force).
     pub model: String,
-    pub mode: Option<ModeParam>,
+    pub mode: Option<Mode>,
     pub format: Option<FormatParam>,
     /// Load the whole file in one transaction.
     pub atomic: Option<bool>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ModeParam {
-    Append,
-    Upsert,
-    Replace,
 }
 
 /// Input formats this build reads.
@@ -97,12 +90,8 @@ pub async fn create(
         .map_err(|e| bad(e.to_string()))?;
     // Csv is the only format this build reads; the query's enum enforces it.
     let _ = params.format;
-    let mode = match params.mode.unwrap_or(ModeParam::Append) {
-        ModeParam::Append => "append",
-        ModeParam::Upsert => "upsert",
-        ModeParam::Replace => "replace",
-    };
-    if mode == "upsert" && model.key.is_empty() {
+    let mode = params.mode.unwrap_or(Mode::Append);
+    if mode == Mode::Upsert && model.key.is_empty() {
         return Err(bad(format!(
             "model `{}` has no key to upsert on",
             model.name
@@ -169,7 +158,7 @@ pub async fn create(
             target: &model.def.table,
             mode,
             atomic: params.atomic.unwrap_or(false),
-            status: "queued",
+            status: JobStatus::Queued,
             file_name: Some(&name),
             file_hash: &stored.sha256,
             bytes_total: Some(stored.size as i64),
@@ -195,8 +184,7 @@ pub async fn create(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    #[param(pattern = "^(queued|running|succeeded|failed|cancelled|skipped)$")]
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     pub model: Option<String>,
     /// Default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -224,28 +212,14 @@ pub async fn list(
     user: CurrentUser,
     Query(p): Query<ListParams>,
 ) -> Result<Json<JobPage>, Problem> {
-    if let Some(s) = p.status.as_deref().filter(|s| !STATUSES.contains(s)) {
-        return Err(bad(format!(
-            "status `{s}`: use one of {}",
-            STATUSES.join(", ")
-        )));
-    }
     let limit = p.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(bad("limit must be 1 to 500"));
     }
     let owner = (user.0.role != Role::Admin).then_some(user.0.username.as_str());
     let db = state.pool.get().await?;
-    let mut page = jobs::page(
-        &**db,
-        owner,
-        p.status.as_deref(),
-        p.model.as_deref(),
-        limit,
-        p.cursor,
-    )
-    .await?;
-    for j in page.iter_mut().filter(|j| j.status == "running") {
+    let mut page = jobs::page(&**db, owner, p.status, p.model.as_deref(), limit, p.cursor).await?;
+    for j in page.iter_mut().filter(|j| j.status == JobStatus::Running) {
         live_counts(&state, &db, j).await?;
     }
     let next_cursor = (page.len() as i64 == limit)
@@ -299,7 +273,7 @@ async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRe
             user.0.role == Role::Admin || j.owner.as_deref() == Some(user.0.username.as_str())
         })
         .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
-    if job.status == "running" {
+    if job.status == JobStatus::Running {
         match state.hub.latest(id) {
             // The live sample every server keeps saves a query per read.
             Some(p) => {
@@ -348,8 +322,8 @@ pub async fn cancel(
 ) -> Result<Response, Problem> {
     visible(&state, &user, id).await?;
     let mut db = state.pool.get().await?;
-    match jobs::request_cancel(&mut db, id).await?.as_deref() {
-        Some("running" | "queued" | "failed") => {}
+    match jobs::request_cancel(&mut db, id).await? {
+        Some(s) if s.is_cancellable() => {}
         Some(s) => {
             return Err(Problem::new(
                 StatusCode::CONFLICT,

@@ -91,7 +91,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
         records::show,
         openapi_json,
     ),
-    components(schemas(problem::ProblemBody)),
+    components(schemas(problem::ProblemBody, nexus_loaders::JobStatus, nexus_loaders::Mode, jobs::FormatParam)),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;

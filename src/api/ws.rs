@@ -13,6 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use nexus_loaders::JobStatus;
 use nexus_loaders::jobs::{self, JobRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -202,8 +203,8 @@ impl Conn {
     /// Sends a job's state; a running job's counters never go backwards.
     fn send_job(&self, j: &JobRecord) -> bool {
         let mut j = j.clone();
-        self.track(j.job_id, &j.status);
-        if j.status == "running" {
+        self.track(j.job_id, j.status);
+        if j.status == JobStatus::Running {
             let id = j.job_id;
             self.monotone(
                 id,
@@ -218,9 +219,9 @@ impl Conn {
         self.outbox.push(false, job_message(&j))
     }
 
-    fn track(&self, job: Uuid, status: &str) {
+    fn track(&self, job: Uuid, status: JobStatus) {
         let mut open = self.open.lock().expect("open");
-        if matches!(status, "queued" | "running") {
+        if !status.is_finished() {
             open.insert(job);
         } else {
             open.remove(&job);
@@ -250,7 +251,7 @@ impl Conn {
                 self.outbox.push(progress, text)
             }
             Event::Job(j) => {
-                self.track(j.job_id, &j.status);
+                self.track(j.job_id, j.status);
                 let (progress, text) = event_message(event);
                 self.outbox.push(progress, text)
             }
@@ -393,7 +394,7 @@ async fn resync(state: &AppState, conn: &Conn) {
         if let Ok(Some(mut j)) = jobs::get(&**db, id).await
             && conn.wants(id, j.owner.as_deref())
         {
-            if j.status == "running" {
+            if j.status == JobStatus::Running {
                 let _ = super::jobs::live_counts(state, &db, &mut j).await;
             }
             conn.send_job(&j);
@@ -473,7 +474,7 @@ async fn handle(state: &AppState, conn: &Conn, text: &str) {
             conn.subs.lock().expect("subs").all = true;
             let owner = (who.role != Role::Admin).then_some(who.username.as_str());
             if let Ok(db) = state.pool.get().await {
-                for status in ["running", "queued"] {
+                for status in [JobStatus::Running, JobStatus::Queued] {
                     if let Ok(page) = jobs::page(&**db, owner, Some(status), None, 100, None).await
                     {
                         for j in page {
@@ -493,7 +494,7 @@ async fn handle(state: &AppState, conn: &Conn, text: &str) {
 /// newest counters known here (its checkpoints, or the live sample when
 /// that is ahead), never older than what `GET /jobs/{id}` answered.
 async fn send_current(state: &AppState, conn: &Conn, mut j: JobRecord) {
-    if j.status == "running"
+    if j.status == JobStatus::Running
         && let Ok(db) = state.pool.get().await
     {
         let _ = super::jobs::live_counts(state, &db, &mut j).await;
@@ -515,10 +516,10 @@ mod tests {
         }
     }
 
-    fn state_change(job: Uuid, status: &str) -> Event {
+    fn state_change(job: Uuid, status: JobStatus) -> Event {
         Event::Job(JobMsg {
             job_id: job,
-            status: status.into(),
+            status,
             owner: None,
             model: None,
             rows_read: 0,
@@ -539,14 +540,14 @@ mod tests {
         conn.subs.lock().unwrap().all = true;
         let rx = hub.subscribe();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        hub.receive(state_change(a, "running"));
-        hub.receive(state_change(a, "succeeded"));
-        hub.receive(state_change(b, "running"));
+        hub.receive(state_change(a, JobStatus::Running));
+        hub.receive(state_change(a, JobStatus::Succeeded));
+        hub.receive(state_change(b, JobStatus::Running));
         let resyncs = std::sync::atomic::AtomicUsize::new(0);
         let relayed = relay(rx, &conn, || async {
             resyncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             // What the database says now.
-            conn.relay(&state_change(a, "succeeded"));
+            conn.relay(&state_change(a, JobStatus::Succeeded));
         });
         // The hub is dropped after its last event: the relay ends.
         drop(hub);

@@ -3,7 +3,8 @@
 use std::io::Write;
 
 use clap::Subcommand;
-use nexus_loaders::jobs::{self, STATUSES};
+use nexus_loaders::JobStatus;
+use nexus_loaders::jobs;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -15,8 +16,8 @@ use crate::jobs::storage::LocalStorage;
 pub enum JobsCommand {
     /// Recent jobs, newest first.
     List {
-        #[arg(long)]
-        status: Option<String>,
+        #[arg(long, value_parser = str::parse::<JobStatus>)]
+        status: Option<JobStatus>,
         #[arg(long, default_value_t = 20)]
         limit: i64,
         #[arg(long)]
@@ -52,16 +53,6 @@ fn parse_id(id: &str) -> anyhow::Result<Uuid> {
 }
 
 pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
-    if let JobsCommand::List {
-        status: Some(s), ..
-    } = &command
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(exit::usage(format!(
-            "--status {s}: use one of {}",
-            STATUSES.join(", ")
-        )));
-    }
     let database = Database::open(config).await?;
     let result = async {
         let mut client = database.connect().await?;
@@ -73,7 +64,7 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                 limit,
                 json,
             } => {
-                let list = jobs::list(&client, status.as_deref(), limit.clamp(1, 10_000)).await?;
+                let list = jobs::list(&client, status, limit.clamp(1, 10_000)).await?;
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&list)?)?;
                 } else {
@@ -109,12 +100,10 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                 let id = parse_id(&id)?;
                 match jobs::request_cancel(&mut client, id).await? {
                     None => return Err(exit::failed(format!("no job {id}"))),
-                    Some(s) if s == "running" => {
+                    Some(JobStatus::Running) => {
                         writeln!(out, "cancelling job {id}: it stops at its next batch")?
                     }
-                    Some(s) if s == "queued" || s == "failed" => {
-                        writeln!(out, "cancelled job {id}")?
-                    }
+                    Some(s) if s.is_cancellable() => writeln!(out, "cancelled job {id}")?,
                     Some(s) => {
                         return Err(exit::failed(format!("job {id} is {s}; nothing to cancel")));
                     }

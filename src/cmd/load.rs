@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use nexus_loaders::catalog;
 use nexus_loaders::jobs::JobRecord;
-use nexus_loaders::load::{LoadOutcome, LoadRequest, Mode, run_load};
+use nexus_loaders::load::{LoadOutcome, LoadRequest, run_load};
+use nexus_loaders::{JobStatus, Mode};
 use nexus_pipeline::Model;
 use nexus_pipeline::model::InputDef;
 use nexus_pipeline::progress::Progress;
@@ -20,13 +21,6 @@ use nexus_pipeline::progress::Progress;
 use crate::config::Config;
 use crate::db::{self, Database};
 use crate::exit::{self, FAILED, TOO_MANY_REJECTS};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ModeArg {
-    Append,
-    Upsert,
-    Replace,
-}
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -39,8 +33,10 @@ pub struct LoadArgs {
     /// Files to load; `-` reads stdin. `.gz` and `.zst` are decompressed.
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value = "append")]
-    mode: ModeArg,
+    /// append, upsert (by the model's key; the last row for a key wins) or
+    /// replace (empty the table and load, in one transaction).
+    #[arg(long, default_value_t = Mode::Append, value_parser = str::parse::<Mode>)]
+    mode: Mode,
     /// Input format (csv; ndjson and parquet are not supported yet).
     #[arg(long, default_value = "csv")]
     format: String,
@@ -149,11 +145,7 @@ async fn load_all(
             .with_input(&args.overrides())
             .map_err(|e| exit::usage(e.to_string()))?,
     );
-    let mode = match args.mode {
-        ModeArg::Append => Mode::Append,
-        ModeArg::Upsert => Mode::Upsert,
-        ModeArg::Replace => Mode::Replace,
-    };
+    let mode = args.mode;
     if mode == Mode::Upsert && model.key.is_empty() {
         return Err(exit::usage(format!(
             "--mode upsert needs a key, and `{}` has none (give the table a primary key or the model a key)",
@@ -237,8 +229,8 @@ async fn load_all(
 }
 
 fn exit_code(o: &LoadOutcome) -> u8 {
-    match o.job.status.as_str() {
-        "succeeded" | "skipped" => 0,
+    match o.job.status {
+        JobStatus::Succeeded | JobStatus::Skipped => 0,
         _ if o.rejects_exceeded => TOO_MANY_REJECTS,
         _ => FAILED,
     }
@@ -348,7 +340,7 @@ fn print_summary(o: &LoadOutcome, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let file = j.file_name.as_deref().unwrap_or("-");
-    if j.status == "skipped" {
+    if j.status == JobStatus::Skipped {
         writeln!(
             out,
             "skipped: {file} was already loaded into {} (use --force to load it again) [job {}]",

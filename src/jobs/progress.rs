@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nexus_loaders::JobStatus;
 use nexus_pipeline::progress::Progress;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -18,10 +19,10 @@ use uuid::Uuid;
 /// How often progress is sampled and published.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProgressMsg {
     pub job_id: Uuid,
-    pub status: String,
+    pub status: JobStatus,
     pub rows_read: i64,
     pub rows_committed: i64,
     pub rows_rejected: i64,
@@ -37,7 +38,7 @@ pub struct ProgressMsg {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobMsg {
     pub job_id: Uuid,
-    pub status: String,
+    pub status: JobStatus,
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
@@ -172,7 +173,7 @@ impl Hub {
                 });
                 ProgressMsg {
                     job_id: *id,
-                    status: "running".into(),
+                    status: JobStatus::Running,
                     rows_read: s.rows_read as i64,
                     rows_committed: s.rows_committed as i64,
                     rows_rejected: s.rows_rejected as i64,
@@ -201,7 +202,7 @@ impl Hub {
                 Event::Progress(p)
             }
             Event::Job(j) => {
-                if j.status != "running" {
+                if j.status != JobStatus::Running {
                     self.latest.lock().expect("hub").remove(&j.job_id);
                 }
                 Event::Job(j)

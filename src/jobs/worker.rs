@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use nexus_loaders::JobStatus;
 use nexus_loaders::jobs::{self, Claimed};
-use nexus_loaders::load::{LoadError, LoadRequest, Mode};
+use nexus_loaders::load::{LoadError, LoadRequest};
 use nexus_pipeline::progress::Progress;
 use tokio::sync::watch;
 
@@ -94,11 +95,6 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
     };
     let outcome = match state.models.get(&job.model) {
         Ok(model) => {
-            let mode = match job.mode.as_str() {
-                "upsert" => Mode::Upsert,
-                "replace" => Mode::Replace,
-                _ => Mode::Append,
-            };
             let req = LoadRequest {
                 model_key: model.name.clone(),
                 model,
@@ -106,7 +102,7 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
                 file_name: job.file_name.clone(),
                 file_hash: job.file_hash.clone(),
                 bytes_total: job.bytes_total.map(|b| b as u64),
-                mode,
+                mode: job.mode,
                 atomic: job.atomic,
                 force: false,
                 has_header: true,
@@ -136,8 +132,9 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
     renewer.abort();
     match outcome {
         Ok(status) => {
-            tracing::info!(job = %id, status, "job finished");
-            if matches!(status.as_str(), "succeeded" | "skipped" | "cancelled") {
+            tracing::info!(job = %id, %status, "job finished");
+            // A failed job's upload is kept for a look (NEXUS_UPLOAD_RETENTION).
+            if status.is_finished() && status != JobStatus::Failed {
                 let _ = state.storage.remove(&job.storage_key).await;
             }
         }
@@ -151,7 +148,7 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
             let e = e.to_string();
             tracing::error!(job = %id, error = %e, "job failed");
             if let Ok(db) = state.pool.get().await {
-                let _ = jobs::finish(&**db, id, "failed", Some(&e), 0, 0).await;
+                let _ = jobs::finish(&**db, id, JobStatus::Failed, Some(&e), 0, 0).await;
             }
         }
     }
