@@ -143,6 +143,20 @@ async fn lock_file(
     .get(0))
 }
 
+/// Takes the lock that lets one process at a time run a job, for as long
+/// as this session lasts.
+async fn lock_job(
+    c: &impl tokio_postgres::GenericClient,
+    id: Uuid,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
+        &[&format!("job {id}")],
+    )
+    .await?
+    .get(0))
+}
+
 async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
     let ledger_key = format!("{}\n{}", req.model_key, req.file_hash);
@@ -151,18 +165,10 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         &[&ledger_key],
     )
     .await?;
-    let lock_job = |id: Uuid| format!("job {id}");
     if let Some((id, opts)) =
         jobs::find_resumable(&tx, &req.model_key, &req.file_hash, req.mode, req.atomic).await?
     {
-        let locked: bool = tx
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
-                &[&lock_job(id)],
-            )
-            .await?
-            .get(0);
-        if !locked {
+        if !lock_job(&tx, id).await? {
             return Err(LoadError::Busy(id));
         }
         if !lock_file(&tx, req).await? {
@@ -209,11 +215,8 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         tx.commit().await?;
         return Ok(Claim::Skipped(id));
     }
-    tx.query_one(
-        "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
-        &[&lock_job(id)],
-    )
-    .await?;
+    // A job made in this transaction: nobody else can hold its lock.
+    lock_job(&tx, id).await?;
     tx.commit().await?;
     Ok(Claim::Run {
         id,
@@ -226,14 +229,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
 /// ledger, and read the batch bounds it was created with.
 async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
-    let locked: bool = tx
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
-            &[&format!("job {id}")],
-        )
-        .await?
-        .get(0);
-    if !locked {
+    if !lock_job(&tx, id).await? {
         return Err(LoadError::Busy(id));
     }
     if !lock_file(&tx, req).await? {
@@ -285,10 +281,29 @@ struct Shared {
     error: Mutex<Option<String>>,
     progress: Arc<Progress>,
     max_rejects: Option<u64>,
+    max_reject_ratio: Option<f64>,
+    /// Set by a signal or a lost lease.
+    interrupt: Arc<AtomicBool>,
     model: String,
 }
 
 impl Shared {
+    /// How the run stands now, from what this process saw (`close` then
+    /// counts what the database holds).
+    fn run_end(&self) -> RunEnd {
+        let snapshot = self.progress.snapshot();
+        RunEnd {
+            error: self.error.lock().expect("error slot").clone(),
+            outage: self.outage.load(Ordering::SeqCst),
+            cancelled: self.cancelled.load(Ordering::SeqCst),
+            interrupted: self.interrupt.load(Ordering::SeqCst),
+            rows_read: snapshot.rows_read as i64,
+            rows_rejected: snapshot.rows_rejected as i64,
+            max_rejects: self.max_rejects,
+            max_reject_ratio: self.max_reject_ratio,
+        }
+    }
+
     fn fail(&self, message: String) {
         let mut e = self.error.lock().expect("error slot");
         if e.is_none() {
@@ -397,6 +412,8 @@ pub async fn run_load(
         error: Mutex::new(None),
         progress: progress.clone(),
         max_rejects: req.model.input.max_rejects,
+        max_reject_ratio: req.model.input.max_reject_ratio,
+        interrupt: req.interrupt.clone(),
         model: req.model_key.clone(),
     });
     let watcher = spawn_stop_watcher(
@@ -406,12 +423,16 @@ pub async fn run_load(
         req.interrupt.clone(),
     );
 
-    let writers = if whole {
-        1
+    let plan = if whole {
+        WriterPlan::Whole {
+            replace: req.mode == Mode::Replace,
+        }
     } else {
-        req.copy_connections.max(1)
+        WriterPlan::Parallel {
+            connections: req.copy_connections.max(1),
+        }
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(writers * 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(plan.connections() * 2);
     let run_opts = RunOptions {
         batch_size: options.batch_size,
         max_batch_bytes: options.max_batch_bytes,
@@ -465,31 +486,18 @@ pub async fn run_load(
             let model = CachedModel::of(&req.model)?;
             BatchCache::start(c.clone(), model, &target.columns, job_id, url).map(Arc::new)
         });
-        if whole {
-            run_whole(
-                url,
-                target,
-                cache.clone(),
-                job_id,
-                rx,
-                &shared,
-                &control,
-                req.mode == Mode::Replace,
-                &req,
-            )
-            .await;
-        } else {
-            run_parallel(
-                url,
-                target,
-                cache.clone(),
-                job_id,
-                rx,
-                &shared,
-                writers,
-                &committed,
-            )
-            .await;
+        let writers = Writers {
+            url,
+            target,
+            cache: cache.clone(),
+            job_id,
+            shared: &shared,
+        };
+        match plan {
+            WriterPlan::Whole { replace } => writers.whole(rx, replace, &control).await,
+            WriterPlan::Parallel { connections } => {
+                writers.parallel(rx, connections, &committed).await
+            }
         }
         // Write-through work is part of the load; write-behind goes on.
         if let Some(c) = &cache {
@@ -507,26 +515,16 @@ pub async fn run_load(
     };
     watcher.abort();
 
-    let writer_error = shared.error.lock().expect("error slot").clone();
-    let outage = shared.outage.load(Ordering::SeqCst);
-    let error = match writer_error {
-        Some(e) if outage => Some(format!(
+    let mut end = shared.run_end();
+    if let (Some(e), true) = (&end.error, end.outage) {
+        end.error = Some(format!(
             "gave up after {}s of database errors ({e}); the job is resumable: run the same command again",
             req.retry.as_secs()
-        )),
-        Some(e) => Some(e),
-        None => read_result.err().map(|e| e.to_string()),
-    };
-    let end = RunEnd {
-        error,
-        outage,
-        cancelled: shared.cancelled.load(Ordering::SeqCst),
-        interrupted: req.interrupt.load(Ordering::SeqCst),
-        rows_read: progress.snapshot().rows_read as i64,
-        rows_rejected: progress.snapshot().rows_rejected as i64,
-        max_rejects: req.model.input.max_rejects,
-        max_reject_ratio: req.model.input.max_reject_ratio,
-    };
+        ));
+    }
+    if end.error.is_none() {
+        end.error = read_result.err().map(|e| e.to_string());
+    }
     let closing = Closing {
         job_id,
         whole,
@@ -760,136 +758,169 @@ fn spawn_stop_watcher(
     })
 }
 
-/// K writers, each committing whole batches in their own transactions.
-#[allow(clippy::too_many_arguments)]
-async fn run_parallel(
-    url: &str,
-    target: Arc<Target>,
-    cache: Option<Arc<BatchCache>>,
-    job_id: Uuid,
-    rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
-    shared: &Arc<Shared>,
-    writers: usize,
-    committed: &HashSet<u64>,
-) {
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let gate =
-        (target.mode == Mode::Upsert).then(|| Arc::new(SeqGate::new(committed.iter().copied())));
-    let mut tasks = Vec::new();
-    for _ in 0..writers {
-        let (rx, shared, target, gate, url, cache) = (
-            rx.clone(),
-            shared.clone(),
-            target.clone(),
-            gate.clone(),
-            url.to_string(),
-            cache.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut writer = match BatchWriter::connect(&url, target, job_id).await {
-                Ok(w) => w.with_cache(cache),
-                Err(e) => {
-                    shared.fail_db("cannot connect a COPY writer: ", &e);
-                    if let Some(g) = &gate {
-                        g.abort();
-                    }
-                    return;
-                }
-            };
-            loop {
-                if shared.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Some(batch) = rx.lock().await.recv().await else {
-                    break;
-                };
-                let rows_read = batch.rows_read;
-                match writer.write_batch(batch, gate.as_deref()).await {
-                    Ok(c) => shared.count(c, rows_read),
-                    Err(WriteError::Aborted) => break,
-                    Err(e) => {
-                        shared.fail_write(e);
-                        if let Some(g) = &gate {
-                            g.abort();
-                        }
-                        break;
-                    }
-                }
-            }
-            // A stopped writer lets waiting upserts go: they will see `stop`.
-            if shared.stop.load(Ordering::SeqCst)
-                && let Some(g) = &gate
-            {
-                g.abort();
-            }
-        }));
-    }
-    drop(rx);
-    for t in tasks {
-        if let Err(e) = t.await {
-            shared.fail(format!("a COPY writer panicked: {e}"));
+/// How a load's batches are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterPlan {
+    /// `connections` writers, each batch in its own transaction.
+    Parallel { connections: usize },
+    /// One writer, one transaction for the whole load (`--atomic`, or
+    /// `replace`, which empties the table first).
+    Whole { replace: bool },
+}
+
+impl WriterPlan {
+    fn connections(self) -> usize {
+        match self {
+            WriterPlan::Parallel { connections } => connections,
+            WriterPlan::Whole { .. } => 1,
         }
     }
 }
 
-/// One writer, one transaction for the whole load (`--atomic`, `replace`).
-/// Rejects go through the control connection so they outlive a rollback.
-#[allow(clippy::too_many_arguments)]
-async fn run_whole(
-    url: &str,
+/// What the writers of one load share.
+struct Writers<'a> {
+    url: &'a str,
     target: Arc<Target>,
     cache: Option<Arc<BatchCache>>,
     job_id: Uuid,
-    mut rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
-    shared: &Arc<Shared>,
-    control: &Client,
-    replace: bool,
-    req: &LoadRequest,
-) {
-    let mut writer = match BatchWriter::connect(url, target, job_id).await {
-        Ok(w) => w.with_cache(cache),
+    shared: &'a Arc<Shared>,
+}
+
+/// A COPY writer for the load, or none (the load failed, saying why).
+async fn open_writer(
+    url: &str,
+    target: Arc<Target>,
+    job_id: Uuid,
+    cache: Option<Arc<BatchCache>>,
+    shared: &Shared,
+) -> Option<BatchWriter> {
+    match BatchWriter::connect(url, target, job_id).await {
+        Ok(w) => Some(w.with_cache(cache)),
         Err(e) => {
             shared.fail_db("cannot connect a COPY writer: ", &e);
+            None
+        }
+    }
+}
+
+impl Writers<'_> {
+    /// `connections` writers, each committing whole batches in their own
+    /// transactions; upserts merge in batch order (`SeqGate`).
+    async fn parallel(
+        &self,
+        rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
+        connections: usize,
+        committed: &HashSet<u64>,
+    ) {
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let gate = (self.target.mode == Mode::Upsert)
+            .then(|| Arc::new(SeqGate::new(committed.iter().copied())));
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let (rx, shared, gate) = (rx.clone(), self.shared.clone(), gate.clone());
+            let (url, target, cache) = (
+                self.url.to_string(),
+                self.target.clone(),
+                self.cache.clone(),
+            );
+            let job_id = self.job_id;
+            tasks.push(tokio::spawn(async move {
+                // Writers connect at once, each retrying on its own.
+                let writer = open_writer(&url, target, job_id, cache, &shared).await;
+                let Some(mut writer) = writer else {
+                    if let Some(g) = &gate {
+                        g.abort();
+                    }
+                    return;
+                };
+                loop {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Some(batch) = rx.lock().await.recv().await else {
+                        break;
+                    };
+                    let rows_read = batch.rows_read;
+                    match writer.write_batch(batch, gate.as_deref()).await {
+                        Ok(c) => shared.count(c, rows_read),
+                        Err(WriteError::Aborted) => break,
+                        Err(e) => {
+                            shared.fail_write(e);
+                            if let Some(g) = &gate {
+                                g.abort();
+                            }
+                            break;
+                        }
+                    }
+                }
+                // A stopped writer lets waiting upserts go: they will see `stop`.
+                if shared.stop.load(Ordering::SeqCst)
+                    && let Some(g) = &gate
+                {
+                    g.abort();
+                }
+            }));
+        }
+        drop(rx);
+        for t in tasks {
+            if let Err(e) = t.await {
+                self.shared.fail(format!("a COPY writer panicked: {e}"));
+            }
+        }
+    }
+
+    /// One writer, one transaction for the whole load. Rejects go through
+    /// the control connection so they outlive a rollback. It commits only
+    /// what the verdict would call a success.
+    async fn whole(
+        &self,
+        mut rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
+        replace: bool,
+        control: &Client,
+    ) {
+        let shared = self.shared;
+        let writer = open_writer(
+            self.url,
+            self.target.clone(),
+            self.job_id,
+            self.cache.clone(),
+            shared,
+        )
+        .await;
+        let Some(mut writer) = writer else {
+            return;
+        };
+        if let Err(e) = writer.begin_whole(replace).await {
+            shared.fail_db("", &e);
             return;
         }
-    };
-    if let Err(e) = writer.begin_whole(replace).await {
-        shared.fail_db("", &e);
-        return;
-    }
-    while !shared.stop.load(Ordering::SeqCst) {
-        let Some(batch) = rx.recv().await else { break };
-        let rows_read = batch.rows_read;
-        match writer.apply_in_whole(batch).await {
-            Ok((c, rejects)) => {
-                if let Err(e) = insert_rejects(control, None, job_id, &rejects).await {
-                    shared.fail_db("", &e);
+        while !shared.stop.load(Ordering::SeqCst) {
+            let Some(batch) = rx.recv().await else { break };
+            let rows_read = batch.rows_read;
+            match writer.apply_in_whole(batch).await {
+                Ok((c, rejects)) => {
+                    if let Err(e) = insert_rejects(control, None, self.job_id, &rejects).await {
+                        shared.fail_db("", &e);
+                        break;
+                    }
+                    shared.count(c, rows_read);
+                }
+                Err(e) => {
+                    shared.fail_write(e);
                     break;
                 }
-                shared.count(c, rows_read);
-            }
-            Err(e) => {
-                shared.fail_write(e);
-                break;
             }
         }
-    }
-    drop(rx);
-    let snapshot = shared.progress.snapshot();
-    let ratio_ok = match req.model.input.max_reject_ratio {
-        Some(r) if snapshot.rows_read > 0 => {
-            snapshot.rows_rejected as f64 / snapshot.rows_read as f64 <= r
+        drop(rx);
+        let commit = !shared.stop.load(Ordering::SeqCst)
+            && verdict(&shared.run_end()).status == JobStatus::Succeeded;
+        if let Err(e) = writer.finish_whole(commit).await {
+            shared.fail_db("", &e);
         }
-        _ => true,
-    };
-    let commit =
-        !shared.stop.load(Ordering::SeqCst) && ratio_ok && !req.interrupt.load(Ordering::SeqCst);
-    if let Err(e) = writer.finish_whole(commit).await {
-        shared.fail_db("", &e);
-    }
-    if !commit {
-        // Nothing of this run is kept but its rejects.
-        shared.progress.rows_committed.store(0, Ordering::Relaxed);
+        if !commit {
+            // Nothing of this run is kept but its rejects.
+            shared.progress.rows_committed.store(0, Ordering::Relaxed);
+        }
     }
 }
 
