@@ -1,4 +1,4 @@
-//! The one `Config` of the binary: SPEC §2's variables, read from an
+//! The one `Config` of the binary: the README's settings, read from an
 //! optional `nexus.toml` (`NEXUS_CONFIG`, else `./nexus.toml`) and then the
 //! environment, which wins. In the file a variable is written in lower case
 //! without the `NEXUS_` prefix (`NEXUS_RATE_LIMIT` → `rate_limit`).

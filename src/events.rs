@@ -7,6 +7,7 @@
 //! tier), else — and whenever Redis does not answer — PostgreSQL
 //! `NOTIFY nexus_progress`, which every server always listens to.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,34 @@ impl ProgressBus {
             .await
             .is_ok()
     }
+}
+
+/// Publishes samples of local jobs every 250 ms while they change.
+pub fn spawn_publisher(hub: Arc<Hub>, bus: Arc<ProgressBus>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sent: HashMap<Uuid, ProgressMsg> = HashMap::new();
+        let mut tick = tokio::time::interval(crate::jobs::progress::PROGRESS_EVERY);
+        loop {
+            tick.tick().await;
+            let samples = hub.samples();
+            sent.retain(|id, _| samples.iter().any(|s| s.job_id == *id));
+            let changed: Vec<ProgressMsg> = samples
+                .into_iter()
+                .filter(|s| {
+                    sent.get(&s.job_id)
+                        .is_none_or(|p| (p.rows_read, p.bytes_read) != (s.rows_read, s.bytes_read))
+                })
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            for s in changed {
+                if bus.publish(&s).await {
+                    sent.insert(s.job_id, s);
+                }
+            }
+        }
+    })
 }
 
 /// Starts the listeners; they reconnect until the process ends.

@@ -1,4 +1,4 @@
-//! Exit codes of SPEC §1, carried as an error so that any command can end
+//! Exit codes (README, "For cron"), carried as an error so that any command can end
 //! with the right one and a clear message.
 
 use std::fmt;

@@ -1,5 +1,5 @@
 //! `nexus`: bulk ingestion into PostgreSQL. This file is the command line:
-//! argument parsing, logging, exit codes (SPEC §1), and dispatch to `cmd/`.
+//! argument parsing, logging, exit codes, and dispatch to `cmd/`.
 
 mod api;
 mod auth;

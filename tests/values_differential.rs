@@ -1,4 +1,4 @@
-//! Every value as PostgreSQL reads it (SPEC §9), proved against the server.
+//! Every value as PostgreSQL reads it, proved against the server.
 //!
 //! For each supported type, proptest generators make thousands of inputs —
 //! well-formed, near misses and random text. Each is given to PostgreSQL

@@ -1,4 +1,4 @@
-//! The WebSocket protocol (SPEC §6) against real servers: current state on
+//! The WebSocket protocol (README) against real servers: current state on
 //! subscribe, progress, state changes, ping/pong, errors, heartbeats,
 //! authentication, ownership, a client that never reads, and progress of a
 //! job running on another server.

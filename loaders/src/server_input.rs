@@ -1,4 +1,5 @@
-//! The server half of SPEC §9: values the encoder's fast path left open
+//! The server half of exact values (README, "Values: exactly as PostgreSQL
+//! reads them"): values the encoder's fast path left open
 //! ([`nexus_pipeline::values`]) are read by PostgreSQL's own input
 //! functions, one round trip per deferred column of a batch, on the
 //! writer's connection (whose `TimeZone` is the load's). The server's

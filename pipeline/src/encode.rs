@@ -1,7 +1,7 @@
 //! Text → PostgreSQL binary COPY values, with the model's rules checked on
 //! the way. Hand-written because this is the hot path: the server skips
 //! its own text parsing for binary input, so every value parsed here is CPU
-//! taken off the database (DESIGN.md, "Why binary pays").
+//! taken off the database (binary COPY costs the server less than text).
 
 use crate::model::{Column, Rules, TimeZone};
 use crate::types::ColumnType;

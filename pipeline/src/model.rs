@@ -1,5 +1,5 @@
 //! Models: what a file's rows must look like and where they go. One TOML
-//! format (SPEC §3) for the built-in models and users' own, read through one
+//! format (README, "Models") for the built-in models and users' own, read through one
 //! path so that a built-in model is never a special case.
 
 use std::collections::{BTreeMap, HashSet};
@@ -37,7 +37,7 @@ pub enum ModelError {
     Unknown { name: String, known: Vec<String> },
 }
 
-/// A model file as written: the serde image of SPEC §3's TOML.
+/// A model file as written: the serde image of the model TOML.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelFile {

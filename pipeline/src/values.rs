@@ -1,9 +1,10 @@
 //! PostgreSQL's input functions, as far as the encoder's fast path knows
-//! them exactly (SPEC §9). Each reader answers with a [`Verdict`]: the value
-//! PostgreSQL would store, a refusal PostgreSQL would also make, or
-//! [`Verdict::Unsure`] for a form the fast path does not fully know — the
-//! loader then asks the server's own input function (DESIGN.md, "Values: the
-//! server is the reference"). `tests/values_differential.rs` compares every
+//! them exactly (README, "Values: exactly as PostgreSQL reads them"). Each
+//! reader answers with a [`Verdict`]: the value PostgreSQL would store, a
+//! refusal PostgreSQL would also make, or [`Verdict::Unsure`] for a form the
+//! fast path does not fully know — the loader then asks the server's own
+//! input function (`loaders/src/server_input.rs`: the server is the
+//! reference). `tests/values_differential.rs` compares every
 //! reader with the server over generated inputs.
 //!
 //! The readers follow PostgreSQL's source, not its documentation: `isspace`

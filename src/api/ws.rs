@@ -1,4 +1,4 @@
-//! `GET /api/v2/ws` (SPEC §6): subscribe to a job or to all your jobs;
+//! `GET /api/v2/ws` (the protocol is in the README): subscribe to a job or to all your jobs;
 //! the current state at once, progress at most every 250 ms, every state
 //! change, a heartbeat, ping/pong, and an error message (not a disconnect)
 //! for a bad message. Each connection has its own outbox: progress samples
@@ -134,7 +134,7 @@ fn job_message(j: &JobRecord) -> String {
     typed_first(v)
 }
 
-/// Serializes with `type` first, as SPEC §6 asks.
+/// Serializes with `type` first, as the protocol promises.
 fn typed_first(v: Value) -> String {
     let Value::Object(mut map) = v else {
         return v.to_string();

@@ -1,4 +1,4 @@
-//! Users, passwords, sessions and tokens (SPEC §5): argon2id password
+//! Users, passwords, sessions and tokens: argon2id password
 //! hashes; short-lived JWT access tokens bound to a server-side session, so
 //! that a revoked session or a disabled user is refused at once; rotating
 //! refresh tokens stored only as hashes, whose reuse revokes the session

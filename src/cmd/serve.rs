@@ -137,7 +137,7 @@ async fn serve(
         url.clone(),
         &bus,
     );
-    let publisher = crate::jobs::progress::spawn_publisher(state.hub.clone(), bus);
+    let publisher = crate::events::spawn_publisher(state.hub.clone(), bus);
     drop(control);
     let background = spawn_housekeeping(state.clone());
     let pruner = middleware::spawn_limiter_pruner(state.limiter.clone());

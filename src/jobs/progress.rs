@@ -1,10 +1,10 @@
 //! Live job events for WebSocket subscribers. State changes come from a
-//! trigger on `nexus.jobs` (channel `nexus_jobs`, from any process); progress
-//! of jobs running in this server is sampled every 250 ms and published on
-//! the progress bus (`crate::events`). Every server hears both, so a
-//! subscriber on one server sees jobs running on any of them. The hub keeps counters monotone
-//! per job (a resumed job re-reads its file) and the latest sample for
-//! subscribers that join mid-job.
+//! trigger on `nexus.jobs` (channel `nexus_jobs`, from any process);
+//! progress of jobs running in this server is sampled every 250 ms and
+//! published on the progress bus. `crate::events` publishes and hears both,
+//! so a subscriber on one server sees jobs running on any of them. The hub
+//! keeps counters monotone per job (a resumed job re-reads its file) and the
+//! latest sample for subscribers that join mid-job.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -146,7 +146,7 @@ impl Hub {
     }
 
     /// Samples the jobs running here.
-    fn samples(&self) -> Vec<ProgressMsg> {
+    pub(crate) fn samples(&self) -> Vec<ProgressMsg> {
         let mut local = self.local.lock().expect("hub");
         local
             .iter_mut()
@@ -210,35 +210,4 @@ impl Hub {
         };
         let _ = self.tx.send(Arc::new(event));
     }
-}
-
-/// Publishes samples of local jobs every 250 ms while they change.
-pub fn spawn_publisher(
-    hub: Arc<Hub>,
-    bus: Arc<crate::events::ProgressBus>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut sent: HashMap<Uuid, ProgressMsg> = HashMap::new();
-        let mut tick = tokio::time::interval(PROGRESS_EVERY);
-        loop {
-            tick.tick().await;
-            let samples = hub.samples();
-            sent.retain(|id, _| samples.iter().any(|s| s.job_id == *id));
-            let changed: Vec<ProgressMsg> = samples
-                .into_iter()
-                .filter(|s| {
-                    sent.get(&s.job_id)
-                        .is_none_or(|p| (p.rows_read, p.bytes_read) != (s.rows_read, s.bytes_read))
-                })
-                .collect();
-            if changed.is_empty() {
-                continue;
-            }
-            for s in changed {
-                if bus.publish(&s).await {
-                    sent.insert(s.job_id, s);
-                }
-            }
-        }
-    })
 }
