@@ -1,8 +1,10 @@
-//! One load, end to end: claim (or resume, or skip) the job, start the
-//! pipeline stages, run K COPY writers, enforce reject limits, cancel and
-//! interrupt at batch boundaries, and close the job with counters derived
-//! from what committed. `nexus load` and the service's job workers both
-//! call [`run_load`]; there is no second copy of this path.
+//! One load, end to end, as a [`Load`] in phases: `prepare` (claim, resume,
+//! skip or adopt the job), `run` (the pipeline stages and the writers of its
+//! [`WriterPlan`], reject limits, cancel and interrupt at batch boundaries),
+//! the [`verdict`] (a pure function of counts and limits) and `close` (the
+//! job's end with counters derived from what committed). `nexus load` and
+//! the service's job workers both call [`run_load`]; there is no second copy
+//! of this path.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -343,131 +345,221 @@ impl Shared {
     }
 }
 
-/// Runs one load to its end and returns the closed job.
+/// Runs one load to its end and returns the closed job: [`Load::prepare`],
+/// then [`Load::run`] and [`Load::close`].
 pub async fn run_load(
     url: &str,
     req: LoadRequest,
     progress: Arc<Progress>,
 ) -> Result<LoadOutcome, LoadError> {
-    let started = Instant::now();
-    let mut control = pg::connect_retrying(url, req.retry).await?;
-    migrate(&mut control).await?;
-    if req.create_table && !catalog::table_exists(&control, &req.model).await? {
-        catalog::ensure_table(&control, &req.model).await?;
-    }
-    let claimed = match req.job {
-        Some(id) => adopt(&mut control, &req, id).await?,
-        None => claim(&mut control, &req).await?,
-    };
-    let (job_id, resumed, options) = match claimed {
-        Claim::Skipped(id) => {
-            let job = jobs::get(&control, id)
-                .await?
-                .ok_or(LoadError::Vanished(id))?;
-            return Ok(LoadOutcome {
-                job,
-                rejects_exceeded: false,
-                resumed: false,
-            });
+    match Load::prepare(url, req, progress).await? {
+        Prepared::Skipped(outcome) => Ok(*outcome),
+        Prepared::Ready(load) => {
+            let end = load.run().await;
+            load.close(end).await
         }
-        Claim::Run {
-            id,
+    }
+}
+
+/// One job's run, owned from its claim to its close.
+pub struct Load {
+    url: String,
+    req: LoadRequest,
+    progress: Arc<Progress>,
+    started: Instant,
+    control: Arc<Client>,
+    job_id: Uuid,
+    resumed: bool,
+    options: JobOptions,
+    plan: WriterPlan,
+    /// Batches already committed by earlier runs (none for a whole load).
+    committed: HashSet<u64>,
+    /// The job as it started, for a summary when it cannot be closed.
+    base: JobRecord,
+}
+
+/// What preparing a load came to.
+pub enum Prepared {
+    /// The file was loaded already: the job is closed as `skipped`.
+    Skipped(Box<LoadOutcome>),
+    Ready(Box<Load>),
+}
+
+impl Load {
+    /// Connects, migrates, makes the table if asked, claims (or resumes, or
+    /// skips, or adopts from the queue) the job and seeds the counters with
+    /// what it committed before.
+    pub async fn prepare(
+        url: &str,
+        req: LoadRequest,
+        progress: Arc<Progress>,
+    ) -> Result<Prepared, LoadError> {
+        let started = Instant::now();
+        let mut control = pg::connect_retrying(url, req.retry).await?;
+        migrate(&mut control).await?;
+        if req.create_table && !catalog::table_exists(&control, &req.model).await? {
+            catalog::ensure_table(&control, &req.model).await?;
+        }
+        let claimed = match req.job {
+            Some(id) => adopt(&mut control, &req, id).await?,
+            None => claim(&mut control, &req).await?,
+        };
+        let (job_id, resumed, options) = match claimed {
+            Claim::Skipped(id) => {
+                let job = jobs::get(&control, id)
+                    .await?
+                    .ok_or(LoadError::Vanished(id))?;
+                return Ok(Prepared::Skipped(Box::new(LoadOutcome {
+                    job,
+                    rejects_exceeded: false,
+                    resumed: false,
+                })));
+            }
+            Claim::Run {
+                id,
+                resumed,
+                options,
+            } => (id, resumed, options),
+        };
+        let base = jobs::get(&control, job_id)
+            .await?
+            .ok_or(LoadError::Vanished(job_id))?;
+        let plan = if req.atomic || req.mode == Mode::Replace {
+            WriterPlan::Whole {
+                replace: req.mode == Mode::Replace,
+            }
+        } else {
+            WriterPlan::Parallel {
+                connections: req.copy_connections.max(1),
+            }
+        };
+        let mut committed: HashSet<u64> = jobs::committed_seqs(&control, job_id)
+            .await?
+            .into_iter()
+            .collect();
+        if let WriterPlan::Whole { .. } = plan {
+            // An atomic run commits all or nothing: a re-run starts over.
+            control
+                .execute("DELETE FROM nexus.rejects WHERE job_id = $1", &[&job_id])
+                .await?;
+            committed.clear();
+        }
+        let (done_rows, done_rejects) = jobs::committed_counts(&control, job_id).await?;
+        progress
+            .rows_committed
+            .store(done_rows as u64, Ordering::Relaxed);
+        progress
+            .rows_rejected
+            .store(done_rejects as u64, Ordering::Relaxed);
+        progress
+            .rows_read
+            .store((done_rows + done_rejects) as u64, Ordering::Relaxed);
+        Ok(Prepared::Ready(Box::new(Load {
+            url: url.to_string(),
+            req,
+            progress,
+            started,
+            control: Arc::new(control),
+            job_id,
             resumed,
             options,
-        } => (id, resumed, options),
-    };
-    // The job as it starts, for a summary when it cannot be closed.
-    let base = jobs::get(&control, job_id)
-        .await?
-        .ok_or(LoadError::Vanished(job_id))?;
-    let whole = req.atomic || req.mode == Mode::Replace;
-    let mut committed: HashSet<u64> = jobs::committed_seqs(&control, job_id)
-        .await?
-        .into_iter()
-        .collect();
-    if whole {
-        // An atomic run commits all or nothing: a re-run starts over.
-        control
-            .execute("DELETE FROM nexus.rejects WHERE job_id = $1", &[&job_id])
-            .await?;
-        committed.clear();
+            plan,
+            committed,
+            base,
+        })))
     }
-    let (done_rows, done_rejects) = jobs::committed_counts(&control, job_id).await?;
-    progress
-        .rows_committed
-        .store(done_rows as u64, Ordering::Relaxed);
-    progress
-        .rows_rejected
-        .store(done_rejects as u64, Ordering::Relaxed);
-    progress
-        .rows_read
-        .store((done_rows + done_rejects) as u64, Ordering::Relaxed);
-    let control = Arc::new(control);
 
-    let shared = Arc::new(Shared {
-        stop: AtomicBool::new(false),
-        cancelled: AtomicBool::new(false),
-        exceeded: AtomicBool::new(false),
-        outage: AtomicBool::new(false),
-        error: Mutex::new(None),
-        progress: progress.clone(),
-        max_rejects: req.model.input.max_rejects,
-        max_reject_ratio: req.model.input.max_reject_ratio,
-        interrupt: req.interrupt.clone(),
-        model: req.model_key.clone(),
-    });
-    let watcher = spawn_stop_watcher(
-        control.clone(),
-        job_id,
-        shared.clone(),
-        req.interrupt.clone(),
-    );
+    /// Reads, encodes and writes the file's batches until they end, a limit
+    /// or an error stops them, or the job is cancelled or interrupted; says
+    /// how the run ended.
+    pub async fn run(&self) -> RunEnd {
+        let req = &self.req;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
+            exceeded: AtomicBool::new(false),
+            outage: AtomicBool::new(false),
+            error: Mutex::new(None),
+            progress: self.progress.clone(),
+            max_rejects: req.model.input.max_rejects,
+            max_reject_ratio: req.model.input.max_reject_ratio,
+            interrupt: req.interrupt.clone(),
+            model: req.model_key.clone(),
+        });
+        let watcher = spawn_stop_watcher(
+            self.control.clone(),
+            self.job_id,
+            shared.clone(),
+            req.interrupt.clone(),
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(self.plan.connections() * 2);
+        let run_opts = RunOptions {
+            batch_size: self.options.batch_size,
+            max_batch_bytes: self.options.max_batch_bytes,
+            workers: req.workers.max(1),
+            has_header: self.options.has_header,
+            line_column: req.mode == Mode::Upsert,
+            require_key: req.mode == Mode::Upsert,
+            skip: Arc::new(self.committed.clone()),
+        };
+        let sink_shared = shared.clone();
+        let sink = move |batch: EncodedBatch| {
+            !sink_shared.stop.load(Ordering::SeqCst) && tx.blocking_send(batch).is_ok()
+        };
+        let (path, model, bytes) = (
+            req.path.clone(),
+            req.model.clone(),
+            self.progress.bytes_read.clone(),
+        );
+        let encoding = req.model.input.encoding;
+        let stages = tokio::task::spawn_blocking(move || {
+            let input = source::open(&path, encoding, bytes.clone())?;
+            runner::start(input, model, run_opts, bytes, sink)
+        })
+        .await
+        .map_err(|e| runner::PipelineError::Panic(e.to_string()))
+        .and_then(|r| r);
+        let stages = match stages {
+            Ok(s) => Some(s),
+            Err(e) => {
+                shared.fail(e.to_string());
+                None
+            }
+        };
+        if let Some(stages) = &stages {
+            self.write(stages, rx, &shared).await;
+        } else {
+            drop(rx);
+        }
+        let read_result = match stages {
+            Some(s) => tokio::task::spawn_blocking(move || s.finish())
+                .await
+                .map_err(|e| runner::PipelineError::Panic(e.to_string()))
+                .and_then(|r| r),
+            None => Ok(Default::default()),
+        };
+        watcher.abort();
+        let mut end = shared.run_end();
+        if let (Some(e), true) = (&end.error, end.outage) {
+            end.error = Some(format!(
+                "gave up after {}s of database errors ({e}); the job is resumable: run the same command again",
+                req.retry.as_secs()
+            ));
+        }
+        if end.error.is_none() {
+            end.error = read_result.err().map(|e| e.to_string());
+        }
+        end
+    }
 
-    let plan = if whole {
-        WriterPlan::Whole {
-            replace: req.mode == Mode::Replace,
-        }
-    } else {
-        WriterPlan::Parallel {
-            connections: req.copy_connections.max(1),
-        }
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(plan.connections() * 2);
-    let run_opts = RunOptions {
-        batch_size: options.batch_size,
-        max_batch_bytes: options.max_batch_bytes,
-        workers: req.workers.max(1),
-        has_header: options.has_header,
-        line_column: req.mode == Mode::Upsert,
-        require_key: req.mode == Mode::Upsert,
-        skip: Arc::new(committed.clone()),
-    };
-    let sink_shared = shared.clone();
-    let sink = move |batch: EncodedBatch| {
-        !sink_shared.stop.load(Ordering::SeqCst) && tx.blocking_send(batch).is_ok()
-    };
-    let (path, model, bytes) = (
-        req.path.clone(),
-        req.model.clone(),
-        progress.bytes_read.clone(),
-    );
-    let encoding = req.model.input.encoding;
-    let stages = tokio::task::spawn_blocking(move || {
-        let input = source::open(&path, encoding, bytes.clone())?;
-        runner::start(input, model, run_opts, bytes, sink)
-    })
-    .await
-    .map_err(|e| runner::PipelineError::Panic(e.to_string()))
-    .and_then(|r| r);
-
-    let stages = match stages {
-        Ok(s) => Some(s),
-        Err(e) => {
-            shared.fail(e.to_string());
-            None
-        }
-    };
-    if let Some(stages) = &stages {
+    /// The writers of the plan, and the cache stage behind them.
+    async fn write(
+        &self,
+        stages: &runner::Stages,
+        rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
+        shared: &Arc<Shared>,
+    ) {
+        let req = &self.req;
         let target = Arc::new(Target {
             table: req.model.qualified_table(),
             columns: stages
@@ -484,99 +576,76 @@ pub async fn run_load(
         });
         let cache = req.cache.as_ref().and_then(|c| {
             let model = CachedModel::of(&req.model)?;
-            BatchCache::start(c.clone(), model, &target.columns, job_id, url).map(Arc::new)
+            BatchCache::start(c.clone(), model, &target.columns, self.job_id, &self.url)
+                .map(Arc::new)
         });
         let writers = Writers {
-            url,
+            url: &self.url,
             target,
             cache: cache.clone(),
-            job_id,
-            shared: &shared,
+            job_id: self.job_id,
+            shared,
         };
-        match plan {
-            WriterPlan::Whole { replace } => writers.whole(rx, replace, &control).await,
+        match self.plan {
+            WriterPlan::Whole { replace } => writers.whole(rx, replace, &self.control).await,
             WriterPlan::Parallel { connections } => {
-                writers.parallel(rx, connections, &committed).await
+                writers.parallel(rx, connections, &self.committed).await
             }
         }
         // Write-through work is part of the load; write-behind goes on.
         if let Some(c) = &cache {
             c.finish().await;
         }
-    } else {
-        drop(rx);
     }
-    let read_result = match stages {
-        Some(s) => tokio::task::spawn_blocking(move || s.finish())
-            .await
-            .map_err(|e| runner::PipelineError::Panic(e.to_string()))
-            .and_then(|r| r),
-        None => Ok(Default::default()),
-    };
-    watcher.abort();
 
-    let mut end = shared.run_end();
-    if let (Some(e), true) = (&end.error, end.outage) {
-        end.error = Some(format!(
-            "gave up after {}s of database errors ({e}); the job is resumable: run the same command again",
-            req.retry.as_secs()
-        ));
-    }
-    if end.error.is_none() {
-        end.error = read_result.err().map(|e| e.to_string());
-    }
-    let closing = Closing {
-        job_id,
-        whole,
-        queued: req.job.is_some(),
-        bytes_read: progress.bytes_read.load(Ordering::Relaxed) as i64,
-        duration_ms: started.elapsed().as_millis() as i64,
-        resumed,
-    };
-    let closed = match close(
-        control.as_ref(),
-        &closing,
-        end.clone(),
-        req.cache.as_deref(),
-    )
-    .await
-    {
-        Err(LoadError::Db(e)) if pg::classify(&e) == pg::ErrorKind::Transient => {
-            // The control connection may be the casualty of an outage the
-            // writers rode out: once more on a new one.
-            match pg::connect_retrying(url, CLOSE_RETRY).await {
-                Ok(c) => close(&c, &closing, end.clone(), req.cache.as_deref()).await,
-                Err(e) => Err(e.into()),
+    /// Gives the job its verdict and closes it. When the database cannot be
+    /// reached to close it, the job stays open there (and so resumable) and
+    /// the caller still gets a summary of how far it got.
+    pub async fn close(self, end: RunEnd) -> Result<LoadOutcome, LoadError> {
+        let closing = Closing {
+            job_id: self.job_id,
+            whole: matches!(self.plan, WriterPlan::Whole { .. }),
+            queued: self.req.job.is_some(),
+            bytes_read: self.progress.bytes_read.load(Ordering::Relaxed) as i64,
+            duration_ms: self.started.elapsed().as_millis() as i64,
+            resumed: self.resumed,
+        };
+        let cache = self.req.cache.as_deref();
+        let closed = match close(self.control.as_ref(), &closing, end.clone(), cache).await {
+            Err(LoadError::Db(e)) if pg::classify(&e) == pg::ErrorKind::Transient => {
+                // The control connection may be the casualty of an outage the
+                // writers rode out: once more on a new one.
+                match pg::connect_retrying(&self.url, CLOSE_RETRY).await {
+                    Ok(c) => close(&c, &closing, end.clone(), cache).await,
+                    Err(e) => Err(e.into()),
+                }
             }
+            other => other,
+        };
+        match closed {
+            Err(LoadError::Db(e)) if pg::classify(&e) == pg::ErrorKind::Transient => {
+                let mut job = self.base;
+                let v = verdict(&end);
+                job.status = JobStatus::Failed;
+                job.error = Some(format!(
+                    "{}; and the job could not be closed ({}): it is resumable",
+                    v.error.as_deref().unwrap_or("stopped"),
+                    describe(&e)
+                ));
+                let s = self.progress.snapshot();
+                job.rows_read = s.rows_read as i64;
+                job.rows_committed = s.rows_committed as i64;
+                job.rows_rejected = s.rows_rejected as i64;
+                job.bytes_read = closing.bytes_read;
+                job.duration_ms = closing.duration_ms;
+                Ok(LoadOutcome {
+                    job,
+                    rejects_exceeded: false,
+                    resumed: self.resumed,
+                })
+            }
+            other => other,
         }
-        other => other,
-    };
-    match closed {
-        Ok(outcome) => Ok(outcome),
-        Err(LoadError::Db(e)) if pg::classify(&e) == pg::ErrorKind::Transient => {
-            // The job stays open in the database, and so resumable; the
-            // caller still learns how far it got.
-            let mut job = base;
-            let v = verdict(&end);
-            job.status = JobStatus::Failed;
-            job.error = Some(format!(
-                "{}; and the job could not be closed ({}): it is resumable",
-                v.error.as_deref().unwrap_or("stopped"),
-                describe(&e)
-            ));
-            let s = progress.snapshot();
-            job.rows_read = s.rows_read as i64;
-            job.rows_committed = s.rows_committed as i64;
-            job.rows_rejected = s.rows_rejected as i64;
-            job.bytes_read = closing.bytes_read;
-            job.duration_ms = closing.duration_ms;
-            Ok(LoadOutcome {
-                job,
-                rejects_exceeded: false,
-                resumed,
-            })
-        }
-        Err(e) => Err(e),
     }
 }
 
