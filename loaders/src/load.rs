@@ -17,6 +17,7 @@ use nexus_pipeline::runner::{self, RunOptions};
 use nexus_pipeline::{EncodedBatch, Model, source};
 use serde::Serialize;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cache::{BatchCache, Cache, CachedModel};
@@ -51,8 +52,10 @@ pub struct LoadRequest {
     /// Create the model's table if missing (`--model`; not `--table`).
     pub create_table: bool,
     pub owner: Option<String>,
-    /// Set by a signal handler: stop at the next batch boundary, resumable.
-    pub interrupt: Arc<AtomicBool>,
+    /// Cancelled by a signal, a server's shutdown or a lost lease: stop at
+    /// the next batch boundary, resumable. (A user's cancel is the job's
+    /// own flag in the database.)
+    pub interrupt: CancellationToken,
     /// A job already claimed from the queue: run it rather than finding or
     /// creating one by file. Interrupted, it goes back to the queue.
     pub job: Option<Uuid>,
@@ -274,7 +277,10 @@ pub fn queued_job_options(model: &Model, has_header: bool) -> serde_json::Value 
 
 /// State the writers share.
 struct Shared {
-    stop: AtomicBool,
+    /// Stops the load at the next batch boundary: a child of the request's
+    /// interrupt, also cancelled by an error, the reject limit or the job's
+    /// cancel.
+    stop: CancellationToken,
     cancelled: AtomicBool,
     exceeded: AtomicBool,
     /// The error that stopped the load was the database out of reach
@@ -284,8 +290,8 @@ struct Shared {
     progress: Arc<Progress>,
     max_rejects: Option<u64>,
     max_reject_ratio: Option<f64>,
-    /// Set by a signal or a lost lease.
-    interrupt: Arc<AtomicBool>,
+    /// Cancelled by a signal, a shutdown or a lost lease.
+    interrupt: CancellationToken,
     model: String,
 }
 
@@ -298,7 +304,7 @@ impl Shared {
             error: self.error.lock().expect("error slot").clone(),
             outage: self.outage.load(Ordering::SeqCst),
             cancelled: self.cancelled.load(Ordering::SeqCst),
-            interrupted: self.interrupt.load(Ordering::SeqCst),
+            interrupted: self.interrupt.is_cancelled(),
             rows_read: snapshot.rows_read as i64,
             rows_rejected: snapshot.rows_rejected as i64,
             max_rejects: self.max_rejects,
@@ -311,7 +317,7 @@ impl Shared {
         if e.is_none() {
             *e = Some(message);
         }
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.cancel();
     }
 
     /// Fails the load with a database error, noting an outage.
@@ -340,7 +346,7 @@ impl Shared {
             && self.progress.rows_rejected.load(Ordering::Relaxed) > max
         {
             self.exceeded.store(true, Ordering::SeqCst);
-            self.stop.store(true, Ordering::SeqCst);
+            self.stop.cancel();
         }
     }
 }
@@ -475,7 +481,7 @@ impl Load {
     pub async fn run(&self) -> RunEnd {
         let req = &self.req;
         let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
+            stop: req.interrupt.child_token(),
             cancelled: AtomicBool::new(false),
             exceeded: AtomicBool::new(false),
             outage: AtomicBool::new(false),
@@ -486,12 +492,7 @@ impl Load {
             interrupt: req.interrupt.clone(),
             model: req.model_key.clone(),
         });
-        let watcher = spawn_stop_watcher(
-            self.control.clone(),
-            self.job_id,
-            shared.clone(),
-            req.interrupt.clone(),
-        );
+        let watcher = spawn_stop_watcher(self.control.clone(), self.job_id, shared.clone());
         let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(self.plan.connections() * 2);
         let run_opts = RunOptions {
             batch_size: self.options.batch_size,
@@ -504,7 +505,7 @@ impl Load {
         };
         let sink_shared = shared.clone();
         let sink = move |batch: EncodedBatch| {
-            !sink_shared.stop.load(Ordering::SeqCst) && tx.blocking_send(batch).is_ok()
+            !sink_shared.stop.is_cancelled() && tx.blocking_send(batch).is_ok()
         };
         let (path, model, bytes) = (
             req.path.clone(),
@@ -798,34 +799,34 @@ pub fn verdict(end: &RunEnd) -> Verdict {
     }
 }
 
-/// Polls the job's cancel flag and the interrupt flag; either stops the load
-/// at the next batch boundary.
+/// Stops the load at the next batch boundary when its job's cancel flag is
+/// set (polled: another process sets it). An interrupt needs no watching:
+/// the load's stop is its child.
 fn spawn_stop_watcher(
     control: Arc<Client>,
     job_id: Uuid,
     shared: Arc<Shared>,
-    interrupt: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut polls = 0u32;
+        let mut poll = tokio::time::interval(CANCEL_POLL);
+        poll.tick().await;
         loop {
-            tick.tick().await;
-            if interrupt.load(Ordering::SeqCst) {
-                shared.stop.store(true, Ordering::SeqCst);
-                return;
-            }
-            polls += 1;
-            if polls.is_multiple_of(3)
-                && let Ok(true) = jobs::cancel_requested(&control, job_id).await
-            {
-                shared.cancelled.store(true, Ordering::SeqCst);
-                shared.stop.store(true, Ordering::SeqCst);
-                return;
+            tokio::select! {
+                _ = shared.stop.cancelled() => return,
+                _ = poll.tick() => {
+                    if let Ok(true) = jobs::cancel_requested(&control, job_id).await {
+                        shared.cancelled.store(true, Ordering::SeqCst);
+                        shared.stop.cancel();
+                        return;
+                    }
+                }
             }
         }
     })
 }
+
+/// How often a running load looks for its job's cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(600);
 
 /// How a load's batches are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -903,7 +904,7 @@ impl Writers<'_> {
                     return;
                 };
                 loop {
-                    if shared.stop.load(Ordering::SeqCst) {
+                    if shared.stop.is_cancelled() {
                         break;
                     }
                     let Some(batch) = rx.lock().await.recv().await else {
@@ -923,7 +924,7 @@ impl Writers<'_> {
                     }
                 }
                 // A stopped writer lets waiting upserts go: they will see `stop`.
-                if shared.stop.load(Ordering::SeqCst)
+                if shared.stop.is_cancelled()
                     && let Some(g) = &gate
                 {
                     g.abort();
@@ -963,7 +964,7 @@ impl Writers<'_> {
             shared.fail_db("", &e);
             return;
         }
-        while !shared.stop.load(Ordering::SeqCst) {
+        while !shared.stop.is_cancelled() {
             let Some(batch) = rx.recv().await else { break };
             let rows_read = batch.rows_read;
             match writer.apply_in_whole(batch).await {
@@ -981,7 +982,7 @@ impl Writers<'_> {
             }
         }
         drop(rx);
-        let commit = !shared.stop.load(Ordering::SeqCst)
+        let commit = !shared.stop.is_cancelled()
             && verdict(&shared.run_end()).status == JobStatus::Succeeded;
         if let Err(e) = writer.finish_whole(commit).await {
             shared.fail_db("", &e);

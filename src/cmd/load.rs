@@ -5,7 +5,6 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -17,6 +16,7 @@ use nexus_loaders::{JobStatus, Mode};
 use nexus_pipeline::Model;
 use nexus_pipeline::model::InputDef;
 use nexus_pipeline::progress::Progress;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{self, Database};
@@ -153,7 +153,7 @@ async fn load_all(
         )));
     }
     let cache = super::cache::open(config, false, Default::default())?;
-    let interrupt = Arc::new(AtomicBool::new(false));
+    let interrupt = CancellationToken::new();
     spawn_signal_handler(interrupt.clone());
     let mut code = 0u8;
     for file in &args.files {
@@ -208,7 +208,7 @@ async fn load_all(
         let outcome = outcome.map_err(|e| exit::failed(e.to_string()))?;
         print_summary(&outcome, args.json)?;
         code = code.max(exit_code(&outcome));
-        if interrupt.load(Ordering::SeqCst) {
+        if interrupt.is_cancelled() {
             break;
         }
     }
@@ -237,7 +237,7 @@ fn exit_code(o: &LoadOutcome) -> u8 {
 }
 
 /// SIGINT/SIGTERM stop the load at the next batch boundary; it stays resumable.
-fn spawn_signal_handler(flag: Arc<AtomicBool>) {
+fn spawn_signal_handler(interrupt: CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -251,7 +251,7 @@ fn spawn_signal_handler(flag: Arc<AtomicBool>) {
         eprintln!(
             "nexus: stopping at the next batch boundary (run the same command again to resume)"
         );
-        flag.store(true, Ordering::SeqCst);
+        interrupt.cancel();
     });
 }
 

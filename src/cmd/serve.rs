@@ -18,6 +18,7 @@ use crate::db::{self, Database};
 use crate::events::{ProgressBus, spawn_listeners};
 use crate::exit;
 use crate::jobs::storage::LocalStorage;
+use tokio_util::sync::CancellationToken;
 
 /// How long in-flight requests may run on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -154,26 +155,24 @@ async fn serve(
     tracing::info!(%local, "nexus serving");
     eprintln!("nexus: listening on http://{local}");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The root of every stop: each running job's interrupt is a child of it.
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
-        let _ = stop_tx.send(true);
+        on_signal.cancel();
     });
-    let mut graceful_rx = stop_rx.clone();
     let server = axum::serve(
         listener,
         api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|s| *s).await;
-    });
-    let workers = crate::jobs::worker::spawn(state.clone(), state.config.workers, stop_rx.clone());
-    let mut deadline_rx = stop_rx;
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let workers = crate::jobs::worker::spawn(state.clone(), state.config.workers, shutdown.clone());
     tokio::select! {
         r = server => r?,
         _ = async {
-            let _ = deadline_rx.wait_for(|s| *s).await;
+            shutdown.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
     }

@@ -5,22 +5,21 @@
 //! its lease expires, and resumes from its checkpoints.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nexus_loaders::JobStatus;
 use nexus_loaders::jobs::{self, Claimed};
 use nexus_loaders::load::{LoadError, LoadRequest};
 use nexus_pipeline::progress::Progress;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
 
-/// Runs `n` workers until `shutdown` turns true.
+/// Runs `n` workers until `shutdown` is cancelled.
 pub fn spawn(
     state: AppState,
     n: usize,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
         .map(|i| {
@@ -31,10 +30,10 @@ pub fn spawn(
         .collect()
 }
 
-async fn work(state: AppState, owner: String, mut shutdown: watch::Receiver<bool>) {
+async fn work(state: AppState, owner: String, shutdown: CancellationToken) {
     let lease = state.config.job_lease;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         let claimed = match state.pool.get().await {
@@ -45,12 +44,12 @@ async fn work(state: AppState, owner: String, mut shutdown: watch::Receiver<bool
             }
         };
         match claimed {
-            Ok(Some(job)) => run(&state, &owner, job, shutdown.clone()).await,
+            Ok(Some(job)) => run(&state, &owner, job, shutdown.child_token()).await,
             Ok(None) => {
                 tokio::select! {
                     _ = state.queue.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = shutdown.changed() => {}
+                    _ = shutdown.cancelled() => {}
                 }
             }
             Err(e) => {
@@ -61,11 +60,12 @@ async fn work(state: AppState, owner: String, mut shutdown: watch::Receiver<bool
     }
 }
 
-async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::Receiver<bool>) {
+/// Runs a claimed job; `interrupt` (a child of the server's shutdown) is
+/// also cancelled when the job's lease is lost.
+async fn run(state: &AppState, owner: &str, job: Claimed, interrupt: CancellationToken) {
     let id = job.id;
     tracing::info!(job = %id, model = %job.model, "job claimed");
-    let interrupt = Arc::new(AtomicBool::new(false));
-    // Renew the lease; a lost lease (or shutdown) stops the load at a batch boundary.
+    // Renew the lease; a lost lease stops the load at a batch boundary.
     let renewer = {
         let (state, owner, interrupt) = (state.clone(), owner.to_string(), interrupt.clone());
         tokio::spawn(async move {
@@ -81,14 +81,11 @@ async fn run(state: &AppState, owner: &str, job: Claimed, mut shutdown: watch::R
                         };
                         if !renewed {
                             tracing::warn!(job = %id, "lost the job's lease; stopping it");
-                            interrupt.store(true, Ordering::SeqCst);
+                            interrupt.cancel();
                             return;
                         }
                     }
-                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                        interrupt.store(true, Ordering::SeqCst);
-                        return;
-                    }
+                    _ = interrupt.cancelled() => return,
                 }
             }
         })
