@@ -181,35 +181,16 @@ impl Campaign<'_> {
     fn wait_for_a_moment(&mut self) {
         let more = 1 + self.rng.below(12) as i64;
         let before = common::batches(self.db);
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while !(common::batches(self.db) >= before + more
-            && self.db.count(
-                "nexus.jobs j WHERE j.status = 'running' AND j.lease_owner IS NOT NULL
-                   AND (SELECT coalesce(sum(rows_read), 0) FROM nexus.job_batches b
-                        WHERE b.job_id = j.id) <= coalesce(j.claimed_done, 0)",
-            ) == 0)
-        {
-            if std::time::Instant::now() > deadline {
-                let jobs: Vec<String> = self
-                    .db
-                    .sql(
-                        "SELECT concat_ws(' ', id, status, lease_owner, lease_expires_at < now(), claimed_done,
-                                (SELECT sum(rows_read) FROM nexus.job_batches b WHERE b.job_id = j.id), error)
-                         FROM nexus.jobs j ORDER BY created_at",
-                    )
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                panic!(
-                    "no moment came: batches {} (from {before}, +{more}); jobs:\n{}",
-                    common::batches(self.db),
-                    jobs.join("\n")
-                );
-            }
+        wait_for("a moment to kill", Duration::from_secs(120), || {
             // Work that ended meanwhile is replaced, so that batches flow.
             self.keep_busy();
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            common::batches(self.db) >= before + more
+                && self.db.count(
+                    "nexus.jobs j WHERE j.status = 'running' AND j.lease_owner IS NOT NULL
+                       AND (SELECT coalesce(sum(rows_read), 0) FROM nexus.job_batches b
+                            WHERE b.job_id = j.id) <= coalesce(j.claimed_done, 0)",
+                ) == 0
+        });
     }
 
     fn kill(&mut self) {
