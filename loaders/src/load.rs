@@ -415,6 +415,7 @@ impl Load {
                 let job = jobs::get(&control, id)
                     .await?
                     .ok_or(LoadError::Vanished(id))?;
+                release_locks(&control).await;
                 return Ok(Prepared::Skipped(Box::new(LoadOutcome {
                     job,
                     rejects_exceeded: false,
@@ -603,6 +604,12 @@ impl Load {
     /// reached to close it, the job stays open there (and so resumable) and
     /// the caller still gets a summary of how far it got.
     pub async fn close(self, end: RunEnd) -> Result<LoadOutcome, LoadError> {
+        let closed = self.close_job(end).await;
+        release_locks(&self.control).await;
+        closed
+    }
+
+    async fn close_job(&self, end: RunEnd) -> Result<LoadOutcome, LoadError> {
         let closing = Closing {
             job_id: self.job_id,
             whole: matches!(self.plan, WriterPlan::Whole { .. }),
@@ -625,7 +632,7 @@ impl Load {
         };
         match closed {
             Err(LoadError::Db(e)) if pg::classify(&e) == pg::ErrorKind::Transient => {
-                let mut job = self.base;
+                let mut job = self.base.clone();
                 let v = verdict(&end);
                 job.status = JobStatus::Failed;
                 job.error = Some(format!(
@@ -647,6 +654,18 @@ impl Load {
             }
             other => other,
         }
+    }
+}
+
+/// Lets go of the job's and the file's locks as soon as the load is over,
+/// so that a run started right after this one (a cron re-run, the next
+/// command of a script) never finds them held by a session still closing.
+async fn release_locks(control: &Client) {
+    if let Err(e) = control
+        .execute("SELECT pg_advisory_unlock_all()", &[])
+        .await
+    {
+        tracing::debug!(error = %e, "releasing the load's locks failed; they go with its session");
     }
 }
 
