@@ -154,20 +154,10 @@ const CREATE_LOCK_KEY: i64 = 0x4e58_4354;
 /// start at once would both try (`IF NOT EXISTS` does not serialise them:
 /// the loser fails on the catalog's unique index; so would two creating one
 /// schema), so creation is done in a transaction under one advisory lock.
-pub async fn ensure_table(client: &Client, model: &Model) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute("BEGIN").await?;
-    let created = async {
-        client
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK_KEY])
-            .await?;
-        client.batch_execute(&create_table_sql(model)).await
-    }
-    .await;
-    match created {
-        Ok(()) => client.batch_execute("COMMIT").await,
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+pub async fn ensure_table(client: &mut Client, model: &Model) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK_KEY])
+        .await?;
+    tx.batch_execute(&create_table_sql(model)).await?;
+    tx.commit().await
 }

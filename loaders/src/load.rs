@@ -27,7 +27,7 @@ use crate::jobs::{self, JobRecord, NewJob};
 use crate::migrate::migrate;
 use crate::pg::{self, describe};
 use crate::vocab::{JobStatus, Mode};
-use crate::writer::{BatchWriter, Committed, Target, WriteError, insert_rejects};
+use crate::writer::{BatchWriter, Committed, INSERT_REJECTS, Target, WriteError, insert_rejects};
 
 /// A batch is also cut at this many bytes of input, bounding memory for
 /// files of very long rows. Stored with the job: resume must cut alike.
@@ -404,7 +404,7 @@ impl Load {
         let mut control = pg::connect_retrying(url, req.retry).await?;
         migrate(&mut control).await?;
         if req.create_table && !catalog::table_exists(&control, &req.model).await? {
-            catalog::ensure_table(&control, &req.model).await?;
+            catalog::ensure_table(&mut control, &req.model).await?;
         }
         let claimed = match req.job {
             Some(id) => adopt(&mut control, &req, id).await?,
@@ -979,16 +979,22 @@ impl Writers<'_> {
         let Some(mut writer) = writer else {
             return;
         };
-        if let Err(e) = writer.begin_whole(replace).await {
-            shared.fail_db("", &e);
-            return;
-        }
+        let mut whole = match writer.begin_whole(replace).await {
+            Ok(w) => w,
+            Err(e) => {
+                shared.fail_db("", &e);
+                return;
+            }
+        };
         while !shared.stop.is_cancelled() {
             let Some(batch) = rx.recv().await else { break };
             let rows_read = batch.rows_read;
-            match writer.apply_in_whole(batch).await {
+            match whole.apply(batch).await {
                 Ok((c, rejects)) => {
-                    if let Err(e) = insert_rejects(control, None, self.job_id, &rejects).await {
+                    if !rejects.is_empty()
+                        && let Err(e) =
+                            insert_rejects(control, INSERT_REJECTS, self.job_id, &rejects).await
+                    {
                         shared.fail_db("", &e);
                         break;
                     }
@@ -1003,7 +1009,12 @@ impl Writers<'_> {
         drop(rx);
         let commit = !shared.stop.is_cancelled()
             && verdict(&shared.run_end()).status == JobStatus::Succeeded;
-        if let Err(e) = writer.finish_whole(commit).await {
+        let ended = if commit {
+            whole.commit(control).await
+        } else {
+            whole.rollback().await
+        };
+        if let Err(e) = ended {
             shared.fail_db("", &e);
         }
         if !commit {

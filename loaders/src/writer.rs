@@ -12,7 +12,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -21,7 +21,7 @@ use nexus_pipeline::encode::{COPY_HEADER, COPY_TRAILER};
 use nexus_pipeline::types::quote_ident;
 use nexus_pipeline::{EncodedBatch, Plan, Reject};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, Statement, ToStatement, Transaction};
 use uuid::Uuid;
 
 use crate::cache::BatchCache;
@@ -44,10 +44,13 @@ pub struct Target {
     /// The load's zone as a session `TimeZone`, for values read by the server.
     pub timezone: String,
     /// How long transient failures (the database unreachable) are retried.
-    pub retry: std::time::Duration,
+    pub retry: Duration,
 }
 
 const STAGE: &str = "nexus_stage";
+const STAGE_TRUNCATE: &str = "TRUNCATE pg_temp.nexus_stage";
+const ROWS_SAVEPOINT: &str = "nexus_rows";
+const PROBE_SAVEPOINT: &str = "nexus_probe";
 /// Batches in a row without a conflict after which an index is no longer
 /// probed before the COPY.
 const COLD_BATCHES: u32 = 3;
@@ -69,7 +72,12 @@ impl Target {
         }
     }
 
-    fn stage_sql(&self) -> String {
+    /// The session's temporary table: the stage of an upsert, the probe
+    /// for unique conflicts of the other modes.
+    fn session_sql(&self) -> String {
+        if self.mode != Mode::Upsert {
+            return conflicts::probe_table_sql(&self.table, &self.columns);
+        }
         let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
         format!(
             "CREATE TEMP TABLE IF NOT EXISTS {STAGE} AS SELECT {} FROM {} WITH NO DATA;
@@ -119,23 +127,120 @@ pub struct Committed {
     pub rejected: u64,
 }
 
-struct Prepared {
+/// Inserts rejects with one statement (`unnest` of arrays).
+pub const INSERT_REJECTS: &str = "INSERT INTO nexus.rejects (job_id, line, \"column\", reason, raw)
+     SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[])";
+
+/// Records a batch as committed; with `$7`, takes its cache version.
+const INSERT_CHECKPOINT: &str = "INSERT INTO nexus.job_batches (job_id, seq, rows_read, rows_committed, rows_rejected, bytes_end,
+                                  cache_version, cache_pending)
+     VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN nextval('nexus.cache_version') END, $8)
+     RETURNING cache_version";
+
+/// One writer connection with what it needs ready from the start: its
+/// statements prepared and its session's temporary table (the stage of an
+/// upsert, the probe of the others) created outside any transaction, so
+/// that no rollback can take it away.
+struct Session {
+    client: Client,
+    statements: Statements,
+}
+
+struct Statements {
     rejects: Statement,
     checkpoint: Statement,
 }
 
+impl Session {
+    async fn open(
+        url: &str,
+        target: &Target,
+        retry: Duration,
+    ) -> Result<Session, tokio_postgres::Error> {
+        let client = Self::connect(url, &target.timezone, retry).await?;
+        let rejects = client.prepare(INSERT_REJECTS).await?;
+        let checkpoint = client.prepare(INSERT_CHECKPOINT).await?;
+        client.batch_execute(&target.session_sql()).await?;
+        Ok(Session {
+            client,
+            statements: Statements {
+                rejects,
+                checkpoint,
+            },
+        })
+    }
+
+    /// A writer session commits batches without waiting for their WAL
+    /// flush. That cannot break exactly-once: a batch and its checkpoint
+    /// share a transaction, so a crash loses both or neither, and the job's
+    /// final (synchronous) commit flushes every batch commit before it.
+    /// Its `TimeZone` is the load's, for the values the server reads.
+    async fn connect(
+        url: &str,
+        timezone: &str,
+        retry: Duration,
+    ) -> Result<Client, tokio_postgres::Error> {
+        // Session settings as startup parameters: the session never exists
+        // without them, not even for a moment after it connects.
+        let mut config: tokio_postgres::Config = url.parse()?;
+        let ours = format!("-c synchronous_commit=off -c TimeZone={timezone}");
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {ours}"),
+            None => ours,
+        };
+        config.application_name("nexus writer").options(&options);
+        pg::connect_retrying_with(&config, retry).await
+    }
+}
+
+impl Statements {
+    /// Records the batch as committed, inside its transaction `db`; with
+    /// `version`, takes the batch's cache version (`Some(pending)`: the
+    /// batch then waits for its Redis write while `pending`).
+    async fn checkpoint(
+        &self,
+        db: &Client,
+        job_id: Uuid,
+        parts: &Parts<'_>,
+        done: Committed,
+        version: Option<bool>,
+    ) -> Result<Option<i64>, tokio_postgres::Error> {
+        let row = db
+            .query_one(
+                &self.checkpoint,
+                &[
+                    &job_id,
+                    &(parts.seq as i64),
+                    &(parts.batch.rows_read as i64),
+                    &(done.committed as i64),
+                    &(done.rejected as i64),
+                    &(parts.batch.raw.bytes_end as i64),
+                    &version.is_some(),
+                    &version.unwrap_or(false),
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+}
+
+/// Writes one load's batches: a [`Session`] (replaced when its connection
+/// is lost) and what narrowing has learnt about the table.
 pub struct BatchWriter {
     url: String,
-    timezone: String,
-    client: Client,
-    target: std::sync::Arc<Target>,
     job_id: Uuid,
-    prepared: Option<Prepared>,
-    copy_sql: String,
-    merge_sql: String,
-    staged: bool,
+    session: Session,
+    rows: Rows,
     /// The cache stage, for a cached model.
     cache: Option<Arc<BatchCache>>,
+}
+
+/// Applies a batch's rows inside a transaction it is given, narrowing out
+/// the rows the table refuses; keeps what it learns across batches.
+struct Rows {
+    target: Arc<Target>,
+    copy_sql: String,
+    merge_sql: String,
     /// Unique indexes by name, as far as conflicts on them can be probed.
     unique_indexes: std::collections::HashMap<String, Option<UniqueIndex>>,
     /// Indexes with conflicts in a recent batch, probed before each COPY.
@@ -143,8 +248,6 @@ pub struct BatchWriter {
     cold_batches: u32,
     /// Per index, the bounds of its integer keys at the first probe.
     key_bounds: std::collections::HashMap<String, conflicts::KeyBounds>,
-    /// The probe table exists in this session.
-    probe_ready: bool,
 }
 
 /// A batch taken apart for writing: the COPY body as cheap-to-slice bytes.
@@ -168,26 +271,24 @@ impl<'a> Parts<'a> {
 impl BatchWriter {
     pub async fn connect(
         url: &str,
-        target: std::sync::Arc<Target>,
+        target: Arc<Target>,
         job_id: Uuid,
     ) -> Result<BatchWriter, tokio_postgres::Error> {
-        let client = Self::open(url, &target.timezone, target.retry).await?;
+        let session = Session::open(url, &target, target.retry).await?;
         Ok(BatchWriter {
             url: url.to_string(),
-            timezone: target.timezone.clone(),
-            client,
-            copy_sql: target.copy_sql(),
-            merge_sql: target.merge_sql(),
-            target,
             job_id,
-            prepared: None,
-            staged: false,
+            session,
+            rows: Rows {
+                copy_sql: target.copy_sql(),
+                merge_sql: target.merge_sql(),
+                target,
+                unique_indexes: Default::default(),
+                hot: Vec::new(),
+                cold_batches: 0,
+                key_bounds: Default::default(),
+            },
             cache: None,
-            unique_indexes: Default::default(),
-            hot: Vec::new(),
-            cold_batches: 0,
-            key_bounds: Default::default(),
-            probe_ready: false,
         })
     }
 
@@ -197,76 +298,17 @@ impl BatchWriter {
         self
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    async fn prepare(&mut self) -> Result<(), tokio_postgres::Error> {
-        if self.prepared.is_none() {
-            let rejects = self
-                .client
-                .prepare(
-                    "INSERT INTO nexus.rejects (job_id, line, \"column\", reason, raw)
-                     SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[])",
-                )
-                .await?;
-            let checkpoint = self
-                .client
-                .prepare(
-                    "INSERT INTO nexus.job_batches (job_id, seq, rows_read, rows_committed, rows_rejected, bytes_end,
-                                                     cache_version, cache_pending)
-                     VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN nextval('nexus.cache_version') END, $8)
-                     RETURNING cache_version",
-                )
-                .await?;
-            self.prepared = Some(Prepared {
-                rejects,
-                checkpoint,
-            });
-        }
-        if self.target.mode == Mode::Upsert && !self.staged {
-            self.client.batch_execute(&self.target.stage_sql()).await?;
-            self.staged = true;
-        }
-        Ok(())
-    }
-
-    /// A writer session commits batches without waiting for their WAL
-    /// flush. That cannot break exactly-once: a batch and its checkpoint
-    /// share a transaction, so a crash loses both or neither, and the job's
-    /// final (synchronous) commit flushes every batch commit before it.
-    /// Its `TimeZone` is the load's, for the values the server reads.
-    async fn open(
-        url: &str,
-        timezone: &str,
-        retry: std::time::Duration,
-    ) -> Result<Client, tokio_postgres::Error> {
-        // Session settings as startup parameters: the session never exists
-        // without them, not even for a moment after it connects.
-        let mut config: tokio_postgres::Config = url.parse()?;
-        let ours = format!("-c synchronous_commit=off -c TimeZone={timezone}");
-        let options = match config.get_options() {
-            Some(given) => format!("{given} {ours}"),
-            None => ours,
-        };
-        config.application_name("nexus writer").options(&options);
-        pg::connect_retrying_with(&config, retry).await
-    }
-
     /// Connects again within what is left of `retry`'s window.
     async fn reconnect(&mut self, retry: &mut Retry) -> Result<(), tokio_postgres::Error> {
-        self.client = loop {
-            match Self::open(&self.url, &self.timezone, std::time::Duration::ZERO).await {
-                Ok(c) => break c,
+        self.session = loop {
+            match Session::open(&self.url, &self.rows.target, Duration::ZERO).await {
+                Ok(s) => break s,
                 Err(e) if classify(&e) == ErrorKind::Transient && retry.again().await => {
                     tracing::warn!(error = %e, attempt = retry.attempt, "reconnecting a COPY writer failed; retrying");
                 }
                 Err(e) => return Err(e),
             }
         };
-        self.prepared = None;
-        self.staged = false;
-        self.probe_ready = false;
         Ok(())
     }
 
@@ -280,10 +322,10 @@ impl BatchWriter {
         let mut batch = batch;
         self.settle_values(&mut batch).await?;
         let parts = Parts::take(&mut batch);
-        let mut retry = Retry::new(self.target.retry);
+        let mut retry = Retry::new(self.rows.target.retry);
         loop {
-            let result = self.try_batch(&parts, gate).await;
-            match result {
+            // A failed attempt's transaction was rolled back when dropped.
+            match self.try_batch(&parts, gate).await {
                 Ok(c) => {
                     metrics::histogram!("nexus_batch_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -294,21 +336,14 @@ impl BatchWriter {
                 {
                     metrics::counter!("nexus_batch_retries_total").increment(1);
                     tracing::warn!(error = %e, seq = parts.seq, attempt = retry.attempt, "batch failed transiently; retrying");
-                    if self.client.is_closed() {
+                    if self.session.client.is_closed() {
                         self.reconnect(&mut retry).await?;
-                    } else {
-                        let _ = self.client.batch_execute("ROLLBACK").await;
                     }
                     if let Some(c) = self.already_committed(parts.seq).await? {
                         return Ok(c);
                     }
                 }
-                Err(e) => {
-                    if !self.client.is_closed() {
-                        let _ = self.client.batch_execute("ROLLBACK").await;
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -316,13 +351,13 @@ impl BatchWriter {
     /// Has the server read the values the encoder deferred, retrying
     /// transient failures like a batch.
     async fn settle_values(&mut self, batch: &mut EncodedBatch) -> Result<(), WriteError> {
-        let mut retry = Retry::new(self.target.retry);
+        let mut retry = Retry::new(self.rows.target.retry);
         loop {
-            match server_input::settle(&self.client, &self.target.plan, batch).await {
+            match server_input::settle(&self.session.client, &self.rows.target.plan, batch).await {
                 Ok(()) => return Ok(()),
                 Err(e) if classify(&e) == ErrorKind::Transient && retry.again().await => {
                     tracing::warn!(error = %e, seq = batch.seq, attempt = retry.attempt, "reading deferred values failed transiently; retrying");
-                    if self.client.is_closed() {
+                    if self.session.client.is_closed() {
                         self.reconnect(&mut retry).await?;
                     }
                 }
@@ -336,6 +371,7 @@ impl BatchWriter {
         seq: u64,
     ) -> Result<Option<Committed>, tokio_postgres::Error> {
         Ok(self
+            .session
             .client
             .query_opt(
                 "SELECT rows_committed, rows_rejected FROM nexus.job_batches WHERE job_id = $1 AND seq = $2",
@@ -348,142 +384,151 @@ impl BatchWriter {
             }))
     }
 
+    /// The batch, its rejects and its checkpoint in one transaction.
     async fn try_batch(
         &mut self,
         parts: &Parts<'_>,
         gate: Option<&SeqGate>,
     ) -> Result<Committed, WriteError> {
-        self.prepare().await?;
-        self.client.batch_execute("BEGIN").await?;
+        let Session { client, statements } = &mut self.session;
+        let mut tx = client.transaction().await?;
         let mut rejects = parts.batch.rejects.clone();
-        let committed = self.apply(parts, gate, &mut rejects).await?;
-        self.insert_rejects(&rejects).await?;
-        let version = self
-            .checkpoint(parts, committed, rejects.len(), true)
+        let committed = self.rows.apply(&mut tx, parts, gate, &mut rejects).await?;
+        let done = Committed {
+            committed,
+            rejected: rejects.len() as u64,
+        };
+        if !rejects.is_empty() {
+            insert_rejects(tx.client(), &statements.rejects, self.job_id, &rejects).await?;
+        }
+        let cache = self.cache.as_deref();
+        let version = statements
+            .checkpoint(
+                tx.client(),
+                self.job_id,
+                parts,
+                done,
+                cache.map(BatchCache::pends),
+            )
             .await?;
-        let cached = match (&self.cache, version) {
+        let pending = match (cache, version) {
             (Some(c), Some(v)) => {
                 let keys = c.keys(&parts.body, &parts.batch.rows);
-                Some(c.before_commit(&self.client, parts.seq, v, keys).await?)
+                Some(c.before_commit(tx.client(), parts.seq, v, keys).await?)
             }
             _ => None,
         };
-        self.client.batch_execute("COMMIT").await?;
+        tx.commit().await?;
         if let Some(g) = gate {
             g.done(parts.seq);
         }
-        if let (Some(c), Some(w)) = (&self.cache, cached) {
+        if let (Some(c), Some(w)) = (cache, pending) {
             c.after_commit(w).await;
         }
-        Ok(Committed {
-            committed,
-            rejected: rejects.len() as u64,
-        })
+        Ok(done)
     }
 
-    /// Records the batch as committed, inside its transaction; with
-    /// `versioned` and a cached model, takes the batch's cache version.
-    async fn checkpoint(
+    /// Opens the one transaction of an atomic or replace load; `replace`
+    /// empties the table first.
+    pub async fn begin_whole(
         &mut self,
-        parts: &Parts<'_>,
-        committed: u64,
-        rejected: usize,
-        versioned: bool,
-    ) -> Result<Option<i64>, tokio_postgres::Error> {
-        self.prepare().await?;
-        let prepared = self.prepared.as_ref().expect("prepared above");
-        let cached = versioned && self.cache.is_some();
-        let pending = cached && self.cache.as_ref().is_some_and(|c| c.pends());
-        let row = self
-            .client
-            .query_one(
-                &prepared.checkpoint,
-                &[
-                    &self.job_id,
-                    &(parts.seq as i64),
-                    &(parts.batch.rows_read as i64),
-                    &(committed as i64),
-                    &(rejected as i64),
-                    &(parts.batch.raw.bytes_end as i64),
-                    &cached,
-                    &pending,
-                ],
-            )
-            .await?;
-        Ok(row.get(0))
-    }
-
-    /// Opens the one transaction of an atomic or replace load.
-    pub async fn begin_whole(&mut self, empty_first: bool) -> Result<(), tokio_postgres::Error> {
-        self.prepare().await?;
-        self.client.batch_execute("BEGIN").await?;
-        if empty_first {
+        replace: bool,
+    ) -> Result<WholeLoad<'_>, tokio_postgres::Error> {
+        let Session { client, statements } = &mut self.session;
+        let tx = client.transaction().await?;
+        if replace {
             // DELETE, not TRUNCATE: readers keep seeing the old rows until COMMIT.
-            self.client
-                .batch_execute(&format!("DELETE FROM {}", self.target.table))
+            tx.batch_execute(&format!("DELETE FROM {}", self.rows.target.table))
                 .await?;
         }
-        Ok(())
+        Ok(WholeLoad {
+            tx,
+            statements,
+            rows: &mut self.rows,
+            job_id: self.job_id,
+            cache: self.cache.as_deref(),
+        })
     }
+}
 
-    /// Applies a batch (and its checkpoint) inside the open whole-load
-    /// transaction; returns its rejects for the caller to record outside it,
-    /// so that they survive a rollback and explain it.
-    pub async fn apply_in_whole(
+/// The open transaction of a whole load. It ends by [`WholeLoad::commit`]
+/// or [`WholeLoad::rollback`]; dropped, it rolls back.
+#[must_use = "a whole load ends by commit or rollback"]
+pub struct WholeLoad<'w> {
+    tx: Transaction<'w>,
+    statements: &'w Statements,
+    rows: &'w mut Rows,
+    job_id: Uuid,
+    cache: Option<&'w BatchCache>,
+}
+
+impl WholeLoad<'_> {
+    /// Applies a batch (and its checkpoint) inside the transaction; returns
+    /// its rejects for the caller to record outside it, so that they
+    /// survive a rollback and explain it.
+    pub async fn apply(
         &mut self,
         batch: EncodedBatch,
     ) -> Result<(Committed, Vec<Reject>), WriteError> {
         let mut batch = batch;
-        server_input::settle(&self.client, &self.target.plan, &mut batch).await?;
+        server_input::settle(self.tx.client(), &self.rows.target.plan, &mut batch).await?;
         let parts = Parts::take(&mut batch);
         let mut rejects = parts.batch.rejects.clone();
-        let committed = self.apply(&parts, None, &mut rejects).await?;
-        self.checkpoint(&parts, committed, rejects.len(), false)
+        let committed = self
+            .rows
+            .apply(&mut self.tx, &parts, None, &mut rejects)
             .await?;
-        Ok((
-            Committed {
-                committed,
-                rejected: rejects.len() as u64,
-            },
-            rejects,
-        ))
+        let done = Committed {
+            committed,
+            rejected: rejects.len() as u64,
+        };
+        self.statements
+            .checkpoint(self.tx.client(), self.job_id, &parts, done, None)
+            .await?;
+        Ok((done, rejects))
     }
 
-    pub async fn finish_whole(&mut self, commit: bool) -> Result<(), tokio_postgres::Error> {
-        if !commit {
-            return self.client.batch_execute("ROLLBACK").await;
-        }
-        // The whole load's rows are not kept for the cache: one version for
-        // the transaction, and the model flushed after it commits.
-        let version = match &self.cache {
+    /// Commits the load. Its rows are not kept for the cache: the
+    /// transaction takes one version and the model is flushed, then
+    /// announced through `announce_on` (this writer's session is the
+    /// transaction's until it ends).
+    pub async fn commit(self, announce_on: &Client) -> Result<(), tokio_postgres::Error> {
+        let tx = self.tx;
+        let version = match self.cache {
             Some(c) => {
-                let v: i64 = self
-                    .client
+                let v: i64 = tx
                     .query_one("SELECT nextval('nexus.cache_version')", &[])
                     .await?
                     .get(0);
-                self.client
-                    .execute(
-                        "UPDATE nexus.job_batches SET cache_version = $2, cache_pending = $3 WHERE job_id = $1",
-                        &[&self.job_id, &v, &c.pends()],
-                    )
-                    .await?;
-                c.before_whole_commit(&self.client).await?;
+                tx.execute(
+                    "UPDATE nexus.job_batches SET cache_version = $2, cache_pending = $3 WHERE job_id = $1",
+                    &[&self.job_id, &v, &c.pends()],
+                )
+                .await?;
+                c.before_whole_commit(tx.client()).await?;
                 Some(v)
             }
             None => None,
         };
-        self.client.batch_execute("COMMIT").await?;
-        if let (Some(c), Some(v)) = (&self.cache, version) {
-            c.after_whole_commit(&self.client, v).await;
+        tx.commit().await?;
+        if let (Some(c), Some(v)) = (self.cache, version) {
+            c.after_whole_commit(announce_on, v).await;
         }
         Ok(())
     }
 
+    /// Keeps nothing of the load.
+    pub async fn rollback(self) -> Result<(), tokio_postgres::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl Rows {
     /// Loads the batch's rows; rows the database refuses are narrowed out
     /// into `rejects`. Returns how many rows were applied.
     async fn apply(
         &mut self,
+        tx: &mut Transaction<'_>,
         parts: &Parts<'_>,
         gate: Option<&SeqGate>,
         rejects: &mut Vec<Reject>,
@@ -505,21 +550,12 @@ impl BatchWriter {
             // Stage in parallel with other writers; merge in sequence order.
             // The stage refuses what the table's column types refuse: then
             // the batch is narrowed from the start, staging each part again.
-            self.client
-                .batch_execute(&format!("TRUNCATE pg_temp.{STAGE}; SAVEPOINT nexus_rows"))
-                .await?;
-            match self.copy(parts.body.clone()).await {
-                Ok(()) => {
-                    self.client
-                        .batch_execute("RELEASE SAVEPOINT nexus_rows")
-                        .await?
-                }
+            tx.batch_execute(STAGE_TRUNCATE).await?;
+            let rows_sp = tx.savepoint(ROWS_SAVEPOINT).await?;
+            match copy(rows_sp.client(), &self.copy_sql, parts.body.clone()).await {
+                Ok(()) => rows_sp.commit().await?,
                 Err(e) if classify(&e) == ErrorKind::Row => {
-                    self.client
-                        .batch_execute(
-                            "ROLLBACK TO SAVEPOINT nexus_rows; RELEASE SAVEPOINT nexus_rows",
-                        )
-                        .await?;
+                    rows_sp.rollback().await?;
                     first = false;
                 }
                 Err(e) => return Err(e.into()),
@@ -541,7 +577,7 @@ impl BatchWriter {
             let mut rest = work.pop().unwrap_or_default();
             let mut found = 0;
             for index in self.hot.clone() {
-                let (keep, n) = self.probe(parts, rest, &index, true, rejects).await?;
+                let (keep, n) = self.probe(tx, parts, rest, &index, true, rejects).await?;
                 rest = keep;
                 found += n;
                 probed.push(index.name);
@@ -562,46 +598,42 @@ impl BatchWriter {
             if list.is_empty() {
                 continue;
             }
-            self.client.batch_execute("SAVEPOINT nexus_rows").await?;
+            let rows_sp = tx.savepoint(ROWS_SAVEPOINT).await?;
+            let db = rows_sp.client();
             let result = if first && upsert {
-                self.client.batch_execute(&self.merge_sql).await
+                db.batch_execute(&self.merge_sql).await
             } else if first {
-                self.copy(parts.body.clone()).await
+                copy(db, &self.copy_sql, parts.body.clone()).await
             } else {
                 let body = Bytes::from(copy_subset(
                     &parts.body,
                     list.iter().map(|&i| &rows[i as usize]),
                 ));
                 if upsert {
-                    self.stage_and_merge(body).await
+                    self.stage_and_merge(db, body).await
                 } else {
-                    self.copy(body).await
+                    copy(db, &self.copy_sql, body).await
                 }
             };
             first = false;
             match result {
                 Ok(()) => {
-                    self.client
-                        .batch_execute("RELEASE SAVEPOINT nexus_rows")
-                        .await?;
+                    rows_sp.commit().await?;
                     applied += list.len() as u64;
                 }
                 Err(e) if classify(&e) == ErrorKind::Row => {
-                    self.client
-                        .batch_execute(
-                            "ROLLBACK TO SAVEPOINT nexus_rows; RELEASE SAVEPOINT nexus_rows",
-                        )
-                        .await?;
+                    rows_sp.rollback().await?;
                     if !upsert
                         && list.len() > 1
-                        && let Some(index) = self.conflicting_index(&e, &probed).await?
+                        && let Some(index) =
+                            self.conflicting_index(tx.client(), &e, &probed).await?
                     {
                         probed.push(index.name.clone());
                         if !self.hot.contains(&index) {
                             self.hot.push(index.clone());
                         }
                         self.cold_batches = 0;
-                        let (keep, _) = self.probe(parts, list, &index, false, rejects).await?;
+                        let (keep, _) = self.probe(tx, parts, list, &index, false, rejects).await?;
                         work.push(keep);
                     } else if list.len() == 1 {
                         let column = e.as_db_error().and_then(|d| d.column()).map(str::to_string);
@@ -628,25 +660,26 @@ impl BatchWriter {
     /// probed it twice already.
     async fn conflicting_index(
         &mut self,
+        db: &Client,
         e: &tokio_postgres::Error,
         probed: &[String],
     ) -> Result<Option<UniqueIndex>, tokio_postgres::Error> {
-        let Some(db) = e.as_db_error() else {
+        let Some(err) = e.as_db_error() else {
             return Ok(None);
         };
-        let Some(name) = db.constraint() else {
+        let Some(name) = err.constraint() else {
             return Ok(None);
         };
         // A second conflict on a probed index is a race with another
         // writer's rows, committed since: probe once more, then bisect.
-        if db.code() != &SqlState::UNIQUE_VIOLATION
+        if err.code() != &SqlState::UNIQUE_VIOLATION
             || probed.iter().filter(|p| *p == name).count() >= 2
         {
             return Ok(None);
         }
         if !self.unique_indexes.contains_key(name) {
             let found = conflicts::lookup(
-                &self.client,
+                db,
                 &self.target.table,
                 name,
                 &self.target.columns,
@@ -666,6 +699,7 @@ impl BatchWriter {
     /// all the same fails the COPY, and the probe after it looks up all.
     async fn probe(
         &mut self,
+        tx: &mut Transaction<'_>,
         parts: &Parts<'_>,
         list: Vec<u32>,
         index: &UniqueIndex,
@@ -675,25 +709,17 @@ impl BatchWriter {
         let bounds = match self.key_bounds.get(&index.name) {
             Some(b) if ahead => *b,
             _ => {
-                let b = conflicts::key_bounds(&self.client, &self.target.table, index).await?;
+                let b = conflicts::key_bounds(tx.client(), &self.target.table, index).await?;
                 self.key_bounds.insert(index.name.clone(), b);
                 b
             }
         };
-        if !self.probe_ready && index.by_key.is_none() {
-            self.client
-                .batch_execute(&conflicts::probe_table_sql(
-                    &self.target.table,
-                    &self.target.columns,
-                ))
-                .await?;
-            self.probe_ready = true;
-        }
-        self.client.batch_execute("SAVEPOINT nexus_probe").await?;
+        let probe_sp = tx.savepoint(PROBE_SAVEPOINT).await?;
+        let db = probe_sp.client();
         let found = async {
             if index.by_key.is_some() {
                 return conflicts::probe_keys(
-                    &self.client,
+                    db,
                     &self.target.table,
                     index,
                     bounds,
@@ -703,17 +729,10 @@ impl BatchWriter {
                 )
                 .await;
             }
-            self.client.batch_execute(conflicts::PROBE_TRUNCATE).await?;
+            db.batch_execute(conflicts::PROBE_TRUNCATE).await?;
             let body = Bytes::from(conflicts::probe_body(&parts.body, &parts.batch.rows, &list));
-            let sink = self
-                .client
-                .copy_in::<_, Bytes>(&conflicts::probe_copy_sql(&self.target.columns))
-                .await?;
-            let mut sink = pin!(sink);
-            sink.send(body).await?;
-            sink.as_mut().finish().await?;
-            Ok(self
-                .client
+            copy(db, &conflicts::probe_copy_sql(&self.target.columns), body).await?;
+            Ok(db
                 .query(
                     &conflicts::conflicts_sql(&self.target.table, index),
                     &[&index.name, &conflicts::key_list(index)],
@@ -726,18 +745,12 @@ impl BatchWriter {
         .await;
         let found: Vec<(u32, String)> = match found {
             Ok(rows) => {
-                self.client
-                    .batch_execute("RELEASE SAVEPOINT nexus_probe")
-                    .await?;
+                probe_sp.commit().await?;
                 rows
             }
             Err(e) if classify(&e) != ErrorKind::Transient => {
                 tracing::debug!(error = %e, index = %index.name, "probing unique conflicts failed; bisecting instead");
-                self.client
-                    .batch_execute(
-                        "ROLLBACK TO SAVEPOINT nexus_probe; RELEASE SAVEPOINT nexus_probe",
-                    )
-                    .await?;
+                probe_sp.rollback().await?;
                 return Ok((list, 0));
             }
             Err(e) => return Err(e),
@@ -756,42 +769,28 @@ impl BatchWriter {
         Ok((keep, found.len()))
     }
 
-    async fn stage_and_merge(&self, body: Bytes) -> Result<(), tokio_postgres::Error> {
-        self.client
-            .batch_execute(&format!("TRUNCATE pg_temp.{STAGE}"))
-            .await?;
-        self.copy(body).await?;
-        self.client.batch_execute(&self.merge_sql).await
-    }
-
-    async fn copy(&self, body: Bytes) -> Result<(), tokio_postgres::Error> {
-        let sink = self.client.copy_in::<_, Bytes>(&self.copy_sql).await?;
-        let mut sink = pin!(sink);
-        sink.send(body).await?;
-        sink.as_mut().finish().await?;
-        Ok(())
-    }
-
-    async fn insert_rejects(&mut self, rejects: &[Reject]) -> Result<(), tokio_postgres::Error> {
-        if rejects.is_empty() {
-            return Ok(());
-        }
-        self.prepare().await?;
-        insert_rejects(
-            &self.client,
-            self.prepared.as_ref().map(|p| &p.rejects),
-            self.job_id,
-            rejects,
-        )
-        .await
+    async fn stage_and_merge(&self, db: &Client, body: Bytes) -> Result<(), tokio_postgres::Error> {
+        db.batch_execute(STAGE_TRUNCATE).await?;
+        copy(db, &self.copy_sql, body).await?;
+        db.batch_execute(&self.merge_sql).await
     }
 }
 
-/// Writes rejects with one statement (`unnest` of arrays); NUL characters,
-/// which PostgreSQL text cannot hold, are shown as U+FFFD.
-pub async fn insert_rejects(
+/// COPYs `body` with `sql`.
+async fn copy(db: &Client, sql: &str, body: Bytes) -> Result<(), tokio_postgres::Error> {
+    let sink = db.copy_in::<_, Bytes>(sql).await?;
+    let mut sink = pin!(sink);
+    sink.send(body).await?;
+    sink.as_mut().finish().await?;
+    Ok(())
+}
+
+/// Writes rejects with one statement (`unnest` of arrays), `statement`
+/// being [`INSERT_REJECTS`] or its prepared form; NUL characters, which
+/// PostgreSQL text cannot hold, are shown as U+FFFD.
+pub async fn insert_rejects<T: ToStatement + ?Sized>(
     client: &Client,
-    prepared: Option<&Statement>,
+    statement: &T,
     job_id: Uuid,
     rejects: &[Reject],
 ) -> Result<(), tokio_postgres::Error> {
@@ -803,20 +802,9 @@ pub async fn insert_rejects(
         .collect();
     let reasons: Vec<String> = rejects.iter().map(|r| clean(&r.reason)).collect();
     let raws: Vec<String> = rejects.iter().map(|r| clean(&r.raw)).collect();
-    let sql = "INSERT INTO nexus.rejects (job_id, line, \"column\", reason, raw)
-               SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[])";
-    match prepared {
-        Some(stmt) => {
-            client
-                .execute(stmt, &[&job_id, &lines, &cols, &reasons, &raws])
-                .await?
-        }
-        None => {
-            client
-                .execute(sql, &[&job_id, &lines, &cols, &reasons, &raws])
-                .await?
-        }
-    };
+    client
+        .execute(statement, &[&job_id, &lines, &cols, &reasons, &raws])
+        .await?;
     Ok(())
 }
 

@@ -106,7 +106,7 @@ pub async fn migrate(config: &Config, schema_only: bool) -> anyhow::Result<u8> {
         }
         if !schema_only {
             for m in models.iter() {
-                catalog::ensure_table(&client, m).await?;
+                catalog::ensure_table(&mut client, m).await?;
                 writeln!(
                     out,
                     "table {} ready (model {})",
