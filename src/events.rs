@@ -26,7 +26,7 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// it answers, PostgreSQL otherwise.
 pub struct ProgressBus {
     pool: deadpool_postgres::Pool,
-    /// The cache's Redis tier (its connection, prefix and deadlines).
+    /// The cache, when it has Redis (its connection, prefix and deadlines).
     redis: Option<Arc<Cache>>,
 }
 
@@ -36,18 +36,17 @@ impl ProgressBus {
     pub fn new(cache: &Arc<Cache>, pool: deadpool_postgres::Pool) -> ProgressBus {
         ProgressBus {
             pool,
-            redis: cache.redis.is_some().then(|| cache.clone()),
+            redis: cache.has_redis().then(|| cache.clone()),
         }
     }
 
     /// Publishes one sample; false when it could not be sent either way.
     pub async fn publish(&self, sample: &ProgressMsg) -> bool {
         let payload = serde_json::to_string(sample).unwrap_or_default();
-        if let Some(r) = self.redis.as_ref().and_then(|c| c.redis.as_ref()) {
-            match r.publish(&r.channel(PROGRESS_CHANNEL), &payload).await {
-                Ok(()) => return true,
-                Err(e) => r.failed(&e),
-            }
+        if let Some(cache) = &self.redis
+            && cache.publish(PROGRESS_CHANNEL, &payload).await.is_ok()
+        {
+            return true;
         }
         let Ok(db) = self.pool.get().await else {
             return false;
@@ -119,9 +118,7 @@ impl Heard {
     /// Whatever was cached may have missed a notification: drop it all.
     fn set_listening(&self, on: bool) {
         self.caches.set_listening(on);
-        if let Some(local) = &self.cache.local {
-            local.clear();
-        }
+        self.cache.clear_local();
     }
 }
 
@@ -200,26 +197,21 @@ impl Heard {
 }
 
 async fn listen_redis(hub: Arc<Hub>, cache: Arc<Cache>) {
-    let Some(redis) = &cache.redis else { return };
-    let channel = redis.channel(PROGRESS_CHANNEL);
     loop {
-        match redis.subscriber().await {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                Ok(()) => {
-                    let mut messages = pubsub.on_message();
-                    while let Some(m) = messages.next().await {
-                        let Ok(payload) = m.get_payload::<String>() else {
-                            continue;
-                        };
-                        if let Ok(p) = serde_json::from_str(&payload) {
-                            hub.receive(Event::Progress(p));
-                        }
+        match cache.subscribe(PROGRESS_CHANNEL).await {
+            Ok(mut pubsub) => {
+                let mut messages = pubsub.on_message();
+                while let Some(m) = messages.next().await {
+                    let Ok(payload) = m.get_payload::<String>() else {
+                        continue;
+                    };
+                    if let Ok(p) = serde_json::from_str(&payload) {
+                        hub.receive(Event::Progress(p));
                     }
-                    tracing::warn!("the Redis progress subscription ended; reconnecting");
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis progress"),
-            },
-            Err(e) => tracing::warn!(error = %e, "the Redis progress listener cannot connect"),
+                tracing::warn!("the Redis progress subscription ended; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis progress"),
         }
         tokio::time::sleep(RECONNECT_AFTER).await;
     }

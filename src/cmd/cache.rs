@@ -94,7 +94,7 @@ pub async fn run(config: &Config, command: CacheCommand) -> anyhow::Result<u8> {
         let mut out = std::io::stdout().lock();
         match command {
             CacheCommand::Warm { model } => {
-                if cache.redis.is_none() {
+                if !cache.has_redis() {
                     return Err(exit::usage(
                         "cache warm fills Redis: set REDIS_URL (servers warm their own memory at startup)",
                     ));
@@ -158,12 +158,10 @@ async fn stats(
             &[],
         )
         .await?;
-    let (redis, used) = match &cache.redis {
+    let (redis, used) = match cache.redis_used_memory().await {
         None => ("not configured".to_string(), None),
-        Some(r) => match r.used_memory().await {
-            Ok(m) => ("up".to_string(), Some(m)),
-            Err(e) => (format!("down ({e})"), None),
-        },
+        Some(Ok(m)) => ("up".to_string(), Some(m)),
+        Some(Err(e)) => (format!("down ({e})"), None),
     };
     let mut lines = Vec::new();
     for m in models.iter() {
@@ -179,9 +177,9 @@ async fn stats(
             hits_redis: redis_hits as u64,
             misses: misses as u64,
         };
-        let entries = match (&cache.redis, used) {
-            (Some(r), Some(_)) => r.count(&m.name).await.ok(),
-            _ => None,
+        let entries = match used {
+            Some(_) => cache.redis_entries(&m.name).await.and_then(Result::ok),
+            None => None,
         };
         lines.push(ModelLine {
             model: m.name.clone(),

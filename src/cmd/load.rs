@@ -212,7 +212,7 @@ async fn load_all(
             break;
         }
     }
-    if cache.redis.is_some() {
+    if cache.has_redis() {
         // Write-behind rows still queued are written before the process
         // ends; what cannot be written stays pending and is repaired later.
         if !cache.drain(WRITE_BEHIND_GRACE).await {

@@ -17,6 +17,7 @@
 //!   write is done; what a crash or a Redis outage leaves pending is repaired
 //!   by flushing the model when Redis answers again.
 
+mod behind;
 pub mod invalidated;
 pub mod keys;
 mod local;
@@ -32,10 +33,11 @@ use nexus_pipeline::model::CacheStrategy;
 use nexus_pipeline::types::{ColumnType, quote_ident};
 use tokio_postgres::GenericClient;
 
+use local::LocalTier;
+use redis_tier::RedisTier;
+
 pub use invalidated::Listening;
 pub use keys::KeyError;
-pub use local::LocalTier;
-pub use redis_tier::RedisTier;
 pub use stats::{ModelStats, StatsSnapshot};
 pub use writes::{BatchCache, PendingWrite, pending_batches};
 
@@ -81,6 +83,8 @@ pub enum CacheError {
     Timeout(Duration),
     #[error("{0}")]
     Key(#[from] KeyError),
+    #[error("Redis is not configured")]
+    NoRedis,
 }
 
 /// What the cache needs to know of a model.
@@ -163,13 +167,10 @@ impl CachedModel {
 
 /// The cache of one process: its tiers, figures and write-behind queue.
 pub struct Cache {
-    pub config: CacheConfig,
-    pub redis: Option<RedisTier>,
-    pub local: Option<LocalTier>,
-    pub stats: Arc<stats::Stats>,
-    /// Rows waiting in write-behind stages, and a wake-up when none are.
-    behind_depth: std::sync::atomic::AtomicUsize,
-    behind_empty: tokio::sync::Notify,
+    redis: Option<RedisTier>,
+    local: Option<LocalTier>,
+    stats: Arc<stats::Stats>,
+    behind: Arc<behind::WriteBehindQueue>,
     /// Batches whose cache writes are done, to clear in `settle`.
     done: writes::Done,
 }
@@ -189,9 +190,7 @@ impl Cache {
             .local_bytes
             .map(|b| LocalTier::new(b, listening, stats.clone()));
         Ok(Arc::new(Cache {
-            behind_depth: Default::default(),
-            behind_empty: tokio::sync::Notify::new(),
-            config,
+            behind: behind::WriteBehindQueue::new(config.write_behind_capacity),
             redis,
             local,
             stats,
@@ -315,6 +314,55 @@ impl Cache {
 
     pub fn snapshot(&self) -> StatsSnapshot {
         self.stats.snapshot(self)
+    }
+
+    /// Whether the cache has a Redis tier.
+    pub fn has_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// How long Redis takes to answer a PING; `None` without Redis.
+    pub async fn ping_redis(&self) -> Option<Result<Duration, CacheError>> {
+        let redis = self.redis.as_ref()?;
+        let started = std::time::Instant::now();
+        Some(redis.ping().await.map(|()| started.elapsed()))
+    }
+
+    /// Redis's own memory figure (`used_memory`); `None` without Redis.
+    pub async fn redis_used_memory(&self) -> Option<Result<u64, CacheError>> {
+        Some(self.redis.as_ref()?.used_memory().await)
+    }
+
+    /// Entries of a model now in Redis (live or not); `None` without Redis.
+    pub async fn redis_entries(&self, model: &str) -> Option<Result<u64, CacheError>> {
+        Some(self.redis.as_ref()?.count(model).await)
+    }
+
+    /// Publishes on the installation's pub/sub channel `name` in Redis,
+    /// counting a failure like any Redis call's.
+    pub async fn publish(&self, name: &str, payload: &str) -> Result<(), CacheError> {
+        let redis = self.redis.as_ref().ok_or(CacheError::NoRedis)?;
+        let sent = redis.publish(&redis.channel(name), payload).await;
+        if let Err(e) = &sent {
+            redis.failed(e);
+        }
+        sent
+    }
+
+    /// A Redis connection of its own, subscribed to the installation's
+    /// channel `name`.
+    pub async fn subscribe(&self, name: &str) -> Result<redis::aio::PubSub, CacheError> {
+        let redis = self.redis.as_ref().ok_or(CacheError::NoRedis)?;
+        let mut pubsub = redis.subscriber().await?;
+        pubsub.subscribe(redis.channel(name)).await?;
+        Ok(pubsub)
+    }
+
+    /// Forgets every row of the local tier (it may have missed a change).
+    pub fn clear_local(&self) {
+        if let Some(local) = &self.local {
+            local.clear();
+        }
     }
 }
 

@@ -16,7 +16,6 @@
 //! checkpoint until its Redis write is done; [`settle`] clears those and
 //! repairs what crashes and outages left.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use super::behind::Admitted;
 use super::{Cache, CacheError, CachedModel, keys};
 
 /// Largest `nexus_cache` notification payload (PostgreSQL's limit is 8000).
@@ -96,7 +96,14 @@ pub struct BatchCache {
 }
 
 /// A running stage: its queue and its workers.
-type Stage = (mpsc::Sender<PendingWrite>, Vec<tokio::task::JoinHandle<()>>);
+type Stage = (mpsc::Sender<Queued>, Vec<tokio::task::JoinHandle<()>>);
+
+/// A batch in the stage's queue; a write-behind batch holds its rows in
+/// the process's write-behind budget until a worker is done with it.
+struct Queued {
+    write: PendingWrite,
+    admitted: Option<Admitted>,
+}
 
 /// A committed batch's cache work.
 pub struct PendingWrite {
@@ -119,10 +126,11 @@ impl BatchCache {
         let model = Arc::new(model);
         let stage = cache.redis.is_some().then(|| {
             let capacity = match model.strategy {
-                CacheStrategy::WriteBehind => usize::MAX >> 4,
+                // Bounded in rows by the process's write-behind budget.
+                CacheStrategy::WriteBehind => 1 << 20,
                 _ => THROUGH_QUEUE,
             };
-            let (tx, rx) = mpsc::channel(capacity.min(1 << 20));
+            let (tx, rx) = mpsc::channel(capacity);
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
             let tasks = (0..STAGE_WORKERS)
                 .map(|_| {
@@ -198,20 +206,25 @@ impl BatchCache {
             return;
         };
         if self.model.strategy != CacheStrategy::WriteBehind {
-            let _ = tx.send(w).await;
+            let _ = tx
+                .send(Queued {
+                    write: w,
+                    admitted: None,
+                })
+                .await;
             return;
         }
         let n = w.keys.len();
-        let depth = self.cache.behind_depth.fetch_add(n, Ordering::SeqCst);
-        let w = if depth + n <= self.cache.config.write_behind_capacity {
-            match tx.try_send(w) {
+        let w = match self.cache.behind.admit(n) {
+            Some(admitted) => match tx.try_send(Queued {
+                write: w,
+                admitted: Some(admitted),
+            }) {
                 Ok(()) => return,
-                Err(e) => e.into_inner(),
-            }
-        } else {
-            w
+                Err(e) => e.into_inner().write,
+            },
+            None => w,
         };
-        self.cache.behind_left(n);
         // Full: these rows are not written. Kill every older entry of the
         // model in Redis (in the background: the load goes on); if even that
         // fails, the batch stays pending and the repair flushes later.
@@ -276,16 +289,14 @@ async fn run_stage(
     model: Arc<CachedModel>,
     job: Uuid,
     url: String,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<PendingWrite>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
 ) {
-    let behind = model.strategy == CacheStrategy::WriteBehind;
     let writes_rows = model.strategy != CacheStrategy::CacheAside;
     let mut db: Option<tokio_postgres::Client> = None;
     loop {
-        let Some(w) = rx.lock().await.recv().await else {
+        let Some(Queued { write: w, admitted }) = rx.lock().await.recv().await else {
             break;
         };
-        let n = w.keys.len();
         let rows = if writes_rows && !w.keys.is_empty() {
             fetch(&mut db, &url, &model, &w.keys).await
         } else {
@@ -300,9 +311,7 @@ async fn run_stage(
         if !announced {
             tracing::warn!(model = %model.name, "announcing changed keys failed; servers' memory keeps them until their TTL");
         }
-        if behind {
-            cache.behind_left(n);
-        }
+        drop(admitted);
     }
 }
 
@@ -397,30 +406,14 @@ impl Cache {
         self.done.lock().expect("cache").push((job, seq));
     }
 
-    /// Rows left the write-behind queues.
-    fn behind_left(&self, rows: usize) {
-        if self.behind_depth.fetch_sub(rows, Ordering::SeqCst) == rows {
-            self.behind_empty.notify_waiters();
-        }
-    }
-
-    /// Waits (up to `deadline`) until the write-behind queues are empty.
+    /// Waits (up to `deadline`) until the write-behind queue is empty.
     pub async fn drain(&self, deadline: Duration) -> bool {
-        let wait = async {
-            loop {
-                let notified = self.behind_empty.notified();
-                if self.behind_depth.load(Ordering::SeqCst) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(deadline, wait).await.is_ok()
+        self.behind.drain(deadline).await
     }
 
-    /// How many rows wait in the write-behind queues.
+    /// How many rows wait in the write-behind queue.
     pub fn write_behind_depth(&self) -> usize {
-        self.behind_depth.load(Ordering::SeqCst)
+        self.behind.depth()
     }
 }
 

@@ -1,0 +1,103 @@
+//! The write-behind queue of one process: write-behind batches go to their
+//! load's cache stage without ever making the load wait, within one budget
+//! of rows shared by every load of the process. A batch beyond the budget
+//! is not queued (its caller flushes the model instead); a queued batch
+//! holds its rows until it is written — or dropped unwritten, so that a
+//! stage that dies cannot leave the budget taken — and the process can
+//! wait for the queue to empty before it exits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+pub(crate) struct WriteBehindQueue {
+    /// Rows the queue holds at most.
+    capacity: usize,
+    /// Rows queued now.
+    depth: AtomicUsize,
+    /// Woken when `depth` comes back to zero.
+    empty: Notify,
+}
+
+/// Rows admitted into the queue; they leave it when this is dropped.
+pub(crate) struct Admitted {
+    queue: Arc<WriteBehindQueue>,
+    rows: usize,
+}
+
+impl WriteBehindQueue {
+    pub(crate) fn new(capacity: usize) -> Arc<WriteBehindQueue> {
+        Arc::new(WriteBehindQueue {
+            capacity,
+            depth: AtomicUsize::new(0),
+            empty: Notify::new(),
+        })
+    }
+
+    /// Admits `rows` if the budget has room for them.
+    pub(crate) fn admit(self: &Arc<Self>, rows: usize) -> Option<Admitted> {
+        let admitted = Admitted {
+            queue: self.clone(),
+            rows,
+        };
+        let before = self.depth.fetch_add(rows, Ordering::SeqCst);
+        // Over the budget: dropping `admitted` takes the rows back out.
+        (before + rows <= self.capacity).then_some(admitted)
+    }
+
+    /// Rows queued now.
+    pub(crate) fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to `deadline`) until the queue is empty; false if it is not.
+    pub(crate) async fn drain(&self, deadline: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.empty.notified();
+                if self.depth() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(deadline, wait).await.is_ok()
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.queue.depth.fetch_sub(self.rows, Ordering::SeqCst) == self.rows {
+            self.queue.empty.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rows_leave_the_budget_when_written_or_dropped() {
+        let queue = WriteBehindQueue::new(10);
+        let a = queue.admit(6).expect("room for 6");
+        assert!(queue.admit(5).is_none(), "6 + 5 is over 10");
+        assert_eq!(queue.depth(), 6, "a refused admission takes nothing");
+        let b = queue.admit(4).expect("room for 4");
+        assert!(!queue.drain(Duration::from_millis(20)).await);
+        drop(a);
+        assert_eq!(queue.depth(), 4);
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.drain(Duration::from_secs(10)).await }
+        });
+        drop(b);
+        assert!(
+            waiter.await.unwrap(),
+            "draining ends when the last rows leave"
+        );
+        assert_eq!(queue.depth(), 0);
+    }
+}
