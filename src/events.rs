@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
+use crate::background::Background;
 use crate::jobs::progress::{Event, Hub, ProgressMsg};
 use nexus_loaders::cache::Cache;
 
@@ -58,53 +59,51 @@ impl ProgressBus {
 }
 
 /// Publishes samples of local jobs every 250 ms while they change.
-pub fn spawn_publisher(hub: Arc<Hub>, bus: Arc<ProgressBus>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut sent: HashMap<Uuid, ProgressMsg> = HashMap::new();
-        let mut tick = tokio::time::interval(crate::jobs::progress::PROGRESS_EVERY);
-        loop {
-            tick.tick().await;
-            let samples = hub.samples();
-            sent.retain(|id, _| samples.iter().any(|s| s.job_id == *id));
-            let changed: Vec<ProgressMsg> = samples
-                .into_iter()
-                .filter(|s| {
-                    sent.get(&s.job_id)
-                        .is_none_or(|p| (p.rows_read, p.bytes_read) != (s.rows_read, s.bytes_read))
-                })
-                .collect();
-            if changed.is_empty() {
-                continue;
-            }
-            for s in changed {
-                if bus.publish(&s).await {
-                    sent.insert(s.job_id, s);
-                }
+pub async fn publish_progress(hub: Arc<Hub>, bus: Arc<ProgressBus>) {
+    let mut sent: HashMap<Uuid, ProgressMsg> = HashMap::new();
+    let mut tick = tokio::time::interval(crate::jobs::progress::PROGRESS_EVERY);
+    loop {
+        tick.tick().await;
+        let samples = hub.samples();
+        sent.retain(|id, _| samples.iter().any(|s| s.job_id == *id));
+        let changed: Vec<ProgressMsg> = samples
+            .into_iter()
+            .filter(|s| {
+                sent.get(&s.job_id)
+                    .is_none_or(|p| (p.rows_read, p.bytes_read) != (s.rows_read, s.bytes_read))
+            })
+            .collect();
+        if changed.is_empty() {
+            continue;
+        }
+        for s in changed {
+            if bus.publish(&s).await {
+                sent.insert(s.job_id, s);
             }
         }
-    })
+    }
 }
 
-/// Starts the listeners; they reconnect until the process ends.
+/// Starts the listeners into `tasks`; they reconnect until stopped.
 pub fn spawn_listeners(
+    tasks: &Background,
     hub: Arc<Hub>,
     caches: Arc<ReadCaches>,
     cache: Arc<Cache>,
     database_url: String,
     bus: &ProgressBus,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = vec![tokio::spawn(listen_postgres(
+) {
+    tasks.spawn(listen_postgres(
         Heard {
             hub: hub.clone(),
             caches,
             cache,
         },
         database_url,
-    ))];
+    ));
     if let Some(cache) = &bus.redis {
-        tasks.push(tokio::spawn(listen_redis(hub, cache.clone())));
+        tasks.spawn(listen_redis(hub, cache.clone()));
     }
-    tasks
 }
 
 /// Who the PostgreSQL notifications are for.

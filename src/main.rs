@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod background;
 mod cmd;
 mod config;
 mod db;

@@ -493,7 +493,13 @@ impl Load {
             interrupt: req.interrupt.clone(),
             model: req.model_key.clone(),
         });
-        let watcher = spawn_stop_watcher(self.control.clone(), self.job_id, shared.clone());
+        let watching = shared.stop.child_token();
+        let watcher = spawn_stop_watcher(
+            self.control.clone(),
+            self.job_id,
+            shared.clone(),
+            watching.clone(),
+        );
         let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(self.plan.connections() * 2);
         let run_opts = RunOptions {
             batch_size: self.options.batch_size,
@@ -540,7 +546,8 @@ impl Load {
                 .and_then(|r| r),
             None => Ok(Default::default()),
         };
-        watcher.abort();
+        watching.cancel();
+        let _ = watcher.await;
         let mut end = shared.run_end();
         if let (Some(e), true) = (&end.error, end.outage) {
             end.error = Some(format!(
@@ -820,18 +827,19 @@ pub fn verdict(end: &RunEnd) -> Verdict {
 
 /// Stops the load at the next batch boundary when its job's cancel flag is
 /// set (polled: another process sets it). An interrupt needs no watching:
-/// the load's stop is its child.
+/// the load's stop is its child. It ends when `watching` is cancelled.
 fn spawn_stop_watcher(
     control: Arc<Client>,
     job_id: Uuid,
     shared: Arc<Shared>,
+    watching: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(CANCEL_POLL);
         poll.tick().await;
         loop {
             tokio::select! {
-                _ = shared.stop.cancelled() => return,
+                _ = watching.cancelled() => return,
                 _ = poll.tick() => {
                     if let Ok(true) = jobs::cancel_requested(&control, job_id).await {
                         shared.cancelled.store(true, Ordering::SeqCst);

@@ -159,19 +159,17 @@ pub const LIMITER_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_s
 /// [`LIMITER_PRUNE_EVERY`], those back to a full allowance are dropped (a
 /// fresh entry would be the same), so that a stream of new addresses cannot
 /// grow it without bound.
-pub fn spawn_limiter_pruner(limiter: std::sync::Arc<Limiter>) -> tokio::task::JoinHandle<()> {
+pub async fn prune_limiter(limiter: std::sync::Arc<Limiter>) {
     metrics::describe_gauge!(
         "nexus_http_rate_limit_keys",
         "Clients (users or addresses) the rate limiter remembers"
     );
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(LIMITER_PRUNE_EVERY);
-        loop {
-            tick.tick().await;
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-    })
+    let mut tick = tokio::time::interval(LIMITER_PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
 }
 
 /// Limits each user (by the subject of a valid access token) or, without

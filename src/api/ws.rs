@@ -18,6 +18,7 @@ use nexus_loaders::jobs::{self, JobRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::AppState;
@@ -263,16 +264,17 @@ async fn session(state: AppState, who: Principal, socket: WebSocket) {
     metrics::gauge!("nexus_ws_connections").increment(1.0);
     let conn = Arc::new(Conn::new(who));
     // Drain the hub at once into this connection's outbox.
+    let closed = CancellationToken::new();
     let relay = {
         let (conn, state) = (conn.clone(), state.clone());
         let rx = state.hub.subscribe();
-        tokio::spawn(async move {
+        tokio::spawn(closed.clone().run_until_cancelled_owned(async move {
             let again = || {
                 let (state, conn) = (state.clone(), conn.clone());
                 async move { resync(&state, &conn).await }
             };
             relay(rx, &conn, again).await
-        })
+        }))
     };
     let (mut sink, mut stream) = socket.split();
     let mut heartbeat = tokio::time::interval(state.config.ws_heartbeat);
@@ -317,7 +319,8 @@ async fn session(state: AppState, who: Principal, socket: WebSocket) {
             break;
         }
     }
-    relay.abort();
+    closed.cancel();
+    let _ = relay.await;
     metrics::gauge!("nexus_ws_connections").decrement(1.0);
 }
 

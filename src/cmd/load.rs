@@ -195,13 +195,18 @@ async fn load_all(
             cache: Some(cache.clone()),
         };
         let progress = Arc::new(Progress::default());
-        let bar = (!args.json && std::io::stderr().is_terminal())
-            .then(|| progress_bar(&req, progress.clone()));
-        let outcome = run_load(&database.url, req, progress).await;
-        if let Some((bar, ticker)) = bar {
-            ticker.abort();
+        let outcome = if !args.json && std::io::stderr().is_terminal() {
+            let bar = progress_bar(&req);
+            // The bar is drawn while the load runs, and no longer.
+            let outcome = tokio::select! {
+                outcome = run_load(&database.url, req, progress.clone()) => outcome,
+                never = show_progress(&bar, progress) => match never {},
+            };
             bar.finish_and_clear();
-        }
+            outcome
+        } else {
+            run_load(&database.url, req, progress).await
+        };
         if let Some((p, _)) = spool {
             let _ = std::fs::remove_file(p);
         }
@@ -292,10 +297,7 @@ async fn spool_stdin(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     Ok((path, hash))
 }
 
-fn progress_bar(
-    req: &LoadRequest,
-    progress: Arc<Progress>,
-) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+fn progress_bar(req: &LoadRequest) -> ProgressBar {
     let bar = ProgressBar::new(req.bytes_total.unwrap_or(0));
     bar.set_style(
         ProgressStyle::with_template(
@@ -303,22 +305,23 @@ fn progress_bar(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let b = bar.clone();
-    let ticker = tokio::spawn(async move {
-        let start = std::time::Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(150));
-        loop {
-            tick.tick().await;
-            let s = progress.snapshot();
-            b.set_position(s.bytes_read);
-            let rate = s.rows_read as f64 / start.elapsed().as_secs_f64().max(0.001);
-            b.set_message(format!(
-                "{} rows ({} rejected), {:.0} rows/s",
-                s.rows_read, s.rows_rejected, rate
-            ));
-        }
-    });
-    (bar, ticker)
+    bar
+}
+
+/// Keeps `bar` up to date with `progress`, for as long as it is polled.
+async fn show_progress(bar: &ProgressBar, progress: Arc<Progress>) -> std::convert::Infallible {
+    let start = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    loop {
+        tick.tick().await;
+        let s = progress.snapshot();
+        bar.set_position(s.bytes_read);
+        let rate = s.rows_read as f64 / start.elapsed().as_secs_f64().max(0.001);
+        bar.set_message(format!(
+            "{} rows ({} rejected), {:.0} rows/s",
+            s.rows_read, s.rows_rejected, rate
+        ));
+    }
 }
 
 fn print_summary(o: &LoadOutcome, json: bool) -> anyhow::Result<()> {

@@ -13,11 +13,13 @@ use rand::RngCore;
 use crate::api::{self, AppState, middleware};
 use crate::auth::store::{self, Audit};
 use crate::auth::{Role, passwords, tokens::Keys};
+use crate::background::Background;
 use crate::config::Config;
 use crate::db::{self, Database};
 use crate::events::{ProgressBus, spawn_listeners};
 use crate::exit;
 use crate::jobs::storage::LocalStorage;
+use crate::jobs::worker::WorkerContext;
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight requests may run on after a shutdown signal.
@@ -131,23 +133,25 @@ async fn serve(
         cache,
     }));
     let bus = Arc::new(ProgressBus::new(&state.cache, pool.clone()));
-    let listener_tasks = spawn_listeners(
+    let background = Background::default();
+    spawn_listeners(
+        &background,
         state.hub.clone(),
         state.caches.clone(),
         state.cache.clone(),
         url.clone(),
         &bus,
     );
-    let publisher = crate::events::spawn_publisher(state.hub.clone(), bus);
+    background.spawn(crate::events::publish_progress(state.hub.clone(), bus));
     drop(control);
-    let background = spawn_housekeeping(state.clone());
-    let pruner = middleware::spawn_limiter_pruner(state.limiter.clone());
-    let sweeper = crate::jobs::retention::spawn(
+    background.spawn(housekeeping(state.clone()));
+    background.spawn(middleware::prune_limiter(state.limiter.clone()));
+    background.spawn(crate::jobs::retention::sweep_periodically(
         state.storage.clone(),
         pool.clone(),
         state.config.upload_retention,
-    );
-    let cache_upkeep = spawn_cache_upkeep(state.clone());
+    ));
+    background.spawn(cache_upkeep(state.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| exit::failed(format!("cannot listen on {addr}: {e}")))?;
@@ -168,7 +172,23 @@ async fn serve(
         api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let workers = crate::jobs::worker::spawn(state.clone(), state.config.workers, shutdown.clone());
+    let workers = crate::jobs::worker::spawn(
+        WorkerContext {
+            pool: state.pool.clone(),
+            database_url: state.database_url.clone(),
+            models: state.models.clone(),
+            storage: state.storage.clone(),
+            hub: state.hub.clone(),
+            cache: state.cache.clone(),
+            queue: state.queue.clone(),
+            instance: state.instance,
+            lease: state.config.job_lease,
+            copy_connections: state.config.copy_connections,
+            db_retry: state.config.db_retry,
+        },
+        state.config.workers,
+        shutdown.clone(),
+    );
     tokio::select! {
         r = server => r?,
         _ = async {
@@ -178,14 +198,9 @@ async fn serve(
     }
     // Running jobs stop at their next batch boundary and go back to the queue.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(workers)).await;
-    background.abort();
-    pruner.abort();
-    sweeper.abort();
-    cache_upkeep.abort();
-    for t in &listener_tasks {
-        t.abort();
+    if !background.stop(SHUTDOWN_GRACE).await {
+        tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
-    publisher.abort();
     flush_stats(&state).await;
     state.pool.close();
     Ok(0)
@@ -236,23 +251,21 @@ async fn shutdown_signal() {
 /// Every minute: retire pooled connections older than the recycle age,
 /// write the minute's request latencies for `nexus perf report`, and forget
 /// idle login throttles.
-fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
         tick.tick().await;
-        loop {
-            tick.tick().await;
-            let max_age = state.config.db_pool_recycle;
-            state.pool.retain(|_, m| m.age() < max_age);
-            flush_stats(&state).await;
-            if let Ok(db) = state.pool.get().await
-                && let Err(e) =
-                    crate::auth::store::prune_login_throttle(&**db, api::auth::THROTTLE_IDLE).await
-            {
-                tracing::warn!(error = %e, "pruning login throttles failed");
-            }
+        let max_age = state.config.db_pool_recycle;
+        state.pool.retain(|_, m| m.age() < max_age);
+        flush_stats(&state).await;
+        if let Ok(db) = state.pool.get().await
+            && let Err(e) =
+                crate::auth::store::prune_login_throttle(&**db, api::auth::THROTTLE_IDLE).await
+        {
+            tracing::warn!(error = %e, "pruning login throttles failed");
         }
-    })
+    }
 }
 
 /// How often pending cache writes are settled and cache figures saved.
@@ -261,68 +274,66 @@ const CACHE_UPKEEP_EVERY: Duration = Duration::from_secs(2);
 /// Warms the models marked `warm` once, then settles pending cache writes
 /// (repairing Redis after an outage) and saves the cache figures for
 /// `nexus cache stats`, every few seconds.
-fn spawn_cache_upkeep(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Ok(db) = state.pool.get().await {
-            for m in state.models.iter().filter(|m| m.warm) {
-                let Some(c) = nexus_loaders::cache::CachedModel::of(m) else {
-                    continue;
-                };
-                match state
-                    .cache
-                    .warm(&c, &**db, state.config.cache_warm_rows)
-                    .await
-                {
-                    Ok(n) => tracing::info!(model = %m.name, rows = n, "cache warmed"),
-                    Err(e) => {
-                        tracing::warn!(model = %m.name, error = %e, "warming the cache failed")
-                    }
-                }
-            }
-        }
-        let mut tick = tokio::time::interval(CACHE_UPKEEP_EVERY);
-        // What was last saved per model: unchanged figures are not written again.
-        let mut saved = std::collections::HashMap::new();
-        loop {
-            tick.tick().await;
-            let Ok(db) = state.pool.get().await else {
+async fn cache_upkeep(state: AppState) {
+    if let Ok(db) = state.pool.get().await {
+        for m in state.models.iter().filter(|m| m.warm) {
+            let Some(c) = nexus_loaders::cache::CachedModel::of(m) else {
                 continue;
             };
-            match state.cache.settle(&**db).await {
-                // Redis still away: counted already; repaired when it is back.
-                Err(e @ nexus_loaders::cache::CacheError::Db(_)) => {
-                    tracing::warn!(error = %e, "settling pending cache writes failed")
-                }
-                Err(e) => tracing::debug!(error = %e, "cache settle: later"),
-                Ok(_) => {}
-            }
-            let snapshot = state.cache.snapshot();
-            for m in snapshot.models {
-                let counts = (m.hits_local, m.hits_redis, m.misses);
-                if saved.get(&m.model) == Some(&counts) {
-                    continue;
-                }
-                let written = db
-                    .execute(
-                        "INSERT INTO nexus.cache_stats (instance, model, hits_local, hits_redis, misses)
-                         VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (instance, model) DO UPDATE SET hits_local = EXCLUDED.hits_local,
-                             hits_redis = EXCLUDED.hits_redis, misses = EXCLUDED.misses, updated_at = now()",
-                        &[
-                            &state.instance,
-                            &m.model,
-                            &(m.hits_local as i64),
-                            &(m.hits_redis as i64),
-                            &(m.misses as i64),
-                        ],
-                    )
-                    .await;
-                if written.is_ok() {
-                    saved.insert(m.model, counts);
+            match state
+                .cache
+                .warm(&c, &**db, state.config.cache_warm_rows)
+                .await
+            {
+                Ok(n) => tracing::info!(model = %m.name, rows = n, "cache warmed"),
+                Err(e) => {
+                    tracing::warn!(model = %m.name, error = %e, "warming the cache failed")
                 }
             }
         }
-    })
+    }
+    let mut tick = tokio::time::interval(CACHE_UPKEEP_EVERY);
+    // What was last saved per model: unchanged figures are not written again.
+    let mut saved = std::collections::HashMap::new();
+    loop {
+        tick.tick().await;
+        let Ok(db) = state.pool.get().await else {
+            continue;
+        };
+        match state.cache.settle(&**db).await {
+            // Redis still away: counted already; repaired when it is back.
+            Err(e @ nexus_loaders::cache::CacheError::Db(_)) => {
+                tracing::warn!(error = %e, "settling pending cache writes failed")
+            }
+            Err(e) => tracing::debug!(error = %e, "cache settle: later"),
+            Ok(_) => {}
+        }
+        let snapshot = state.cache.snapshot();
+        for m in snapshot.models {
+            let counts = (m.hits_local, m.hits_redis, m.misses);
+            if saved.get(&m.model) == Some(&counts) {
+                continue;
+            }
+            let written = db
+                .execute(
+                    "INSERT INTO nexus.cache_stats (instance, model, hits_local, hits_redis, misses)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (instance, model) DO UPDATE SET hits_local = EXCLUDED.hits_local,
+                         hits_redis = EXCLUDED.hits_redis, misses = EXCLUDED.misses, updated_at = now()",
+                    &[
+                        &state.instance,
+                        &m.model,
+                        &(m.hits_local as i64),
+                        &(m.hits_redis as i64),
+                        &(m.misses as i64),
+                    ],
+                )
+                .await;
+            if written.is_ok() {
+                saved.insert(m.model, counts);
+            }
+        }
+    }
 }
 
 async fn flush_stats(state: &AppState) {

@@ -50,34 +50,32 @@ pub async fn sweep(
     })
 }
 
-/// Sweeps now and every [`SWEEP_EVERY`] until the process ends.
-pub fn spawn(
+/// Sweeps now and every [`SWEEP_EVERY`], for as long as it is polled.
+pub async fn sweep_periodically(
     storage: Arc<dyn Storage>,
     pool: deadpool_postgres::Pool,
     retention: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        loop {
-            tick.tick().await;
-            let result = match pool.get().await {
-                Ok(db) => sweep(storage.as_ref(), &db, retention).await,
-                Err(e) => Err(e.into()),
-            };
-            match result {
-                Ok(s) if s != Swept::default() => tracing::info!(
-                    partial = s.partial,
-                    finished = s.finished,
-                    orphans = s.orphans,
-                    "swept the upload store"
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweeping the upload store failed; trying again later")
-                }
+) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let result = match pool.get().await {
+            Ok(db) => sweep(storage.as_ref(), &db, retention).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(s) if s != Swept::default() => tracing::info!(
+                partial = s.partial,
+                finished = s.finished,
+                orphans = s.orphans,
+                "swept the upload store"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping the upload store failed; trying again later")
             }
         }
-    })
+    }
 }
 
 /// Deletes jobs finished more than `older_than` ago with their rejects,

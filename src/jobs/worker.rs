@@ -13,14 +13,34 @@ use nexus_loaders::load::{LoadError, LoadRequest};
 use nexus_pipeline::progress::Progress;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
+use crate::jobs::progress::Hub;
+use crate::jobs::storage::Storage;
+
+/// What queue workers use of the server.
+pub struct WorkerContext {
+    pub pool: deadpool_postgres::Pool,
+    /// For loads, which open their own COPY connections.
+    pub database_url: String,
+    pub models: Arc<nexus_pipeline::ModelSet>,
+    pub storage: Arc<dyn Storage>,
+    pub hub: Arc<Hub>,
+    pub cache: Arc<nexus_loaders::cache::Cache>,
+    /// Woken when a job is queued in this process.
+    pub queue: Arc<tokio::sync::Notify>,
+    /// This process, as a lease owner.
+    pub instance: uuid::Uuid,
+    pub lease: Duration,
+    pub copy_connections: usize,
+    pub db_retry: Duration,
+}
 
 /// Runs `n` workers until `shutdown` is cancelled.
 pub fn spawn(
-    state: AppState,
+    context: WorkerContext,
     n: usize,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let state = Arc::new(context);
     (0..n)
         .map(|i| {
             let (state, shutdown) = (state.clone(), shutdown.clone());
@@ -30,8 +50,8 @@ pub fn spawn(
         .collect()
 }
 
-async fn work(state: AppState, owner: String, shutdown: CancellationToken) {
-    let lease = state.config.job_lease;
+async fn work(state: Arc<WorkerContext>, owner: String, shutdown: CancellationToken) {
+    let lease = state.lease;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -62,14 +82,17 @@ async fn work(state: AppState, owner: String, shutdown: CancellationToken) {
 
 /// Runs a claimed job; `interrupt` (a child of the server's shutdown) is
 /// also cancelled when the job's lease is lost.
-async fn run(state: &AppState, owner: &str, job: Claimed, interrupt: CancellationToken) {
+async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: CancellationToken) {
     let id = job.id;
     tracing::info!(job = %id, model = %job.model, "job claimed");
-    // Renew the lease; a lost lease stops the load at a batch boundary.
+    // Renew the lease until the run is over; a lost lease stops the load
+    // at a batch boundary.
+    let over = CancellationToken::new();
     let renewer = {
         let (state, owner, interrupt) = (state.clone(), owner.to_string(), interrupt.clone());
+        let over = over.clone();
         tokio::spawn(async move {
-            let lease = state.config.job_lease;
+            let lease = state.lease;
             let mut tick = tokio::time::interval(lease / 3);
             tick.tick().await;
             loop {
@@ -86,6 +109,7 @@ async fn run(state: &AppState, owner: &str, job: Claimed, interrupt: Cancellatio
                         }
                     }
                     _ = interrupt.cancelled() => return,
+                    _ = over.cancelled() => return,
                 }
             }
         })
@@ -103,7 +127,7 @@ async fn run(state: &AppState, owner: &str, job: Claimed, interrupt: Cancellatio
                 atomic: job.atomic,
                 force: false,
                 has_header: true,
-                copy_connections: state.config.copy_connections,
+                copy_connections: state.copy_connections,
                 workers: std::thread::available_parallelism()
                     .map(|n| n.get())
                     .unwrap_or(2),
@@ -112,7 +136,7 @@ async fn run(state: &AppState, owner: &str, job: Claimed, interrupt: Cancellatio
                 interrupt: interrupt.clone(),
                 job: Some(id),
                 cache: Some(state.cache.clone()),
-                retry: state.config.db_retry,
+                retry: state.db_retry,
             };
             let progress = Arc::new(Progress::default());
             state
@@ -126,7 +150,8 @@ async fn run(state: &AppState, owner: &str, job: Claimed, interrupt: Cancellatio
         }
         Err(e) => Err(Failure::Model(e.to_string())),
     };
-    renewer.abort();
+    over.cancel();
+    let _ = renewer.await;
     match outcome {
         Ok(status) => {
             tracing::info!(job = %id, %status, "job finished");
