@@ -946,3 +946,40 @@ fn concurrent_first_loads_create_the_table_once() {
     }
     assert_eq!(db.count("ev"), 6000);
 }
+
+/// The schema's CHECK constraints hold the same words as the one mapping
+/// of statuses and modes (`nexus_loaders::vocab`), no more, no fewer.
+#[test]
+fn the_schema_knows_exactly_the_statuses_and_modes_of_the_code() {
+    let db = TestDb::new();
+    assert_eq!(db.run(&["migrate", "--schema-only"]).code, 0);
+    let words = |column: &str| -> std::collections::BTreeSet<String> {
+        let def = db
+            .value(&format!(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                 WHERE conrelid = 'nexus.jobs'::regclass AND contype = 'c'
+                   AND pg_get_constraintdef(oid) LIKE '%({column} %'"
+            ))
+            .expect("a CHECK constraint");
+        def.split('\'')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let of = |v: Vec<String>| v.into_iter().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        words("status"),
+        of(nexus_loaders::JobStatus::ALL
+            .iter()
+            .map(|s| s.to_string())
+            .collect())
+    );
+    assert_eq!(
+        words("mode"),
+        of(nexus_loaders::Mode::ALL
+            .iter()
+            .map(|m| m.to_string())
+            .collect())
+    );
+}

@@ -99,11 +99,13 @@ pub async fn create(
 ) -> Result<Uuid, tokio_postgres::Error> {
     let id = Uuid::new_v4();
     c.execute(
-        "INSERT INTO nexus.jobs (id, model, target, mode, atomic, status, file_name, file_hash,
+        crate::status_sql!(
+            "INSERT INTO nexus.jobs (id, model, target, mode, atomic, status, file_name, file_hash,
                                  bytes_total, options, owner, storage_key, started_at, finished_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                 CASE WHEN $6 = 'running' THEN now() END,
-                 CASE WHEN $6 = 'skipped' THEN now() END)",
+                 CASE WHEN $6 = {running} THEN now() END,
+                 CASE WHEN $6 = {skipped} THEN now() END)"
+        ),
         &[
             &id,
             &job.model,
@@ -132,10 +134,12 @@ pub async fn find_resumable(
     atomic: bool,
 ) -> Result<Option<(Uuid, serde_json::Value)>, tokio_postgres::Error> {
     Ok(c.query_opt(
-        "SELECT id, options FROM nexus.jobs
+        crate::status_sql!(
+            "SELECT id, options FROM nexus.jobs
              WHERE model = $1 AND file_hash = $2 AND mode = $3 AND atomic = $4
-               AND status IN ('queued', 'running', 'failed', 'cancelled')
-             ORDER BY created_at DESC LIMIT 1",
+               AND status IN ({queued}, {running}, {failed}, {cancelled})
+             ORDER BY created_at DESC LIMIT 1"
+        ),
         &[&model, &file_hash, &mode, &atomic],
     )
     .await?
@@ -168,9 +172,11 @@ pub async fn mark_running(
     resume: Resume,
 ) -> Result<(), tokio_postgres::Error> {
     c.execute(
-        "UPDATE nexus.jobs SET status = 'running', error = NULL,
+        crate::status_sql!(
+            "UPDATE nexus.jobs SET status = {running}, error = NULL,
                 cancel_requested = cancel_requested AND $2,
-                started_at = now(), finished_at = NULL WHERE id = $1",
+                started_at = now(), finished_at = NULL WHERE id = $1"
+        ),
         &[&id, &(resume == Resume::KeepCancel)],
     )
     .await?;
@@ -189,7 +195,7 @@ pub enum Resume {
 /// Closes a job whose file was already loaded by another.
 pub async fn mark_skipped(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
     c.execute(
-        "UPDATE nexus.jobs SET status = 'skipped', finished_at = now(), lease_owner = NULL WHERE id = $1",
+        crate::status_sql!("UPDATE nexus.jobs SET status = {skipped}, finished_at = now(), lease_owner = NULL WHERE id = $1"),
         &[&id],
     )
     .await?;
@@ -256,10 +262,10 @@ pub async fn finish(
     let error = error.as_deref();
     let row = c
         .query_one(
-            "WITH counts AS (SELECT * FROM nexus.job_counts($1)),
+            crate::status_sql!("WITH counts AS (SELECT * FROM nexus.job_counts($1)),
              done AS (
                  UPDATE nexus.jobs j SET
-                     status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE $2 END,
+                     status = CASE WHEN j.cancel_requested THEN {cancelled} ELSE $2 END,
                      error = $3, rows_committed = counts.committed, rows_rejected = counts.rejected,
                      rows_read = counts.committed + counts.rejected, bytes_read = $4,
                      duration_ms = $5, finished_at = now()
@@ -267,9 +273,9 @@ pub async fn finish(
                  RETURNING j.id, j.model, j.file_hash, j.status),
              ledger AS (
                  INSERT INTO nexus.loaded_files (model, file_hash, job_id)
-                 SELECT model, file_hash, id FROM done WHERE status = 'succeeded'
+                 SELECT model, file_hash, id FROM done WHERE status = {succeeded}
                  ON CONFLICT (model, file_hash) DO UPDATE SET job_id = EXCLUDED.job_id, loaded_at = now())
-             SELECT coalesce((SELECT status FROM done), $2)",
+             SELECT coalesce((SELECT status FROM done), $2)"),
             &[&id, &status, &error, &bytes_read, &duration_ms],
         )
         .await?;
@@ -337,11 +343,13 @@ pub async fn request_cancel(
         }
         JobStatus::Queued | JobStatus::Failed => {
             tx.execute(
-                "UPDATE nexus.jobs j SET status = 'cancelled', cancel_requested = true,
+                crate::status_sql!(
+                    "UPDATE nexus.jobs j SET status = {cancelled}, cancel_requested = true,
                         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
                         rows_committed = c.committed, rows_rejected = c.rejected,
                         rows_read = c.committed + c.rejected
-                 FROM nexus.job_counts($1) c WHERE j.id = $1",
+                 FROM nexus.job_counts($1) c WHERE j.id = $1"
+                ),
                 &[&id],
             )
             .await?;
@@ -497,14 +505,14 @@ pub async fn claim_next(
     loop {
         let Some(r) = c
             .query_opt(
-                "WITH pick AS (
-                     SELECT j.id, j.status = 'running' AS expired,
+                crate::status_sql!("WITH pick AS (
+                     SELECT j.id, j.status = {running} AS expired,
                             (SELECT coalesce(sum(rows_read), 0)::bigint FROM nexus.job_batches b
                               WHERE b.job_id = j.id) AS done
                      FROM nexus.jobs j
                      WHERE j.storage_key IS NOT NULL
-                       AND ((j.status = 'queued' AND (j.not_before IS NULL OR j.not_before <= now()))
-                            OR (j.status = 'running' AND j.lease_expires_at < now()))
+                       AND ((j.status = {queued} AND (j.not_before IS NULL OR j.not_before <= now()))
+                            OR (j.status = {running} AND j.lease_expires_at < now()))
                      ORDER BY j.created_at FOR UPDATE SKIP LOCKED LIMIT 1),
                  verdict AS (
                      SELECT pick.id, pick.done,
@@ -515,8 +523,8 @@ pub async fn claim_next(
                  counts AS (SELECT c.* FROM pick, nexus.job_counts(pick.id) c)
                  UPDATE nexus.jobs j SET
                      stalled_leases = v.stalled, claimed_done = v.done,
-                     status = CASE WHEN v.stalled >= $3 THEN 'failed'
-                                   WHEN j.cancel_requested THEN 'cancelled' ELSE 'running' END,
+                     status = CASE WHEN v.stalled >= $3 THEN {failed}
+                                   WHEN j.cancel_requested THEN {cancelled} ELSE {running} END,
                      error = CASE WHEN v.stalled >= $3 THEN
                          'failed: its worker stopped ' || v.stalled || ' times without committing a batch '
                          || '(a crash or a kill while loading it); it is not retried, so that it cannot stop '
@@ -531,7 +539,7 @@ pub async fn claim_next(
                      rows_read = c.committed + c.rejected
                  FROM verdict v, counts c WHERE j.id = v.id
                  RETURNING j.id, j.model, j.mode, j.atomic, j.file_name, j.file_hash, j.bytes_total,
-                           j.storage_key, j.options, j.owner, j.status",
+                           j.storage_key, j.options, j.owner, j.status"),
                 &[&owner, &lease.as_secs_f64(), &MAX_STALLED_LEASES],
             )
             .await?
@@ -570,8 +578,10 @@ pub async fn renew_lease(
     lease: std::time::Duration,
 ) -> Result<bool, tokio_postgres::Error> {
     Ok(c.execute(
-        "UPDATE nexus.jobs SET lease_expires_at = now() + make_interval(secs => $3)
-         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        crate::status_sql!(
+            "UPDATE nexus.jobs SET lease_expires_at = now() + make_interval(secs => $3)
+         WHERE id = $1 AND lease_owner = $2 AND status = {running}"
+        ),
         &[&id, &owner, &lease.as_secs_f64()],
     )
     .await?
@@ -586,9 +596,11 @@ pub async fn defer(
     wait: std::time::Duration,
 ) -> Result<(), tokio_postgres::Error> {
     c.execute(
-        "UPDATE nexus.jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+        crate::status_sql!(
+            "UPDATE nexus.jobs SET status = {queued}, lease_owner = NULL, lease_expires_at = NULL,
                 not_before = now() + make_interval(secs => $2)
-         WHERE id = $1 AND status = 'running'",
+         WHERE id = $1 AND status = {running}"
+        ),
         &[&id, &wait.as_secs_f64()],
     )
     .await?;
@@ -600,9 +612,11 @@ pub async fn defer(
 /// otherwise meanwhile (a cancel won) stays as it is.
 pub async fn requeue(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
     c.execute(
-        "UPDATE nexus.jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+        crate::status_sql!(
+            "UPDATE nexus.jobs SET status = {queued}, lease_owner = NULL, lease_expires_at = NULL,
                 error = NULL, finished_at = NULL
-         WHERE id = $1 AND status = 'failed' AND NOT cancel_requested",
+         WHERE id = $1 AND status = {failed} AND NOT cancel_requested"
+        ),
         &[&id],
     )
     .await?;
@@ -619,11 +633,11 @@ pub async fn recently_changed(
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     Ok(c
         .query(
-            "SELECT id FROM nexus.jobs
+            crate::status_sql!("SELECT id FROM nexus.jobs
              WHERE ($1::text IS NULL OR owner = $1)
-               AND (status IN ('queued', 'running')
+               AND (status IN ({queued}, {running})
                     OR greatest(created_at, started_at, finished_at) > now() - make_interval(secs => $2))
-             ORDER BY greatest(created_at, started_at, finished_at) DESC LIMIT $3",
+             ORDER BY greatest(created_at, started_at, finished_at) DESC LIMIT $3"),
             &[&owner, &window.as_secs_f64(), &limit],
         )
         .await?

@@ -31,6 +31,18 @@ macro_rules! text_enum {
                 }
             }
 
+            /// `template` with each `{word}` of this vocabulary as the SQL
+            /// literal `'word'`: statements name statuses and modes through
+            /// the mapping, and still hold them as constants (which the
+            /// planner needs to match partial indexes).
+            pub fn fill_sql(template: &str) -> String {
+                let mut sql = template.to_string();
+                for v in Self::ALL {
+                    sql = sql.replace(&format!("{{{}}}", v.as_str()), &format!("'{}'", v.as_str()));
+                }
+                sql
+            }
+
             /// The words, for messages: `a, b or c`.
             pub fn choices() -> String {
                 let words: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
@@ -135,6 +147,17 @@ text_enum! {
     }
 }
 
+/// A statement naming job statuses as `{queued}`, `{running}` …, filled
+/// once (see `JobStatus::fill_sql`) and kept for the process.
+#[macro_export]
+macro_rules! status_sql {
+    ($template:literal) => {{
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| $crate::JobStatus::fill_sql($template));
+        SQL.as_str()
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +176,11 @@ mod tests {
         assert!(e.contains("append, upsert or replace"), "{e}");
         assert!("done".parse::<JobStatus>().is_err());
         assert!(JobStatus::Skipped.is_finished() && !JobStatus::Queued.is_finished());
+    }
+
+    #[test]
+    fn statements_name_statuses_through_the_mapping() {
+        let sql = status_sql!("status IN ({queued}, {running}) AND x = '{other}'");
+        assert_eq!(sql, "status IN ('queued', 'running') AND x = '{other}'");
     }
 }

@@ -75,8 +75,8 @@ pub async fn detailed(
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             let counts = db
                 .query_one(
-                    "SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running')
-                     FROM nexus.jobs",
+                    nexus_loaders::status_sql!("SELECT count(*) FILTER (WHERE status = {queued}), count(*) FILTER (WHERE status = {running})
+                     FROM nexus.jobs"),
                     &[],
                 )
                 .await

@@ -75,16 +75,16 @@ pub async fn run(config: &Config, args: PerfArgs) -> anyhow::Result<u8> {
         let secs = since.as_secs_f64();
         let j = db
             .query_one(
-                "WITH j AS (
+                nexus_loaders::status_sql!("WITH j AS (
                     SELECT status, rows_read, duration_ms,
                            rows_read * 1000.0 / nullif(duration_ms, 0) AS rate
                     FROM nexus.jobs
-                    WHERE finished_at > now() - make_interval(secs => $1) AND status <> 'skipped')
-                 SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'),
-                        count(*) FILTER (WHERE status = 'failed'), coalesce(sum(rows_read), 0)::bigint,
+                    WHERE finished_at > now() - make_interval(secs => $1) AND status <> {skipped})
+                 SELECT count(*), count(*) FILTER (WHERE status = {succeeded}),
+                        count(*) FILTER (WHERE status = {failed}), coalesce(sum(rows_read), 0)::bigint,
                         coalesce(percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY rate), ARRAY[0, 0, 0]::float8[]),
                         coalesce(percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms), ARRAY[0, 0, 0]::float8[])
-                 FROM j",
+                 FROM j"),
                 &[&secs],
             )
             .await?;

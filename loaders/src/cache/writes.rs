@@ -439,10 +439,10 @@ pub(super) async fn settle(cache: &Cache, db: &impl GenericClient) -> Result<u64
     };
     let abandoned = db
         .query(
-            "SELECT j.model, max(b.cache_version) FROM nexus.job_batches b JOIN nexus.jobs j ON j.id = b.job_id
+            crate::status_sql!("SELECT j.model, max(b.cache_version) FROM nexus.job_batches b JOIN nexus.jobs j ON j.id = b.job_id
              WHERE b.cache_pending AND b.cache_version IS NOT NULL
-               AND b.committed_at < now() - make_interval(secs => CASE WHEN j.status = 'running' THEN $1::float8 ELSE $2::float8 END)
-             GROUP BY j.model",
+               AND b.committed_at < now() - make_interval(secs => CASE WHEN j.status = {running} THEN $1::float8 ELSE $2::float8 END)
+             GROUP BY j.model"),
             &[&ABANDONED_RUNNING_SECS, &ABANDONED_ENDED_SECS],
         )
         .await?;
