@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -281,12 +281,8 @@ struct Shared {
     /// interrupt, also cancelled by an error, the reject limit or the job's
     /// cancel.
     stop: CancellationToken,
-    cancelled: AtomicBool,
-    exceeded: AtomicBool,
-    /// The error that stopped the load was the database out of reach
-    /// (retried for the whole window): the job is resumable.
-    outage: AtomicBool,
-    error: Mutex<Option<String>>,
+    /// Why `stop` was cancelled, when this load cancelled it.
+    reason: Mutex<Option<Stop>>,
     progress: Arc<Progress>,
     max_rejects: Option<u64>,
     max_reject_ratio: Option<f64>,
@@ -300,11 +296,9 @@ impl Shared {
     /// counts what the database holds).
     fn run_end(&self) -> RunEnd {
         let snapshot = self.progress.snapshot();
+        let reason = self.reason.lock().expect("stop reason").clone();
         RunEnd {
-            error: self.error.lock().expect("error slot").clone(),
-            outage: self.outage.load(Ordering::SeqCst),
-            cancelled: self.cancelled.load(Ordering::SeqCst),
-            interrupted: self.interrupt.is_cancelled(),
+            stop: reason.or_else(|| self.interrupt.is_cancelled().then_some(Stop::Interrupted)),
             rows_read: snapshot.rows_read as i64,
             rows_rejected: snapshot.rows_rejected as i64,
             max_rejects: self.max_rejects,
@@ -312,20 +306,25 @@ impl Shared {
         }
     }
 
-    fn fail(&self, message: String) {
-        let mut e = self.error.lock().expect("error slot");
-        if e.is_none() {
-            *e = Some(message);
-        }
+    /// Stops the load for `reason`, unless it stopped for a weightier one.
+    fn stop_for(&self, reason: Stop) {
+        Stop::record(&mut self.reason.lock().expect("stop reason"), reason);
         self.stop.cancel();
+    }
+
+    fn fail(&self, message: String) {
+        self.stop_for(Stop::Error {
+            message,
+            outage: false,
+        });
     }
 
     /// Fails the load with a database error, noting an outage.
     fn fail_db(&self, context: &str, e: &tokio_postgres::Error) {
-        if pg::classify(e) == pg::ErrorKind::Transient {
-            self.outage.store(true, Ordering::SeqCst);
-        }
-        self.fail(format!("{context}{}", describe(e)));
+        self.stop_for(Stop::Error {
+            message: format!("{context}{}", describe(e)),
+            outage: pg::classify(e) == pg::ErrorKind::Transient,
+        });
     }
 
     fn fail_write(&self, e: WriteError) {
@@ -345,8 +344,7 @@ impl Shared {
         if let Some(max) = self.max_rejects
             && self.progress.rows_rejected.load(Ordering::Relaxed) > max
         {
-            self.exceeded.store(true, Ordering::SeqCst);
-            self.stop.cancel();
+            self.stop_for(Stop::RejectLimit);
         }
     }
 }
@@ -483,10 +481,7 @@ impl Load {
         let req = &self.req;
         let shared = Arc::new(Shared {
             stop: req.interrupt.child_token(),
-            cancelled: AtomicBool::new(false),
-            exceeded: AtomicBool::new(false),
-            outage: AtomicBool::new(false),
-            error: Mutex::new(None),
+            reason: Mutex::new(None),
             progress: self.progress.clone(),
             max_rejects: req.model.input.max_rejects,
             max_reject_ratio: req.model.input.max_reject_ratio,
@@ -549,14 +544,22 @@ impl Load {
         watching.cancel();
         let _ = watcher.await;
         let mut end = shared.run_end();
-        if let (Some(e), true) = (&end.error, end.outage) {
-            end.error = Some(format!(
-                "gave up after {}s of database errors ({e}); the job is resumable: run the same command again",
-                req.retry.as_secs()
-            ));
-        }
-        if end.error.is_none() {
-            end.error = read_result.err().map(|e| e.to_string());
+        match (&mut end.stop, read_result) {
+            (Some(Stop::Error { message, outage }), _) => {
+                if *outage {
+                    *message = format!(
+                        "gave up after {}s of database errors ({message}); the job is resumable: run the same command again",
+                        req.retry.as_secs()
+                    );
+                }
+            }
+            (stop, Err(e)) => {
+                *stop = Some(Stop::Error {
+                    message: e.to_string(),
+                    outage: false,
+                })
+            }
+            (_, Ok(_)) => {}
         }
         end
     }
@@ -732,17 +735,45 @@ async fn close(
     })
 }
 
+/// Why a run stopped before the end of its input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    /// A writer's or the reader's error; `outage`: the database was out of
+    /// reach for the whole retry window (the job is resumable).
+    Error { message: String, outage: bool },
+    /// The job's cancel request was seen.
+    Cancelled,
+    /// The rejects went over `max_rejects`.
+    RejectLimit,
+    /// A signal, a shutdown or a lost lease: resumable.
+    Interrupted,
+}
+
+impl Stop {
+    /// Which reason a run keeps when it has more than one: an error, then a
+    /// cancel, then the reject limit, then an interruption.
+    fn weight(&self) -> u8 {
+        match self {
+            Stop::Error { .. } => 3,
+            Stop::Cancelled => 2,
+            Stop::RejectLimit => 1,
+            Stop::Interrupted => 0,
+        }
+    }
+
+    /// Keeps the weightier of `slot` and `reason` (the first of equals).
+    fn record(slot: &mut Option<Stop>, reason: Stop) {
+        if slot.as_ref().is_none_or(|s| reason.weight() > s.weight()) {
+            *slot = Some(reason);
+        }
+    }
+}
+
 /// How a run ended, as far as its verdict goes.
 #[derive(Debug, Clone, Default)]
 pub struct RunEnd {
-    /// A writer's or the reader's error.
-    pub error: Option<String>,
-    /// That error was the database out of reach for the whole retry window.
-    pub outage: bool,
-    /// The job's cancel request was seen.
-    pub cancelled: bool,
-    /// Stopped by a signal or a lost lease: resumable.
-    pub interrupted: bool,
+    /// Why it stopped; `None`: it read its input to the end.
+    pub stop: Option<Stop>,
     /// Rows read and rejected by the job in all, over all its runs.
     pub rows_read: i64,
     pub rows_rejected: i64,
@@ -772,13 +803,13 @@ pub fn verdict(end: &RunEnd) -> Verdict {
         rejects_exceeded,
         interrupted: false,
     };
-    if let Some(e) = &end.error {
+    if let Some(Stop::Error { message, outage }) = &end.stop {
         return Verdict {
-            interrupted: end.outage,
-            ..failed(e.clone(), false)
+            interrupted: *outage,
+            ..failed(message.clone(), false)
         };
     }
-    if end.cancelled {
+    if end.stop == Some(Stop::Cancelled) {
         return Verdict {
             status: JobStatus::Cancelled,
             error: None,
@@ -809,7 +840,7 @@ pub fn verdict(end: &RunEnd) -> Verdict {
             true,
         );
     }
-    if end.interrupted {
+    if end.stop == Some(Stop::Interrupted) {
         return Verdict {
             status: JobStatus::Failed,
             error: Some("interrupted; run the same command again to resume".into()),
@@ -842,8 +873,7 @@ fn spawn_stop_watcher(
                 _ = watching.cancelled() => return,
                 _ = poll.tick() => {
                     if let Ok(true) = jobs::cancel_requested(&control, job_id).await {
-                        shared.cancelled.store(true, Ordering::SeqCst);
-                        shared.stop.cancel();
+                        shared.stop_for(Stop::Cancelled);
                         return;
                     }
                 }
@@ -1098,35 +1128,56 @@ mod tests {
         assert_eq!(v.status, JobStatus::Succeeded);
     }
 
+    fn stopped(reasons: &[Stop]) -> Option<Stop> {
+        let mut slot = None;
+        for r in reasons {
+            Stop::record(&mut slot, r.clone());
+        }
+        slot
+    }
+
     #[test]
     fn an_error_fails_and_a_cancel_wins_over_the_rest() {
-        let v = verdict(&RunEnd {
-            error: Some("boom".into()),
-            cancelled: true,
-            ..end()
-        });
-        assert_eq!(
-            (v.status, v.error.as_deref()),
-            (JobStatus::Failed, Some("boom"))
-        );
-        let v = verdict(&RunEnd {
-            cancelled: true,
-            interrupted: true,
-            ..end()
-        });
-        assert_eq!((v.status, v.interrupted), (JobStatus::Cancelled, false));
+        let boom = Stop::Error {
+            message: "boom".into(),
+            outage: false,
+        };
+        for reasons in [
+            [Stop::Cancelled, boom.clone()],
+            [boom.clone(), Stop::Cancelled],
+        ] {
+            let v = verdict(&RunEnd {
+                stop: stopped(&reasons),
+                ..end()
+            });
+            assert_eq!(
+                (v.status, v.error.as_deref()),
+                (JobStatus::Failed, Some("boom"))
+            );
+        }
+        for reasons in [
+            [Stop::Interrupted, Stop::Cancelled],
+            [Stop::Cancelled, Stop::Interrupted],
+            [Stop::RejectLimit, Stop::Cancelled],
+        ] {
+            let v = verdict(&RunEnd {
+                stop: stopped(&reasons),
+                ..end()
+            });
+            assert_eq!((v.status, v.interrupted), (JobStatus::Cancelled, false));
+        }
     }
 
     #[test]
     fn an_interrupted_run_is_resumable_unless_over_its_limits() {
         let v = verdict(&RunEnd {
-            interrupted: true,
+            stop: Some(Stop::Interrupted),
             max_rejects: None,
             ..end()
         });
         assert_eq!((v.status, v.interrupted), (JobStatus::Failed, true));
         let v = verdict(&RunEnd {
-            interrupted: true,
+            stop: stopped(&[Stop::Interrupted, Stop::RejectLimit]),
             ..end()
         });
         assert_eq!((v.interrupted, v.rejects_exceeded), (false, true));
