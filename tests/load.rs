@@ -6,6 +6,7 @@ mod common;
 use std::io::Write;
 
 use common::{TestDb, customers, fixture};
+use serde_json::json;
 
 #[test]
 fn demo_fixture_loads_with_rejects_and_line_numbers() {
@@ -56,11 +57,18 @@ fn a_loaded_file_is_skipped_unless_forced() {
     assert_eq!(r.code, 0);
     assert_eq!(again["status"], "skipped");
     assert_eq!(db.count("customer"), 10);
-    // Forced, the same rows collide with the primary key: all rejected, none doubled.
+    // Forced, the same rows collide with the primary key: all rejected, none
+    // doubled, and a load that loaded nothing has failed.
     let (r, forced) = db.load_json(&["--model", "customer", "--force", path]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(forced["status"], "succeeded");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(forced["status"], "failed");
     assert_eq!(forced["rows_rejected"], 10);
+    assert!(
+        forced["error"].as_str().unwrap().starts_with(
+            "no row was loaded: all 10 rows were rejected, for example line 2: duplicate key value violates unique constraint \"customer_pkey\""
+        ),
+        "{forced}"
+    );
     assert_eq!(db.count("customer"), 10);
     let reason = db
         .value("SELECT reason FROM nexus.rejects ORDER BY line LIMIT 1")
@@ -873,9 +881,10 @@ fn unique_conflicts_are_rejected_in_one_pass_with_their_index_and_key() {
         Some("e120")
     );
 
-    // Loading the same rows again: every row is a duplicate.
+    // Loading the same rows again: every row is a duplicate, nothing
+    // loads, and the job says so.
     let (r, s) = db.load_json(&["--table", "acct", "--force", f.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!((r.code, s["status"].as_str()), (1, Some("failed")), "{r:?}");
     assert_eq!(
         (s["rows_committed"].as_i64(), s["rows_rejected"].as_i64()),
         (Some(0), Some(101))
@@ -981,5 +990,123 @@ fn the_schema_knows_exactly_the_statuses_and_modes_of_the_code() {
             .iter()
             .map(|m| m.to_string())
             .collect())
+    );
+}
+
+/// A failed load is retried with corrected options: the same options
+/// resume the job (under the file's new name), other options start a new
+/// job and end the old one, which keeps what it committed.
+#[test]
+fn a_failed_load_is_retried_with_corrected_options_as_a_new_job() {
+    let db = TestDb::new();
+    let body = customers(1, 20);
+    let headerless: String = body.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    let f = db.file("nohdr.csv", &headerless);
+    let path = f.to_str().unwrap();
+    let (r, first) = db.load_json(&["--model", "customer", path]);
+    assert_eq!((r.code, &first["status"]), (1, &json!("failed")), "{r:?}");
+    // The same options, a copy under another name: the same job, renamed.
+    let copy = db.file("renamed.csv", &headerless);
+    let (r, again) = db.load_json(&["--model", "customer", copy.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(again["job_id"], first["job_id"]);
+    assert!(
+        again["file_name"]
+            .as_str()
+            .unwrap()
+            .ends_with("renamed.csv")
+    );
+    // The corrected options: a new job, and the old one is over.
+    let (r, fixed) = db.load_json(&["--model", "customer", "--no-header", path]);
+    assert_eq!(
+        (r.code, &fixed["status"]),
+        (0, &json!("succeeded")),
+        "{r:?}"
+    );
+    assert_ne!(fixed["job_id"], first["job_id"]);
+    assert_eq!(fixed["superseded"]["job_id"], first["job_id"]);
+    assert_eq!(fixed["superseded"]["rows_committed"], 0);
+    assert_eq!(db.count("customer"), 20);
+    let old = first["job_id"].as_str().unwrap();
+    let (status, error) = (
+        db.value(&format!("SELECT status FROM nexus.jobs WHERE id = '{old}'")),
+        db.value(&format!("SELECT error FROM nexus.jobs WHERE id = '{old}'")),
+    );
+    assert_eq!(status.as_deref(), Some("cancelled"));
+    let new = fixed["job_id"].as_str().unwrap();
+    assert!(error.unwrap().contains(&format!("superseded by job {new}")));
+    // --force starts a new job too, even with the same options.
+    let half = db.file("half.csv", customers(100, 10));
+    db.exec("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'down for a moment'; END $$");
+    db.exec("CREATE TRIGGER refuse BEFORE INSERT ON nexus.job_batches FOR EACH STATEMENT EXECUTE FUNCTION refuse()");
+    let (r, broken) = db.load_json(&["--model", "customer", half.to_str().unwrap()]);
+    assert_eq!((r.code, &broken["status"]), (1, &json!("failed")), "{r:?}");
+    db.exec("DROP TRIGGER refuse ON nexus.job_batches");
+    let (r, forced) = db.load_json(&["--model", "customer", "--force", half.to_str().unwrap()]);
+    assert_eq!(
+        (r.code, &forced["status"]),
+        (0, &json!("succeeded")),
+        "{r:?}"
+    );
+    assert_eq!(forced["superseded"]["job_id"], broken["job_id"]);
+    assert_eq!(db.count("customer"), 30);
+}
+
+/// A load that committed nothing while rows were rejected fails, says why,
+/// and leaves the file not loaded: the right encoding then loads it.
+#[test]
+fn a_load_that_commits_nothing_fails_and_the_file_stays_unloaded() {
+    let db = TestDb::new();
+    let mut latin1 =
+        b"id,external_id,name,email,country,segment,credit_limit,created_at,active,score\n"
+            .to_vec();
+    for i in 1..=30 {
+        latin1
+            .extend_from_slice(format!("{i},{},Ren", uuid::Uuid::from_u128(i as u128)).as_bytes());
+        latin1.push(0xE9); // é in Latin-1; not UTF-8
+        latin1.extend_from_slice(
+            format!("e {i},r{i}@example.com,FR,smb,10.00,2021-01-01T00:00:00Z,true,{i}\n")
+                .as_bytes(),
+        );
+    }
+    let f = db.file("latin1.csv", &latin1);
+    let path = f.to_str().unwrap();
+    let r = db.run(&["load", "--model", "customer", path]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.starts_with("failed:"), "{r:?}");
+    assert!(
+        r.stdout.contains(
+            "no row was loaded: all 30 rows were rejected, for example line 2: invalid UTF-8"
+        ),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("encoding latin1"), "{r:?}");
+    assert_eq!(
+        db.value("SELECT count(*)::text FROM nexus.loaded_files")
+            .as_deref(),
+        Some("0")
+    );
+    let (r, fixed) = db.load_json(&["--model", "customer", "--encoding", "latin1", path]);
+    assert_eq!(
+        (r.code, &fixed["status"]),
+        (0, &json!("succeeded")),
+        "{r:?}"
+    );
+    assert_eq!(fixed["rows_committed"], 30);
+    assert_eq!(
+        db.value("SELECT name FROM customer WHERE id = 7")
+            .as_deref(),
+        Some("Renée 7")
+    );
+    // One row committed among rejects is a success with rejects.
+    let mixed = db.file(
+        "mixed.csv",
+        format!("{}\n{}", customers(500, 1).trim_end(), "x,y,z\n"),
+    );
+    let (r, s) = db.load_json(&["--model", "customer", mixed.to_str().unwrap()]);
+    assert_eq!((r.code, &s["status"]), (0, &json!("succeeded")), "{r:?}");
+    assert_eq!(
+        (s["rows_committed"].clone(), s["rows_rejected"].clone()),
+        (json!(1), json!(1))
     );
 }

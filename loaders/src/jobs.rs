@@ -183,6 +183,88 @@ pub async fn mark_running(
     Ok(())
 }
 
+/// The kind of reject (its column and reason, without the values it
+/// names: keys, numbers) most of a job's rejects are, as its first example
+/// (`line N: [column C: ]reason`), and how many rows it hit.
+pub async fn top_reject_reason(
+    c: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<(String, i64)>, tokio_postgres::Error> {
+    Ok(c
+        .query_opt(
+            r#"WITH r AS (
+                 SELECT line, "column", reason,
+                        regexp_replace(regexp_replace(reason, '\(.*\)=\(.*\)', '', 'g'), '[0-9]+', '', 'g') AS kind
+                 FROM nexus.rejects WHERE job_id = $1),
+             top AS (
+                 SELECT "column", kind, count(*) AS n, min(line) AS first FROM r
+                 GROUP BY "column", kind ORDER BY n DESC, first LIMIT 1)
+             SELECT 'line ' || r.line || ': '
+                    || CASE WHEN r."column" IS NULL THEN '' ELSE 'column ' || r."column" || ': ' END
+                    || r.reason, top.n
+             FROM top JOIN r ON r.line = top.first AND r.kind = top.kind
+                            AND r."column" IS NOT DISTINCT FROM top."column"
+             LIMIT 1"#,
+            &[&id],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// A resumed job takes the name the file has now.
+pub async fn rename_file(
+    c: &impl GenericClient,
+    id: Uuid,
+    file_name: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
+    if let Some(name) = file_name {
+        c.execute(
+            "UPDATE nexus.jobs SET file_name = $2 WHERE id = $1",
+            &[&id, &name],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// An unfinished job a new one replaced, and the rows it had committed
+/// (they stay in the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Superseded {
+    pub job_id: Uuid,
+    pub rows_committed: i64,
+}
+
+/// Ends the unfinished job `old` as `cancelled`, replaced by `new` (the
+/// same file read with other options, or forced); its committed batches
+/// are left as they are.
+pub async fn supersede(
+    c: &impl GenericClient,
+    old: Uuid,
+    new: Uuid,
+) -> Result<Superseded, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            crate::status_sql!(
+                "WITH counts AS (SELECT * FROM nexus.job_counts($1))
+                 UPDATE nexus.jobs j SET status = {cancelled}, finished_at = now(), lease_owner = NULL,
+                     rows_committed = counts.committed, rows_rejected = counts.rejected,
+                     rows_read = counts.committed + counts.rejected,
+                     error = 'superseded by job ' || $2::uuid::text
+                             || ' (the same file loaded again with other options or --force); its '
+                             || counts.committed || ' committed rows stay in the table'
+                 FROM counts WHERE j.id = $1
+                 RETURNING counts.committed"
+            ),
+            &[&old, &new],
+        )
+        .await?;
+    Ok(Superseded {
+        job_id: old,
+        rows_committed: row.get(0),
+    })
+}
+
 /// Who resumes a job, deciding the fate of a pending cancel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {

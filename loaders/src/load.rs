@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::cache::{BatchCache, Cache, CachedModel};
 use crate::catalog;
 use crate::gate::SeqGate;
-use crate::jobs::{self, JobRecord, NewJob};
+use crate::jobs::{self, JobRecord, NewJob, Superseded};
 use crate::migrate::migrate;
 use crate::pg::{self, describe};
 use crate::vocab::{JobStatus, Mode};
@@ -72,6 +72,8 @@ pub struct LoadOutcome {
     /// The job failed because its rejects passed `max_rejects` or the ratio.
     pub rejects_exceeded: bool,
     pub resumed: bool,
+    /// The unfinished job of this file that this one replaced.
+    pub superseded: Option<Superseded>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,24 +106,65 @@ enum Claim {
         id: Uuid,
         resumed: bool,
         options: JobOptions,
+        /// The unfinished job of the file this one replaces.
+        superseded: Option<Superseded>,
     },
 }
 
-/// What fixes a job's batch bounds; kept with the job for resume.
+/// What fixes a job's batch bounds and how its file is read; kept with the
+/// job for resume.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct JobOptions {
     batch_size: usize,
     max_batch_bytes: usize,
     has_header: bool,
+    /// Absent in jobs made before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reading: Option<Reading>,
+}
+
+/// How a file is read into rows, canonically: a run that reads it another
+/// way is a new job, not a resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct Reading {
+    encoding: String,
+    delimiter: u8,
+    quote: u8,
+    null: Vec<String>,
+    timezone: String,
+    max_record_bytes: usize,
 }
 
 impl JobOptions {
     fn new(model: &Model, has_header: bool) -> JobOptions {
+        let input = &model.input;
         JobOptions {
             batch_size: model.batch_size,
             max_batch_bytes: MAX_BATCH_BYTES,
             has_header,
+            reading: Some(Reading {
+                encoding: input.encoding.name().to_string(),
+                delimiter: input.delimiter,
+                quote: input.quote,
+                null: input
+                    .null
+                    .iter()
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect(),
+                timezone: input.timezone.session_setting(),
+                max_record_bytes: input.max_record_bytes,
+            }),
         }
+    }
+
+    /// Whether a run with `self` reads the file as a job with `stored` did
+    /// (a job that did not keep its reading is taken to).
+    fn reads_like(&self, stored: &JobOptions) -> bool {
+        self.has_header == stored.has_header
+            && match (&self.reading, &stored.reading) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
     }
 
     /// The options a job was created with (its batch bounds). A resume
@@ -170,33 +213,45 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         &[&ledger_key],
     )
     .await?;
-    if let Some((id, opts)) =
-        jobs::find_resumable(&tx, &req.model_key, &req.file_hash, req.mode, req.atomic).await?
-    {
+    let options = JobOptions::new(&req.model, req.has_header);
+    // A loaded file is skipped unless forced. Else an unfinished job of it
+    // resumes when this run reads the file as it did; `--force` or other
+    // options start a new job instead.
+    let already = if req.force {
+        None
+    } else {
+        jobs::loaded_by(&tx, &req.model_key, &req.file_hash).await?
+    };
+    let resumable = match already {
+        Some(_) => None,
+        None => {
+            jobs::find_resumable(&tx, &req.model_key, &req.file_hash, req.mode, req.atomic).await?
+        }
+    };
+    let mut superseded = None;
+    if let Some((id, opts)) = resumable {
         if !lock_job(&tx, id).await? {
             return Err(LoadError::Busy(id));
         }
         if !lock_file(&tx, req).await? {
             return Err(LoadError::FileBusy(req.model_key.clone()));
         }
-        let options = JobOptions::stored(id, opts)?;
-        jobs::mark_running(&tx, id, jobs::Resume::Fresh).await?;
-        tx.commit().await?;
-        return Ok(Claim::Run {
-            id,
-            resumed: true,
-            options,
-        });
-    }
-    if !lock_file(&tx, req).await? {
+        let stored = JobOptions::stored(id, opts)?;
+        if !req.force && options.reads_like(&stored) {
+            jobs::mark_running(&tx, id, jobs::Resume::Fresh).await?;
+            jobs::rename_file(&tx, id, req.file_name.as_deref()).await?;
+            tx.commit().await?;
+            return Ok(Claim::Run {
+                id,
+                resumed: true,
+                options: stored,
+                superseded: None,
+            });
+        }
+        superseded = Some(id);
+    } else if !lock_file(&tx, req).await? {
         return Err(LoadError::FileBusy(req.model_key.clone()));
     }
-    let options = JobOptions::new(&req.model, req.has_header);
-    let already = if req.force {
-        None
-    } else {
-        jobs::loaded_by(&tx, &req.model_key, &req.file_hash).await?
-    };
     let target = req.model.def.table.clone();
     let new = NewJob {
         model: &req.model_key,
@@ -216,6 +271,10 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         storage_key: None,
     };
     let id = jobs::create(&tx, &new).await?;
+    let superseded = match superseded {
+        Some(old) => Some(jobs::supersede(&tx, old, id).await?),
+        None => None,
+    };
     if already.is_some() {
         tx.commit().await?;
         return Ok(Claim::Skipped(id));
@@ -227,6 +286,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
         id,
         resumed: false,
         options,
+        superseded,
     })
 }
 
@@ -263,6 +323,7 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
         id,
         resumed,
         options,
+        superseded: None,
     })
 }
 
@@ -300,7 +361,9 @@ impl Shared {
         RunEnd {
             stop: reason.or_else(|| self.interrupt.is_cancelled().then_some(Stop::Interrupted)),
             rows_read: snapshot.rows_read as i64,
+            rows_committed: snapshot.rows_committed as i64,
             rows_rejected: snapshot.rows_rejected as i64,
+            top_reject: None,
             max_rejects: self.max_rejects,
             max_reject_ratio: self.max_reject_ratio,
         }
@@ -374,6 +437,7 @@ pub struct Load {
     control: Arc<Client>,
     job_id: Uuid,
     resumed: bool,
+    superseded: Option<Superseded>,
     options: JobOptions,
     plan: WriterPlan,
     /// Batches already committed by earlier runs (none for a whole load).
@@ -408,7 +472,7 @@ impl Load {
             Some(id) => adopt(&mut control, &req, id).await?,
             None => claim(&mut control, &req).await?,
         };
-        let (job_id, resumed, options) = match claimed {
+        let (job_id, resumed, options, superseded) = match claimed {
             Claim::Skipped(id) => {
                 let job = jobs::get(&control, id)
                     .await?
@@ -418,13 +482,15 @@ impl Load {
                     job,
                     rejects_exceeded: false,
                     resumed: false,
+                    superseded: None,
                 })));
             }
             Claim::Run {
                 id,
                 resumed,
                 options,
-            } => (id, resumed, options),
+                superseded,
+            } => (id, resumed, options, superseded),
         };
         let base = jobs::get(&control, job_id)
             .await?
@@ -467,6 +533,7 @@ impl Load {
             control: Arc::new(control),
             job_id,
             resumed,
+            superseded,
             options,
             plan,
             committed,
@@ -627,6 +694,7 @@ impl Load {
             bytes_read: self.progress.bytes_read.load(Ordering::Relaxed) as i64,
             duration_ms: self.started.elapsed().as_millis() as i64,
             resumed: self.resumed,
+            superseded: self.superseded,
         };
         let cache = self.req.cache.as_deref();
         let closed = match close(self.control.as_ref(), &closing, end.clone(), cache).await {
@@ -660,6 +728,7 @@ impl Load {
                     job,
                     rejects_exceeded: false,
                     resumed: self.resumed,
+                    superseded: self.superseded,
                 })
             }
             other => other,
@@ -692,6 +761,7 @@ struct Closing {
     bytes_read: i64,
     duration_ms: i64,
     resumed: bool,
+    superseded: Option<Superseded>,
 }
 
 /// Decides the job's status and closes it: the verdict counts every
@@ -708,7 +778,11 @@ async fn close(
     if !closing.whole {
         end.rows_read = committed + rejected;
     }
+    end.rows_committed = committed;
     end.rows_rejected = rejected;
+    if committed == 0 && rejected > 0 {
+        end.top_reject = jobs::top_reject_reason(c, id).await?;
+    }
     let v = verdict(&end);
     let status = jobs::finish(
         c,
@@ -732,6 +806,7 @@ async fn close(
         job,
         rejects_exceeded: v.rejects_exceeded && status == JobStatus::Failed,
         resumed: closing.resumed,
+        superseded: closing.superseded,
     })
 }
 
@@ -774,9 +849,13 @@ impl Stop {
 pub struct RunEnd {
     /// Why it stopped; `None`: it read its input to the end.
     pub stop: Option<Stop>,
-    /// Rows read and rejected by the job in all, over all its runs.
+    /// Rows read, committed and rejected by the job in all, over all its runs.
     pub rows_read: i64,
+    pub rows_committed: i64,
     pub rows_rejected: i64,
+    /// The most common reject reason and how many rows it hit, when no row
+    /// was committed.
+    pub top_reject: Option<(String, i64)>,
     pub max_rejects: Option<u64>,
     pub max_reject_ratio: Option<f64>,
 }
@@ -847,6 +926,22 @@ pub fn verdict(end: &RunEnd) -> Verdict {
             rejects_exceeded: false,
             interrupted: true,
         };
+    }
+    if end.rows_committed == 0 && end.rows_rejected > 0 {
+        let why = match &end.top_reject {
+            Some((example, n)) if *n == end.rows_rejected => format!(", for example {example}"),
+            Some((example, n)) => {
+                format!("; most for one reason ({n} rows), for example {example}")
+            }
+            None => String::new(),
+        };
+        return failed(
+            format!(
+                "no row was loaded: all {} rows were rejected{why}",
+                end.rows_rejected
+            ),
+            false,
+        );
     }
     Verdict {
         status: JobStatus::Succeeded,
@@ -1099,6 +1194,7 @@ mod tests {
     fn end() -> RunEnd {
         RunEnd {
             rows_read: 100,
+            rows_committed: 98,
             rows_rejected: 2,
             max_rejects: Some(1),
             ..Default::default()
@@ -1166,6 +1262,36 @@ mod tests {
             });
             assert_eq!((v.status, v.interrupted), (JobStatus::Cancelled, false));
         }
+    }
+
+    #[test]
+    fn a_run_that_loaded_nothing_but_rejects_fails_naming_why() {
+        let all = RunEnd {
+            rows_read: 40,
+            rows_committed: 0,
+            rows_rejected: 40,
+            top_reject: Some(("line 3: column score: not an integer".into(), 30)),
+            ..Default::default()
+        };
+        let v = verdict(&all);
+        assert_eq!((v.status, v.rejects_exceeded), (JobStatus::Failed, false));
+        assert_eq!(
+            v.error.as_deref(),
+            Some(
+                "no row was loaded: all 40 rows were rejected; most for one reason (30 rows), for example line 3: column score: not an integer"
+            )
+        );
+        let one = verdict(&RunEnd {
+            rows_committed: 1,
+            ..all.clone()
+        });
+        assert_eq!(one.status, JobStatus::Succeeded);
+        let empty = verdict(&RunEnd::default());
+        assert_eq!(
+            empty.status,
+            JobStatus::Succeeded,
+            "an empty file is no failure"
+        );
     }
 
     #[test]

@@ -21,6 +21,15 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// The canonical name, as `parse` reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Utf8 => "utf-8",
+            Encoding::Latin1 => "latin1",
+            Encoding::Windows1252 => "windows-1252",
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Encoding, String> {
         match text.to_ascii_lowercase().replace('_', "-").as_str() {
             "utf-8" | "utf8" => Ok(Encoding::Utf8),

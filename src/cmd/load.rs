@@ -330,6 +330,9 @@ fn print_summary(o: &LoadOutcome, json: bool) -> anyhow::Result<()> {
     if json {
         let mut v = serde_json::to_value(j)?;
         v["resumed"] = serde_json::Value::Bool(o.resumed);
+        if let Some(old) = &o.superseded {
+            v["superseded"] = serde_json::to_value(old)?;
+        }
         writeln!(out, "{v}")?;
         // The object stays on stdout for machines; a person (or a cron
         // mail) still reads why a load failed on stderr.
@@ -368,6 +371,13 @@ fn print_summary(o: &LoadOutcome, json: bool) -> anyhow::Result<()> {
     )?;
     if o.resumed {
         write!(out, " (resumed)")?;
+    }
+    if let Some(old) = &o.superseded {
+        write!(
+            out,
+            "\n  replaces job {} (this file with other options or --force), now cancelled; its {} committed rows stay in the table",
+            old.job_id, old.rows_committed
+        )?;
     }
     if let Some(e) = &j.error {
         write!(out, "\n  error: {e}")?;
