@@ -18,6 +18,18 @@ pub struct Database {
 impl Database {
     pub async fn open(config: &Config) -> anyhow::Result<Database> {
         if let Some(url) = &config.database_url {
+            // A wrong URL, password or port fails here, at once and saying
+            // so, rather than after a window of retries.
+            use nexus_loaders::pg::{FirstContact, first_contact};
+            match first_contact(url, config.db_retry).await {
+                Ok(_) => {}
+                Err(e @ FirstContact::Config(_)) => {
+                    return Err(exit::usage(format!("DATABASE_URL: {e}")));
+                }
+                Err(e @ FirstContact::Unreachable(_)) => {
+                    return Err(exit::failed(format!("DATABASE_URL: {e}")));
+                }
+            }
             return Ok(Database {
                 url: url.clone(),
                 embedded: None,

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{TestDb, customers, fixture};
+use common::{TestDb, customers, fixture, run};
 use serde_json::json;
 
 #[test]
@@ -1108,5 +1108,50 @@ fn a_load_that_commits_nothing_fails_and_the_file_stays_unloaded() {
     assert_eq!(
         (s["rows_committed"].clone(), s["rows_rejected"].clone()),
         (json!(1), json!(1))
+    );
+}
+
+/// Connection mistakes say what failed and where, at once (no retries);
+/// settings that are wrong exit 2.
+#[test]
+fn connection_mistakes_say_what_failed_at_once() {
+    let db = TestDb::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = &db.url[..db.url.rfind('/').unwrap()];
+    let at = |url: &str| run(db.nexus().env("DATABASE_URL", url).args(["jobs", "list"]));
+    let refused = at(&format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "could not connect to 127.0.0.1:{port}: connection refused"
+        )),
+        "{refused:?}"
+    );
+    assert!(!refused.stderr.contains("retrying"), "{refused:?}");
+    let nobody = at(&base.replace("postgres@", "nobody_here@"));
+    assert_eq!(nobody.code, 2, "{nobody:?}");
+    assert!(
+        nobody
+            .stderr
+            .contains("role \"nobody_here\" does not exist"),
+        "{nobody:?}"
+    );
+    let no_db = at(&format!("{}/no_such_db", base));
+    assert_eq!(no_db.code, 2, "{no_db:?}");
+    assert!(
+        no_db
+            .stderr
+            .contains("database \"no_such_db\" does not exist"),
+        "{no_db:?}"
+    );
+    let garbled = at(&format!("{}/x?sslmode=sometimes", base));
+    assert_eq!(garbled.code, 2, "{garbled:?}");
+    assert!(
+        garbled.stderr.contains("invalid connection string"),
+        "{garbled:?}"
     );
 }

@@ -790,3 +790,27 @@ fn run_as(db: &TestDb, models: &std::path::Path, user: &str, args: &[&str]) -> c
             .args(args),
     )
 }
+
+/// A server nobody can log in to says so at startup, with the command that
+/// lets someone in; once there is an administrator it says nothing.
+#[test]
+fn a_server_without_an_administrator_says_how_to_get_in() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[("NEXUS_ADMIN_PASSWORD", "")]);
+    let hint = s
+        .startup
+        .iter()
+        .find(|l| l.contains("no administrator exists yet"))
+        .unwrap_or_else(|| panic!("{:?}", s.startup));
+    assert!(
+        hint.contains("nexus user add admin --role admin --password-stdin"),
+        "{hint}"
+    );
+    drop(s);
+    let s = Server::start(&db, &[]);
+    assert!(
+        !s.startup.iter().any(|l| l.contains("no administrator")),
+        "{:?}",
+        s.startup
+    );
+}

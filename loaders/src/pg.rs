@@ -130,7 +130,9 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorKind {
     }
 }
 
-/// A database error as a person reads it: message, detail, constraint.
+/// A database error as a person reads it: the server's message and
+/// detail, or the driver's words followed by their causes (the driver's
+/// own text alone, "error connecting to server", hides what went wrong).
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
@@ -141,7 +143,98 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        None => {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(": ");
+                s.push_str(&plain(&c.to_string()));
+                cause = c.source();
+            }
+            s
+        }
+    }
+}
+
+/// An operating system's error text without its code: `connection refused`.
+fn plain(text: &str) -> String {
+    let text = match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) if chars.clone().next().is_some_and(char::is_lowercase) => {
+            first.to_lowercase().chain(chars).collect()
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// Why the first connection of a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirstContact {
+    /// The settings are wrong (the URL, a missing password, the password,
+    /// the database's or user's name): retrying cannot help.
+    #[error("{0}")]
+    Config(String),
+    /// The server is not there (no such host, nothing listening, no route):
+    /// not retried at a first connection, where it is nearly always a typo.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Connects once to check `url` before a command relies on it: a server
+/// that is starting up is waited for (within `window`); anything retrying
+/// cannot cure fails at once, saying what failed and where.
+pub async fn first_contact(url: &str, window: Duration) -> Result<Client, FirstContact> {
+    let config: Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| FirstContact::Config(describe(&e)))?;
+    let place = {
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}")
+    };
+    let user = config.get_user().unwrap_or("?").to_string();
+    let mut retry = Retry::new(window);
+    loop {
+        let e = match connect_with(&config).await {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        if let Some(code) = e.code() {
+            if classify(&e) == ErrorKind::Transient && retry.again().await {
+                tracing::warn!(error = %describe(&e), attempt = retry.attempt, "PostgreSQL is not ready; waiting");
+                continue;
+            }
+            let what = describe(&e);
+            return Err(match &code.code()[..2] {
+                // Authorization, or a database or user that does not exist.
+                "28" | "3D" => {
+                    FirstContact::Config(format!("{what} (connecting to {place} as {user})"))
+                }
+                _ => FirstContact::Unreachable(format!(
+                    "PostgreSQL at {place} refused the connection: {what}"
+                )),
+            });
+        }
+        let what = describe(&e);
+        return Err(match e.to_string().as_str() {
+            "invalid configuration" | "invalid connection string" | "authentication error" => {
+                FirstContact::Config(format!("{what} (connecting to {place} as {user})"))
+            }
+            _ => FirstContact::Unreachable(format!(
+                "could not connect to {place}: {}",
+                what.strip_prefix("error connecting to server: ")
+                    .unwrap_or(&what)
+            )),
+        });
     }
 }
 

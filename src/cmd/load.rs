@@ -308,13 +308,18 @@ fn progress_bar(req: &LoadRequest) -> ProgressBar {
     bar
 }
 
-/// Keeps `bar` up to date with `progress`, for as long as it is polled.
+/// Keeps `bar` up to date with `progress`, for as long as it is polled;
+/// draws nothing before the first row is read (connecting, waiting for the
+/// database, checking the header).
 async fn show_progress(bar: &ProgressBar, progress: Arc<Progress>) -> std::convert::Infallible {
     let start = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(150));
     loop {
         tick.tick().await;
         let s = progress.snapshot();
+        if s.rows_read == 0 {
+            continue;
+        }
         bar.set_position(s.bytes_read);
         let rate = s.rows_read as f64 / start.elapsed().as_secs_f64().max(0.001);
         bar.set_message(format!(

@@ -22,6 +22,11 @@ use crate::jobs::storage::LocalStorage;
 use crate::jobs::worker::WorkerContext;
 use tokio_util::sync::CancellationToken;
 
+/// What a server with no administrator says at startup.
+pub const NO_ADMIN_HINT: &str = "nexus: no administrator exists yet, so nobody can log in: create one with \
+     `nexus user add admin --role admin --password-stdin` (the password on stdin), \
+     or set NEXUS_ADMIN_PASSWORD and start the server again";
+
 /// How long in-flight requests may run on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -102,6 +107,11 @@ async fn serve(
             .await?;
             tracing::info!("created user `admin` from NEXUS_ADMIN_PASSWORD");
         }
+    }
+    if !store::any_admin(&control).await? {
+        // Nobody could log in to this server: say how to get in.
+        eprintln!("{NO_ADMIN_HINT}");
+        tracing::warn!("{NO_ADMIN_HINT}");
     }
     let pool = pool(&url, &config)?;
     let data_dir = config.data_dir.clone();

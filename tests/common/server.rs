@@ -16,9 +16,13 @@ pub struct Server {
     pub child: Reaped,
     pub base: String,
     pub http: Client,
+    /// What the server printed on stderr before it listened.
+    pub startup: Vec<String>,
 }
 
 impl Server {
+    /// Starts a server with `env` on top of the tests' settings (an empty
+    /// value removes the variable).
     pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
         let mut cmd = db.nexus();
         cmd.args(["serve", "--bind", "127.0.0.1:0"])
@@ -27,23 +31,35 @@ impl Server {
             .env("RUST_LOG", "warn")
             .stderr(Stdio::piped());
         for (k, v) in env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let mut child = Reaped(Some(cmd.spawn().unwrap()));
         let stderr = child.get().stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut startup = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("nexus: listening on ") {
-                    let _ = tx.send(addr.to_string());
+                    let _ = tx.send((addr.to_string(), std::mem::take(&mut startup)));
+                } else {
+                    startup.push(line);
                 }
             }
         });
-        let base = rx
+        let (base, startup) = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("the server reports its address");
         let http = Client::builder().build().unwrap();
-        Server { child, base, http }
+        Server {
+            child,
+            base,
+            http,
+            startup,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
