@@ -1005,6 +1005,12 @@ fn a_failed_load_is_retried_with_corrected_options_as_a_new_job() {
     let path = f.to_str().unwrap();
     let (r, first) = db.load_json(&["--model", "customer", path]);
     assert_eq!((r.code, &first["status"]), (1, &json!("failed")), "{r:?}");
+    assert!(
+        first["error"].as_str().unwrap().contains(
+            "the first line looks like data, not a header: if the file has no header row, load it with --no-header"
+        ),
+        "{first}"
+    );
     // The same options, a copy under another name: the same job, renamed.
     let copy = db.file("renamed.csv", &headerless);
     let (r, again) = db.load_json(&["--model", "customer", copy.to_str().unwrap()]);

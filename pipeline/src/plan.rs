@@ -18,7 +18,7 @@ pub enum PlanError {
     #[error("column {0} appears more than once in the header")]
     DuplicateHeader(String),
     #[error(
-        "input column{} {}{} not in model `{model}` (its columns: {known}); set extra_columns = \"ignore\" in the model to skip extra columns",
+        "input column{} {}{} not in model `{model}` (its columns: {known}); {advice}",
         if names.len() > 1 { "s" } else { "" },
         names.iter().take(20).map(|n| header_name(n)).collect::<Vec<_>>().join(", "),
         if names.len() > 20 { format!(" and {} more", names.len() - 20) } else { String::new() }
@@ -27,6 +27,8 @@ pub enum PlanError {
         names: Vec<String>,
         model: String,
         known: String,
+        /// What the user most likely meant (see [`advice`]).
+        advice: String,
     },
     #[error(
         "required column{} {} missing from the header",
@@ -44,6 +46,56 @@ fn header_name(n: &str) -> String {
         None => format!("`{n}`"),
         Some((at, _)) => format!("`{}…`", &n[..at]),
     }
+}
+
+/// Delimiters a one-field header may hold when the file uses another one.
+const OTHER_DELIMITERS: [(char, &str); 4] = [(';', ";"), ('\t', "\\t"), ('|', "|"), (',', ",")];
+
+/// What to tell someone whose header names columns the model lacks, most
+/// likely mistake first: a file without a header (no name matched and the
+/// fields look like values), another delimiter (one field holding one),
+/// typos of columns not matched yet; only then skipping extra columns.
+fn advice(header: &[String], unknown: &[String], free: &[&str], none_matched: bool) -> String {
+    if let [only] = header
+        && let Some((_, shown)) = OTHER_DELIMITERS.iter().find(|(d, _)| only.contains(*d))
+    {
+        return format!(
+            "the header is one field holding `{shown}`: if fields are separated by `{shown}`, load with --delimiter '{shown}'"
+        );
+    }
+    let values = header.iter().filter(|h| looks_like_a_value(h)).count();
+    if none_matched && values * 2 >= header.len() {
+        return "the first line looks like data, not a header: if the file has no header row, load it with --no-header".into();
+    }
+    let guesses: Vec<String> = unknown
+        .iter()
+        .filter_map(|u| {
+            let lower = u.to_lowercase();
+            free.iter()
+                .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_lowercase()), c))
+                .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, c)| format!("{} → did you mean `{c}`?", header_name(u)))
+        })
+        .collect();
+    if !guesses.is_empty() {
+        return guesses.join("; ");
+    }
+    "if the file has columns the model should skip, set extra_columns = \"ignore\" in the model"
+        .into()
+}
+
+/// A header cell that reads as a value rather than a name: a number, a
+/// date or time, a UUID, an e-mail address, a boolean.
+fn looks_like_a_value(cell: &str) -> bool {
+    let c = cell.trim();
+    !c.is_empty()
+        && (c.contains('@')
+            || c.eq_ignore_ascii_case("true")
+            || c.eq_ignore_ascii_case("false")
+            || c.chars()
+                .all(|ch| ch.is_ascii_digit() || "+-.:/ TZ".contains(ch))
+            || (c.len() == 36 && c.chars().all(|ch| ch.is_ascii_hexdigit() || ch == '-')))
 }
 
 /// The mapping from input fields to COPY columns.
@@ -90,7 +142,15 @@ impl Plan {
             }
         }
         if !unknown.is_empty() && !model.extra_columns_ignore {
+            let free: Vec<&str> = model
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !copy_columns.contains(i))
+                .map(|(_, c)| c.header())
+                .collect();
             return Err(PlanError::UnknownColumns {
+                advice: advice(header, &unknown, &free, copy_columns.is_empty()),
                 names: unknown,
                 model: model.name.clone(),
                 known: model
@@ -159,5 +219,54 @@ impl Plan {
             .iter()
             .map(|&c| self.model.columns[c].ty)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelSet;
+
+    fn advice_for(header: &[&str]) -> String {
+        let customer = ModelSet::builtin().get("customer").unwrap();
+        let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+        match Plan::from_header(customer, &header, false) {
+            Err(PlanError::UnknownColumns { advice, .. }) => advice,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_header_that_does_not_fit_gets_the_likely_fix() {
+        // A file without a header: its first record.
+        let data = advice_for(&[
+            "1",
+            "37f8a88b-17fc-495a-87a0-ca6e0822e8f3",
+            "Grace Lovelace",
+            "grace@example.com",
+            "GB",
+            "smb",
+            "23410.57",
+            "2021-02-22T23:57:34Z",
+            "true",
+            "432",
+        ]);
+        assert!(data.contains("--no-header"), "{data}");
+        // Another delimiter: the whole header in one field.
+        let semi = advice_for(&["id;name;email"]);
+        assert!(semi.contains("--delimiter ';'"), "{semi}");
+        let tab = advice_for(&["id\tname\temail"]);
+        assert!(tab.contains("--delimiter '\\t'"), "{tab}");
+        // A typo of a column not matched otherwise.
+        let typo = advice_for(&["id", "name", "email", "scroe", "Contry"]);
+        assert!(typo.contains("`scroe` → did you mean `score`?"), "{typo}");
+        assert!(
+            typo.contains("`Contry` → did you mean `country`?"),
+            "{typo}"
+        );
+        assert!(!typo.contains("extra_columns"), "{typo}");
+        // Nothing like any of those: then, and only then, skipping.
+        let extra = advice_for(&["id", "name", "email", "loyalty_tier"]);
+        assert!(extra.contains("extra_columns = \"ignore\""), "{extra}");
     }
 }
