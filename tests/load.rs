@@ -1006,9 +1006,10 @@ fn a_failed_load_is_retried_with_corrected_options_as_a_new_job() {
     let (r, first) = db.load_json(&["--model", "customer", path]);
     assert_eq!((r.code, &first["status"]), (1, &json!("failed")), "{r:?}");
     assert!(
-        first["error"].as_str().unwrap().contains(
-            "the first line looks like data, not a header: if the file has no header row, load it with --no-header"
-        ),
+        first["error"]
+            .as_str()
+            .unwrap()
+            .contains("if the file has no header row, load it with --no-header"),
         "{first}"
     );
     // The same options, a copy under another name: the same job, renamed.

@@ -15,6 +15,10 @@ pub enum PlanError {
     HeaderEncoding,
     #[error("the header row has an unterminated quoted field")]
     HeaderQuote,
+    #[error(
+        "the first line looks like data, not a header (none of its fields names a column of model `{0}`): if the file has no header row, load it with --no-header"
+    )]
+    NoHeader(String),
     #[error("column {0} appears more than once in the header")]
     DuplicateHeader(String),
     #[error(
@@ -52,20 +56,16 @@ fn header_name(n: &str) -> String {
 const OTHER_DELIMITERS: [(char, &str); 4] = [(';', ";"), ('\t', "\\t"), ('|', "|"), (',', ",")];
 
 /// What to tell someone whose header names columns the model lacks, most
-/// likely mistake first: a file without a header (no name matched and the
-/// fields look like values), another delimiter (one field holding one),
-/// typos of columns not matched yet; only then skipping extra columns.
-fn advice(header: &[String], unknown: &[String], free: &[&str], none_matched: bool) -> String {
+/// likely mistake first (a file without a header is caught before):
+/// another delimiter (one field holding one), typos of columns not matched
+/// yet; only then skipping extra columns.
+fn advice(header: &[String], unknown: &[String], free: &[&str]) -> String {
     if let [only] = header
         && let Some((_, shown)) = OTHER_DELIMITERS.iter().find(|(d, _)| only.contains(*d))
     {
         return format!(
             "the header is one field holding `{shown}`: if fields are separated by `{shown}`, load with --delimiter '{shown}'"
         );
-    }
-    let values = header.iter().filter(|h| looks_like_a_value(h)).count();
-    if none_matched && values * 2 >= header.len() {
-        return "the first line looks like data, not a header: if the file has no header row, load it with --no-header".into();
     }
     let guesses: Vec<String> = unknown
         .iter()
@@ -120,6 +120,17 @@ impl Plan {
         header: &[String],
         line_column: bool,
     ) -> Result<Plan, PlanError> {
+        let names_a_column = |h: &String| {
+            let h = h.trim();
+            model
+                .columns
+                .iter()
+                .any(|c| c.header().eq_ignore_ascii_case(h))
+        };
+        let values = header.iter().filter(|h| looks_like_a_value(h)).count();
+        if !header.iter().any(names_a_column) && values * 2 >= header.len() {
+            return Err(PlanError::NoHeader(model.name.clone()));
+        }
         let mut copy_columns = Vec::new();
         let mut field_of = Vec::new();
         let mut unknown = Vec::new();
@@ -150,7 +161,7 @@ impl Plan {
                 .map(|(_, c)| c.header())
                 .collect();
             return Err(PlanError::UnknownColumns {
-                advice: advice(header, &unknown, &free, copy_columns.is_empty()),
+                advice: advice(header, &unknown, &free),
                 names: unknown,
                 model: model.name.clone(),
                 known: model
@@ -232,6 +243,7 @@ mod tests {
         let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
         match Plan::from_header(customer, &header, false) {
             Err(PlanError::UnknownColumns { advice, .. }) => advice,
+            Err(e @ PlanError::NoHeader(_)) => e.to_string(),
             other => panic!("{other:?}"),
         }
     }
@@ -252,6 +264,9 @@ mod tests {
             "432",
         ]);
         assert!(data.contains("--no-header"), "{data}");
+        // Repeated values are no duplicate header names.
+        let twice = advice_for(&["1", "1", "Ada", "ada@example.com"]);
+        assert!(twice.contains("--no-header"), "{twice}");
         // Another delimiter: the whole header in one field.
         let semi = advice_for(&["id;name;email"]);
         assert!(semi.contains("--delimiter ';'"), "{semi}");
