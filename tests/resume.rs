@@ -31,6 +31,11 @@ fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
     let (models, file) = setup(&db);
     db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
     let args = ["load", "--json", "--model", "ev", file.to_str().unwrap()];
+    let listed = || {
+        let r = db.run(&["jobs", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        v[0].clone()
+    };
     // Kill three times, each later than the last.
     for min_batches in [3, 150, 400] {
         let mut child = Reaped(Some(
@@ -49,9 +54,34 @@ fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
             child.get().try_wait().unwrap().is_none(),
             "the load finished before it could be killed"
         );
+        assert_eq!(
+            listed()["interrupted"],
+            false,
+            "a live load is not interrupted"
+        );
         drop(child);
         let status = db.value("SELECT status FROM nexus.jobs").unwrap();
         assert_eq!(status, "running", "a killed job is left as it was");
+        // Listed, it shows what it committed, and that its process is gone
+        // (once its database sessions have noticed).
+        let committed: i64 = db
+            .value("SELECT sum(rows_committed)::text FROM nexus.job_batches")
+            .unwrap()
+            .parse()
+            .unwrap();
+        wait_for(
+            "the job to show as interrupted",
+            Duration::from_secs(30),
+            || listed()["interrupted"] == true,
+        );
+        let job = listed();
+        assert_eq!(job["status"], "running");
+        assert_eq!(job["rows_committed"], committed);
+        let text = db.run(&["jobs", "list"]).stdout;
+        assert!(
+            text.lines().nth(1).unwrap().contains(" interrupted "),
+            "{text}"
+        );
     }
     let before = db.count("ev");
     assert!(before > 0 && before < ROWS, "partially loaded: {before}");

@@ -37,11 +37,17 @@ pub struct JobRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Running, but no process holds it any more (killed, crashed): it
+    /// resumes when its load runs again (or its lease expires, for a
+    /// queued job).
+    pub interrupted: bool,
 }
 
+/// A job record's columns in `nexus.job_view`, which counts what a
+/// running job has committed so far.
 const JOB_COLUMNS: &str = "id, model, target, mode, atomic, status, file_name, file_hash, rows_read, \
     rows_committed, rows_rejected, bytes_read, bytes_total, duration_ms, error, owner, created_at, \
-    started_at, finished_at";
+    started_at, finished_at, interrupted";
 
 impl JobRecord {
     fn from_row(r: &Row) -> JobRecord {
@@ -72,6 +78,7 @@ impl JobRecord {
             created_at: r.get(16),
             started_at: r.get(17),
             finished_at: r.get(18),
+            interrupted: r.get(19),
         }
     }
 }
@@ -369,7 +376,7 @@ pub async fn get(
     id: Uuid,
 ) -> Result<Option<JobRecord>, tokio_postgres::Error> {
     Ok(c.query_opt(
-        &format!("SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE id = $1"),
+        &format!("SELECT {JOB_COLUMNS} FROM nexus.job_view WHERE id = $1"),
         &[&id],
     )
     .await?
@@ -384,7 +391,7 @@ pub async fn list(
 ) -> Result<Vec<JobRecord>, tokio_postgres::Error> {
     Ok(c.query(
         &format!(
-            "SELECT {JOB_COLUMNS} FROM nexus.jobs WHERE ($1::text IS NULL OR status = $1::text)
+            "SELECT {JOB_COLUMNS} FROM nexus.job_view WHERE ($1::text IS NULL OR status = $1::text)
                  ORDER BY created_at DESC LIMIT $2"
         ),
         &[&status, &limit],
@@ -828,7 +835,7 @@ pub async fn page(
     Ok(c
         .query(
             &format!(
-                "SELECT {JOB_COLUMNS} FROM nexus.jobs
+                "SELECT {JOB_COLUMNS} FROM nexus.job_view
                  WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2::text)
                    AND ($3::text IS NULL OR model = $3)
                    AND ($5::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM nexus.jobs WHERE id = $5))

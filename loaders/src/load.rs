@@ -198,8 +198,8 @@ async fn lock_job(
     id: Uuid,
 ) -> Result<bool, tokio_postgres::Error> {
     Ok(c.query_one(
-        "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
-        &[&format!("job {id}")],
+        "SELECT pg_try_advisory_lock(nexus.job_lock_key($1))",
+        &[&id],
     )
     .await?
     .get(0))

@@ -311,6 +311,37 @@ ALTER TABLE nexus.users ADD CONSTRAINT users_name_no_colon
     CHECK (position(':' in username) = 0) NOT VALID;
 "#,
     ),
+    (
+        10,
+        "jobs as they stand: live counters of running jobs, and whether a running job's process is gone",
+        r#"
+-- The session advisory lock a process holds while it runs a job.
+CREATE FUNCTION nexus.job_lock_key(job uuid) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('job ' || job::text, 1) $$;
+-- Whether some session holds a job's lock: its process is alive.
+CREATE FUNCTION nexus.job_is_held(job uuid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks l, (SELECT nexus.job_lock_key(job) AS k) key
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = ((key.k >> 32) & 4294967295)::oid
+          AND l.objid = (key.k & 4294967295)::oid)
+$$;
+-- Jobs as readers see them: a running job counts what it has committed so
+-- far, and is `interrupted` when no process holds it (killed, crashed).
+CREATE VIEW nexus.job_view AS
+SELECT j.id, j.model, j.target, j.mode, j.atomic, j.status, j.file_name, j.file_hash,
+       coalesce(c.committed + c.rejected, j.rows_read) AS rows_read,
+       coalesce(c.committed, j.rows_committed) AS rows_committed,
+       coalesce(c.rejected, j.rows_rejected) AS rows_rejected,
+       j.bytes_read, j.bytes_total, j.duration_ms, j.error, j.owner, j.created_at,
+       j.started_at, j.finished_at,
+       CASE WHEN j.status = 'running' THEN NOT nexus.job_is_held(j.id) ELSE false END AS interrupted
+FROM nexus.jobs j
+LEFT JOIN LATERAL (SELECT * FROM nexus.job_counts(j.id) WHERE j.status = 'running') c ON true;
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

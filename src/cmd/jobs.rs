@@ -70,21 +70,37 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                 } else {
                     writeln!(
                         out,
-                        "{:<36}  {:<9}  {:<20}  {:>10}  {:>10}  {:>8}  {:<20}  file",
-                        "job", "status", "model", "read", "committed", "rejected", "created"
+                        "{:<36}  {:<11}  {:<20}  {:>10}  {:>10}  {:>8}  {:<20}  {:<30}  error",
+                        "job",
+                        "status",
+                        "model",
+                        "read",
+                        "committed",
+                        "rejected",
+                        "created",
+                        "file"
                     )?;
                     for j in list {
+                        // A running job no process holds any more.
+                        let status = if j.interrupted {
+                            "interrupted".to_string()
+                        } else {
+                            j.status.to_string()
+                        };
+                        let error: String =
+                            j.error.as_deref().unwrap_or("").chars().take(80).collect();
                         writeln!(
                             out,
-                            "{:<36}  {:<9}  {:<20}  {:>10}  {:>10}  {:>8}  {:<20}  {}",
+                            "{:<36}  {:<11}  {:<20}  {:>10}  {:>10}  {:>8}  {:<20}  {:<30}  {}",
                             j.job_id,
-                            j.status,
+                            status,
                             j.model,
                             j.rows_read,
                             j.rows_committed,
                             j.rows_rejected,
                             j.created_at.format("%Y-%m-%d %H:%M:%S"),
-                            j.file_name.unwrap_or_default()
+                            j.file_name.unwrap_or_default(),
+                            error
                         )?;
                     }
                 }
