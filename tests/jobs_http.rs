@@ -602,3 +602,92 @@ fn the_same_file_uploaded_twice_loads_once() {
     assert_eq!(sorted, ["skipped", "succeeded"], "{ends:?}");
     exactly_once(&db);
 }
+
+/// An upload carries the command line's load options; an unknown or bad
+/// one is a 400 naming it, never silently ignored.
+#[test]
+fn uploads_carry_load_options_and_refuse_unknown_ones() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[]);
+    let (token, _) = s.tokens("admin", ADMIN_PW);
+    // Latin-1, `;`-separated, without a header, with a NULL word.
+    let mut body = Vec::new();
+    for i in 1..=5 {
+        body.extend_from_slice(format!("{i};{};Ren", uuid::Uuid::from_u128(i as u128)).as_bytes());
+        body.push(0xE9);
+        body.extend_from_slice(
+            format!(";r{i}@example.com;FR;-;10.00;2021-01-01T00:00:00Z;true;{i}\n").as_bytes(),
+        );
+    }
+    let id = accepted(upload(
+        &s,
+        &token,
+        "model=customer&encoding=latin1&delimiter=%3B&header=false&null=-&max_rejects=0",
+        body.clone(),
+        &[],
+    ));
+    let done = wait_status(&s, &token, &id, "succeeded");
+    assert_eq!(done["rows_committed"], 5, "{done}");
+    assert_eq!(
+        db.value("SELECT name FROM customer WHERE id = 3")
+            .as_deref(),
+        Some("René")
+    );
+    assert_eq!(
+        db.value("SELECT count(*)::text FROM customer WHERE segment IS NULL")
+            .as_deref(),
+        Some("5")
+    );
+    // The same file again: skipped, unless forced.
+    let again = accepted(upload(
+        &s,
+        &token,
+        "model=customer&encoding=latin1&delimiter=%3B&header=false&null=-",
+        body.clone(),
+        &[],
+    ));
+    wait_status(&s, &token, &again, "skipped");
+    let forced = accepted(upload(
+        &s,
+        &token,
+        "model=customer&encoding=latin1&delimiter=%3B&header=false&null=-&force=true",
+        body,
+        &[],
+    ));
+    let f = wait_status(&s, &token, &forced, "failed");
+    assert_eq!(f["rows_rejected"], 5, "duplicates, all rejected: {f}");
+    // Unknown and bad options.
+    let p = assert_problem(
+        upload(
+            &s,
+            &token,
+            "model=customer&encodng=latin1",
+            b"id\n1\n".to_vec(),
+            &[],
+        ),
+        400,
+    );
+    assert!(p["detail"].as_str().unwrap().contains("encodng"), "{p}");
+    let p = assert_problem(
+        upload(
+            &s,
+            &token,
+            "model=customer&encoding=ebcdic",
+            b"id\n1\n".to_vec(),
+            &[],
+        ),
+        400,
+    );
+    assert!(p["detail"].as_str().unwrap().contains("ebcdic"), "{p}");
+    let p = assert_problem(
+        upload(
+            &s,
+            &token,
+            "model=customer&delimiter=ab",
+            b"id\n1\n".to_vec(),
+            &[],
+        ),
+        400,
+    );
+    assert!(p["detail"].as_str().unwrap().contains("delimiter"), "{p}");
+}

@@ -105,7 +105,7 @@ enum Claim {
     Run {
         id: Uuid,
         resumed: bool,
-        options: JobOptions,
+        options: Box<JobOptions>,
         /// The unfinished job of the file this one replaces.
         superseded: Option<Superseded>,
     },
@@ -121,6 +121,42 @@ struct JobOptions {
     /// Absent in jobs made before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reading: Option<Reading>,
+    /// What an upload asked for beyond its model (queued jobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upload: Option<UploadOptions>,
+}
+
+/// What an upload asks for beyond its model, kept with its queued job for
+/// the worker that runs it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct UploadOptions {
+    /// Overrides of the model's input options (encoding, delimiter …).
+    #[serde(default)]
+    pub input: nexus_pipeline::model::InputDef,
+    pub has_header: bool,
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            input: Default::default(),
+            has_header: true,
+            force: false,
+        }
+    }
+}
+
+impl UploadOptions {
+    /// The options a queued job was created with (the defaults for jobs
+    /// queued before they were kept).
+    pub fn of_job(options: &serde_json::Value) -> UploadOptions {
+        options
+            .get("upload")
+            .and_then(|u| serde_json::from_value(u.clone()).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// How a file is read into rows, canonically: a run that reads it another
@@ -142,6 +178,7 @@ impl JobOptions {
             batch_size: model.batch_size,
             max_batch_bytes: MAX_BATCH_BYTES,
             has_header,
+            upload: None,
             reading: Some(Reading {
                 encoding: input.encoding.name().to_string(),
                 delimiter: input.delimiter,
@@ -244,7 +281,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
             return Ok(Claim::Run {
                 id,
                 resumed: true,
-                options: stored,
+                options: Box::new(stored),
                 superseded: None,
             });
         }
@@ -285,7 +322,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
     Ok(Claim::Run {
         id,
         resumed: false,
-        options,
+        options: Box::new(options),
         superseded,
     })
 }
@@ -322,7 +359,7 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
     Ok(Claim::Run {
         id,
         resumed,
-        options,
+        options: Box::new(options),
         superseded: None,
     })
 }
@@ -331,9 +368,14 @@ async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Clai
 /// before it is tried again.
 const DEFER: Duration = Duration::from_secs(2);
 
-/// The options a queued job is created with, fixing its batch bounds.
-pub fn queued_job_options(model: &Model, has_header: bool) -> serde_json::Value {
-    serde_json::to_value(JobOptions::new(model, has_header)).unwrap_or_default()
+/// The options a queued job is created with, fixing its batch bounds:
+/// `model` with the upload's overrides applied, and the upload's options.
+pub fn queued_job_options(model: &Model, upload: &UploadOptions) -> serde_json::Value {
+    let options = JobOptions {
+        upload: Some(upload.clone()),
+        ..JobOptions::new(model, upload.has_header)
+    };
+    serde_json::to_value(options).unwrap_or_default()
 }
 
 /// State the writers share.
@@ -438,7 +480,7 @@ pub struct Load {
     job_id: Uuid,
     resumed: bool,
     superseded: Option<Superseded>,
-    options: JobOptions,
+    options: Box<JobOptions>,
     plan: WriterPlan,
     /// Batches already committed by earlier runs (none for a whole load).
     committed: HashSet<u64>,

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
 use nexus_loaders::jobs::{self, JobRecord, NewJob};
+use nexus_loaders::load::UploadOptions;
 use nexus_loaders::{JobStatus, Mode};
+use nexus_pipeline::model::InputDef;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -19,8 +21,11 @@ use super::problem::{Authenticated, Problem, ProblemBody};
 use crate::auth::Role;
 use crate::jobs::storage::{ByteStream, UploadError};
 
+/// An upload's parameters: the command line's load options. Unknown ones
+/// are refused (400), not ignored.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct CreateParams {
     /// The model to load into (the document lists the models in force).
     pub model: String,
@@ -28,6 +33,46 @@ pub struct CreateParams {
     pub format: Option<FormatParam>,
     /// Load the whole file in one transaction.
     pub atomic: Option<bool>,
+    /// Input encoding: utf-8 (default), latin1 or windows-1252.
+    pub encoding: Option<String>,
+    /// Field delimiter: one ASCII character, `\t` for tab (default `,`).
+    pub delimiter: Option<String>,
+    /// Quote character (default `"`).
+    pub quote: Option<String>,
+    /// An unquoted field text meaning NULL (default: the empty field).
+    pub null: Option<String>,
+    /// Whether the first line is a header (default true); without one,
+    /// fields map to the model's columns by position.
+    pub header: Option<bool>,
+    /// Zone for timestamps without an offset (IANA name or +HH:MM).
+    pub timezone: Option<String>,
+    /// Fail once more than this many rows are rejected.
+    #[param(minimum = 0)]
+    pub max_rejects: Option<u64>,
+    /// Fail when more than this fraction of the rows is rejected.
+    #[param(minimum = 0.0, maximum = 1.0)]
+    pub max_reject_ratio: Option<f64>,
+    /// Load even if this file was already loaded into this model.
+    pub force: Option<bool>,
+}
+
+impl CreateParams {
+    fn upload_options(&self) -> UploadOptions {
+        UploadOptions {
+            input: InputDef {
+                null: self.null.clone().map(|n| vec![n]),
+                timezone: self.timezone.clone(),
+                encoding: self.encoding.clone(),
+                delimiter: self.delimiter.clone(),
+                quote: self.quote.clone(),
+                max_rejects: self.max_rejects,
+                max_reject_ratio: self.max_reject_ratio,
+                max_record_bytes: None,
+            },
+            has_header: self.header.unwrap_or(true),
+            force: self.force.unwrap_or(false),
+        }
+    }
 }
 
 /// Input formats this build reads.
@@ -84,9 +129,12 @@ pub async fn create(
     req: Request,
 ) -> Result<Response, Problem> {
     user.require(&[Role::Admin, Role::Uploader])?;
+    let upload = params.upload_options();
     let model = state
         .models
         .get(&params.model)
+        .map_err(|e| bad(e.to_string()))?
+        .with_input(&upload.input)
         .map_err(|e| bad(e.to_string()))?;
     // Csv is the only format this build reads; the query's enum enforces it.
     let _ = params.format;
@@ -162,7 +210,7 @@ pub async fn create(
             file_name: Some(&name),
             file_hash: &stored.sha256,
             bytes_total: Some(stored.size as i64),
-            options: nexus_loaders::load::queued_job_options(&model, true),
+            options: nexus_loaders::load::queued_job_options(&model, &upload),
             owner: Some(&user.0.username),
             storage_key: Some(&stored.key),
         },

@@ -114,8 +114,16 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
             }
         })
     };
-    let outcome = match state.models.get(&job.model) {
+    // The model with what the upload asked for on top.
+    let upload = nexus_loaders::load::UploadOptions::of_job(&job.options);
+    let model = state
+        .models
+        .get(&job.model)
+        .map_err(|e| e.to_string())
+        .and_then(|m| m.with_input(&upload.input).map_err(|e| e.to_string()));
+    let outcome = match model {
         Ok(model) => {
+            let model = Arc::new(model);
             let req = LoadRequest {
                 model_key: model.name.clone(),
                 model,
@@ -125,8 +133,8 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
                 bytes_total: job.bytes_total.map(|b| b as u64),
                 mode: job.mode,
                 atomic: job.atomic,
-                force: false,
-                has_header: true,
+                force: upload.force,
+                has_header: upload.has_header,
                 copy_connections: state.copy_connections,
                 workers: std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -148,7 +156,7 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
             state.hub.finished(id);
             result.map_err(Failure::Load)
         }
-        Err(e) => Err(Failure::Model(e.to_string())),
+        Err(e) => Err(Failure::Model(e)),
     };
     over.cancel();
     let _ = renewer.await;
