@@ -44,7 +44,9 @@ enum Command {
         #[command(subcommand)]
         command: cmd::models::ModelsCommand,
     },
-    /// The HTTP API: auth, models, health, metrics, OpenAPI.
+    /// The service: the dashboard at http://HOST:PORT/ (uploads, live jobs,
+    /// rejects), the HTTP API (jobs, auth, models, records, health,
+    /// metrics, OpenAPI at /api/v2/openapi.json) and queue workers.
     Serve(cmd::serve::ServeArgs),
     /// Manage users.
     User {

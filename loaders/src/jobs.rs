@@ -218,6 +218,21 @@ pub async fn top_reject_reason(
         .map(|r| (r.get(0), r.get(1))))
 }
 
+/// Up to two jobs whose id starts with `prefix` (lower-case hex and `-`).
+pub async fn with_id_prefix(
+    c: &impl GenericClient,
+    prefix: &str,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    Ok(c.query(
+        "SELECT id FROM nexus.jobs WHERE id::text LIKE $1 || '%' LIMIT 2",
+        &[&prefix],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
 /// A resumed job takes the name the file has now.
 pub async fn rename_file(
     c: &impl GenericClient,

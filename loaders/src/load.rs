@@ -559,6 +559,9 @@ impl Load {
         }
         let (done_rows, done_rejects) = jobs::committed_counts(&control, job_id).await?;
         progress
+            .earlier_rows
+            .store((done_rows + done_rejects) as u64, Ordering::Relaxed);
+        progress
             .rows_committed
             .store(done_rows as u64, Ordering::Relaxed);
         progress

@@ -14,6 +14,8 @@ pub struct Progress {
     pub rows_committed: AtomicU64,
     pub rows_rejected: AtomicU64,
     pub batches_committed: AtomicU64,
+    /// Of `rows_read`, those earlier runs of a resumed job settled.
+    pub earlier_rows: AtomicU64,
 }
 
 /// A point-in-time copy of [`Progress`].
@@ -24,6 +26,8 @@ pub struct ProgressSnapshot {
     pub rows_committed: u64,
     pub rows_rejected: u64,
     pub batches_committed: u64,
+    #[serde(skip)]
+    pub earlier_rows: u64,
 }
 
 impl Progress {
@@ -34,6 +38,7 @@ impl Progress {
             rows_committed: self.rows_committed.load(Ordering::Relaxed),
             rows_rejected: self.rows_rejected.load(Ordering::Relaxed),
             batches_committed: self.batches_committed.load(Ordering::Relaxed),
+            earlier_rows: self.earlier_rows.load(Ordering::Relaxed),
         }
     }
 

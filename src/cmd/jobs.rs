@@ -48,8 +48,24 @@ pub enum JobsCommand {
 /// Rejects read per query by `nexus jobs rejects`.
 const REJECTS_PAGE: i64 = 10_000;
 
-fn parse_id(id: &str) -> anyhow::Result<Uuid> {
-    Uuid::parse_str(id).map_err(|_| exit::usage(format!("`{id}` is not a job id")))
+/// A job by its id or a unique start of it (as `jobs list` shows them).
+async fn resolve_id(client: &tokio_postgres::Client, id: &str) -> anyhow::Result<Uuid> {
+    if let Ok(full) = Uuid::parse_str(id) {
+        return Ok(full);
+    }
+    let prefix = id.to_ascii_lowercase();
+    if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(exit::usage(format!(
+            "`{id}` is not a job id (give the id, or at least its first 4 characters)"
+        )));
+    }
+    match jobs::with_id_prefix(client, &prefix).await?.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(exit::failed(format!("no job id starts with `{id}`"))),
+        _ => Err(exit::usage(format!(
+            "more than one job id starts with `{id}`: give more of it"
+        ))),
+    }
 }
 
 pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
@@ -106,14 +122,14 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                 }
             }
             JobsCommand::Show { id } => {
-                let id = parse_id(&id)?;
+                let id = resolve_id(&client, &id).await?;
                 let job = jobs::get(&client, id)
                     .await?
                     .ok_or_else(|| exit::failed(format!("no job {id}")))?;
                 writeln!(out, "{}", serde_json::to_string_pretty(&job)?)?;
             }
             JobsCommand::Cancel { id } => {
-                let id = parse_id(&id)?;
+                let id = resolve_id(&client, &id).await?;
                 match jobs::request_cancel(&mut client, id).await? {
                     None => return Err(exit::failed(format!("no job {id}"))),
                     Some(JobStatus::Running) => {
@@ -126,7 +142,7 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                 }
             }
             JobsCommand::Rejects { id, json } => {
-                let id = parse_id(&id)?;
+                let id = resolve_id(&client, &id).await?;
                 if jobs::get(&client, id).await?.is_none() {
                     return Err(exit::failed(format!("no job {id}")));
                 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanCount, HumanDuration, ProgressBar, ProgressStyle};
 use nexus_loaders::catalog;
 use nexus_loaders::jobs::JobRecord;
 use nexus_loaders::load::{LoadOutcome, LoadRequest, run_load};
@@ -23,9 +23,10 @@ use crate::db::{self, Database};
 use crate::exit::{self, FAILED, TOO_MANY_REJECTS};
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("into").required(true).args(["model", "table"])))]
 pub struct LoadArgs {
-    /// The model to load into.
-    #[arg(long, required_unless_present = "table", conflicts_with = "table")]
+    /// The model to load into (or --table).
+    #[arg(long, conflicts_with = "table")]
     model: Option<String>,
     /// Load into an existing table (SCHEMA.TABLE); the model is derived from its columns.
     #[arg(long)]
@@ -76,6 +77,33 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// Each input flag given, alone, so that a bad value is named by its flag.
+    fn each_override(&self) -> Vec<(&'static str, InputDef)> {
+        let all = self.overrides();
+        let mut each = Vec::new();
+        macro_rules! one {
+            ($flag:literal, $field:ident) => {
+                if all.$field.is_some() {
+                    each.push((
+                        $flag,
+                        InputDef {
+                            $field: all.$field.clone(),
+                            ..Default::default()
+                        },
+                    ));
+                }
+            };
+        }
+        one!("--null", null);
+        one!("--timezone", timezone);
+        one!("--encoding", encoding);
+        one!("--delimiter", delimiter);
+        one!("--quote", quote);
+        one!("--max-rejects", max_rejects);
+        one!("--max-reject-ratio", max_reject_ratio);
+        each
+    }
+
     fn overrides(&self) -> InputDef {
         InputDef {
             null: (!self.null.is_empty()).then(|| self.null.clone()),
@@ -140,6 +168,11 @@ async fn load_all(
             (Arc::new(m), key, false)
         }
     };
+    for (flag, one) in args.each_override() {
+        model
+            .with_input(&one)
+            .map_err(|e| exit::usage(format!("{flag}: {e}")))?;
+    }
     let model = Arc::new(
         model
             .with_input(&args.overrides())
@@ -200,18 +233,19 @@ async fn load_all(
             // The bar is drawn while the load runs, and no longer.
             let outcome = tokio::select! {
                 outcome = run_load(&database.url, req, progress.clone()) => outcome,
-                never = show_progress(&bar, progress) => match never {},
+                never = show_progress(&bar, progress.clone()) => match never {},
             };
             bar.finish_and_clear();
             outcome
         } else {
-            run_load(&database.url, req, progress).await
+            run_load(&database.url, req, progress.clone()).await
         };
+        let progress_earlier = progress.snapshot().earlier_rows;
         if let Some((p, _)) = spool {
             let _ = std::fs::remove_file(p);
         }
         let outcome = outcome.map_err(|e| exit::failed(e.to_string()))?;
-        print_summary(&outcome, args.json)?;
+        print_summary(&outcome, progress_earlier, args.json)?;
         code = code.max(exit_code(&outcome));
         if interrupt.is_cancelled() {
             break;
@@ -300,41 +334,84 @@ async fn spool_stdin(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
 fn progress_bar(req: &LoadRequest) -> ProgressBar {
     let bar = ProgressBar::new(req.bytes_total.unwrap_or(0));
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} {percent:>3}% {wide_bar} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
 
+/// How far back the rate and the ETA look.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
 /// Keeps `bar` up to date with `progress`, for as long as it is polled;
 /// draws nothing before the first row is read (connecting, waiting for the
-/// database, checking the header).
+/// database, checking the header). The bar follows the bytes read (a few
+/// batches ahead of the commits at most); the rate comes from this run's
+/// commits and the ETA from the reading, over the last few seconds; once
+/// the file is read, the load is "finishing" its last batches.
 async fn show_progress(bar: &ProgressBar, progress: Arc<Progress>) -> std::convert::Infallible {
-    let start = std::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut seen: std::collections::VecDeque<(std::time::Instant, u64, u64)> = Default::default();
     loop {
         tick.tick().await;
         let s = progress.snapshot();
-        if s.rows_read == 0 {
+        let this_run = s.rows_read.saturating_sub(s.earlier_rows);
+        if this_run == 0 {
             continue;
         }
-        bar.set_position(s.bytes_read);
-        let rate = s.rows_read as f64 / start.elapsed().as_secs_f64().max(0.001);
+        let position = match bar.length() {
+            Some(total) if total > 0 => s.bytes_read.min(total),
+            _ => s.bytes_read,
+        };
+        bar.set_position(position);
+        let now = std::time::Instant::now();
+        seen.push_back((now, this_run, position));
+        while seen.len() > 2 && now.duration_since(seen[0].0) > RATE_WINDOW {
+            seen.pop_front();
+        }
+        let (t0, rows0, pos0) = seen[0];
+        let secs = now.duration_since(t0).as_secs_f64();
+        let (rate, eta) = if secs > 0.2 {
+            let rate = (this_run - rows0) as f64 / secs;
+            let byte_rate = (position - pos0) as f64 / secs;
+            let left = bar.length().unwrap_or(0).saturating_sub(position) as f64;
+            let eta = if left == 0.0 {
+                Some(", finishing".to_string())
+            } else {
+                (byte_rate > 0.0).then(|| {
+                    let secs = (left / byte_rate).ceil() as u64;
+                    format!(", ETA {}", HumanDuration(Duration::from_secs(secs)))
+                })
+            };
+            (Some(rate), eta)
+        } else {
+            (None, None)
+        };
         bar.set_message(format!(
-            "{} rows ({} rejected), {:.0} rows/s",
-            s.rows_read, s.rows_rejected, rate
+            "{} rows, {} rejected{}{}",
+            HumanCount(s.rows_read),
+            HumanCount(s.rows_rejected),
+            rate.map(|r| format!(", {}/s", HumanCount(r as u64)))
+                .unwrap_or_default(),
+            eta.unwrap_or_default(),
         ));
     }
 }
 
-fn print_summary(o: &LoadOutcome, json: bool) -> anyhow::Result<()> {
-    let j: &JobRecord = &o.job;
+/// Prints a load's summary; `earlier` rows were settled by earlier runs of
+/// a resumed job, so the rate is this run's.
+fn print_summary(o: &LoadOutcome, earlier: u64, json: bool) -> anyhow::Result<()> {
+    let mut job = o.job.clone();
+    let this_run = (job.rows_read as u64).saturating_sub(earlier);
+    if job.duration_ms > 0 {
+        job.rows_per_sec = (this_run as f64 * 1000.0 / job.duration_ms as f64).round();
+    }
+    let j: &JobRecord = &job;
     let mut out = std::io::stdout().lock();
     if json {
         let mut v = serde_json::to_value(j)?;
         v["resumed"] = serde_json::Value::Bool(o.resumed);
+        v["earlier_rows"] = earlier.into();
         if let Some(old) = &o.superseded {
             v["superseded"] = serde_json::to_value(old)?;
         }
@@ -375,7 +452,10 @@ fn print_summary(o: &LoadOutcome, json: bool) -> anyhow::Result<()> {
         j.job_id
     )?;
     if o.resumed {
-        write!(out, " (resumed)")?;
+        write!(
+            out,
+            " (resumed: {earlier} of the rows were settled by earlier runs)"
+        )?;
     }
     if let Some(old) = &o.superseded {
         write!(
