@@ -1162,3 +1162,34 @@ fn connection_mistakes_say_what_failed_at_once() {
         "{garbled:?}"
     );
 }
+
+/// Small mistakes get answers that name the fix.
+#[test]
+fn small_mistakes_get_clear_answers() {
+    let db = TestDb::new();
+    let f = db.file("c.csv", customers(1, 3));
+    let path = f.to_str().unwrap();
+    let r = db.run(&["load", path]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--model <MODEL>|--table <TABLE>"), "{r:?}");
+    let r = db.run(&["load", "--model", "customer", "--encoding", "ebcdic", path]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--encoding: "), "{r:?}");
+    assert!(r.stderr.contains("ebcdic"), "{r:?}");
+    let r = db.run(&["load", "--model", "customer", "--delimiter", "ab", path]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--delimiter: "), "{r:?}");
+    let help = db.run(&["serve", "--help"]);
+    assert!(help.stdout.contains("dashboard"), "{help:?}");
+    // A job by a unique start of its id.
+    let (_, s) = db.load_json(&["--model", "customer", path]);
+    let id = s["job_id"].as_str().unwrap();
+    let shown = db.run(&["jobs", "show", &id[..8]]);
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert!(shown.stdout.contains(id), "{shown:?}");
+    let none = db.run(&["jobs", "show", "ffffffff-ffff"]);
+    assert_eq!(none.code, 1, "{none:?}");
+    assert!(none.stderr.contains("no job id starts with"), "{none:?}");
+    let short = db.run(&["jobs", "cancel", "ab"]);
+    assert_eq!(short.code, 2, "{short:?}");
+}
