@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up Nexus on a fresh Debian/Ubuntu machine and runs the main job: the
 # demo customer file loaded into the embedded default database (a private
-# PostgreSQL under ./.nexus/pg, from the installed server binaries).
+# PostgreSQL under ./.nexus/pg, from the installed server binaries; as root,
+# under /var/lib/nexus/clusters/, since PostgreSQL then runs as `postgres`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

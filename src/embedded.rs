@@ -113,6 +113,50 @@ fn reachable_by(data_dir: &Path, uid: u32) -> Result<(), EmbeddedError> {
     Ok(())
 }
 
+/// Where clusters of root's data directories live, each in a directory of
+/// its own owned by `postgres` (0700), named by its data directory.
+const SYSTEM_CLUSTERS: &str = "/var/lib/nexus/clusters";
+
+/// In the data directory, where the cluster lives when it is not `pg`.
+const LOCATION_FILE: &str = "pg.location";
+
+/// Where the cluster lives: `DATA_DIR/pg`, or, as root, under
+/// [`SYSTEM_CLUSTERS`] — PostgreSQL then runs as `postgres`, which must not
+/// need the user's folders opened to it (a home is usually 0700). A
+/// cluster that an earlier version made in the data directory stays there.
+fn cluster_dir(data_dir: &Path, run_as: Option<(u32, u32)>) -> Result<PathBuf, EmbeddedError> {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let local = data_dir.join("pg");
+    let Some((uid, gid)) = run_as else {
+        return Ok(local);
+    };
+    if local.join("PG_VERSION").exists() {
+        reachable_by(data_dir, uid)?;
+        return Ok(local);
+    }
+    let fail =
+        |what: &Path, e: std::io::Error| EmbeddedError::Failed(format!("{}: {e}", what.display()));
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let home = Path::new(SYSTEM_CLUSTERS).join(name);
+    std::fs::create_dir_all(&home).map_err(|e| fail(&home, e))?;
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).map_err(|e| fail(&home, e))?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(&home, e))?;
+    let dir = home.join("pg");
+    let location = data_dir.join(LOCATION_FILE);
+    if std::fs::read_to_string(&location).ok().as_deref() != Some(&*dir.to_string_lossy()) {
+        std::fs::write(&location, dir.to_string_lossy().as_bytes())
+            .map_err(|e| fail(&location, e))?;
+        eprintln!(
+            "nexus: the embedded PostgreSQL cluster lives in {} (as root, PostgreSQL runs as user postgres)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 /// How long stopping waits for other clients (this process's own closing
 /// connections among them) to leave before it leaves the server running.
 const OWN_CONNECTIONS_CLOSE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -181,7 +225,9 @@ impl EmbeddedPg {
     pub fn start(data_dir: &Path) -> Result<EmbeddedPg, EmbeddedError> {
         let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
         let fail = |m: String| EmbeddedError::Failed(m);
-        std::fs::create_dir_all(data_dir)
+        // A new data directory is private: it holds the cluster's password.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(data_dir)
             .map_err(|e| fail(format!("{}: {e}", data_dir.display())))?;
         let data_dir = data_dir
             .canonicalize()
@@ -190,17 +236,15 @@ impl EmbeddedPg {
         let lock =
             std::fs::File::create(data_dir.join("pg.lock")).map_err(|e| fail(e.to_string()))?;
         lock.lock().map_err(|e| fail(e.to_string()))?;
-        let dir = data_dir.join("pg");
+        let run_as = run_as()?;
+        let dir = cluster_dir(&data_dir, run_as)?;
         let mut pg = EmbeddedPg {
             bindir,
             dir: dir.clone(),
             url: String::new(),
             started_here: false,
-            run_as: run_as()?,
+            run_as,
         };
-        if let Some((uid, _)) = pg.run_as {
-            reachable_by(&data_dir, uid)?;
-        }
         if !dir.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
             if let Some((uid, gid)) = pg.run_as {
@@ -210,8 +254,9 @@ impl EmbeddedPg {
             let password = new_password();
             write_private(&data_dir.join(PASSWORD_FILE), &password, None)
                 .map_err(|e| fail(format!("{PASSWORD_FILE}: {e}")))?;
-            // initdb reads the password from a file its user can read.
-            let pwfile = data_dir.join("pg.initdb.pw");
+            // initdb reads the password from a file its user can read:
+            // beside the cluster's directory.
+            let pwfile = dir.with_file_name("pg.initdb.pw");
             write_private(&pwfile, &password, pg.run_as).map_err(|e| fail(e.to_string()))?;
             let mut c = pg.command("initdb");
             c.args(["-D"]).arg(&dir).args([

@@ -1171,7 +1171,10 @@ fn small_mistakes_get_clear_answers() {
     let path = f.to_str().unwrap();
     let r = db.run(&["load", path]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("--model <MODEL>|--table <TABLE>"), "{r:?}");
+    assert!(
+        r.stderr.contains("--model <MODEL>|--table <TABLE>"),
+        "{r:?}"
+    );
     let r = db.run(&["load", "--model", "customer", "--encoding", "ebcdic", path]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("--encoding: "), "{r:?}");
