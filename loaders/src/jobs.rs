@@ -197,11 +197,9 @@ pub async fn top_reject_reason(
     c: &impl GenericClient,
     id: Uuid,
 ) -> Result<Option<(String, i64)>, tokio_postgres::Error> {
-    Ok(c
-        .query_opt(
-            r#"WITH r AS (
-                 SELECT line, "column", reason,
-                        regexp_replace(regexp_replace(reason, '\(.*\)=\(.*\)', '', 'g'), '[0-9]+', '', 'g') AS kind
+    Ok(c.query_opt(
+        r#"WITH r AS (
+                 SELECT line, "column", reason, nexus.reject_kind(reason) AS kind
                  FROM nexus.rejects WHERE job_id = $1),
              top AS (
                  SELECT "column", kind, count(*) AS n, min(line) AS first FROM r
@@ -212,10 +210,10 @@ pub async fn top_reject_reason(
              FROM top JOIN r ON r.line = top.first AND r.kind = top.kind
                             AND r."column" IS NOT DISTINCT FROM top."column"
              LIMIT 1"#,
-            &[&id],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1))))
+        &[&id],
+    )
+    .await?
+    .map(|r| (r.get(0), r.get(1))))
 }
 
 /// Up to two jobs whose id starts with `prefix` (lower-case hex and `-`).
@@ -481,6 +479,64 @@ pub struct RejectRow {
     pub column: Option<String>,
     pub reason: String,
     pub raw: String,
+}
+
+/// Rejects of one kind (column and reason without its values).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RejectGroup {
+    pub column: Option<String>,
+    /// The reason with the values it names replaced (`N`, `(…)=(…)`).
+    pub kind: String,
+    pub count: i64,
+    /// The first few rejects of the kind, by line.
+    pub examples: Vec<RejectRow>,
+}
+
+/// A job's rejects grouped by kind, the largest groups first (at most
+/// `limit` groups, each with up to 3 examples).
+pub async fn reject_groups(
+    c: &impl GenericClient,
+    id: Uuid,
+    limit: i64,
+) -> Result<Vec<RejectGroup>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            r#"WITH r AS (
+                 SELECT line, "column", reason, raw, nexus.reject_kind(reason) AS kind
+                 FROM nexus.rejects WHERE job_id = $1),
+             g AS (
+                 SELECT "column", kind, count(*) AS n, min(line) AS first FROM r
+                 GROUP BY "column", kind ORDER BY n DESC, first LIMIT $2)
+             SELECT g."column", g.kind, g.n, e.line, e.reason, e.raw
+             FROM g CROSS JOIN LATERAL (
+                 SELECT line, reason, raw FROM r
+                 WHERE r.kind = g.kind AND r."column" IS NOT DISTINCT FROM g."column"
+                 ORDER BY line LIMIT 3) e
+             ORDER BY g.n DESC, g.first, e.line"#,
+            &[&id, &limit],
+        )
+        .await?;
+    let mut groups: Vec<RejectGroup> = Vec::new();
+    for row in rows {
+        let (column, kind): (Option<String>, String) = (row.get(0), row.get(1));
+        let example = RejectRow {
+            line: row.get(3),
+            column: column.clone(),
+            reason: row.get(4),
+            raw: row.get(5),
+        };
+        match groups.last_mut() {
+            Some(g) if g.column == column && g.kind == kind => g.examples.push(example),
+            _ => groups.push(RejectGroup {
+                column,
+                kind,
+                count: row.get(2),
+                examples: vec![example],
+            }),
+        }
+    }
+    Ok(groups)
 }
 
 /// The header of rejects as CSV (`nexus jobs rejects`, the HTTP route).

@@ -313,8 +313,14 @@ ALTER TABLE nexus.users ADD CONSTRAINT users_name_no_colon
     ),
     (
         10,
-        "jobs as they stand: live counters of running jobs, and whether a running job's process is gone",
+        "jobs as they stand: live counters of running jobs, and whether a running job's process is gone; kinds of rejects",
         r#"
+-- The kind of a reject: its reason without the values it names (keys,
+-- numbers, positions), so that rejects can be grouped.
+CREATE FUNCTION nexus.reject_kind(reason text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT regexp_replace(regexp_replace(reason, '\(.*\)=\(.*\)', '(…)=(…)', 'g'), '[0-9]+', 'N', 'g')
+$$;
 -- The session advisory lock a process holds while it runs a job.
 CREATE FUNCTION nexus.job_lock_key(job uuid) RETURNS bigint
 LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('job ' || job::text, 1) $$;
@@ -329,7 +335,9 @@ LANGUAGE sql STABLE AS $$
           AND l.objid = (key.k & 4294967295)::oid)
 $$;
 -- Jobs as readers see them: a running job counts what it has committed so
--- far, and is `interrupted` when no process holds it (killed, crashed).
+-- far, and is `interrupted` when its process is gone (killed, crashed): a
+-- queued job's worker let its lease expire, a command-line load no longer
+-- holds the job's lock.
 CREATE VIEW nexus.job_view AS
 SELECT j.id, j.model, j.target, j.mode, j.atomic, j.status, j.file_name, j.file_hash,
        coalesce(c.committed + c.rejected, j.rows_read) AS rows_read,
@@ -337,7 +345,9 @@ SELECT j.id, j.model, j.target, j.mode, j.atomic, j.status, j.file_name, j.file_
        coalesce(c.rejected, j.rows_rejected) AS rows_rejected,
        j.bytes_read, j.bytes_total, j.duration_ms, j.error, j.owner, j.created_at,
        j.started_at, j.finished_at,
-       CASE WHEN j.status = 'running' THEN NOT nexus.job_is_held(j.id) ELSE false END AS interrupted
+       CASE WHEN j.status <> 'running' THEN false
+            WHEN j.lease_owner IS NOT NULL THEN j.lease_expires_at < now()
+            ELSE NOT nexus.job_is_held(j.id) END AS interrupted
 FROM nexus.jobs j
 LEFT JOIN LATERAL (SELECT * FROM nexus.job_counts(j.id) WHERE j.status = 'running') c ON true;
 "#,

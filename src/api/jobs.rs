@@ -234,6 +234,8 @@ pub async fn create(
 pub struct ListParams {
     pub status: Option<JobStatus>,
     pub model: Option<String>,
+    /// Only this owner's jobs (admins; others see only their own anyway).
+    pub owner: Option<String>,
     /// Default 50.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
@@ -264,7 +266,10 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(bad("limit must be 1 to 500"));
     }
-    let owner = (user.0.role != Role::Admin).then_some(user.0.username.as_str());
+    let owner = match user.0.role {
+        Role::Admin => p.owner.as_deref(),
+        _ => Some(user.0.username.as_str()),
+    };
     let db = state.pool.get().await?;
     let mut page = jobs::page(&**db, owner, p.status, p.model.as_deref(), limit, p.cursor).await?;
     for j in page.iter_mut().filter(|j| j.status == JobStatus::Running) {
@@ -398,6 +403,26 @@ pub struct RejectsParams {
 
 /// Rejects per query of a streamed CSV.
 const CSV_PAGE: i64 = 10_000;
+
+/// The job's rejects grouped by kind (column, and reason without the
+/// values it names), the largest groups first, each with its first examples.
+#[utoipa::path(get, path = "/api/v2/jobs/{id}/rejects/summary", tag = "jobs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Up to 50 groups", body = Vec<jobs::RejectGroup>),
+        (status = 400, description = "The id is not a UUID", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
+    ))]
+pub async fn reject_summary(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<jobs::RejectGroup>>, Problem> {
+    visible(&state, &user, id).await?;
+    let db = state.pool.get().await?;
+    Ok(Json(jobs::reject_groups(&**db, id, 50).await?))
+}
 
 /// The job's rejects: all of them as CSV (`line,column,reason,raw`),
 /// streamed; or a page of them as JSON with `Accept: application/json`,

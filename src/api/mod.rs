@@ -88,6 +88,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
         jobs::show,
         jobs::cancel,
         jobs::rejects,
+        jobs::reject_summary,
         records::show,
         openapi_json,
     ),
@@ -157,6 +158,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/jobs/{id}", get(jobs::show))
         .route("/api/v2/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v2/jobs/{id}/rejects", get(jobs::rejects))
+        .route(
+            "/api/v2/jobs/{id}/rejects/summary",
+            get(jobs::reject_summary),
+        )
         .route("/api/v2/records/{model}/{key}", get(records::show))
         .route("/api/v2/ws", get(ws::upgrade))
         .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT))
