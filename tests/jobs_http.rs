@@ -664,10 +664,17 @@ fn uploads_carry_load_options_and_refuse_unknown_ones() {
     assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
     assert_eq!(groups[0]["count"], 5, "{groups}");
     assert!(
-        groups[0]["kind"].as_str().unwrap().contains("Key (…)=(…) already exists"),
+        groups[0]["kind"]
+            .as_str()
+            .unwrap()
+            .contains("Key (…)=(…) already exists"),
         "{groups}"
     );
-    assert_eq!(groups[0]["examples"].as_array().unwrap().len(), 3, "{groups}");
+    assert_eq!(
+        groups[0]["examples"].as_array().unwrap().len(),
+        3,
+        "{groups}"
+    );
     assert_eq!(groups[0]["examples"][0]["line"], 1, "{groups}");
     // Unknown and bad options.
     let p = assert_problem(

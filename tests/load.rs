@@ -1196,3 +1196,55 @@ fn small_mistakes_get_clear_answers() {
     let short = db.run(&["jobs", "cancel", "ab"]);
     assert_eq!(short.code, 2, "{short:?}");
 }
+
+/// `--dry-run` reads and checks a file as a load would — rules, and values
+/// by PostgreSQL's own input functions — and writes nothing.
+#[test]
+fn a_dry_run_reports_what_a_load_would_reject_and_writes_nothing() {
+    let db = TestDb::new();
+    let demo = fixture("customers.csv");
+    let r = db.run(&[
+        "load",
+        "--dry-run",
+        "--model",
+        "customer",
+        demo.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("1000 rows read, 995 would load, 5 rejected; nothing was written"),
+        "{r:?}"
+    );
+    // A value only the server reads (no 30 February), by its line.
+    assert!(
+        r.stdout
+            .contains("line 801, column created_at: date/time field value out of range"),
+        "{r:?}"
+    );
+    assert_eq!(
+        db.value("SELECT count(*)::text FROM nexus.jobs").as_deref(),
+        Some("0")
+    );
+    assert_eq!(db.value("SELECT to_regclass('customer')::text"), None);
+    let (r, v) = {
+        let r = db.run(&[
+            "load",
+            "--dry-run",
+            "--json",
+            "--model",
+            "customer",
+            "--max-rejects",
+            "2",
+            demo.to_str().unwrap(),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        (r, v)
+    };
+    assert_eq!(r.code, 3, "over --max-rejects, as a load would be: {r:?}");
+    assert_eq!(
+        (v["rows_valid"].clone(), v["rows_rejected"].clone()),
+        (json!(995), json!(5))
+    );
+    assert_eq!(v["rejects"][0]["line"], 201);
+}

@@ -26,6 +26,7 @@ use crate::gate::SeqGate;
 use crate::jobs::{self, JobRecord, NewJob, Superseded};
 use crate::migrate::migrate;
 use crate::pg::{self, describe};
+use crate::server_input;
 use crate::vocab::{JobStatus, Mode};
 use crate::writer::{BatchWriter, Committed, INSERT_REJECTS, Target, WriteError, insert_rejects};
 
@@ -98,6 +99,10 @@ pub enum LoadError {
     Catalog(#[from] catalog::CatalogError),
     #[error("job {0} disappeared while it ran")]
     Vanished(Uuid),
+    /// The file could not be read as the model says (a dry run's failure;
+    /// a load records it in its job instead).
+    #[error("{0}")]
+    Read(String),
 }
 
 enum Claim {
@@ -454,6 +459,107 @@ impl Shared {
     }
 }
 
+/// Opens the file and starts the pipeline's stages on it (the header is
+/// read and checked here), handing encoded batches to `sink`.
+async fn start_reading(
+    path: std::path::PathBuf,
+    model: Arc<Model>,
+    opts: RunOptions,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+    sink: impl FnMut(EncodedBatch) -> bool + Send + 'static,
+) -> Result<runner::Stages, runner::PipelineError> {
+    let encoding = model.input.encoding;
+    tokio::task::spawn_blocking(move || {
+        let input = source::open(&path, encoding, bytes.clone())?;
+        runner::start(input, model, opts, bytes, sink)
+    })
+    .await
+    .map_err(|e| runner::PipelineError::Panic(e.to_string()))
+    .and_then(|r| r)
+}
+
+/// Waits for the stages to end; the reader's figures, or what stopped it.
+async fn finish_reading(
+    stages: runner::Stages,
+) -> Result<runner::SourceStats, runner::PipelineError> {
+    tokio::task::spawn_blocking(move || stages.finish())
+        .await
+        .map_err(|e| runner::PipelineError::Panic(e.to_string()))
+        .and_then(|r| r)
+}
+
+/// What a dry run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    pub rows_read: u64,
+    /// Rows that passed the model's rules and PostgreSQL's input functions.
+    pub rows_valid: u64,
+    pub rows_rejected: u64,
+    /// The first rejects, by line.
+    pub rejects: Vec<nexus_pipeline::Reject>,
+}
+
+/// Rejects a dry run lists.
+const DRY_RUN_REJECTS: usize = 20;
+
+/// Reads and checks the file as a load of `req` would — the header, the
+/// model's rules, every value by the fast path or PostgreSQL's own input
+/// functions — and writes nothing: no job, no row. What only the table can
+/// say (keys, foreign keys, checks) is not known until a load.
+pub async fn dry_run(url: &str, req: LoadRequest) -> Result<DryRun, LoadError> {
+    let mut client = pg::connect_retrying(url, req.retry).await?;
+    migrate(&mut client).await?;
+    let timezone = req.model.input.timezone.session_setting();
+    client
+        .execute("SELECT set_config('TimeZone', $1, false)", &[&timezone])
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<EncodedBatch>(4);
+    let options = JobOptions::new(&req.model, req.has_header);
+    let opts = RunOptions {
+        batch_size: options.batch_size,
+        max_batch_bytes: options.max_batch_bytes,
+        workers: req.workers.max(1),
+        has_header: req.has_header,
+        line_column: false,
+        require_key: req.mode == Mode::Upsert,
+        skip: Default::default(),
+    };
+    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sink = move |batch: EncodedBatch| tx.blocking_send(batch).is_ok();
+    let stages = start_reading(req.path.clone(), req.model.clone(), opts, bytes, sink)
+        .await
+        .map_err(|e| LoadError::Read(e.to_string()))?;
+    let plan = stages.plan.clone();
+    let mut found = DryRun {
+        rows_read: 0,
+        rows_valid: 0,
+        rows_rejected: 0,
+        rejects: Vec::new(),
+    };
+    let mut failed = None;
+    while let Some(mut batch) = rx.recv().await {
+        if failed.is_some() {
+            continue;
+        }
+        if let Err(e) = server_input::settle(&client, &plan, &mut batch).await {
+            failed = Some(e);
+            continue;
+        }
+        found.rows_read += batch.rows_read;
+        found.rows_valid += batch.rows.len() as u64;
+        found.rows_rejected += batch.rejects.len() as u64;
+        let room = DRY_RUN_REJECTS.saturating_sub(found.rejects.len());
+        found.rejects.extend(batch.rejects.into_iter().take(room));
+    }
+    finish_reading(stages)
+        .await
+        .map_err(|e| LoadError::Read(e.to_string()))?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    Ok(found)
+}
+
 /// Runs one load to its end and returns the closed job: [`Load::prepare`],
 /// then [`Load::run`] and [`Load::close`].
 pub async fn run_load(
@@ -626,14 +732,7 @@ impl Load {
             req.model.clone(),
             self.progress.bytes_read.clone(),
         );
-        let encoding = req.model.input.encoding;
-        let stages = tokio::task::spawn_blocking(move || {
-            let input = source::open(&path, encoding, bytes.clone())?;
-            runner::start(input, model, run_opts, bytes, sink)
-        })
-        .await
-        .map_err(|e| runner::PipelineError::Panic(e.to_string()))
-        .and_then(|r| r);
+        let stages = start_reading(path, model, run_opts, bytes, sink).await;
         let stages = match stages {
             Ok(s) => Some(s),
             Err(e) => {
@@ -647,10 +746,7 @@ impl Load {
             drop(rx);
         }
         let read_result = match stages {
-            Some(s) => tokio::task::spawn_blocking(move || s.finish())
-                .await
-                .map_err(|e| runner::PipelineError::Panic(e.to_string()))
-                .and_then(|r| r),
+            Some(s) => finish_reading(s).await,
             None => Ok(Default::default()),
         };
         watching.cancel();

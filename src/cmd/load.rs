@@ -74,6 +74,11 @@ pub struct LoadArgs {
     /// Print one JSON summary object per file on stdout.
     #[arg(long)]
     json: bool,
+    /// Read and check the file (header, rules, every value) and report,
+    /// writing nothing; keys and other table constraints are checked only
+    /// by a load.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 impl LoadArgs {
@@ -227,6 +232,14 @@ async fn load_all(
             job: None,
             cache: Some(cache.clone()),
         };
+        if args.dry_run {
+            let checked = nexus_loaders::load::dry_run(&database.url, req).await;
+            if let Some((p, _)) = &spool {
+                let _ = std::fs::remove_file(p);
+            }
+            code = code.max(print_dry_run(file, &model, checked, args.json)?);
+            continue;
+        }
         let progress = Arc::new(Progress::default());
         let outcome = if !args.json && std::io::stderr().is_terminal() {
             let bar = progress_bar(&req);
@@ -396,6 +409,74 @@ async fn show_progress(bar: &ProgressBar, progress: Arc<Progress>) -> std::conve
             eta.unwrap_or_default(),
         ));
     }
+}
+
+/// Prints what a dry run found; its exit code as a load's would be.
+fn print_dry_run(
+    file: &std::path::Path,
+    model: &nexus_pipeline::Model,
+    checked: Result<nexus_loaders::load::DryRun, nexus_loaders::LoadError>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    let d = match checked {
+        Ok(d) => d,
+        Err(e @ nexus_loaders::LoadError::Read(_)) => {
+            if json {
+                let v = serde_json::json!({"file": file.display().to_string(), "dry_run": true, "error": e.to_string()});
+                writeln!(out, "{v}")?;
+            }
+            eprintln!("nexus: {}: {e}", file.display());
+            return Ok(FAILED);
+        }
+        Err(e) => return Err(exit::failed(e.to_string())),
+    };
+    let over_limit = model.input.max_rejects.is_some_and(|m| d.rows_rejected > m)
+        || model
+            .input
+            .max_reject_ratio
+            .is_some_and(|r| d.rows_read > 0 && d.rows_rejected as f64 / d.rows_read as f64 > r);
+    let code = if d.rows_valid == 0 && d.rows_rejected > 0 {
+        FAILED
+    } else if over_limit {
+        TOO_MANY_REJECTS
+    } else {
+        0
+    };
+    if json {
+        let mut v = serde_json::to_value(&d)?;
+        v["file"] = file.display().to_string().into();
+        v["model"] = model.name.clone().into();
+        v["dry_run"] = true.into();
+        writeln!(out, "{v}")?;
+        return Ok(code);
+    }
+    writeln!(
+        out,
+        "dry run: {} → {}: {} rows read, {} would load, {} rejected; nothing was written \
+         (keys and other constraints of the table are checked only by a load)",
+        file.display(),
+        model.name,
+        d.rows_read,
+        d.rows_valid,
+        d.rows_rejected
+    )?;
+    for r in &d.rejects {
+        let column = r
+            .column
+            .as_deref()
+            .map(|c| format!(", column {c}"))
+            .unwrap_or_default();
+        writeln!(out, "  line {}{column}: {}", r.line, r.reason)?;
+    }
+    if d.rows_rejected > d.rejects.len() as u64 {
+        writeln!(
+            out,
+            "  … and {} more",
+            d.rows_rejected - d.rejects.len() as u64
+        )?;
+    }
+    Ok(code)
 }
 
 /// Prints a load's summary; `earlier` rows were settled by earlier runs of
