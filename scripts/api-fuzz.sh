@@ -3,8 +3,11 @@
 # /api/v2/openapi.json, generated and mutated requests, all checks (no 5xx,
 # responses as documented). Logout is left out: it would end the run's own
 # session; tests/serve.rs covers it. Uploads run without the stateful phase
-# (its links inferred from Location headers are wrong) and without the
-# negative-data check.
+# (its links inferred from Location headers are wrong), without the
+# negative-data check, and without the positive-data check: an upload's
+# options are valid only together (the delimiter is not the quote, a model
+# to upsert has a key), which the document cannot say; tests/jobs_http.rs
+# checks each 400 names its parameter.
 #
 # usage: scripts/api-fuzz.sh [NEXUS_BINARY]    (needs PostgreSQL as for the tests)
 set -euo pipefail
@@ -34,5 +37,6 @@ token=$(scratch_token admin "$NEXUS_ADMIN_PASSWORD")
 run() { "$st" run "$base/api/v2/openapi.json" -H "Authorization: Bearer $token" --max-examples 40 --workers 2 --seed 1 "$@"; }
 run --checks all --exclude-path /api/v2/auth/logout --exclude-operation-id create
 # An upload is any bytes: nothing in a body is "schema-violating" for it.
-run --checks all --include-operation-id create --exclude-checks negative_data_rejection \
+run --checks all --include-operation-id create \
+  --exclude-checks negative_data_rejection,positive_data_acceptance \
   --phases examples,coverage,fuzzing

@@ -33,11 +33,14 @@ pub struct CreateParams {
     pub format: Option<FormatParam>,
     /// Load the whole file in one transaction.
     pub atomic: Option<bool>,
-    /// Input encoding: utf-8 (default), latin1 or windows-1252.
-    pub encoding: Option<String>,
-    /// Field delimiter: one ASCII character, `\t` for tab (default `,`).
+    /// Input encoding (default utf-8).
+    pub encoding: Option<EncodingParam>,
+    /// Field delimiter: one ASCII character, `\t` for tab (default `,`);
+    /// not the quote character.
+    #[param(min_length = 1, max_length = 3)]
     pub delimiter: Option<String>,
-    /// Quote character (default `"`).
+    /// Quote character (default `"`); not the delimiter.
+    #[param(min_length = 1, max_length = 1)]
     pub quote: Option<String>,
     /// An unquoted field text meaning NULL (default: the empty field).
     pub null: Option<String>,
@@ -62,7 +65,7 @@ impl CreateParams {
             input: InputDef {
                 null: self.null.clone().map(|n| vec![n]),
                 timezone: self.timezone.clone(),
-                encoding: self.encoding.clone(),
+                encoding: self.encoding.map(|e| e.name().to_string()),
                 delimiter: self.delimiter.clone(),
                 quote: self.quote.clone(),
                 max_rejects: self.max_rejects,
@@ -71,6 +74,27 @@ impl CreateParams {
             },
             has_header: self.header.unwrap_or(true),
             force: self.force.unwrap_or(false),
+        }
+    }
+}
+
+/// Input encodings this build reads.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+pub enum EncodingParam {
+    #[serde(rename = "utf-8")]
+    Utf8,
+    #[serde(rename = "latin1")]
+    Latin1,
+    #[serde(rename = "windows-1252")]
+    Windows1252,
+}
+
+impl EncodingParam {
+    fn name(self) -> &'static str {
+        match self {
+            EncodingParam::Utf8 => "utf-8",
+            EncodingParam::Latin1 => "latin1",
+            EncodingParam::Windows1252 => "windows-1252",
         }
     }
 }

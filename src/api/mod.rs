@@ -92,7 +92,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
         records::show,
         openapi_json,
     ),
-    components(schemas(problem::ProblemBody, nexus_loaders::JobStatus, nexus_loaders::Mode, jobs::FormatParam)),
+    components(schemas(problem::ProblemBody, nexus_loaders::JobStatus, nexus_loaders::Mode, jobs::FormatParam, jobs::EncodingParam)),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;
