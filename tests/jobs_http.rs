@@ -82,28 +82,34 @@ fn raw_multipart_and_gzip_uploads_become_jobs() {
     assert_eq!(done["file_name"], "passwd", "a client name is only a label");
     assert_eq!(done["owner"], "admin");
 
+    // Load options as fields before the file: here, a file without a header.
     let boundary = "nexusboundary";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.csv\"\r\nContent-Type: text/csv\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(customers(11, 20).as_bytes());
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let r = s
-        .http
-        .post(s.url("/api/v2/jobs?model=customer"))
-        .bearer_auth(&a)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
+    let multipart = |field: &str, value: &str, data: &str| {
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.csv\"\r\nContent-Type: text/csv\r\n\r\n"
         )
-        .body(body)
-        .send()
-        .unwrap();
-    let multi = accepted(r);
+        .into_bytes();
+        body.extend_from_slice(data.as_bytes());
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        s.http
+            .post(s.url("/api/v2/jobs?model=customer"))
+            .bearer_auth(&a)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let rows = customers(11, 20);
+    let headerless = &rows[rows.find('\n').unwrap() + 1..];
+    let multi = accepted(multipart("header", "false", headerless));
     let done = wait_status(&s, &a, &multi, "succeeded");
     assert_eq!(done["rows_committed"], 20);
     assert_eq!(done["file_name"], "c.csv");
+    let p = assert_problem(multipart("note", "hello", &rows), 400);
+    assert!(p["detail"].as_str().unwrap().contains("note"), "{p}");
 
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(customers(31, 5).as_bytes()).unwrap();

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
@@ -137,22 +137,25 @@ fn bad(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, detail)
 }
 
-/// Upload a file; it is stored (streamed, hashed) and queued as a job.
-#[utoipa::path(post, path = "/api/v2/jobs", tag = "jobs", security(("bearer" = [])), params(CreateParams),
-    request_body(content = Option<UploadBody>, description = "The file: raw (text/csv) or multipart/form-data with a `file` part; Content-Encoding: gzip accepted", content_type = "text/csv"),
-    responses(
-        (status = 202, description = "Stored and queued", body = JobRecord),
-        (status = 400, description = "Bad parameters", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than NEXUS_MAX_UPLOAD", body = ProblemBody, content_type = "application/problem+json"),
-        Authenticated,
-    ))]
-pub async fn create(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    Query(params): Query<CreateParams>,
-    req: Request,
-) -> Result<Response, Problem> {
-    user.require(&[Role::Admin, Role::Uploader])?;
+/// Longest option field of a multipart upload.
+const OPTION_FIELD_BYTES: usize = 4096;
+
+/// An upload's parameters, checked before any of its bytes are stored.
+struct Accepted {
+    params: CreateParams,
+    upload: UploadOptions,
+    model: nexus_pipeline::Model,
+    mode: Mode,
+}
+
+/// Reads and checks an upload's parameters (the query, and a multipart
+/// body's option fields after it): a bad one is a 400 naming it.
+fn accept(state: &AppState, query: &str) -> Result<Accepted, Problem> {
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|e| bad(format!("bad parameters: {e}")))?;
+    let Query(params) =
+        Query::<CreateParams>::try_from_uri(&uri).map_err(|e| bad(e.body_text()))?;
     let upload = params.upload_options();
     let model = state
         .models
@@ -169,6 +172,31 @@ pub async fn create(
             model.name
         )));
     }
+    Ok(Accepted {
+        params,
+        upload,
+        model,
+        mode,
+    })
+}
+
+/// Upload a file; it is stored (streamed, hashed) and queued as a job.
+#[utoipa::path(post, path = "/api/v2/jobs", tag = "jobs", security(("bearer" = [])), params(CreateParams),
+    request_body(content = Option<UploadBody>, description = "The file: raw (text/csv) or multipart/form-data with a `file` part (load options may come as fields before it, as in the query); Content-Encoding: gzip accepted", content_type = "text/csv"),
+    responses(
+        (status = 202, description = "Stored and queued", body = JobRecord),
+        (status = 400, description = "Bad parameters", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than NEXUS_MAX_UPLOAD", body = ProblemBody, content_type = "application/problem+json"),
+        Authenticated,
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Result<Response, Problem> {
+    user.require(&[Role::Admin, Role::Uploader])?;
+    let mut query = query.unwrap_or_default();
     let is_multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -180,35 +208,68 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let limit = state.config.max_upload;
-    let stored = if is_multipart {
+    let (stored, accepted) = if is_multipart {
         let mut form = Multipart::from_request(req, &state)
             .await
             .map_err(|e| bad(format!("bad multipart body: {e}")))?;
         let mut found = None;
-        while let Some(field) = form
+        while let Some(mut field) = form
             .next_field()
             .await
             .map_err(|e| bad(format!("bad multipart body: {e}")))?
         {
-            if field.name() == Some("file") {
-                let name = field.file_name().map(display_name);
-                let stream: ByteStream = Box::pin(field.map_err(std::io::Error::other));
-                found = Some((state.storage.put(stream, limit).await, name));
-                break;
+            let Some(field_name) = field.name().map(str::to_string) else {
+                continue;
+            };
+            if field_name != "file" {
+                // Options as fields before the file: as if in the query.
+                let mut value = Vec::new();
+                while let Some(chunk) = field
+                    .chunk()
+                    .await
+                    .map_err(|e| bad(format!("bad multipart body: {e}")))?
+                {
+                    value.extend_from_slice(&chunk);
+                    if value.len() > OPTION_FIELD_BYTES {
+                        return Err(bad(format!("the field `{field_name}` is too long")));
+                    }
+                }
+                let value = String::from_utf8_lossy(&value);
+                query.push_str(&format!(
+                    "&{}={}",
+                    urlencoding(&field_name),
+                    urlencoding(&value)
+                ));
+                continue;
             }
+            let accepted = accept(&state, &query)?;
+            let name = field.file_name().map(display_name);
+            let stream: ByteStream = Box::pin(field.map_err(std::io::Error::other));
+            found = Some(((state.storage.put(stream, limit).await, name), accepted));
+            break;
         }
         found.ok_or_else(|| bad("the multipart body has no `file` part"))?
     } else {
+        let accepted = accept(&state, &query)?;
         let stream: ByteStream = Box::pin(
             req.into_body()
                 .into_data_stream()
                 .map(|r| r.map_err(std::io::Error::other)),
         );
         (
-            state.storage.put(stream, limit).await,
-            filename_header.as_deref().map(display_name),
+            (
+                state.storage.put(stream, limit).await,
+                filename_header.as_deref().map(display_name),
+            ),
+            accepted,
         )
     };
+    let Accepted {
+        params,
+        upload,
+        model,
+        mode,
+    } = accepted;
     let (stored, name) = match stored {
         (Ok(s), name) => (s, name.unwrap_or_else(|| "upload".into())),
         (Err(UploadError::TooLarge(n)), _) => {
