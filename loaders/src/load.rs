@@ -444,8 +444,12 @@ impl Shared {
         }
     }
 
-    fn count(&self, c: Committed, rows_read: u64) {
+    /// Counts a committed batch, which read the input up to `bytes_end`.
+    fn count(&self, c: Committed, rows_read: u64, bytes_end: u64) {
         self.progress.add_batch(c.committed, c.rejected);
+        self.progress
+            .bytes_committed
+            .fetch_max(bytes_end, Ordering::Relaxed);
         let model = self.model.clone();
         metrics::counter!("nexus_rows_read_total", "model" => model.clone()).increment(rows_read);
         metrics::counter!("nexus_rows_committed_total", "model" => model.clone())
@@ -1203,9 +1207,9 @@ impl Writers<'_> {
                     let Some(batch) = rx.lock().await.recv().await else {
                         break;
                     };
-                    let rows_read = batch.rows_read;
+                    let (rows_read, bytes_end) = (batch.rows_read, batch.raw.bytes_end);
                     match writer.write_batch(batch, gate.as_deref()).await {
-                        Ok(c) => shared.count(c, rows_read),
+                        Ok(c) => shared.count(c, rows_read, bytes_end),
                         Err(WriteError::Aborted) => break,
                         Err(e) => {
                             shared.fail_write(e);
@@ -1262,7 +1266,7 @@ impl Writers<'_> {
         };
         while !shared.stop.is_cancelled() {
             let Some(batch) = rx.recv().await else { break };
-            let rows_read = batch.rows_read;
+            let (rows_read, bytes_end) = (batch.rows_read, batch.raw.bytes_end);
             match whole.apply(batch).await {
                 Ok((c, rejects)) => {
                     if !rejects.is_empty()
@@ -1272,7 +1276,7 @@ impl Writers<'_> {
                         shared.fail_db("", &e);
                         break;
                     }
-                    shared.count(c, rows_read);
+                    shared.count(c, rows_read, bytes_end);
                 }
                 Err(e) => {
                     shared.fail_write(e);

@@ -16,6 +16,8 @@ pub struct Progress {
     pub batches_committed: AtomicU64,
     /// Of `rows_read`, those earlier runs of a resumed job settled.
     pub earlier_rows: AtomicU64,
+    /// How far into the input (raw bytes, as `bytes_read`) committed batches reach.
+    pub bytes_committed: AtomicU64,
 }
 
 /// A point-in-time copy of [`Progress`].
@@ -28,6 +30,8 @@ pub struct ProgressSnapshot {
     pub batches_committed: u64,
     #[serde(skip)]
     pub earlier_rows: u64,
+    #[serde(skip)]
+    pub bytes_committed: u64,
 }
 
 impl Progress {
@@ -39,6 +43,7 @@ impl Progress {
             rows_rejected: self.rows_rejected.load(Ordering::Relaxed),
             batches_committed: self.batches_committed.load(Ordering::Relaxed),
             earlier_rows: self.earlier_rows.load(Ordering::Relaxed),
+            bytes_committed: self.bytes_committed.load(Ordering::Relaxed),
         }
     }
 

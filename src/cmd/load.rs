@@ -358,10 +358,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 /// Keeps `bar` up to date with `progress`, for as long as it is polled;
 /// draws nothing before the first row is read (connecting, waiting for the
-/// database, checking the header). The bar follows the bytes read (a few
-/// batches ahead of the commits at most); the rate comes from this run's
-/// commits and the ETA from the reading, over the last few seconds; once
-/// the file is read, the load is "finishing" its last batches.
+/// database, checking the header). The bar follows the input as far as
+/// committed batches reach, not the reading ahead of them; the rate and
+/// the ETA come from this run's commits over the last few seconds.
 async fn show_progress(bar: &ProgressBar, progress: Arc<Progress>) -> std::convert::Infallible {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut seen: std::collections::VecDeque<(std::time::Instant, u64, u64)> = Default::default();
@@ -373,8 +372,8 @@ async fn show_progress(bar: &ProgressBar, progress: Arc<Progress>) -> std::conve
             continue;
         }
         let position = match bar.length() {
-            Some(total) if total > 0 => s.bytes_read.min(total),
-            _ => s.bytes_read,
+            Some(total) if total > 0 => s.bytes_committed.min(total),
+            _ => s.bytes_committed,
         };
         bar.set_position(position);
         let now = std::time::Instant::now();
@@ -388,14 +387,10 @@ async fn show_progress(bar: &ProgressBar, progress: Arc<Progress>) -> std::conve
             let rate = (this_run - rows0) as f64 / secs;
             let byte_rate = (position - pos0) as f64 / secs;
             let left = bar.length().unwrap_or(0).saturating_sub(position) as f64;
-            let eta = if left == 0.0 {
-                Some(", finishing".to_string())
-            } else {
-                (byte_rate > 0.0).then(|| {
-                    let secs = (left / byte_rate).ceil() as u64;
-                    format!(", ETA {}", HumanDuration(Duration::from_secs(secs)))
-                })
-            };
+            let eta = (byte_rate > 0.0 && left > 0.0).then(|| {
+                let secs = (left / byte_rate).ceil() as u64;
+                format!(", ETA {}", HumanDuration(Duration::from_secs(secs)))
+            });
             (Some(rate), eta)
         } else {
             (None, None)
