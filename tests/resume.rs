@@ -85,11 +85,24 @@ fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
     }
     let before = db.count("ev");
     assert!(before > 0 && before < ROWS, "partially loaded: {before}");
+    let settled: i64 = db
+        .value("SELECT (sum(rows_committed) + sum(rows_rejected))::text FROM nexus.job_batches")
+        .unwrap()
+        .parse()
+        .unwrap();
     let r = common::run(db.nexus().env("NEXUS_MODELS", &models).args(args));
     assert_eq!(r.code, 0, "{r:?}");
     let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(s["status"], "succeeded");
     assert_eq!(s["resumed"], true);
+    // The summary's rate is this run's: rows earlier runs settled are said, not counted.
+    assert_eq!(s["earlier_rows"], settled);
+    let this_run = s["rows_read"].as_i64().unwrap() - settled;
+    let duration = s["duration_ms"].as_i64().unwrap().max(1);
+    assert_eq!(
+        s["rows_per_sec"].as_f64().unwrap(),
+        (this_run as f64 * 1000.0 / duration as f64).round()
+    );
     assert_eq!(s["rows_committed"], ROWS);
     assert_eq!(s["rows_rejected"], ROWS / 1000);
     assert_eq!(s["rows_read"], ROWS + ROWS / 1000);
