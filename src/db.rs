@@ -13,6 +13,8 @@ pub struct Database {
     embedded: Option<EmbeddedPg>,
     /// How long connecting retries while the server is out of reach.
     retry: std::time::Duration,
+    /// The connection that checked `DATABASE_URL`, for the first `connect`.
+    checked: std::sync::Mutex<Option<Client>>,
 }
 
 impl Database {
@@ -21,19 +23,20 @@ impl Database {
             // A wrong URL, password or port fails here, at once and saying
             // so, rather than after a window of retries.
             use nexus_loaders::pg::{FirstContact, first_contact};
-            match first_contact(url, config.db_retry).await {
-                Ok(_) => {}
+            let checked = match first_contact(url, config.db_retry).await {
+                Ok(c) => c,
                 Err(e @ FirstContact::Config(_)) => {
                     return Err(exit::usage(format!("DATABASE_URL: {e}")));
                 }
                 Err(e @ FirstContact::Unreachable(_)) => {
                     return Err(exit::failed(format!("DATABASE_URL: {e}")));
                 }
-            }
+            };
             return Ok(Database {
                 url: url.clone(),
                 embedded: None,
                 retry: config.db_retry,
+                checked: std::sync::Mutex::new(Some(checked)),
             });
         }
         let dir = config.data_dir.clone();
@@ -43,6 +46,7 @@ impl Database {
                 url: pg.url.clone(),
                 embedded: Some(pg),
                 retry: config.db_retry,
+                checked: Default::default(),
             }),
             Err(e @ EmbeddedError::NoBinaries) => Err(exit::usage(e.to_string())),
             Err(e) => Err(exit::failed(e.to_string())),
@@ -50,6 +54,14 @@ impl Database {
     }
 
     pub async fn connect(&self) -> anyhow::Result<Client> {
+        let checked = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(c) = checked.filter(|c| !c.is_closed()) {
+            return Ok(c);
+        }
         nexus_loaders::pg::connect_retrying(&self.url, self.retry)
             .await
             .map_err(|e| {

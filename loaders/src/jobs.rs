@@ -190,32 +190,6 @@ pub async fn mark_running(
     Ok(())
 }
 
-/// The kind of reject (its column and reason, without the values it
-/// names: keys, numbers) most of a job's rejects are, as its first example
-/// (`line N: [column C: ]reason`), and how many rows it hit.
-pub async fn top_reject_reason(
-    c: &impl GenericClient,
-    id: Uuid,
-) -> Result<Option<(String, i64)>, tokio_postgres::Error> {
-    Ok(c.query_opt(
-        r#"WITH r AS (
-                 SELECT line, "column", reason, nexus.reject_kind(reason) AS kind
-                 FROM nexus.rejects WHERE job_id = $1),
-             top AS (
-                 SELECT "column", kind, count(*) AS n, min(line) AS first FROM r
-                 GROUP BY "column", kind ORDER BY n DESC, first LIMIT 1)
-             SELECT 'line ' || r.line || ': '
-                    || CASE WHEN r."column" IS NULL THEN '' ELSE 'column ' || r."column" || ': ' END
-                    || r.reason, top.n
-             FROM top JOIN r ON r.line = top.first AND r.kind = top.kind
-                            AND r."column" IS NOT DISTINCT FROM top."column"
-             LIMIT 1"#,
-        &[&id],
-    )
-    .await?
-    .map(|r| (r.get(0), r.get(1))))
-}
-
 /// Up to two jobs whose id starts with `prefix` (lower-case hex and `-`).
 pub async fn with_id_prefix(
     c: &impl GenericClient,
@@ -479,6 +453,16 @@ pub struct RejectRow {
     pub column: Option<String>,
     pub reason: String,
     pub raw: String,
+}
+
+impl RejectRow {
+    /// The reject as an example in a sentence: `line N: [column C: ]reason`.
+    pub fn example(&self) -> String {
+        match &self.column {
+            Some(c) => format!("line {}: column {c}: {}", self.line, self.reason),
+            None => format!("line {}: {}", self.line, self.reason),
+        }
+    }
 }
 
 /// Rejects of one kind (column and reason without its values).

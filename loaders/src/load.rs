@@ -154,13 +154,15 @@ impl Default for UploadOptions {
 }
 
 impl UploadOptions {
-    /// The options a queued job was created with (the defaults for jobs
-    /// queued before they were kept).
-    pub fn of_job(options: &serde_json::Value) -> UploadOptions {
-        options
-            .get("upload")
-            .and_then(|u| serde_json::from_value(u.clone()).ok())
-            .unwrap_or_default()
+    /// The options a queued job was created with: the defaults for jobs
+    /// queued before they were kept; options that do not read back fail the
+    /// job rather than being guessed.
+    pub fn of_job(id: Uuid, options: &serde_json::Value) -> Result<UploadOptions, LoadError> {
+        match options.get("upload") {
+            None => Ok(UploadOptions::default()),
+            Some(u) => serde_json::from_value(u.clone())
+                .map_err(|e| LoadError::BadOptions(id, e.to_string())),
+        }
     }
 }
 
@@ -404,7 +406,7 @@ impl Shared {
     /// counts what the database holds).
     fn run_end(&self) -> RunEnd {
         let snapshot = self.progress.snapshot();
-        let reason = self.reason.lock().expect("stop reason").clone();
+        let reason = self.reason().clone();
         RunEnd {
             stop: reason.or_else(|| self.interrupt.is_cancelled().then_some(Stop::Interrupted)),
             rows_read: snapshot.rows_read as i64,
@@ -416,9 +418,17 @@ impl Shared {
         }
     }
 
+    /// The stop reason's slot (no code panics while holding it; a poisoned
+    /// lock is taken as it is).
+    fn reason(&self) -> std::sync::MutexGuard<'_, Option<Stop>> {
+        self.reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Stops the load for `reason`, unless it stopped for a weightier one.
     fn stop_for(&self, reason: Stop) {
-        Stop::record(&mut self.reason.lock().expect("stop reason"), reason);
+        Stop::record(&mut self.reason(), reason);
         self.stop.cancel();
     }
 
@@ -926,7 +936,11 @@ async fn close(
     end.rows_committed = committed;
     end.rows_rejected = rejected;
     if committed == 0 && rejected > 0 {
-        end.top_reject = jobs::top_reject_reason(c, id).await?;
+        end.top_reject = jobs::reject_groups(c, id, 1)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|g| Some((g.examples.first()?.example(), g.count)));
     }
     let v = verdict(&end);
     let status = jobs::finish(
@@ -998,8 +1012,8 @@ pub struct RunEnd {
     pub rows_read: i64,
     pub rows_committed: i64,
     pub rows_rejected: i64,
-    /// The most common reject reason and how many rows it hit, when no row
-    /// was committed.
+    /// An example of the most common kind of reject (`line N: [column C: ]
+    /// reason`) and how many rows it hit, when no row was committed.
     pub top_reject: Option<(String, i64)>,
     pub max_rejects: Option<u64>,
     pub max_reject_ratio: Option<f64>,
@@ -1407,6 +1421,21 @@ mod tests {
             });
             assert_eq!((v.status, v.interrupted), (JobStatus::Cancelled, false));
         }
+    }
+
+    #[test]
+    fn upload_options_that_do_not_read_back_fail_the_job() {
+        let id = Uuid::nil();
+        let old = UploadOptions::of_job(id, &serde_json::json!({"batch_size": 10})).unwrap();
+        assert!(
+            old.has_header && !old.force,
+            "jobs queued before: the defaults"
+        );
+        let bad = serde_json::json!({"upload": {"has_header": "yes"}});
+        assert!(matches!(
+            UploadOptions::of_job(id, &bad),
+            Err(LoadError::BadOptions(..))
+        ));
     }
 
     #[test]

@@ -121,13 +121,18 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorKind {
     {
         return ErrorKind::Transient;
     }
-    match &code.code()[..2] {
+    match class(code) {
         // Data exceptions and constraint violations; and program limits,
         // which a single value can hit ("stack depth limit exceeded" on a
         // deeply nested document, "index row size exceeds maximum").
         "22" | "23" | "54" => ErrorKind::Row,
         _ => ErrorKind::Fatal,
     }
+}
+
+/// An SQLSTATE's class: its first two characters.
+fn class(code: &SqlState) -> &str {
+    code.code().get(..2).unwrap_or("")
 }
 
 /// A database error as a person reads it: the server's message and
@@ -214,7 +219,7 @@ pub async fn first_contact(url: &str, window: Duration) -> Result<Client, FirstC
                 continue;
             }
             let what = describe(&e);
-            return Err(match &code.code()[..2] {
+            return Err(match class(code) {
                 // Authorization, or a database or user that does not exist.
                 "28" | "3D" => {
                     FirstContact::Config(format!("{what} (connecting to {place} as {user})"))

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::CurrentUser;
-use super::problem::{Authenticated, Problem, ProblemBody};
+use super::problem::{Authenticated, OneJob, Problem, ProblemBody};
 use crate::auth::Role;
 use crate::jobs::storage::{ByteStream, UploadError};
 
@@ -431,8 +431,7 @@ async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRe
     params(("id" = Uuid, Path, description = "Job id")),
     responses(
         (status = 200, description = "The job", body = JobRecord),
-        (status = 400, description = "The id is not a UUID", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
+        OneJob,
         Authenticated,
     ))]
 pub async fn show(
@@ -448,9 +447,8 @@ pub async fn show(
     params(("id" = Uuid, Path, description = "Job id")),
     responses(
         (status = 202, description = "Cancelling (or cancelled)", body = JobRecord),
-        (status = 400, description = "The id is not a UUID", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The job has already finished", body = ProblemBody, content_type = "application/problem+json"),
+        OneJob,
         Authenticated,
     ))]
 pub async fn cancel(
@@ -495,8 +493,7 @@ const CSV_PAGE: i64 = 10_000;
     params(("id" = Uuid, Path, description = "Job id")),
     responses(
         (status = 200, description = "Up to 50 groups", body = Vec<jobs::RejectGroup>),
-        (status = 400, description = "The id is not a UUID", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
+        OneJob,
         Authenticated,
     ))]
 pub async fn reject_summary(
@@ -516,8 +513,7 @@ pub async fn reject_summary(
     params(("id" = Uuid, Path, description = "Job id"), RejectsParams),
     responses(
         (status = 200, description = "The rejects", content_type = "text/csv"),
-        (status = 400, description = "The id is not a UUID, or a bad page", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such job (or not yours)", body = ProblemBody, content_type = "application/problem+json"),
+        OneJob,
         Authenticated,
     ))]
 pub async fn rejects(

@@ -196,6 +196,20 @@ impl utoipa::IntoResponses for Authenticated {
     }
 }
 
+/// Errors of a route about one job (`/api/v2/jobs/{id}…`).
+pub struct OneJob;
+impl utoipa::IntoResponses for OneJob {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        problem_responses(&[
+            (400, "The id is not a UUID (or, for rejects, a bad page)"),
+            (404, "No such job (or not yours)"),
+        ])
+    }
+}
+
 /// Errors of a route that reads a JSON body.
 pub struct JsonBody;
 impl utoipa::IntoResponses for JsonBody {

@@ -378,10 +378,16 @@ async fn show_progress(bar: &ProgressBar, progress: Arc<Progress>) -> std::conve
         bar.set_position(position);
         let now = std::time::Instant::now();
         seen.push_back((now, this_run, position));
-        while seen.len() > 2 && now.duration_since(seen[0].0) > RATE_WINDOW {
+        while seen.len() > 2
+            && seen
+                .front()
+                .is_some_and(|s| now.duration_since(s.0) > RATE_WINDOW)
+        {
             seen.pop_front();
         }
-        let (t0, rows0, pos0) = seen[0];
+        let Some(&(t0, rows0, pos0)) = seen.front() else {
+            continue;
+        };
         let secs = now.duration_since(t0).as_secs_f64();
         let (rate, eta) = if secs > 0.2 {
             let rate = (this_run - rows0) as f64 / secs;

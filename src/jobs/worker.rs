@@ -115,14 +115,18 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
         })
     };
     // The model with what the upload asked for on top.
-    let upload = nexus_loaders::load::UploadOptions::of_job(&job.options);
-    let model = state
-        .models
-        .get(&job.model)
+    let prepared = nexus_loaders::load::UploadOptions::of_job(id, &job.options)
         .map_err(|e| e.to_string())
-        .and_then(|m| m.with_input(&upload.input).map_err(|e| e.to_string()));
-    let outcome = match model {
-        Ok(model) => {
+        .and_then(|upload| {
+            let model = state
+                .models
+                .get(&job.model)
+                .and_then(|m| m.with_input(&upload.input))
+                .map_err(|e| e.to_string())?;
+            Ok((upload, model))
+        });
+    let outcome = match prepared {
+        Ok((upload, model)) => {
             let model = Arc::new(model);
             let req = LoadRequest {
                 model_key: model.name.clone(),
