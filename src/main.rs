@@ -11,6 +11,7 @@ mod embedded;
 mod events;
 mod exit;
 mod jobs;
+mod mcp;
 mod read_cache;
 
 use std::process::ExitCode;

@@ -15,7 +15,7 @@ use crate::vocab::{JobStatus, Mode};
 
 /// A job as reported by `--json`, `jobs show` and the HTTP API.
 #[derive(Debug, Clone, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, schemars::JsonSchema))]
 pub struct JobRecord {
     pub job_id: Uuid,
     pub model: String,
@@ -447,7 +447,7 @@ pub async fn cancel_requested(c: &Client, id: Uuid) -> Result<bool, tokio_postgr
 
 /// One reject of a job.
 #[derive(Debug, Clone, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, schemars::JsonSchema))]
 pub struct RejectRow {
     pub line: i64,
     pub column: Option<String>,
@@ -467,7 +467,7 @@ impl RejectRow {
 
 /// Rejects of one kind (column and reason without its values).
 #[derive(Debug, Clone, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, schemars::JsonSchema))]
 pub struct RejectGroup {
     pub column: Option<String>,
     /// The reason with the values it names replaced (`N`, `(…)=(…)`).

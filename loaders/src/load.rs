@@ -706,6 +706,11 @@ impl Load {
         })))
     }
 
+    /// The job this load runs.
+    pub fn job_id(&self) -> Uuid {
+        self.job_id
+    }
+
     /// Reads, encodes and writes the file's batches until they end, a limit
     /// or an error stops them, or the job is cancelled or interrupted; says
     /// how the run ended.

@@ -26,7 +26,7 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct Component {
     /// `ok`, `down` or `disabled`.
     pub status: String,
@@ -35,7 +35,7 @@ pub struct Component {
     pub details: serde_json::Value,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct DetailedHealth {
     /// `ok` when every required component is.
     pub status: String,
@@ -48,6 +48,23 @@ pub struct DetailedHealth {
     pub http: Component,
 }
 
+impl DetailedHealth {
+    /// The statuses alone, for those who may not see the figures.
+    pub fn without_details(mut self) -> DetailedHealth {
+        for c in [
+            &mut self.postgres,
+            &mut self.redis,
+            &mut self.pool,
+            &mut self.queue,
+            &mut self.workers,
+            &mut self.http,
+        ] {
+            c.details = serde_json::json!({});
+        }
+        self
+    }
+}
+
 fn component(status: &str, required: bool, details: serde_json::Value) -> Component {
     Component {
         status: status.into(),
@@ -56,20 +73,21 @@ fn component(status: &str, required: bool, details: serde_json::Value) -> Compon
     }
 }
 
-/// Each component with its figures; 503 when a required one is down.
-#[utoipa::path(get, path = "/health/detailed", tag = "health", security(("bearer" = [])),
-    responses(
-        (status = 200, description = "All required components are up", body = DetailedHealth),
-        (status = 503, description = "A required component is down", body = DetailedHealth),
-        Authenticated,
-    ))]
-pub async fn detailed(
-    State(state): State<AppState>,
-    user: CurrentUser,
-) -> Result<impl IntoResponse, Problem> {
-    user.require(&[Role::Admin])?;
+/// What a health report is made of; `http` and `uptime` only where a
+/// server answers requests.
+pub struct Parts<'a> {
+    pub pool: &'a deadpool_postgres::Pool,
+    pub cache: &'a nexus_loaders::cache::Cache,
+    pub hub: &'a crate::jobs::progress::Hub,
+    pub config: &'a crate::config::Config,
+    pub http: Option<&'a super::middleware::HttpStats>,
+    pub uptime: Option<std::time::Duration>,
+}
+
+/// Each component with its figures.
+pub async fn report(parts: &Parts<'_>) -> DetailedHealth {
     let started = Instant::now();
-    let (postgres, queue) = match state.pool.get().await {
+    let (postgres, queue) = match parts.pool.get().await {
         Ok(db) => {
             let ping = db.query_one("SELECT 1", &[]).await.is_ok();
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -103,7 +121,7 @@ pub async fn detailed(
             component("down", false, serde_json::json!({})),
         ),
     };
-    let s = state.pool.status();
+    let s = parts.pool.status();
     let pool = component(
         "ok",
         false,
@@ -111,7 +129,7 @@ pub async fn detailed(
     );
     // Redis is optional: when it is down, loads go on and the cache
     // repairs itself, so it never makes the service degraded.
-    let cache = state.cache.snapshot();
+    let cache = parts.cache.snapshot();
     let figures = serde_json::json!({
         "local_entries": cache.local_entries,
         "local_bytes": cache.local_bytes,
@@ -119,7 +137,7 @@ pub async fn detailed(
         "write_behind_dropped": cache.write_behind_dropped,
         "errors": cache.redis_errors,
     });
-    let redis = match state.cache.ping_redis().await {
+    let redis = match parts.cache.ping_redis().await {
         None => component("disabled", false, figures),
         Some(Ok(latency)) => {
             let mut f = figures;
@@ -133,36 +151,64 @@ pub async fn detailed(
         }
     };
     let workers = component(
-        if state.config.workers > 0 {
+        if parts.config.workers > 0 {
             "ok"
         } else {
             "disabled"
         },
         false,
         serde_json::json!({
-            "configured": state.config.workers,
-            "running_here": state.hub.running_here(),
-            "lease_seconds": state.config.job_lease.as_secs(),
+            "configured": parts.config.workers,
+            "running_here": parts.hub.running_here(),
+            "lease_seconds": parts.config.job_lease.as_secs(),
         }),
     );
-    let (count, p50, p95, p99) = state.stats.percentiles();
-    let http = component(
-        "ok",
-        false,
-        serde_json::json!({ "requests": count, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99 }),
-    );
+    let http = match parts.http {
+        Some(stats) => {
+            let (count, p50, p95, p99) = stats.percentiles();
+            component(
+                "ok",
+                false,
+                serde_json::json!({ "requests": count, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99 }),
+            )
+        }
+        None => component("disabled", false, serde_json::json!({})),
+    };
     let ok = postgres.status == "ok";
-    let body = DetailedHealth {
+    DetailedHealth {
         status: if ok { "ok" } else { "degraded" }.into(),
-        uptime_seconds: state.started.elapsed().as_secs(),
+        uptime_seconds: parts.uptime.map_or(0, |u| u.as_secs()),
         postgres,
         redis,
         pool,
         queue,
         workers,
         http,
-    };
-    let status = if ok {
+    }
+}
+
+/// Each component with its figures; 503 when a required one is down.
+#[utoipa::path(get, path = "/health/detailed", tag = "health", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "All required components are up", body = DetailedHealth),
+        (status = 503, description = "A required component is down", body = DetailedHealth),
+        Authenticated,
+    ))]
+pub async fn detailed(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<impl IntoResponse, Problem> {
+    user.require(&[Role::Admin])?;
+    let body = report(&Parts {
+        pool: &state.pool,
+        cache: &state.cache,
+        hub: &state.hub,
+        config: &state.config,
+        http: Some(&state.stats),
+        uptime: Some(state.started.elapsed()),
+    })
+    .await;
+    let status = if body.status == "ok" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -60,7 +60,7 @@ pub struct CreateParams {
 }
 
 impl CreateParams {
-    fn upload_options(&self) -> UploadOptions {
+    pub(crate) fn upload_options(&self) -> UploadOptions {
         UploadOptions {
             input: InputDef {
                 null: self.null.clone().map(|n| vec![n]),
@@ -79,7 +79,7 @@ impl CreateParams {
 }
 
 /// Input encodings this build reads.
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub enum EncodingParam {
     #[serde(rename = "utf-8")]
     Utf8,
@@ -100,7 +100,7 @@ impl EncodingParam {
 }
 
 /// Input formats this build reads.
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatParam {
     Csv,
@@ -141,11 +141,11 @@ fn bad(detail: impl Into<String>) -> Problem {
 const OPTION_FIELD_BYTES: usize = 4096;
 
 /// An upload's parameters, checked before any of its bytes are stored.
-struct Accepted {
-    params: CreateParams,
-    upload: UploadOptions,
-    model: nexus_pipeline::Model,
-    mode: Mode,
+pub(crate) struct Accepted {
+    pub upload: UploadOptions,
+    pub model: nexus_pipeline::Model,
+    pub mode: Mode,
+    pub atomic: bool,
 }
 
 /// Reads and checks an upload's parameters (the query, and a multipart
@@ -156,28 +156,75 @@ fn accept(state: &AppState, query: &str) -> Result<Accepted, Problem> {
         .map_err(|e| bad(format!("bad parameters: {e}")))?;
     let Query(params) =
         Query::<CreateParams>::try_from_uri(&uri).map_err(|e| bad(e.body_text()))?;
-    let upload = params.upload_options();
-    let model = state
-        .models
-        .get(&params.model)
-        .map_err(|e| bad(e.to_string()))?
-        .with_input(&upload.input)
-        .map_err(|e| bad(e.to_string()))?;
-    // Csv is the only format this build reads; the query's enum enforces it.
-    let _ = params.format;
-    let mode = params.mode.unwrap_or(Mode::Append);
-    if mode == Mode::Upsert && model.key.is_empty() {
-        return Err(bad(format!(
-            "model `{}` has no key to upsert on",
-            model.name
-        )));
+    params.accept(&state.models).map_err(bad)
+}
+
+impl CreateParams {
+    /// The model with these options on top, and the mode; a message naming
+    /// what is wrong otherwise.
+    pub(crate) fn accept(self, models: &nexus_pipeline::ModelSet) -> Result<Accepted, String> {
+        let model = models.get(&self.model).map_err(|e| e.to_string())?;
+        self.accept_for(&model)
     }
-    Ok(Accepted {
-        params,
-        upload,
-        model,
-        mode,
-    })
+
+    /// As [`CreateParams::accept`], for a model made elsewhere (from a table).
+    pub(crate) fn accept_for(self, model: &nexus_pipeline::Model) -> Result<Accepted, String> {
+        let upload = self.upload_options();
+        let model = model.with_input(&upload.input).map_err(|e| e.to_string())?;
+        // Csv is the only format this build reads; the enum enforces it.
+        let _ = self.format;
+        let mode = self.mode.unwrap_or(Mode::Append);
+        if mode == Mode::Upsert && model.key.is_empty() {
+            return Err(format!("model `{}` has no key to upsert on", model.name));
+        }
+        Ok(Accepted {
+            atomic: self.atomic.unwrap_or(false),
+            upload,
+            model,
+            mode,
+        })
+    }
+}
+
+/// A stored file waiting to become a queued job.
+pub(crate) struct StoredFile {
+    pub stored: crate::jobs::storage::Stored,
+    /// For display only.
+    pub name: String,
+}
+
+/// Queues a job for a stored file, as `owner`, and wakes a worker.
+pub(crate) async fn enqueue(
+    pool: &deadpool_postgres::Pool,
+    queue: &tokio::sync::Notify,
+    accepted: &Accepted,
+    file: &StoredFile,
+    owner: &str,
+) -> Result<JobRecord, Problem> {
+    let db = pool.get().await?;
+    let model = &accepted.model;
+    let id = jobs::create(
+        &**db,
+        &NewJob {
+            model: &model.name,
+            target: &model.def.table,
+            mode: accepted.mode,
+            atomic: accepted.atomic,
+            status: JobStatus::Queued,
+            file_name: Some(&file.name),
+            file_hash: &file.stored.sha256,
+            bytes_total: Some(file.stored.size as i64),
+            options: nexus_loaders::load::queued_job_options(model, &accepted.upload),
+            owner: Some(owner),
+            storage_key: Some(&file.stored.key),
+        },
+    )
+    .await?;
+    let job = jobs::get(&**db, id)
+        .await?
+        .ok_or_else(|| Problem::internal("the new job vanished"))?;
+    queue.notify_one();
+    Ok(job)
 }
 
 /// Upload a file; it is stored (streamed, hashed) and queued as a job.
@@ -264,12 +311,6 @@ pub async fn create(
             accepted,
         )
     };
-    let Accepted {
-        params,
-        upload,
-        model,
-        mode,
-    } = accepted;
     let (stored, name) = match stored {
         (Ok(s), name) => (s, name.unwrap_or_else(|| "upload".into())),
         (Err(UploadError::TooLarge(n)), _) => {
@@ -283,29 +324,15 @@ pub async fn create(
         }
         (Err(e @ UploadError::Storage(_)), _) => return Err(Problem::internal(e)),
     };
-    let db = state.pool.get().await?;
-    let id = jobs::create(
-        &**db,
-        &NewJob {
-            model: &model.name,
-            target: &model.def.table,
-            mode,
-            atomic: params.atomic.unwrap_or(false),
-            status: JobStatus::Queued,
-            file_name: Some(&name),
-            file_hash: &stored.sha256,
-            bytes_total: Some(stored.size as i64),
-            options: nexus_loaders::load::queued_job_options(&model, &upload),
-            owner: Some(&user.0.username),
-            storage_key: Some(&stored.key),
-        },
+    let job = enqueue(
+        &state.pool,
+        &state.queue,
+        &accepted,
+        &StoredFile { stored, name },
+        &user.0.username,
     )
     .await?;
-    let job = jobs::get(&**db, id)
-        .await?
-        .ok_or_else(|| Problem::internal("the new job vanished"))?;
-    state.queue.notify_one();
-    let location = format!("/api/v2/jobs/{id}");
+    let location = format!("/api/v2/jobs/{}", job.job_id);
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
@@ -358,7 +385,7 @@ pub async fn list(
     let db = state.pool.get().await?;
     let mut page = jobs::page(&**db, owner, p.status, p.model.as_deref(), limit, p.cursor).await?;
     for j in page.iter_mut().filter(|j| j.status == JobStatus::Running) {
-        live_counts(&state, &db, j).await?;
+        live_counts(&state.hub, &db, j).await?;
     }
     let next_cursor = (page.len() as i64 == limit)
         .then(|| page.last().map(|j| j.job_id))
@@ -372,15 +399,15 @@ pub async fn list(
 /// A running job's counters: what it has committed so far, or the live
 /// sample of its progress where that is ahead.
 pub(crate) async fn live_counts(
-    state: &AppState,
+    hub: &crate::jobs::progress::Hub,
     db: &tokio_postgres::Client,
     j: &mut JobRecord,
-) -> Result<(), Problem> {
+) -> Result<(), tokio_postgres::Error> {
     let (committed, rejected) = jobs::committed_counts(db, j.job_id).await?;
     j.rows_committed = committed;
     j.rows_rejected = rejected;
     j.rows_read = committed + rejected;
-    if let Some(p) = state.hub.latest(j.job_id) {
+    if let Some(p) = hub.latest(j.job_id) {
         j.rows_read = j.rows_read.max(p.rows_read);
         j.rows_committed = j.rows_committed.max(p.rows_committed);
         j.rows_rejected = j.rows_rejected.max(p.rows_rejected);
@@ -420,7 +447,7 @@ async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRe
                 job.rows_rejected = p.rows_rejected;
                 job.bytes_read = p.bytes_read;
             }
-            None => live_counts(state, &*state.pool.get().await?, &mut job).await?,
+            None => live_counts(&state.hub, &*state.pool.get().await?, &mut job).await?,
         }
     }
     Ok(job)
@@ -457,7 +484,16 @@ pub async fn cancel(
     Path(id): Path<Uuid>,
 ) -> Result<Response, Problem> {
     visible(&state, &user, id).await?;
-    let mut db = state.pool.get().await?;
+    let job = cancel_job(&state.pool, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+/// Cancels a job the caller may see: 409 when it has finished already.
+pub(crate) async fn cancel_job(
+    pool: &deadpool_postgres::Pool,
+    id: Uuid,
+) -> Result<JobRecord, Problem> {
+    let mut db = pool.get().await?;
     match jobs::request_cancel(&mut db, id).await? {
         Some(s) if s.is_cancellable() => {}
         Some(s) => {
@@ -468,10 +504,9 @@ pub async fn cancel(
         }
         None => return Err(Problem::not_found(format!("no job {id}"))),
     }
-    let job = jobs::get(&**db, id)
+    jobs::get(&**db, id)
         .await?
-        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
-    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+        .ok_or_else(|| Problem::not_found(format!("no job {id}")))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -9,7 +9,7 @@ use super::AppState;
 use super::auth::CurrentUser;
 use super::problem::{Authenticated, Problem, ProblemBody};
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct ColumnView {
     pub name: String,
     #[serde(rename = "type")]
@@ -22,13 +22,13 @@ pub struct ColumnView {
     pub rules: serde_json::Value,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct CacheView {
     pub strategy: String,
     pub ttl_seconds: u64,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct ModelView {
     pub name: String,
     pub table: String,

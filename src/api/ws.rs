@@ -398,7 +398,7 @@ async fn resync(state: &AppState, conn: &Conn) {
             && conn.wants(id, j.owner.as_deref())
         {
             if j.status == JobStatus::Running {
-                let _ = super::jobs::live_counts(state, &db, &mut j).await;
+                let _ = super::jobs::live_counts(&state.hub, &db, &mut j).await;
             }
             conn.send_job(&j);
         }
@@ -500,7 +500,7 @@ async fn send_current(state: &AppState, conn: &Conn, mut j: JobRecord) {
     if j.status == JobStatus::Running
         && let Ok(db) = state.pool.get().await
     {
-        let _ = super::jobs::live_counts(state, &db, &mut j).await;
+        let _ = super::jobs::live_counts(&state.hub, &db, &mut j).await;
     }
     conn.send_job(&j);
 }

@@ -64,24 +64,35 @@ pub fn cached_model(models: &nexus_pipeline::ModelSet, name: &str) -> anyhow::Re
     Ok(view)
 }
 
-#[derive(Serialize)]
-struct ModelLine {
-    model: String,
-    strategy: String,
-    ttl_seconds: u64,
-    hits_local: i64,
-    hits_redis: i64,
-    misses: i64,
-    hit_ratio: Option<f64>,
-    redis_entries: Option<u64>,
+/// One cached model's figures.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ModelLine {
+    pub model: String,
+    /// none, write_through or write_behind.
+    pub strategy: String,
+    pub ttl_seconds: u64,
+    /// Reads answered from a server's memory.
+    pub hits_local: i64,
+    /// Reads answered from Redis.
+    pub hits_redis: i64,
+    /// Reads that went to PostgreSQL.
+    pub misses: i64,
+    /// Hits over reads; null before any read.
+    pub hit_ratio: Option<f64>,
+    /// Records of the model in Redis; null without Redis.
+    pub redis_entries: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct StatsReport {
-    redis: String,
-    redis_used_memory: Option<u64>,
-    pending_batches: i64,
-    models: Vec<ModelLine>,
+/// The cache across servers: Redis's state and each cached model's figures.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct StatsReport {
+    /// `up`, `down (why)` or `not configured`.
+    pub redis: String,
+    pub redis_used_memory: Option<u64>,
+    /// Committed batches whose Redis write is still owed (repaired when
+    /// Redis answers).
+    pub pending_batches: i64,
+    pub models: Vec<ModelLine>,
 }
 
 pub async fn run(config: &Config, command: CacheCommand) -> anyhow::Result<u8> {
@@ -146,7 +157,7 @@ pub async fn run(config: &Config, command: CacheCommand) -> anyhow::Result<u8> {
     result
 }
 
-async fn stats(
+pub async fn stats(
     cache: &Cache,
     client: &tokio_postgres::Client,
     models: &nexus_pipeline::ModelSet,
