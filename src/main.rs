@@ -35,6 +35,10 @@ struct Cli {
 enum Command {
     /// Load files into a model's table (or any table), in-process; for cron.
     Load(Box<cmd::load::LoadArgs>),
+    /// The MCP server over stdio (for a desktop assistant that launches
+    /// it): load files, follow jobs, explain rejects, as an admin of this
+    /// installation.
+    Mcp,
     /// Inspect and cancel jobs.
     Jobs {
         #[command(subcommand)]
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Load(args) => cmd::load::run(&config, *args).await,
             Command::Jobs { command } => cmd::jobs::run(&config, command).await,
+            Command::Mcp => cmd::mcp::run(config).await,
             Command::Cache { command } => cmd::cache::run(&config, command).await,
             Command::Models { command } => cmd::models::run(&config, command).await,
             Command::Migrate { schema_only } => cmd::models::migrate(&config, schema_only).await,

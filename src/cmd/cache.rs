@@ -52,6 +52,26 @@ pub fn open(config: &Config, local: bool, listening: Listening) -> anyhow::Resul
     .map_err(|e| exit::usage(e.to_string()))
 }
 
+/// How long a finished process waits for its write-behind rows.
+const WRITE_BEHIND_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Before a short-lived process (a load, `nexus mcp`) ends: write-behind
+/// rows still queued are written; what cannot be written stays pending and
+/// is repaired later.
+pub async fn finish(cache: &Cache, database: &Database) -> anyhow::Result<()> {
+    if !cache.has_redis() {
+        return Ok(());
+    }
+    if !cache.drain(WRITE_BEHIND_GRACE).await {
+        tracing::warn!("the write-behind queue did not drain; its batches stay pending for repair");
+    }
+    let client = database.connect().await?;
+    if let Err(e) = cache.settle(&client).await {
+        tracing::warn!(error = %e, "the cache's pending writes are repaired later");
+    }
+    Ok(())
+}
+
 /// A model the cache can hold, or a usage error saying why not.
 pub fn cached_model(models: &nexus_pipeline::ModelSet, name: &str) -> anyhow::Result<CachedModel> {
     let model = models.get(name).map_err(|e| exit::usage(e.to_string()))?;

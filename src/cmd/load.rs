@@ -123,9 +123,6 @@ impl LoadArgs {
     }
 }
 
-/// How long a finished load waits for its write-behind rows.
-const WRITE_BEHIND_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
 pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<u8> {
     if args.format != "csv" {
         return Err(exit::usage(format!(
@@ -226,7 +223,7 @@ async fn load_all(
                 .map(|n| n.get())
                 .unwrap_or(2),
             create_table,
-            owner: Some(cli_owner()),
+            owner: Some(local_owner("cli")),
             interrupt: interrupt.clone(),
             retry: config.db_retry,
             job: None,
@@ -264,19 +261,7 @@ async fn load_all(
             break;
         }
     }
-    if cache.has_redis() {
-        // Write-behind rows still queued are written before the process
-        // ends; what cannot be written stays pending and is repaired later.
-        if !cache.drain(WRITE_BEHIND_GRACE).await {
-            tracing::warn!(
-                "the write-behind queue did not drain; its batches stay pending for repair"
-            );
-        }
-        let client = database.connect().await?;
-        if let Err(e) = cache.settle(&client).await {
-            tracing::warn!(error = %e, "the cache's pending writes are repaired later");
-        }
-    }
+    super::cache::finish(&cache, database).await?;
     Ok(code)
 }
 
@@ -307,14 +292,15 @@ fn spawn_signal_handler(interrupt: CancellationToken) {
     });
 }
 
-/// The owner of a job started from the command line: `cli:` and the
-/// account's name. A service user name cannot hold `:`, so no HTTP user
-/// sees these jobs as their own (admins see every job).
-fn cli_owner() -> String {
+/// The owner of a job started on this machine (`cli`, or `mcp` over
+/// stdio): the channel, `:` and the account's name. A service user name
+/// cannot hold `:`, so no HTTP user sees these jobs as their own (admins
+/// see every job).
+pub fn local_owner(channel: &str) -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
+    format!("{channel}:{user}")
 }
 
 /// Copies stdin to a spool file while hashing it, so that a piped load has a

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod jobs;
 pub mod load;
+pub mod mcp;
 pub mod models;
 pub mod perf;
 pub mod serve;

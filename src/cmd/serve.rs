@@ -216,7 +216,7 @@ async fn serve(
     Ok(0)
 }
 
-fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
+pub(crate) fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
     let mut pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| exit::usage(format!("DATABASE_URL: {e}")))?;
@@ -247,7 +247,7 @@ fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
         .map_err(|e| exit::failed(format!("database pool: {e}")))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
