@@ -40,6 +40,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_DB_RETRY", "db_retry"),
     ("NEXUS_REQUEST_TIMEOUT", "request_timeout"),
     ("NEXUS_DB_POOL_TIMEOUT", "db_pool_timeout"),
+    ("NEXUS_MCP_ROOTS", "mcp_roots"),
 ];
 
 #[derive(Debug, Clone)]
@@ -91,6 +92,8 @@ pub struct Config {
     pub db_pool_recycle: Duration,
     pub copy_connections: usize,
     pub cors_origins: Vec<String>,
+    /// Directories `load_file` may read over MCP's HTTP transport.
+    pub mcp_roots: Vec<PathBuf>,
     pub admin_password: Option<String>,
     pub log_format: Option<String>,
 }
@@ -278,17 +281,22 @@ impl Config {
             copy_connections: s.parse("NEXUS_COPY_CONNECTIONS", cores, number(1, 64))?,
             cors_origins: s
                 .get("NEXUS_CORS_ORIGINS")
-                .map(|v| {
-                    v.split(',')
-                        .map(|o| o.trim().to_string())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                })
+                .map(|v| list(&v).map(str::to_string).collect())
+                .unwrap_or_default(),
+            mcp_roots: s
+                .get("NEXUS_MCP_ROOTS")
+                .map(|v| list(&v).map(PathBuf::from).collect())
                 .unwrap_or_default(),
             admin_password: s.get("NEXUS_ADMIN_PASSWORD"),
             log_format: s.get("NEXUS_LOG_FORMAT"),
         })
     }
+}
+
+/// The items of a comma-separated setting (a list in nexus.toml arrives
+/// joined by commas).
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|o| !o.is_empty())
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {

@@ -269,6 +269,22 @@ pub enum Resume {
 }
 
 /// Closes a job whose file was already loaded by another.
+/// Records where a job's file is stored (a copy made for a load that runs
+/// outside the queue), so that it can be loaded again and is swept like an
+/// upload. A job without a lease is never claimed by the queue for it.
+pub async fn set_storage_key(
+    c: &impl GenericClient,
+    id: Uuid,
+    key: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "UPDATE nexus.jobs SET storage_key = $2 WHERE id = $1",
+        &[&id, &key],
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn mark_skipped(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
     c.execute(
         crate::status_sql!("UPDATE nexus.jobs SET status = {skipped}, finished_at = now(), lease_owner = NULL WHERE id = $1"),

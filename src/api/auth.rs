@@ -72,6 +72,28 @@ impl FromRequestParts<AppState> for CurrentUser {
     }
 }
 
+/// Lets through only requests with a valid access token, their user in
+/// the request's extensions (for services that are not axum handlers:
+/// MCP's transport).
+pub async fn authenticated(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (mut parts, body) = req.into_parts();
+    match CurrentUser::from_request_parts(&mut parts, &state).await {
+        Ok(CurrentUser(principal)) => {
+            parts.extensions.insert(principal);
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
+        Err(problem) => problem
+            .with_header(header::WWW_AUTHENTICATE, "Bearer")
+            .into_response(),
+    }
+}
+
 /// The user behind an access token, if it is valid and its session live.
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Problem> {
     let claims = state

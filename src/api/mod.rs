@@ -64,6 +64,10 @@ pub struct Services {
     pub caches: Arc<crate::read_cache::ReadCaches>,
     /// The record cache (local tier, and Redis when configured).
     pub cache: Arc<nexus_loaders::cache::Cache>,
+    /// Where MCP callers may load files from (NEXUS_MCP_ROOTS, resolved).
+    pub mcp_roots: crate::mcp::files::Roots,
+    /// Cancelled when the server stops: ends MCP's open streams.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Largest JSON request body the API takes.
@@ -182,6 +186,19 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::rate_limit,
         ));
+    // MCP over Streamable HTTP: the API's users and limits; its streams
+    // last as long as the calls they carry, so no request deadline.
+    let mcp = Router::new()
+        .route_service("/mcp", crate::mcp::http_service(&state))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticated,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit,
+        ));
+    let api = api.merge(mcp);
     let compress_when = SizeAbove::new(1024)
         .and(NotForContentType::GRPC)
         .and(NotForContentType::IMAGES)

@@ -122,6 +122,9 @@ async fn serve(
     let caches = Arc::new(crate::read_cache::ReadCaches::new());
     let cache = super::cache::open(&config, true, caches.listening.clone())?;
     let ws_event_buffer = config.ws_event_buffer;
+    let mcp_roots = crate::mcp::files::Roots::resolve(&config.mcp_roots).map_err(exit::usage)?;
+    // The root of every stop: each running job's interrupt is a child of it.
+    let shutdown = CancellationToken::new();
     let state = AppState(Arc::new(api::Services {
         pool: pool.clone(),
         limiter: Arc::new(middleware::limiter(config.rate_limit, config.rate_burst)),
@@ -141,6 +144,8 @@ async fn serve(
         hub: Arc::new(crate::jobs::progress::Hub::new(ws_event_buffer)),
         caches,
         cache,
+        mcp_roots,
+        shutdown: shutdown.clone(),
     }));
     let bus = Arc::new(ProgressBus::new(&state.cache, pool.clone()));
     let background = Background::default();
@@ -169,8 +174,6 @@ async fn serve(
     tracing::info!(%local, "nexus serving");
     eprintln!("nexus: listening on http://{local}");
 
-    // The root of every stop: each running job's interrupt is a child of it.
-    let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -29,10 +29,6 @@ impl Roots {
             .map(Roots)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The file `path` names, if it lies under a root once symlinks and
     /// `..` are resolved; a message saying why not otherwise.
     pub fn confine(&self, path: &str) -> Result<PathBuf, String> {

@@ -153,8 +153,15 @@ type ToolResult<T> = Result<Reply<T>, Refusal>;
 
 /// Arguments as the schema says, or a refusal naming what does not fit.
 fn arguments<T: DeserializeOwned>(args: JsonObject) -> Result<T, Refusal> {
-    serde_json::from_value(serde_json::Value::Object(args))
-        .map_err(|e| Refusal(format!("bad arguments: {e} (see the tool's input schema)")))
+    serde_path_to_error::deserialize(serde_json::Value::Object(args)).map_err(|e| {
+        let path = e.path().to_string();
+        let what = if path == "." {
+            "bad arguments".to_string()
+        } else {
+            format!("bad argument `{path}`")
+        };
+        Refusal(format!("{what}: {} (see the tool's input schema)", e.inner()))
+    })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -903,6 +910,10 @@ impl NexusMcp {
             }
         };
         let id = load.job_id();
+        if let Some(key) = &file.stored_key {
+            let db = core.pool.get().await?;
+            jobs::set_storage_key(&**db, id, key).await?;
+        }
         core.hub
             .started(id, progress, bytes_total, Some(caller.name.clone()));
         let hub = core.hub.clone();
@@ -1182,6 +1193,44 @@ impl ServerHandler for NexusMcp {
         ])
         .into())
     }
+}
+
+/// `/mcp` for `nexus serve`: Streamable HTTP over the server's services.
+/// Requests reach it authenticated (`crate::api::auth::authenticated`).
+/// Host names are not checked (callers hold a bearer token, which a
+/// rebinding page cannot); a browser's Origin must be one of
+/// NEXUS_CORS_ORIGINS.
+pub fn http_service(
+    state: &crate::api::AppState,
+) -> rmcp::transport::StreamableHttpService<
+    NexusMcp,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    let core = Arc::new(McpCore {
+        pool: state.pool.clone(),
+        models: state.models.clone(),
+        cache: state.cache.clone(),
+        hub: state.hub.clone(),
+        storage: state.storage.clone(),
+        config: state.config.clone(),
+        database_url: state.database_url.clone(),
+        channel: Channel::Http {
+            queue: state.queue.clone(),
+            roots: state.mcp_roots.clone(),
+        },
+    });
+    let config = rmcp::transport::StreamableHttpServerConfig::default()
+        .disable_allowed_hosts()
+        .with_allowed_origins(state.config.cors_origins.clone())
+        .enforce_origin_validation()
+        // Inline content, escaped as JSON, and the rest of the call.
+        .with_max_request_body_bytes((2 * files::INLINE_MAX + (64 << 10)) as usize)
+        .with_cancellation_token(state.shutdown.child_token());
+    rmcp::transport::StreamableHttpService::new(
+        move || Ok(NexusMcp::new(core.clone())),
+        Default::default(),
+        config,
+    )
 }
 
 fn refused(r: Refusal) -> ErrorData {
