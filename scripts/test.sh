@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_updated=
+need_pkg_force() { # package
+  [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
 need_pkg() { # command package
   command -v "$1" >/dev/null 2>&1 && return
   [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
@@ -43,6 +47,11 @@ need_pkg node nodejs
 need_pkg npm npm
 [ -d tests/browser/node_modules/playwright-core ] ||
   npm ci --prefix tests/browser --no-audit --no-fund --silent
+# The MCP tests drive the server with the official MCP client (PyPI `mcp`).
+if ! tests/mcp/.venv/bin/python -c 'import mcp' 2>/dev/null; then
+  python3 -m venv tests/mcp/.venv 2>/dev/null || { need_pkg_force python3-venv; python3 -m venv tests/mcp/.venv; }
+  tests/mcp/.venv/bin/pip install -q --disable-pip-version-check -r tests/mcp/requirements.txt
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

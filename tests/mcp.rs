@@ -57,7 +57,11 @@ fn files(db: &TestDb) -> Files {
     let mut good = String::from("id,age\n");
     for i in 1..=GOOD_ROWS {
         let line = i + 1;
-        let age = if REJECT_LINES.contains(&line) { -1 } else { i % 90 };
+        let age = if REJECT_LINES.contains(&line) {
+            -1
+        } else {
+            i % 90
+        };
         good.push_str(&format!("{i},{age}\n"));
     }
     let mut big = String::from("id,payload\n");
@@ -120,20 +124,23 @@ fn file_env(f: &Files) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// What the client's loads left in the tables: the good file's valid rows
-/// and the two inline files' (2 each); of the cancelled loads, exactly
-/// what their jobs committed.
-fn check_tables(db: &TestDb, facts: &Value) {
+/// What the client's loads left in the tables: the good file's valid rows,
+/// the two inline files' (2 each) and `extra` more; of the cancelled loads,
+/// exactly what their jobs committed.
+fn check_tables(db: &TestDb, facts: &Value, extra: i64) {
     assert_eq!(
         db.count("person"),
-        GOOD_ROWS - REJECT_LINES.len() as i64 + 4
+        GOOD_ROWS - REJECT_LINES.len() as i64 + 4 + extra
     );
     let cancelled: i64 = ["cancelled_by_call", "cancelled_by_tool"]
         .iter()
         .map(|k| facts[k]["rows_committed"].as_i64().unwrap())
         .sum();
     assert!(
-        facts["cancelled_by_tool"]["rows_committed"].as_i64().unwrap() < BIG_ROWS,
+        facts["cancelled_by_tool"]["rows_committed"]
+            .as_i64()
+            .unwrap()
+            < BIG_ROWS,
         "cancelled before the end: {facts}"
     );
     assert_eq!(db.count("ev"), cancelled, "{facts}");
@@ -160,9 +167,11 @@ fn mcp_over_stdio() {
         ("RUST_LOG", "warn".to_string()),
     ]);
     let facts = client(&env);
-    check_tables(&db, &facts);
+    // And the row loaded by table name.
+    check_tables(&db, &facts, 1);
     // Jobs started over stdio belong to the launching account's `mcp:` owner.
-    let owners = db.value("SELECT string_agg(DISTINCT split_part(owner, ':', 1), ',') FROM nexus.jobs");
+    let owners =
+        db.value("SELECT string_agg(DISTINCT split_part(owner, ':', 1), ',') FROM nexus.jobs");
     assert_eq!(owners.as_deref(), Some("mcp"));
     assert!(facts["progress_notifications"].as_u64().unwrap() >= 1);
 }
@@ -200,7 +209,7 @@ fn mcp_over_streamable_http() {
     let mut env = http_env(&db, &f, &s);
     env.push(("MCP_MODE", "auto".to_string()));
     let facts = client(&env);
-    check_tables(&db, &facts);
+    check_tables(&db, &facts, 0);
     // Loads over HTTP are queued jobs of the token's user, like uploads.
     let owners = db.value("SELECT string_agg(DISTINCT owner, ',') FROM nexus.jobs");
     assert_eq!(owners.as_deref(), Some("loader"));
@@ -219,8 +228,33 @@ fn mcp_over_streamable_http_with_the_initialize_handshake() {
     let s = http_server(&db, &f);
     let mut env = http_env(&db, &f, &s);
     env.push(("MCP_MODE", "legacy".to_string()));
-    env.push(("MCP_SCENARIOS", "describe,load_with_progress,malformed".to_string()));
+    env.push((
+        "MCP_SCENARIOS",
+        "describe,load_with_progress,malformed".to_string(),
+    ));
     let facts = client(&env);
     assert!(facts["protocol"].as_str().unwrap() < "2026", "{facts}");
     assert_eq!(db.count("person"), GOOD_ROWS - REJECT_LINES.len() as i64);
+}
+
+#[test]
+fn mcp_over_http_is_rate_limited_like_the_api() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[("NEXUS_RATE_LIMIT", "1"), ("NEXUS_RATE_BURST", "2")]);
+    let (token, _) = s.tokens("admin", ADMIN_PW);
+    let ping = || {
+        s.http
+            .post(s.url("/mcp"))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // Logging in took one request of the burst.
+    let statuses: Vec<u16> = (0..3).map(|_| ping()).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_ne!(statuses[0], 429, "{statuses:?}");
 }

@@ -90,8 +90,13 @@ async fn serve_stdio(
     }
     interrupt.cancel();
     loads.close();
-    if tokio::time::timeout(STOP_GRACE, loads.wait()).await.is_err() {
-        tracing::warn!("running loads did not stop within {STOP_GRACE:?}; they resume when loaded again");
+    if tokio::time::timeout(STOP_GRACE, loads.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "running loads did not stop within {STOP_GRACE:?}; they resume when loaded again"
+        );
     }
     super::cache::finish(&cache, database).await?;
     if !background.stop(STOP_GRACE).await {

@@ -22,7 +22,10 @@ impl Roots {
         dirs.iter()
             .map(|d| match std::fs::canonicalize(d) {
                 Ok(p) if p.is_dir() => Ok(p),
-                Ok(_) => Err(format!("NEXUS_MCP_ROOTS: {} is not a directory", d.display())),
+                Ok(_) => Err(format!(
+                    "NEXUS_MCP_ROOTS: {} is not a directory",
+                    d.display()
+                )),
                 Err(e) => Err(format!("NEXUS_MCP_ROOTS: {}: {e}", d.display())),
             })
             .collect::<Result<_, _>>()
@@ -33,10 +36,12 @@ impl Roots {
     /// `..` are resolved; a message saying why not otherwise.
     pub fn confine(&self, path: &str) -> Result<PathBuf, String> {
         if self.0.is_empty() {
-            return Err("this server reads no files for MCP (NEXUS_MCP_ROOTS is not set): \
+            return Err(
+                "this server reads no files for MCP (NEXUS_MCP_ROOTS is not set): \
                  pass the data as `content`, or upload the file (POST /api/v2/jobs) and pass \
                  its job id as `from_job`"
-                .into());
+                    .into(),
+            );
         }
         let given = Path::new(path);
         if !given.is_absolute() {
@@ -81,11 +86,7 @@ fn stored_or_message(r: Result<Stored, UploadError>) -> Result<Stored, String> {
 }
 
 /// Copies a local file into storage.
-pub async fn store_file(
-    storage: &dyn Storage,
-    path: &Path,
-    limit: u64,
-) -> Result<Stored, String> {
+pub async fn store_file(storage: &dyn Storage, path: &Path, limit: u64) -> Result<Stored, String> {
     let stream = file_stream(path)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -108,7 +109,6 @@ pub async fn store_content(storage: &dyn Storage, content: String) -> Result<Sto
     stored_or_message(storage.put(stream, INLINE_MAX).await)
         .map_err(|e| format!("storing `content`: {e}"))
 }
-
 
 #[cfg(test)]
 mod tests {

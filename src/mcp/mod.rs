@@ -139,7 +139,9 @@ impl From<tokio_postgres::Error> for Refusal {
 
 impl From<deadpool_postgres::PoolError> for Refusal {
     fn from(e: deadpool_postgres::PoolError) -> Refusal {
-        Refusal(format!("the database is not reachable now ({e}); try again"))
+        Refusal(format!(
+            "the database is not reachable now ({e}); try again"
+        ))
     }
 }
 
@@ -160,7 +162,10 @@ fn arguments<T: DeserializeOwned>(args: JsonObject) -> Result<T, Refusal> {
         } else {
             format!("bad argument `{path}`")
         };
-        Refusal(format!("{what}: {} (see the tool's input schema)", e.inner()))
+        Refusal(format!(
+            "{what}: {} (see the tool's input schema)",
+            e.inner()
+        ))
     })
 }
 
@@ -354,7 +359,11 @@ impl NexusMcp {
             open_world_hint = false
         )
     )]
-    async fn load_file(&self, args: JsonObject, ctx: RequestContext<RoleServer>) -> ToolResult<JobRecord> {
+    async fn load_file(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<JobRecord> {
         let caller = self.caller(&ctx)?;
         caller.require(&[Role::Admin, Role::Uploader], "loading a file")?;
         let args: LoadFileArgs = arguments(args)?;
@@ -375,7 +384,11 @@ impl NexusMcp {
         output_schema = schema_for_output::<JobRecord>(),
         annotations(title = "Job status", read_only_hint = true, open_world_hint = false)
     )]
-    async fn job_status(&self, args: JsonObject, ctx: RequestContext<RoleServer>) -> ToolResult<JobRecord> {
+    async fn job_status(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<JobRecord> {
         let caller = self.caller(&ctx)?;
         let args: JobArgs = arguments(args)?;
         Ok(job_reply(self.job(&caller, args.job_id).await?))
@@ -388,7 +401,11 @@ impl NexusMcp {
         output_schema = schema_for_output::<JobList>(),
         annotations(title = "List jobs", read_only_hint = true, open_world_hint = false)
     )]
-    async fn list_jobs(&self, args: JsonObject, ctx: RequestContext<RoleServer>) -> ToolResult<JobList> {
+    async fn list_jobs(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<JobList> {
         let caller = self.caller(&ctx)?;
         let args: ListJobsArgs = arguments(args)?;
         let limit = args.limit.unwrap_or(20);
@@ -418,7 +435,11 @@ impl NexusMcp {
             open_world_hint = false
         )
     )]
-    async fn cancel_job(&self, args: JsonObject, ctx: RequestContext<RoleServer>) -> ToolResult<JobRecord> {
+    async fn cancel_job(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<JobRecord> {
         let caller = self.caller(&ctx)?;
         caller.require(&[Role::Admin, Role::Uploader], "cancelling a job")?;
         let args: JobArgs = arguments(args)?;
@@ -436,7 +457,11 @@ impl NexusMcp {
         output_schema = schema_for_output::<Rejects>(),
         annotations(title = "Job rejects", read_only_hint = true, open_world_hint = false)
     )]
-    async fn job_rejects(&self, args: JsonObject, ctx: RequestContext<RoleServer>) -> ToolResult<Rejects> {
+    async fn job_rejects(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<Rejects> {
         let caller = self.caller(&ctx)?;
         let args: RejectsArgs = arguments(args)?;
         let limit = args.limit.unwrap_or(20);
@@ -490,7 +515,11 @@ impl NexusMcp {
         output_schema = schema_for_output::<ModelView>(),
         annotations(title = "Describe a model", read_only_hint = true, open_world_hint = false)
     )]
-    async fn describe_model(&self, args: JsonObject, ctx: RequestContext<RoleServer>) -> ToolResult<ModelView> {
+    async fn describe_model(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<ModelView> {
         self.caller(&ctx)?;
         let args: ModelArgs = arguments(args)?;
         let view = self.model_view(&args.model)?;
@@ -514,7 +543,10 @@ impl NexusMcp {
         output_schema = schema_for_output::<crate::api::health::DetailedHealth>(),
         annotations(title = "Health", read_only_hint = true, open_world_hint = false)
     )]
-    async fn health(&self, ctx: RequestContext<RoleServer>) -> ToolResult<crate::api::health::DetailedHealth> {
+    async fn health(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<crate::api::health::DetailedHealth> {
         let caller = self.caller(&ctx)?;
         let report = crate::api::health::report(&crate::api::health::Parts {
             pool: &self.core.pool,
@@ -547,13 +579,20 @@ impl NexusMcp {
         output_schema = schema_for_output::<crate::cmd::cache::StatsReport>(),
         annotations(title = "Cache statistics", read_only_hint = true, open_world_hint = false)
     )]
-    async fn cache_stats(&self, ctx: RequestContext<RoleServer>) -> ToolResult<crate::cmd::cache::StatsReport> {
+    async fn cache_stats(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<crate::cmd::cache::StatsReport> {
         self.caller(&ctx)?;
         let db = self.core.pool.get().await?;
         let report = crate::cmd::cache::stats(&self.core.cache, &db, &self.core.models)
             .await
             .map_err(|e| Refusal(format!("{e:#}")))?;
-        let summary = format!("redis {}, {} cached models", report.redis, report.models.len());
+        let summary = format!(
+            "redis {}, {} cached models",
+            report.redis,
+            report.models.len()
+        );
         Ok(Reply {
             value: report,
             summary,
@@ -574,12 +613,17 @@ impl NexusMcp {
             open_world_hint = false
         )
     )]
-    async fn cache_invalidate(&self, args: JsonObject, ctx: RequestContext<RoleServer>) -> ToolResult<Invalidated> {
+    async fn cache_invalidate(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<Invalidated> {
         let caller = self.caller(&ctx)?;
         caller.require(&[Role::Admin], "invalidating the cache")?;
         let args: InvalidateArgs = arguments(args)?;
         let message = |e: anyhow::Error| Refusal(format!("{e:#}"));
-        let cached = crate::cmd::cache::cached_model(&self.core.models, &args.model).map_err(message)?;
+        let cached =
+            crate::cmd::cache::cached_model(&self.core.models, &args.model).map_err(message)?;
         let key = args
             .key
             .map(|k| nexus_loaders::cache::keys::canonical(cached.key_type, &k))
@@ -700,7 +744,11 @@ impl NexusMcp {
     }
 
     /// Checks the arguments, stages the file and starts the job.
-    async fn start_load(&self, caller: &Caller, mut args: LoadFileArgs) -> Result<JobRecord, Refusal> {
+    async fn start_load(
+        &self,
+        caller: &Caller,
+        mut args: LoadFileArgs,
+    ) -> Result<JobRecord, Refusal> {
         let core = &self.core;
         let source = match (args.path.take(), args.content.take(), args.from_job) {
             (Some(p), None, None) => Source::Path(p),
@@ -726,7 +774,7 @@ impl NexusMcp {
             }
             (None, Some(table)) => {
                 let db = core.pool.get().await?;
-                let model = nexus_loaders::catalog::model_from_table(&**db, table)
+                let model = nexus_loaders::catalog::model_from_table(&db, table)
                     .await
                     .map_err(|e| Refusal(e.to_string()))?;
                 let key = format!("table:{}", model.def.table);
@@ -746,17 +794,18 @@ impl NexusMcp {
                 ));
             }
         };
+        if let (Channel::Http { .. }, false) = (&core.channel, target.create_table) {
+            // Queue workers load into models.
+            return Err(Refusal(
+                "over HTTP, load into a model (see list_models); `table` is for `nexus mcp` \
+                 and `nexus load`"
+                    .into(),
+            ));
+        }
         let name = source.name();
         let staged = self.stage(caller, source).await?;
         match &core.channel {
             Channel::Http { queue, .. } => {
-                if !target.create_table {
-                    return Err(Refusal(
-                        "over HTTP, load into a model (see list_models); `table` is for `nexus mcp` \
-                         and `nexus load`"
-                            .into(),
-                    ));
-                }
                 let stored = match staged {
                     Staged::Stored(s) => s,
                     Staged::Local(_) => return Err(Refusal("the file was not stored".into())),
@@ -887,9 +936,10 @@ impl NexusMcp {
         };
         let bytes_total = req.bytes_total.map(|b| b as i64);
         let progress = Arc::new(Progress::default());
-        let prepared = nexus_loaders::load::Load::prepare(&core.database_url, req, progress.clone())
-            .await
-            .map_err(|e| Refusal(e.to_string()));
+        let prepared =
+            nexus_loaders::load::Load::prepare(&core.database_url, req, progress.clone())
+                .await
+                .map_err(|e| Refusal(e.to_string()));
         let forget = |key: &Option<String>| {
             if let Some(k) = key {
                 let (storage, k) = (core.storage.clone(), k.clone());
@@ -936,10 +986,7 @@ impl NexusMcp {
                 let _ = storage.remove(&k).await;
             }
         });
-        let db = self.core.pool.get().await?;
-        Ok(jobs::get(&**db, id)
-            .await?
-            .ok_or_else(|| Refusal(format!("job {id} vanished")))?)
+        self.job_record(id).await
     }
 
     /// Sends progress of the job until it ends, and returns it then; a
@@ -955,69 +1002,66 @@ impl NexusMcp {
         let mut events = self.core.hub.subscribe();
         let mut sample = tokio::time::interval(PROGRESS_EVERY);
         let mut check = tokio::time::interval(FOLLOW_CHECK);
-        let mut sent: Option<(i64, i64)> = None;
-        let mut job = job;
-        loop {
-            if job.status.is_finished() {
-                break;
+        // Progress must grow with each notification: the last value sent.
+        let mut sent = 0.0;
+        let mut notify = async |done: i64, total: Option<i64>, message: String| {
+            // Bytes are known in advance where rows are not; rows are in the message.
+            let (value, total) = match total.filter(|t| *t > 0) {
+                Some(t) => (done as f64, Some(t as f64)),
+                None => (done as f64, None),
+            };
+            if value <= sent {
+                return;
             }
+            sent = value;
+            let mut n = ProgressNotificationParam::new(token.clone(), value).with_message(message);
+            if let Some(t) = total {
+                n = n.with_total(t);
+            }
+            let _ = peer.notify_progress(n).await;
+        };
+        let mut job = job;
+        while !job.status.is_finished() {
             tokio::select! {
                 _ = ct.cancelled() => {
                     let mut db = self.core.pool.get().await?;
                     jobs::request_cancel(&mut db, id).await?;
                     return Err(Refusal(format!("the call was cancelled, and so was job {id}")));
                 }
-                event = events.recv() => {
-                    match event {
-                        Ok(e) if e.job_id() == id => {
-                            if let Event::Job(_) = e.as_ref() {
-                                job = self.job_record(id).await?;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            events = self.core.hub.subscribe();
-                        }
+                event = events.recv() => match event {
+                    Ok(e) if e.job_id() == id && matches!(e.as_ref(), Event::Job(_)) => {
+                        job = self.job_record(id).await?;
                     }
-                }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        events = self.core.hub.subscribe();
+                    }
+                },
                 _ = sample.tick() => {
                     if let Some(p) = self.core.hub.latest(id) {
-                        let now = (p.rows_read, p.bytes_read);
-                        if sent != Some(now) {
-                            sent = Some(now);
-                            let mut n = ProgressNotificationParam::new(token.clone(), p.rows_read as f64)
-                                .with_message(format!(
-                                    "{} rows read, {} committed, {} rejected, {} rows/s",
-                                    p.rows_read, p.rows_committed, p.rows_rejected, p.rows_per_sec
-                                ));
-                            if let Some(total) = p.bytes_total.filter(|t| *t > 0) {
-                                // Rows are what people count; bytes are what is known in advance.
-                                n = ProgressNotificationParam::new(token.clone(), p.bytes_read as f64)
-                                    .with_total(total as f64)
-                                    .with_message(n.message.clone().unwrap_or_default());
-                            }
-                            let _ = peer.notify_progress(n).await;
-                        }
+                        let done = if p.bytes_total.is_some() { p.bytes_read } else { p.rows_read };
+                        notify(done, p.bytes_total, format!(
+                            "{} rows read, {} committed, {} rejected, {} rows/s",
+                            p.rows_read, p.rows_committed, p.rows_rejected, p.rows_per_sec
+                        )).await;
                     }
                 }
-                _ = check.tick() => {
-                    job = self.job_record(id).await?;
-                }
+                _ = check.tick() => job = self.job_record(id).await?,
             }
         }
-        let last = match job.bytes_total {
-            Some(total) if total > 0 => {
-                ProgressNotificationParam::new(token, total as f64).with_total(total as f64)
-            }
-            _ => ProgressNotificationParam::new(token, job.rows_read as f64),
+        let done = match job.bytes_total {
+            Some(t) if t > 0 => t,
+            _ => job.rows_read,
         };
-        let _ = peer
-            .notify_progress(last.with_message(format!(
+        notify(
+            done,
+            job.bytes_total,
+            format!(
                 "{}: {} committed, {} rejected",
                 job.status, job.rows_committed, job.rows_rejected
-            )))
-            .await;
+            ),
+        )
+        .await;
         Ok(job)
     }
 
@@ -1106,9 +1150,15 @@ impl ServerHandler for NexusMcp {
             .models
             .iter()
             .map(|m| {
-                Resource::new(format!("{MODEL_URI}{}", m.name), format!("model {}", m.name))
-                    .with_description(format!("The model `{}`: table {}, columns and rules", m.name, m.def.table))
-                    .with_mime_type(JSON)
+                Resource::new(
+                    format!("{MODEL_URI}{}", m.name),
+                    format!("model {}", m.name),
+                )
+                .with_description(format!(
+                    "The model `{}`: table {}, columns and rules",
+                    m.name, m.def.table
+                ))
+                .with_mime_type(JSON)
             })
             .collect();
         let recent = self
@@ -1116,20 +1166,17 @@ impl ServerHandler for NexusMcp {
             .await
             .map_err(refused)?;
         for j in recent {
-            let label = format!(
-                "job {} ({}, {})",
-                j.job_id,
-                j.model,
-                j.status
-            );
+            let label = format!("job {} ({}, {})", j.job_id, j.model, j.status);
             resources.push(
-                Resource::new(format!("{JOB_URI}{}", j.job_id), label.clone())
-                    .with_mime_type(JSON),
+                Resource::new(format!("{JOB_URI}{}", j.job_id), label.clone()).with_mime_type(JSON),
             );
             if j.rows_rejected > 0 {
                 resources.push(
-                    Resource::new(format!("{JOB_URI}{}/rejects", j.job_id), format!("rejects of {label}"))
-                        .with_mime_type(JSON),
+                    Resource::new(
+                        format!("{JOB_URI}{}/rejects", j.job_id),
+                        format!("rejects of {label}"),
+                    )
+                    .with_mime_type(JSON),
                 );
             }
         }
