@@ -97,6 +97,15 @@ pub async fn model_def_from_table(client: &Client, name: &str) -> Result<ModelDe
 }
 
 /// The model of an existing table, named `schema.table`.
+/// The name jobs and the loaded-file ledger know a table by when it is
+/// loaded by its columns (`--table`), apart from any model's name.
+pub fn table_key(model: &Model) -> String {
+    format!("{TABLE_KEY_PREFIX}{}", model.def.table)
+}
+
+/// What [`table_key`] puts before the table's name.
+pub const TABLE_KEY_PREFIX: &str = "table:";
+
 pub async fn model_from_table(client: &Client, name: &str) -> Result<Model, CatalogError> {
     let def = model_def_from_table(client, name).await?;
     let model_name = def.table.clone();

@@ -142,6 +142,9 @@ const OPTION_FIELD_BYTES: usize = 4096;
 
 /// An upload's parameters, checked before any of its bytes are stored.
 pub(crate) struct Accepted {
+    /// The name jobs and the loaded-file ledger know the target by: the
+    /// model's, or `table:` and the table's for a model made from a table.
+    pub key: String,
     pub upload: UploadOptions,
     pub model: nexus_pipeline::Model,
     pub mode: Mode,
@@ -178,6 +181,7 @@ impl CreateParams {
             return Err(format!("model `{}` has no key to upsert on", model.name));
         }
         Ok(Accepted {
+            key: model.name.clone(),
             atomic: self.atomic.unwrap_or(false),
             upload,
             model,
@@ -206,7 +210,7 @@ pub(crate) async fn enqueue(
     let id = jobs::create(
         &**db,
         &NewJob {
-            model: &model.name,
+            model: &accepted.key,
             target: &model.def.table,
             mode: accepted.mode,
             atomic: accepted.atomic,

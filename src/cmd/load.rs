@@ -166,7 +166,7 @@ async fn load_all(
                     catalog::CatalogError::Db(e) => exit::failed(nexus_loaders::pg::describe(&e)),
                     other => exit::usage(other.to_string()),
                 })?;
-            let key = format!("table:{}", m.def.table);
+            let key = catalog::table_key(&m);
             (Arc::new(m), key, false)
         }
     };

@@ -114,23 +114,22 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
             }
         })
     };
-    // The model with what the upload asked for on top.
-    let prepared = nexus_loaders::load::UploadOptions::of_job(id, &job.options)
-        .map_err(|e| e.to_string())
-        .and_then(|upload| {
-            let model = state
-                .models
-                .get(&job.model)
-                .and_then(|m| m.with_input(&upload.input))
-                .map_err(|e| e.to_string())?;
-            Ok((upload, model))
-        });
+    // The model (or the table's, by its columns) with what the upload asked
+    // for on top.
+    let prepared = match nexus_loaders::load::UploadOptions::of_job(id, &job.options) {
+        Err(e) => Err(e.to_string()),
+        Ok(upload) => model_of(state, &job.model)
+            .await
+            .and_then(|(m, create_table)| {
+                let m = m.with_input(&upload.input).map_err(|e| e.to_string())?;
+                Ok((upload, m, create_table))
+            }),
+    };
     let outcome = match prepared {
-        Ok((upload, model)) => {
-            let model = Arc::new(model);
+        Ok((upload, model, create_table)) => {
             let req = LoadRequest {
-                model_key: model.name.clone(),
-                model,
+                model_key: job.model.clone(),
+                model: Arc::new(model),
                 path: state.storage.local_path(&job.storage_key),
                 file_name: job.file_name.clone(),
                 file_hash: job.file_hash.clone(),
@@ -143,7 +142,7 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
                 workers: std::thread::available_parallelism()
                     .map(|n| n.get())
                     .unwrap_or(2),
-                create_table: true,
+                create_table,
                 owner: job.owner.clone(),
                 interrupt: interrupt.clone(),
                 job: Some(id),
@@ -184,6 +183,28 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
             if let Ok(db) = state.pool.get().await {
                 let _ = jobs::finish(&**db, id, JobStatus::Failed, Some(&e), 0, 0).await;
             }
+        }
+    }
+}
+
+/// A job's model by the name it was queued under: a model, or a table
+/// loaded by its columns (made only for a model).
+async fn model_of(
+    state: &WorkerContext,
+    key: &str,
+) -> Result<(Arc<nexus_pipeline::Model>, bool), String> {
+    match key.strip_prefix(nexus_loaders::catalog::TABLE_KEY_PREFIX) {
+        None => state
+            .models
+            .get(key)
+            .map(|m| (m, true))
+            .map_err(|e| e.to_string()),
+        Some(table) => {
+            let db = state.pool.get().await.map_err(|e| e.to_string())?;
+            nexus_loaders::catalog::model_from_table(&db, table)
+                .await
+                .map(|m| (Arc::new(m), false))
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -4,6 +4,7 @@
 //! server claims the job can read it); inline content and an earlier
 //! upload are stored the same way. Over stdio a path is loaded where it is.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::jobs::storage::{ByteStream, Storage, Stored, UploadError};
@@ -32,9 +33,11 @@ impl Roots {
             .map(Roots)
     }
 
-    /// The file `path` names, if it lies under a root once symlinks and
-    /// `..` are resolved; a message saying why not otherwise.
-    pub fn confine(&self, path: &str) -> Result<PathBuf, String> {
+    /// Opens the file `path` names if it lies under a root once symlinks
+    /// and `..` are resolved; a message saying why not otherwise. The check
+    /// is made on the file opened (its path as the kernel knows it), so a
+    /// link swapped in between cannot lead outside.
+    pub fn open(&self, path: &str) -> Result<std::fs::File, String> {
         if self.0.is_empty() {
             return Err(
                 "this server reads no files for MCP (NEXUS_MCP_ROOTS is not set): \
@@ -50,17 +53,23 @@ impl Roots {
                 self.list()
             ));
         }
-        let real = std::fs::canonicalize(given).map_err(|e| format!("{path}: {e}"))?;
+        let file = std::fs::File::open(given).map_err(|e| format!("{path}: {e}"))?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| format!("{path}: {e}"))?;
         if !self.0.iter().any(|root| real.starts_with(root)) {
             return Err(format!(
                 "{path} is outside the directories this server may read ({})",
                 self.list()
             ));
         }
-        if !real.is_file() {
+        if !file
+            .metadata()
+            .map_err(|e| format!("{path}: {e}"))?
+            .is_file()
+        {
             return Err(format!("{path} is not a regular file"));
         }
-        Ok(real)
+        Ok(file)
     }
 
     fn list(&self) -> String {
@@ -72,10 +81,11 @@ impl Roots {
     }
 }
 
-/// A local file as a stream of chunks.
-async fn file_stream(path: &Path) -> std::io::Result<ByteStream<'static>> {
-    let file = tokio::fs::File::open(path).await?;
-    Ok(Box::pin(tokio_util::io::ReaderStream::new(file)))
+/// An open file as a stream of chunks.
+fn file_stream(file: std::fs::File) -> ByteStream<'static> {
+    Box::pin(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::from_std(file),
+    ))
 }
 
 fn stored_or_message(r: Result<Stored, UploadError>) -> Result<Stored, String> {
@@ -85,13 +95,15 @@ fn stored_or_message(r: Result<Stored, UploadError>) -> Result<Stored, String> {
     })
 }
 
-/// Copies a local file into storage.
-pub async fn store_file(storage: &dyn Storage, path: &Path, limit: u64) -> Result<Stored, String> {
-    let stream = file_stream(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    stored_or_message(storage.put(stream, limit).await)
-        .map_err(|e| format!("{}: {e}", path.display()))
+/// Copies an open file into storage; `name` is for messages.
+pub async fn store_file(
+    storage: &dyn Storage,
+    file: std::fs::File,
+    name: &str,
+    limit: u64,
+) -> Result<Stored, String> {
+    stored_or_message(storage.put(file_stream(file), limit).await)
+        .map_err(|e| format!("{name}: {e}"))
 }
 
 /// Stores inline content.
@@ -126,7 +138,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), root.path().join("dir")).unwrap();
         let roots = Roots::resolve(&[root.path().to_path_buf()]).unwrap();
         let s = |p: &Path| p.to_str().unwrap().to_string();
-        assert!(roots.confine(&s(&inside)).is_ok());
+        assert!(roots.open(&s(&inside)).is_ok());
         for bad in [
             s(&secret),
             s(&root.path().join("link.csv")),
@@ -139,9 +151,9 @@ mod tests {
             "ok.csv".to_string(),
             s(root.path()),
         ] {
-            assert!(roots.confine(&bad).is_err(), "{bad} must be refused");
+            assert!(roots.open(&bad).is_err(), "{bad} must be refused");
         }
-        assert!(Roots::default().confine(&s(&inside)).is_err());
+        assert!(Roots::default().open(&s(&inside)).is_err());
         assert!(Roots::resolve(&[outside.path().join("missing")]).is_err());
     }
 }

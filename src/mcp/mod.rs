@@ -767,7 +767,6 @@ impl NexusMcp {
                     .accept(&core.models)
                     .map_err(Refusal)?;
                 Target {
-                    key: accepted.model.name.clone(),
                     accepted,
                     create_table: true,
                 }
@@ -777,13 +776,12 @@ impl NexusMcp {
                 let model = nexus_loaders::catalog::model_from_table(&db, table)
                     .await
                     .map_err(|e| Refusal(e.to_string()))?;
-                let key = format!("table:{}", model.def.table);
-                let accepted = args
-                    .params(key.clone())
+                let mut accepted = args
+                    .params(table.clone())
                     .accept_for(&model)
                     .map_err(Refusal)?;
+                accepted.key = nexus_loaders::catalog::table_key(&model);
                 Target {
-                    key,
                     accepted,
                     create_table: false,
                 }
@@ -794,14 +792,6 @@ impl NexusMcp {
                 ));
             }
         };
-        if let (Channel::Http { .. }, false) = (&core.channel, target.create_table) {
-            // Queue workers load into models.
-            return Err(Refusal(
-                "over HTTP, load into a model (see list_models); `table` is for `nexus mcp` \
-                 and `nexus load`"
-                    .into(),
-            ));
-        }
         let name = source.name();
         let staged = self.stage(caller, source).await?;
         match &core.channel {
@@ -863,8 +853,8 @@ impl NexusMcp {
                 return Ok(Staged::Local(p));
             }
             (Source::Path(path), Channel::Http { roots, .. }) => {
-                let real = roots.confine(&path).map_err(Refusal)?;
-                files::store_file(core.storage.as_ref(), &real, limit).await
+                let file = roots.open(&path).map_err(Refusal)?;
+                files::store_file(core.storage.as_ref(), file, &path, limit).await
             }
             (Source::Content(content), _) => {
                 files::store_content(core.storage.as_ref(), content).await
@@ -879,16 +869,21 @@ impl NexusMcp {
                     )
                     .await?
                     .and_then(|r| r.get(0));
-                let path = key
-                    .map(|k| core.storage.local_path(&k))
-                    .filter(|p| p.is_file())
+                let file = key
+                    .and_then(|k| std::fs::File::open(core.storage.local_path(&k)).ok())
                     .ok_or_else(|| {
                         Refusal(format!(
                             "job {earlier} has no stored upload any more (an upload is removed once \
                              its job succeeds, and after NEXUS_UPLOAD_RETENTION): upload the file again"
                         ))
                     })?;
-                files::store_file(core.storage.as_ref(), &path, limit).await
+                files::store_file(
+                    core.storage.as_ref(),
+                    file,
+                    &format!("the upload of job {earlier}"),
+                    limit,
+                )
+                .await
             }
         };
         Ok(Staged::Stored(stored.map_err(Refusal)?))
@@ -907,6 +902,7 @@ impl NexusMcp {
     ) -> Result<JobRecord, Refusal> {
         let core = self.core.clone();
         let Accepted {
+            key,
             upload,
             model,
             mode,
@@ -914,7 +910,7 @@ impl NexusMcp {
         } = target.accepted;
         let req = LoadRequest {
             model: Arc::new(model),
-            model_key: target.key,
+            model_key: key,
             bytes_total: std::fs::metadata(&file.path).ok().map(|m| m.len()),
             path: file.path,
             file_name: Some(name),
@@ -1101,8 +1097,7 @@ enum Staged {
 /// What a load goes into.
 struct Target {
     accepted: Accepted,
-    /// The name jobs and the loaded-file ledger know it by.
-    key: String,
+    /// A model's table is made if missing; a table named is not.
     create_table: bool,
 }
 

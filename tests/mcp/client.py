@@ -157,14 +157,15 @@ async def load_and_poll(c, facts):
     check(job["status"] in {"queued", "running", "succeeded"}, f"returned at once: {job}")
     done = await wait_status(c, job["job_id"], FINISHED)
     check(done["status"] == "succeeded" and done["rows_committed"] == 2, f"content load: {done}")
-    if env["MCP_TRANSPORT"] == "stdio":
-        # Over stdio a table loads by its columns, as `nexus load --table` does.
-        by_table = structured(
-            await c.call_tool("load_file", {"table": "public.person", "content": "id,age\n30001,5\n"}),
-            "load_file table",
-        )
-        by_table = await wait_status(c, by_table["job_id"], FINISHED)
-        check(by_table["status"] == "succeeded" and by_table["model"] == "table:public.person", f"table: {by_table}")
+    # A table loads by its columns, as `nexus load --table` does.
+    by_table = structured(
+        await c.call_tool("load_file", {"table": "public.person", "content": "id,age\n30001,5\n"}),
+        "load_file table",
+    )
+    by_table = await wait_status(c, by_table["job_id"], FINISHED)
+    check(by_table["status"] == "succeeded" and by_table["model"] == "table:public.person", f"table: {by_table}")
+    refused(await c.call_tool("load_file", {"table": "public.nothing", "content": "id\n1\n"}), "a missing table",
+            ["nothing"])
     # A file with the wrong delimiter fails; its upload is loaded again with
     # the right one.
     wrong = structured(
@@ -205,6 +206,8 @@ async def malformed(c, facts):
     refused(await c.call_tool("load_file", {"model": "person", "content": "id\n1\n", "mode": "merge"}),
             "a bad mode", ["merge"])
     refused(await c.call_tool("list_jobs", {"limit": 0}), "a bad limit", ["limit"])
+    refused(await c.call_tool("load_file", {"model": "person", "content": "id,age\n" + "1,1\n" * 300_000}),
+            "too much inline content", ["content", "from_job"])
     refused(await c.call_tool("describe_model", {"model": "nobody"}), "an unknown model", ["nobody"])
     refused(await c.call_tool("job_status", {"job_id": "00000000-0000-0000-0000-000000000000"}),
             "an unknown job", ["no job"])
@@ -291,8 +294,6 @@ async def http_rules(facts):
                 "a symlink out of the roots", ["outside"])
         refused(await c.call_tool("load_file", {"model": "person", "path": "relative.csv"}),
                 "a relative path", ["absolute"])
-        refused(await c.call_tool("load_file", {"table": "public.person", "content": "id,age\n1,2\n"}),
-                "a table over HTTP", ["model"])
         refused(await c.call_tool("cache_invalidate", {"model": "person"}), "an uploader invalidating", ["role"])
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": {"protocolVersion": "2025-06-18", "capabilities": {},
