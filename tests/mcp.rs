@@ -191,12 +191,16 @@ fn http_env(db: &TestDb, f: &Files, s: &Server) -> Vec<(&'static str, String)> {
     env
 }
 
+/// A server for the client's scenarios, which poll job status often: the
+/// rate limit has its own test (below).
 fn http_server(db: &TestDb, f: &Files) -> Server {
     Server::start(
         db,
         &[
             ("NEXUS_MODELS", f.models.to_str().unwrap()),
             ("NEXUS_MCP_ROOTS", f.root.to_str().unwrap()),
+            ("NEXUS_RATE_LIMIT", "1000000"),
+            ("NEXUS_RATE_BURST", "100000"),
         ],
     )
 }

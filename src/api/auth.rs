@@ -43,11 +43,7 @@ impl CurrentUser {
         } else {
             Err(Problem::forbidden(&format!(
                 "this needs the role {}",
-                roles
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
+                Role::either(roles)
             )))
         }
     }

@@ -27,6 +27,15 @@ impl Role {
         }
     }
 
+    /// Roles in a sentence: `admin or uploader`.
+    pub fn either(roles: &[Role]) -> String {
+        roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),

@@ -86,11 +86,7 @@ impl Caller {
         }
         Err(Refusal(format!(
             "{what} needs the role {}; you are {} ({})",
-            roles
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(" or "),
+            Role::either(roles),
             self.name,
             self.role.as_str()
         )))
