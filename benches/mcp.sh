@@ -32,7 +32,7 @@ for round in $(seq 1 "$rounds"); do
   t0=$(now); $NEXUS_BIN load --model customer "$csv" >/dev/null; t1=$(now)
   cli+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
   fresh
-  read -r n secs notes lat50 lat99 < <($python benches/mcp.py "$csv" 200)
+  read -r n secs notes lat50 lat99 < <($python benches/mcp_load.py "$csv" 200)
   [ "$n" = "$rows" ] || { echo "MCP loaded $n rows, expected $rows"; exit 1; }
   mcp+=("$(python3 -c "print(round($rows/$secs))")"); p50+=("$lat50"); p99+=("$lat99")
   echo "round $round: nexus load ${cli[-1]} rows/s, MCP load_file ${mcp[-1]} rows/s ($notes progress notifications), job_status p50 ${lat50} ms p99 ${lat99} ms"
