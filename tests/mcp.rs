@@ -176,6 +176,53 @@ fn mcp_over_stdio() {
     assert!(facts["progress_notifications"].as_u64().unwrap() >= 1);
 }
 
+/// A load running over stdio when the client goes stops at a batch
+/// boundary, and `nexus load` of the same file resumes it: every row once.
+#[test]
+fn a_stdio_load_left_running_resumes_from_the_command_line() {
+    let db = TestDb::new();
+    let f = files(&db);
+    let left = f.root.join("left.csv");
+    std::fs::copy(&f.big, &left).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let data = db.dir.path().join("data");
+    let env = [
+        ("MCP_TRANSPORT", "stdio".to_string()),
+        ("MCP_MODE", "legacy".to_string()),
+        ("MCP_SCENARIOS", "leave_running".to_string()),
+        ("MCP_LEFT_FILE", s(&left)),
+        ("NEXUS_BIN", env!("CARGO_BIN_EXE_nexus").to_string()),
+        ("DATABASE_URL", db.url.clone()),
+        ("NEXUS_DATA_DIR", s(&data)),
+        ("NEXUS_MODELS", s(&f.models)),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let facts = client(&env);
+    let id = facts["left_running"].as_str().unwrap();
+    // As for `nexus load` stopped by a signal: failed, saying it resumes.
+    let state = db.value(&format!(
+        "SELECT status || ': ' || error FROM nexus.jobs WHERE id = '{id}'"
+    ));
+    assert!(
+        state
+            .as_deref()
+            .is_some_and(|s| s.starts_with("failed: interrupted") && s.contains("resume")),
+        "stopped, resumable: {state:?}"
+    );
+    let stopped_at = db.count("ev");
+    assert!(stopped_at < BIG_ROWS, "it stopped before the end");
+    let (run, summary) = db.load_json_with_models(&f.models, &["--model", "ev", &s(&left)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(summary["job_id"], id, "the same job resumed: {summary}");
+    assert_eq!(summary["resumed"], true, "{summary}");
+    assert_eq!(db.count("ev"), BIG_ROWS);
+    assert_eq!(
+        db.count("(SELECT DISTINCT id FROM ev) d"),
+        BIG_ROWS,
+        "no row twice"
+    );
+}
+
 fn http_env(db: &TestDb, f: &Files, s: &Server) -> Vec<(&'static str, String)> {
     add_user(db, "loader", "uploader", "loader-password-1");
     add_user(db, "watcher", "viewer", "watcher-password-1");

@@ -119,9 +119,21 @@ impl TestDb {
 
     /// `nexus load … --json` and its parsed summary.
     pub fn load_json(&self, args: &[&str]) -> (Run, serde_json::Value) {
+        Self::summary(self.run(&Self::load_args(args)))
+    }
+
+    /// As [`TestDb::load_json`], with a model file.
+    pub fn load_json_with_models(&self, models: &Path, args: &[&str]) -> (Run, serde_json::Value) {
+        Self::summary(self.run_with_models(models, &Self::load_args(args)))
+    }
+
+    fn load_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
         let mut all = vec!["load", "--json"];
         all.extend_from_slice(args);
-        let r = self.run(&all);
+        all
+    }
+
+    fn summary(r: Run) -> (Run, serde_json::Value) {
         let v = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {r:?}"));
         (r, v)
     }

@@ -14,7 +14,8 @@ environment:
   MCP_GOOD_FILE   a `person` CSV with MCP_GOOD_ROWS rows, of which the lines
                   in MCP_REJECT_LINES (comma separated) are rejected
   MCP_BIG_FILE    an `ev` CSV big enough to cancel while it runs
-  MCP_SCENARIOS   the scenarios to run, comma separated (default: all)
+  MCP_SCENARIOS   the scenarios to run, comma separated (default: all but
+                  leave_running, which needs MCP_LEFT_FILE)
   MCP_OUTSIDE_FILE, MCP_LINK_FILE
                   http: a file outside NEXUS_MCP_ROOTS, and a symlink inside
                   them pointing to it
@@ -277,6 +278,19 @@ async def cancel_by_tool(c, facts):
     facts["cancelled_by_tool"] = done
 
 
+async def leave_running(c, facts):
+    """A load still running when the client goes (stdio: it stops at a batch
+    boundary, resumable)."""
+    job = structured(await c.call_tool("load_file", {"model": "ev", "path": env["MCP_LEFT_FILE"]}), "load_file")
+    with anyio.fail_after(120):
+        while True:
+            now = structured(await c.call_tool("job_status", {"job_id": job["job_id"]}), "job_status")
+            if now["rows_committed"] > 0:
+                break
+            await anyio.sleep(0.05)
+    facts["left_running"] = job["job_id"]
+
+
 async def http_rules(facts):
     """Roles, roots, authentication and Origin, over HTTP only."""
     async with client(env["MCP_VIEWER_TOKEN"]) as v:
@@ -310,12 +324,14 @@ async def http_rules(facts):
 
 
 SCENARIOS = [describe, load_with_progress, load_and_poll, malformed, cancel_by_call, cancel_by_tool]
+OPTIONAL = [leave_running]
 
 
 async def main():
     facts = {}
     wanted = env.get("MCP_SCENARIOS")
-    chosen = [s for s in SCENARIOS if not wanted or s.__name__ in wanted.split(",")]
+    chosen = [s for s in SCENARIOS + OPTIONAL
+              if s.__name__ in (wanted.split(",") if wanted else [x.__name__ for x in SCENARIOS])]
     async with client() as c:
         for scenario in chosen:
             await scenario(c, facts)
