@@ -170,6 +170,9 @@ impl UploadOptions {
 /// way is a new job, not a resume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 struct Reading {
+    /// Absent in jobs made before NDJSON: CSV.
+    #[serde(default)]
+    format: nexus_pipeline::model::InputFormat,
     encoding: String,
     delimiter: u8,
     quote: u8,
@@ -187,6 +190,7 @@ impl JobOptions {
             has_header,
             upload: None,
             reading: Some(Reading {
+                format: input.format,
                 encoding: input.encoding.name().to_string(),
                 delimiter: input.delimiter,
                 quote: input.quote,

@@ -8,6 +8,7 @@ use crate::encode::{
     COPY_HEADER, COPY_TRAILER, FieldError, check_server_value, encode_field, put_i16, put_i32,
     put_i64,
 };
+use crate::model::InputFormat;
 use crate::plan::Plan;
 
 /// How much of a rejected record's text is kept.
@@ -279,16 +280,34 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
             );
             continue;
         }
-        if parse_fields(
-            record,
-            input.delimiter,
-            input.quote,
-            &mut scratch.fields_buf,
-            &mut scratch.fields,
-        ) == Err(Unterminated)
-        {
-            reject(None, "unterminated quoted field".into());
-            continue;
+        match input.format {
+            InputFormat::Csv => {
+                if parse_fields(
+                    record,
+                    input.delimiter,
+                    input.quote,
+                    &mut scratch.fields_buf,
+                    &mut scratch.fields,
+                ) == Err(Unterminated)
+                {
+                    reject(None, "unterminated quoted field".into());
+                    continue;
+                }
+            }
+            InputFormat::Ndjson => {
+                let null_text = input.null.first().map_or(&[][..], Vec::as_slice);
+                if let Err(e) = crate::ndjson::object_fields(
+                    record,
+                    &model.columns,
+                    model.extra_columns_ignore,
+                    std::str::from_utf8(null_text).unwrap_or_default(),
+                    &mut scratch.fields_buf,
+                    &mut scratch.fields,
+                ) {
+                    reject(e.column.as_deref(), e.reason);
+                    continue;
+                }
+            }
         }
         if scratch.fields.len() != plan.input_fields {
             reject(
@@ -317,9 +336,13 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                 if col.required {
                     copy.truncate(row_start);
                     undefer(&mut deferred, rows.len());
+                    let missing = match input.format {
+                        InputFormat::Csv => "empty",
+                        InputFormat::Ndjson => "null or absent",
+                    };
                     reject(
                         Some(&col.name),
-                        format!("`{}` is required but empty", col.name),
+                        format!("`{}` is required but {missing}", col.name),
                     );
                     continue 'records;
                 }

@@ -38,6 +38,8 @@ pub struct RecordReader<R> {
     eof: bool,
     started: bool,
     quote: u8,
+    /// False for a reader of lines, where no byte quotes.
+    quoting: bool,
     max_record: usize,
     /// Line on which the next record starts.
     line: u64,
@@ -55,6 +57,7 @@ impl<R: Read> RecordReader<R> {
             eof: false,
             started: false,
             quote,
+            quoting: true,
             max_record,
             line: 1,
             prev_cr: false,
@@ -99,6 +102,15 @@ impl<R: Read> RecordReader<R> {
         Ok(self.pos < self.len)
     }
 
+    /// A reader of lines (NDJSON): every line end ends a record.
+    pub fn lines(src: R, max_record: usize) -> RecordReader<R> {
+        RecordReader {
+            quote: b'\n',
+            quoting: false,
+            ..RecordReader::new(src, b'"', max_record)
+        }
+    }
+
     /// Appends the next record's bytes (without its line end) to `out`.
     pub fn read_record(&mut self, out: &mut Vec<u8>) -> io::Result<Option<RecordInfo>> {
         if !self.fill()? {
@@ -133,7 +145,7 @@ impl<R: Read> RecordReader<R> {
             let b = chunk[i];
             let lf_of_crlf = b == b'\n' && i == 0 && self.prev_cr;
             self.prev_cr = b == b'\r';
-            if b == self.quote || in_quote {
+            if self.quoting && (b == self.quote || in_quote) {
                 if b == self.quote {
                     in_quote = !in_quote;
                 } else if !lf_of_crlf {

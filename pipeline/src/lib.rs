@@ -12,6 +12,7 @@ pub mod duration;
 pub mod encode;
 pub mod formats;
 pub mod model;
+pub mod ndjson;
 pub mod plan;
 pub mod progress;
 pub mod runner;

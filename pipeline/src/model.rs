@@ -68,6 +68,8 @@ pub struct ModelDef {
 #[serde(deny_unknown_fields)]
 pub struct InputDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<InputFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub null: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
@@ -92,6 +94,7 @@ impl InputDef {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
         }
         take!(
+            format,
             null,
             timezone,
             encoding,
@@ -231,9 +234,58 @@ impl TimeZone {
     }
 }
 
+/// How records are written in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// PostgreSQL's CSV: a header row (or fields by position), quoting.
+    #[default]
+    Csv,
+    /// One JSON object per line; keys name columns as a CSV header does.
+    Ndjson,
+}
+
+impl InputFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Csv => "csv",
+            InputFormat::Ndjson => "ndjson",
+        }
+    }
+
+    /// The format a file's name says, through a `.gz` or `.zst`: `.ndjson`
+    /// and `.jsonl` are NDJSON, `.csv` CSV; others say nothing.
+    pub fn of_name(name: &str) -> Option<InputFormat> {
+        let name = name.to_ascii_lowercase();
+        let base = name
+            .strip_suffix(".gz")
+            .or_else(|| name.strip_suffix(".zst"))
+            .unwrap_or(&name);
+        if base.ends_with(".ndjson") || base.ends_with(".jsonl") {
+            Some(InputFormat::Ndjson)
+        } else if base.ends_with(".csv") {
+            Some(InputFormat::Csv)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::str::FromStr for InputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<InputFormat, String> {
+        match s {
+            "csv" => Ok(InputFormat::Csv),
+            "ndjson" | "jsonl" => Ok(InputFormat::Ndjson),
+            other => Err(format!("`{other}` is not a format: use csv or ndjson")),
+        }
+    }
+}
+
 /// Every per-load input option, resolved.
 #[derive(Debug, Clone)]
 pub struct InputOptions {
+    pub format: InputFormat,
     /// Unquoted field texts that mean NULL.
     pub null: Vec<Vec<u8>>,
     pub timezone: TimeZone,
@@ -274,6 +326,7 @@ impl InputOptions {
             return Err("max_record_bytes must be at least 1024".into());
         }
         Ok(InputOptions {
+            format: def.format.unwrap_or_default(),
             null: def
                 .null
                 .clone()

@@ -25,6 +25,7 @@ use crossbeam_channel::bounded;
 
 use crate::batch::{EncodedBatch, RawBatch, Scratch, encode_batch};
 use crate::csv::{RecordReader, parse_fields};
+use crate::model::InputFormat;
 use crate::model::Model;
 use crate::plan::{Plan, PlanError};
 
@@ -115,8 +116,15 @@ fn start_with(
     mut sink: impl FnMut(EncodedBatch) -> bool + Send + 'static,
     encode: Encoder,
 ) -> Result<Stages, PipelineError> {
-    let mut reader = RecordReader::new(input, model.input.quote, model.input.max_record_bytes);
-    let plan = if opts.has_header {
+    let ndjson = model.input.format == InputFormat::Ndjson;
+    let mut reader = if ndjson {
+        RecordReader::lines(input, model.input.max_record_bytes)
+    } else {
+        RecordReader::new(input, model.input.quote, model.input.max_record_bytes)
+    };
+    // An NDJSON line names its columns itself: fields come in model order.
+    let has_header = opts.has_header && !ndjson;
+    let plan = if has_header {
         let mut header = Vec::new();
         let info = reader.read_record(&mut header)?.ok_or(PlanError::Empty)?;
         if info.unterminated || info.oversized {
@@ -186,7 +194,7 @@ fn start_with(
                     break;
                 }
             }
-            if stats.records == 0 && !opts.has_header {
+            if stats.records == 0 && !has_header {
                 return Err(PlanError::Empty.into());
             }
             Ok(stats)

@@ -11,7 +11,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use nexus_loaders::jobs::{self, JobRecord, NewJob};
 use nexus_loaders::load::UploadOptions;
 use nexus_loaders::{JobStatus, Mode};
-use nexus_pipeline::model::InputDef;
+use nexus_pipeline::model::{InputDef, InputFormat};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -63,6 +63,7 @@ impl CreateParams {
     pub(crate) fn upload_options(&self) -> UploadOptions {
         UploadOptions {
             input: InputDef {
+                format: self.format.map(FormatParam::format),
                 null: self.null.clone().map(|n| vec![n]),
                 timezone: self.timezone.clone(),
                 encoding: self.encoding.map(|e| e.name().to_string()),
@@ -99,11 +100,70 @@ impl EncodingParam {
     }
 }
 
-/// Input formats this build reads.
+/// Input formats this build reads: CSV, or NDJSON (one JSON object per
+/// line). Without one: by the upload's Content-Type (`text/csv`,
+/// `application/x-ndjson`) or file name (`.ndjson`, `.jsonl`), else the
+/// model's.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatParam {
     Csv,
+    Ndjson,
+}
+
+impl From<InputFormat> for FormatParam {
+    fn from(f: InputFormat) -> FormatParam {
+        match f {
+            InputFormat::Csv => FormatParam::Csv,
+            InputFormat::Ndjson => FormatParam::Ndjson,
+        }
+    }
+}
+
+impl FormatParam {
+    pub fn format(self) -> InputFormat {
+        match self {
+            FormatParam::Csv => InputFormat::Csv,
+            FormatParam::Ndjson => InputFormat::Ndjson,
+        }
+    }
+}
+
+/// The format an upload's Content-Type or file name names, for a query
+/// without `format`.
+fn sniffed_format(
+    query: &str,
+    content_type: Option<&str>,
+    name: Option<&str>,
+) -> Option<InputFormat> {
+    if query.split('&').any(|p| p.starts_with("format=")) {
+        return None;
+    }
+    let by_type = content_type.and_then(|t| {
+        let t = t
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match t.as_str() {
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/jsonlines" => Some(InputFormat::Ndjson),
+            "text/csv" => Some(InputFormat::Csv),
+            _ => None,
+        }
+    });
+    by_type.or_else(|| name.and_then(InputFormat::of_name))
+}
+
+/// The query with the format an upload says it is, unless it names one.
+fn with_sniffed_format(query: &str, content_type: Option<&str>, name: Option<&str>) -> String {
+    match sniffed_format(query, content_type, name) {
+        Some(f) => format!("{query}&format={}", f.as_str()),
+        None => query.to_string(),
+    }
 }
 
 /// The bytes of an uploaded file (a non-empty binary string).
@@ -174,8 +234,6 @@ impl CreateParams {
     pub(crate) fn accept_for(self, model: &nexus_pipeline::Model) -> Result<Accepted, String> {
         let upload = self.upload_options();
         let model = model.with_input(&upload.input).map_err(|e| e.to_string())?;
-        // Csv is the only format this build reads; the enum enforces it.
-        let _ = self.format;
         let mode = self.mode.unwrap_or(Mode::Append);
         if mode == Mode::Upsert && model.key.is_empty() {
             return Err(format!("model `{}` has no key to upsert on", model.name));
@@ -293,6 +351,7 @@ pub async fn create(
                 ));
                 continue;
             }
+            let query = with_sniffed_format(&query, field.content_type(), field.file_name());
             let accepted = accept(&state, &query)?;
             let name = field.file_name().map(display_name);
             let stream: ByteStream = Box::pin(field.map_err(std::io::Error::other));
@@ -301,6 +360,11 @@ pub async fn create(
         }
         found.ok_or_else(|| bad("the multipart body has no `file` part"))?
     } else {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let query = with_sniffed_format(&query, content_type, filename_header.as_deref());
         let accepted = accept(&state, &query)?;
         let stream: ByteStream = Box::pin(
             req.into_body()

@@ -14,7 +14,7 @@ use nexus_loaders::jobs::JobRecord;
 use nexus_loaders::load::{LoadOutcome, LoadRequest, run_load};
 use nexus_loaders::{JobStatus, Mode};
 use nexus_pipeline::Model;
-use nexus_pipeline::model::InputDef;
+use nexus_pipeline::model::{InputDef, InputFormat};
 use nexus_pipeline::progress::Progress;
 use tokio_util::sync::CancellationToken;
 
@@ -38,9 +38,11 @@ pub struct LoadArgs {
     /// replace (empty the table and load, in one transaction).
     #[arg(long, default_value_t = Mode::Append, value_parser = str::parse::<Mode>)]
     mode: Mode,
-    /// Input format (csv; ndjson and parquet are not supported yet).
-    #[arg(long, default_value = "csv")]
-    format: String,
+    /// Input format: csv, ndjson (one JSON object per line), or auto: by
+    /// the file's name (`.ndjson`, `.jsonl`, through `.gz`/`.zst`), else
+    /// the model's (csv unless it says).
+    #[arg(long, default_value = "auto", value_parser = parse_format)]
+    format: FormatArg,
     /// Field delimiter (one ASCII character; `\t` for tab).
     #[arg(long)]
     delimiter: Option<String>,
@@ -111,6 +113,7 @@ impl LoadArgs {
 
     fn overrides(&self) -> InputDef {
         InputDef {
+            format: None,
             null: (!self.null.is_empty()).then(|| self.null.clone()),
             timezone: self.timezone.clone(),
             encoding: self.encoding.clone(),
@@ -124,12 +127,6 @@ impl LoadArgs {
 }
 
 pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<u8> {
-    if args.format != "csv" {
-        return Err(exit::usage(format!(
-            "--format {}: only csv is supported in this version",
-            args.format
-        )));
-    }
     let models = db::models(config)?;
     let named = match &args.model {
         Some(name) => Some(models.get(name).map_err(|e| exit::usage(e.to_string()))?),
@@ -207,6 +204,24 @@ async fn load_all(
                 (file.clone(), h)
             }
         };
+        let format = args
+            .format
+            .0
+            .or_else(|| InputFormat::of_name(&file.to_string_lossy()))
+            .unwrap_or(model.input.format);
+        let model = if format == model.input.format {
+            model.clone()
+        } else {
+            let input = InputDef {
+                format: Some(format),
+                ..Default::default()
+            };
+            Arc::new(
+                model
+                    .with_input(&input)
+                    .map_err(|e| exit::usage(e.to_string()))?,
+            )
+        };
         let req = LoadRequest {
             model: model.clone(),
             model_key: model_key.clone(),
@@ -263,6 +278,17 @@ async fn load_all(
     }
     super::cache::finish(&cache, database).await?;
     Ok(code)
+}
+
+/// `--format`: a format, or none (`auto`).
+#[derive(Debug, Clone, Copy)]
+struct FormatArg(Option<InputFormat>);
+
+fn parse_format(v: &str) -> Result<FormatArg, String> {
+    match v {
+        "auto" => Ok(FormatArg(None)),
+        other => other.parse().map(|f| FormatArg(Some(f))),
+    }
 }
 
 fn exit_code(o: &LoadOutcome) -> u8 {

@@ -174,9 +174,11 @@ pub struct LoadFileArgs {
     /// (instead of a model).
     pub table: Option<String>,
     /// The file to load: an absolute path on the server (over HTTP only
-    /// under the directories the server allows). CSV, optionally .gz or .zst.
+    /// under the directories the server allows). CSV or NDJSON, optionally
+    /// .gz or .zst.
     pub path: Option<String>,
-    /// The data itself, as CSV text (up to 1 MiB), instead of a path.
+    /// The data itself, as CSV (or NDJSON) text, up to 1 MiB, instead of a
+    /// path.
     pub content: Option<String>,
     /// Load the file uploaded for this earlier job again (for example with
     /// corrected options), instead of a path.
@@ -184,6 +186,8 @@ pub struct LoadFileArgs {
     /// append (default), upsert (by the model's key; the last row for a
     /// key wins) or replace (empty the table and load, in one transaction).
     pub mode: Option<Mode>,
+    /// csv or ndjson (one JSON object per line); by default, from the
+    /// path's extension (`.ndjson`, `.jsonl`), else the model's (csv).
     pub format: Option<FormatParam>,
     /// Load the whole file in one transaction: all rows or none.
     pub atomic: Option<bool>,
@@ -756,6 +760,10 @@ impl NexusMcp {
                 ));
             }
         };
+        if let (None, Source::Path(path)) = (args.format, &source) {
+            // As `nexus load` does: by the file's name, else the model's.
+            args.format = nexus_pipeline::model::InputFormat::of_name(path).map(FormatParam::from);
+        }
         let target = match (&args.model, &args.table) {
             (Some(model), None) => {
                 let accepted = args
