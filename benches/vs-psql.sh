@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side by side: `psql \copy` (CSV) against `nexus load` of the same
+# Side by side: `psql \copy` (CSV) against `nexus load` of the same (and of
+# the same rows as NDJSON)
 # deterministic 1,000,000-row customer CSV, into fresh logged tables with the
 # primary key, alternating, 3 rounds each. Prints the median rows/s of each,
 # their ratio, and nexus's peak RSS (from /usr/bin/time -v).
@@ -17,6 +18,16 @@ data=bench-data
 mkdir -p "$data"
 csv="$data/customer-$rows.csv"
 [ -s "$csv" ] || python3 benches/gen-customers.py "$rows" > "$csv"
+# The same rows as NDJSON: numbers and booleans as JSON values, the rest strings.
+ndjson="$data/customer-$rows.ndjson"
+[ -s "$ndjson" ] || python3 - "$csv" > "$ndjson" <<'PY'
+import csv, json, sys
+numbers = {"id", "credit_limit", "score"}
+for row in csv.DictReader(open(sys.argv[1], newline="")):
+    obj = {k: (None if v == "" else json.loads(v) if k in numbers else v == "true" if k == "active" else v)
+           for k, v in row.items()}
+    print(json.dumps(obj, ensure_ascii=False))
+PY
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)"; exit 2; }
 cargo build --release --quiet
 nexus=target/release/nexus
@@ -27,7 +38,7 @@ export DATABASE_URL="$url"
 $nexus migrate --schema-only >/dev/null
 
 now() { date +%s.%N; }
-psql_rates=(); nexus_rates=(); rss=()
+psql_rates=(); nexus_rates=(); ndjson_rates=(); rss=()
 for round in $(seq 1 "$rounds"); do
   psql -q "$url" -c "DROP TABLE IF EXISTS customer_psql" \
     -c "CREATE TABLE customer_psql (id bigint PRIMARY KEY, external_id uuid, name text NOT NULL,
@@ -46,17 +57,27 @@ for round in $(seq 1 "$rounds"); do
   rss+=("$(awk '/Maximum resident/ {print $NF}' "$data/time.txt")")
   n=$(psql -qtA "$url" -c "SELECT count(*) FROM customer")
   [ "$n" = "$rows" ] || { echo "nexus loaded $n rows, expected $rows"; exit 1; }
-  echo "round $round: psql ${psql_rates[-1]} rows/s, nexus ${nexus_rates[-1]} rows/s, nexus peak RSS ${rss[-1]} KiB"
+  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE"
+  t0=$(now)
+  /usr/bin/time -v -o "$data/time.txt" $nexus load --model customer "$ndjson" >/dev/null
+  t1=$(now)
+  ndjson_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
+  rss+=("$(awk '/Maximum resident/ {print $NF}' "$data/time.txt")")
+  n=$(psql -qtA "$url" -c "SELECT count(*) FROM customer")
+  [ "$n" = "$rows" ] || { echo "nexus loaded $n NDJSON rows, expected $rows"; exit 1; }
+  echo "round $round: psql ${psql_rates[-1]} rows/s, nexus ${nexus_rates[-1]} rows/s, nexus NDJSON ${ndjson_rates[-1]} rows/s, nexus peak RSS ${rss[-1]} KiB"
 done
-python3 - "${psql_rates[*]}" "${nexus_rates[*]}" "${rss[*]}" <<'PY'
+python3 - "${psql_rates[*]}" "${nexus_rates[*]}" "${rss[*]}" "${ndjson_rates[*]}" <<'PY'
 import statistics, sys
 p = [int(x) for x in sys.argv[1].split()]
 n = [int(x) for x in sys.argv[2].split()]
 r = [int(x) for x in sys.argv[3].split()]
+j = [int(x) for x in sys.argv[4].split()]
 mp, mn = statistics.median(p), statistics.median(n)
 print(f"median psql \\copy: {mp:,.0f} rows/s")
 print(f"median nexus load: {mn:,.0f} rows/s")
 print(f"ratio nexus/psql: {mn / mp:.2f}")
+print(f"median nexus load of the same rows as NDJSON: {statistics.median(j):,.0f} rows/s ({statistics.median(j) / mp:.2f} x psql's CSV)")
 print(f"nexus peak RSS: {max(r) / 1024:.1f} MiB (max of {len(r)} runs)")
 PY
 psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db"

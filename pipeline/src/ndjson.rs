@@ -9,36 +9,12 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::csv::Field;
 use crate::model::Column;
 use crate::types::ColumnType;
-
-/// An object's members in the order written, duplicates kept (to refuse).
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Object;
-        impl<'de> Visitor<'de> for Object {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    members.push(entry);
-                }
-                Ok(Members(members))
-            }
-        }
-        d.deserialize_map(Object)
-    }
-}
 
 /// Why a line is rejected, and the column it is about, if one.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +49,144 @@ fn message(e: &serde_json::Error) -> String {
     }
 }
 
+/// Fills the fields from an object's members as they are read, with no
+/// allocation per line beyond an escaped key or string.
+struct Object<'a> {
+    columns: &'a [Column],
+    ignore_extra: bool,
+    buf: &'a mut String,
+    fields: &'a mut [Field],
+    /// Columns given so far (a key twice is refused).
+    seen: Seen,
+    /// Why the line is refused, when the visitor stopped for it.
+    refused: Option<LineError>,
+}
+
+/// Which columns a line has given: bits for the usual widths, a vector
+/// for wider models.
+enum Seen {
+    Bits(u128),
+    Wide(Vec<bool>),
+}
+
+impl Seen {
+    fn new(n: usize) -> Seen {
+        if n <= 128 {
+            Seen::Bits(0)
+        } else {
+            Seen::Wide(vec![false; n])
+        }
+    }
+
+    /// Marks `at`; whether it was marked already.
+    fn mark(&mut self, at: usize) -> bool {
+        match self {
+            Seen::Bits(b) => {
+                let was = *b & (1 << at) != 0;
+                *b |= 1 << at;
+                was
+            }
+            Seen::Wide(v) => std::mem::replace(&mut v[at], true),
+        }
+    }
+}
+
+impl Object<'_> {
+    /// One member: its field, or why the line is refused.
+    fn member(&mut self, key: &str, raw: &RawValue) -> Result<(), LineError> {
+        // As a CSV header names columns: by source (or name), any case.
+        let Some(at) = self
+            .columns
+            .iter()
+            .position(|c| c.header().eq_ignore_ascii_case(key))
+        else {
+            if self.ignore_extra {
+                return Ok(());
+            }
+            return Err(LineError::line(format!(
+                "key `{}` names no column of the model",
+                key.chars().take(60).collect::<String>()
+            )));
+        };
+        let column = &self.columns[at];
+        if self.seen.mark(at) {
+            return Err(LineError::column(
+                column,
+                format!("key `{key}` appears more than once"),
+            ));
+        }
+        let text = raw.get();
+        let start = self.buf.len() as u32;
+        match text.as_bytes().first() {
+            Some(b'n') => return Ok(()),
+            Some(b'"') => {
+                let inner = &text[1..text.len() - 1];
+                if inner.contains('\\') {
+                    let s: Cow<str> = serde_json::from_str(text).map_err(|e| {
+                        LineError::column(
+                            column,
+                            format!("not a valid JSON string: {}", message(&e)),
+                        )
+                    })?;
+                    if s.contains('\0') {
+                        return Err(LineError::column(
+                            column,
+                            "contains a NUL character (\\u0000), which PostgreSQL cannot store in any value"
+                                .into(),
+                        ));
+                    }
+                    self.buf.push_str(&s);
+                } else {
+                    // No escape: the text between the quotes is the string.
+                    self.buf.push_str(inner);
+                }
+            }
+            Some(b'{') | Some(b'[') if column.ty != ColumnType::Jsonb => {
+                return Err(LineError::column(
+                    column,
+                    format!(
+                        "`{}` ({}) takes a string, number or boolean, not a JSON {}",
+                        column.name,
+                        column.ty,
+                        if text.starts_with('{') {
+                            "object"
+                        } else {
+                            "array"
+                        }
+                    ),
+                ));
+            }
+            // A number, true, false, or a nested value: its JSON text.
+            _ => self.buf.push_str(text),
+        }
+        self.fields[at] = Field {
+            start,
+            end: self.buf.len() as u32,
+            quoted: true,
+        };
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for &mut Object<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            if let Err(e) = self.member(&key, raw) {
+                self.refused = Some(e);
+                return Err(serde::de::Error::custom("refused"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Fills `fields` (one per column, in the model's order) and `buf` from
 /// one line; why it is rejected otherwise. A NULL field is the text
 /// `null_text` unquoted, which the encoder reads as NULL.
@@ -98,77 +212,28 @@ pub fn object_fields(
             "an empty line: each line must hold one JSON object".into(),
         ));
     }
-    let members: Members = serde_json::from_str(line).map_err(|e| {
+    let mut object = Object {
+        columns,
+        ignore_extra,
+        buf,
+        fields,
+        seen: Seen::new(columns.len()),
+        refused: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(line);
+    let parsed = (&mut de)
+        .deserialize_map(&mut object)
+        .and_then(|()| de.end());
+    if let Some(refused) = object.refused {
+        return Err(refused);
+    }
+    parsed.map_err(|e| {
         LineError::line(if e.is_data() {
             format!("not a JSON object: {}", message(&e))
         } else {
             format!("not valid JSON: {}", message(&e))
         })
-    })?;
-    let mut seen = vec![false; columns.len()];
-    for (key, raw) in members.0 {
-        // As a CSV header names columns: by source (or name), any case.
-        let Some(at) = columns
-            .iter()
-            .position(|c| c.header().eq_ignore_ascii_case(&key))
-        else {
-            if ignore_extra {
-                continue;
-            }
-            return Err(LineError::line(format!(
-                "key `{}` names no column of the model",
-                key.chars().take(60).collect::<String>()
-            )));
-        };
-        let column = &columns[at];
-        if std::mem::replace(&mut seen[at], true) {
-            return Err(LineError::column(
-                column,
-                format!("key `{key}` appears more than once"),
-            ));
-        }
-        let text = raw.get();
-        let start = buf.len() as u32;
-        match text.as_bytes().first() {
-            Some(b'n') => continue,
-            Some(b'"') => {
-                let s: Cow<str> = serde_json::from_str(text).map_err(|e| {
-                    LineError::column(column, format!("not a valid JSON string: {}", message(&e)))
-                })?;
-                if s.contains('\0') {
-                    return Err(LineError::column(
-                        column,
-                        "contains a NUL character (\\u0000), which PostgreSQL cannot store in any value"
-                            .into(),
-                    ));
-                }
-                buf.push_str(&s);
-            }
-            Some(b'{') | Some(b'[') if column.ty != ColumnType::Jsonb => {
-                return Err(LineError::column(
-                    column,
-                    format!(
-                        "`{}` ({}) takes a string, number or boolean, not a JSON {}",
-                        column.name,
-                        column.ty,
-                        if text.starts_with('{') {
-                            "object"
-                        } else {
-                            "array"
-                        }
-                    ),
-                ));
-            }
-            // A number, true, false, or a nested value: its JSON text.
-            _ => buf.push_str(text),
-        }
-        fields[at] = Field {
-            start,
-            end: buf.len() as u32,
-            quoted: true,
-        };
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
