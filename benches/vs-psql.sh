@@ -39,6 +39,19 @@ $nexus migrate --schema-only >/dev/null
 
 now() { date +%s.%N; }
 psql_rates=(); nexus_rates=(); ndjson_rates=(); rss=()
+# Loads FILE into a fresh `customer` table: sets $rate (rows/s), adds its
+# peak RSS to rss, and checks every row arrived.
+nexus_load() {
+  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE"
+  local t0 t1 n
+  t0=$(now)
+  /usr/bin/time -v -o "$data/time.txt" $nexus load --model customer "$1" >/dev/null
+  t1=$(now)
+  rate=$(python3 -c "print(round($rows/($t1-$t0)))")
+  rss+=("$(awk '/Maximum resident/ {print $NF}' "$data/time.txt")")
+  n=$(psql -qtA "$url" -c "SELECT count(*) FROM customer")
+  [ "$n" = "$rows" ] || { echo "nexus loaded $n rows of $1, expected $rows"; exit 1; }
+}
 for round in $(seq 1 "$rounds"); do
   psql -q "$url" -c "DROP TABLE IF EXISTS customer_psql" \
     -c "CREATE TABLE customer_psql (id bigint PRIMARY KEY, external_id uuid, name text NOT NULL,
@@ -49,22 +62,8 @@ for round in $(seq 1 "$rounds"); do
   t1=$(now)
   psql_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
 
-  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE"
-  t0=$(now)
-  /usr/bin/time -v -o "$data/time.txt" $nexus load --model customer "$csv" >/dev/null
-  t1=$(now)
-  nexus_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
-  rss+=("$(awk '/Maximum resident/ {print $NF}' "$data/time.txt")")
-  n=$(psql -qtA "$url" -c "SELECT count(*) FROM customer")
-  [ "$n" = "$rows" ] || { echo "nexus loaded $n rows, expected $rows"; exit 1; }
-  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE"
-  t0=$(now)
-  /usr/bin/time -v -o "$data/time.txt" $nexus load --model customer "$ndjson" >/dev/null
-  t1=$(now)
-  ndjson_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
-  rss+=("$(awk '/Maximum resident/ {print $NF}' "$data/time.txt")")
-  n=$(psql -qtA "$url" -c "SELECT count(*) FROM customer")
-  [ "$n" = "$rows" ] || { echo "nexus loaded $n NDJSON rows, expected $rows"; exit 1; }
+  nexus_load "$csv"; nexus_rates+=("$rate")
+  nexus_load "$ndjson"; ndjson_rates+=("$rate")
   echo "round $round: psql ${psql_rates[-1]} rows/s, nexus ${nexus_rates[-1]} rows/s, nexus NDJSON ${ndjson_rates[-1]} rows/s, nexus peak RSS ${rss[-1]} KiB"
 done
 python3 - "${psql_rates[*]}" "${nexus_rates[*]}" "${rss[*]}" "${ndjson_rates[*]}" <<'PY'
