@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::io::Read as _;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -251,12 +253,13 @@ fn writer_connections_killed_mid_load_are_retried_without_loss_or_duplicates() {
     let db = TestDb::new();
     let (models, file) = setup(&db);
     db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
-    let child = Reaped(Some(
+    let mut child = Reaped(Some(
         db.nexus()
             .env("NEXUS_MODELS", &models)
             .env("NEXUS_COPY_CONNECTIONS", "2")
             .args(["load", "--json", "--model", "ev", file.to_str().unwrap()])
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     ));
@@ -264,7 +267,32 @@ fn writer_connections_killed_mid_load_are_retried_without_loss_or_duplicates() {
     // then a closed connection): the writers reconnect and carry on.
     for at in [5, 200] {
         wait_for("batches to commit", Duration::from_secs(120), || {
-            common::batches(&db) >= at
+            if common::batches(&db) >= at {
+                return true;
+            }
+            // A load that ended short says why at once.
+            if let Ok(Some(status)) = child.get().try_wait() {
+                let mut said = String::new();
+                for out in [
+                    child
+                        .get()
+                        .stdout
+                        .take()
+                        .map(|s| Box::new(s) as Box<dyn std::io::Read>),
+                    child
+                        .get()
+                        .stderr
+                        .take()
+                        .map(|s| Box::new(s) as Box<dyn std::io::Read>),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let _ = { out }.read_to_string(&mut said);
+                }
+                panic!("the load ended ({status}) before {at} batches: {said}");
+            }
+            false
         });
         let killed = db.value(
             "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity
