@@ -6,17 +6,10 @@
 #
 # usage: benches/mcp.sh [ROWS]   (needs PostgreSQL as benches/vs-psql.sh does,
 #        and the MCP client's venv: tests/mcp/.venv, made by scripts/test.sh)
-set -euo pipefail
-export PGOPTIONS="-c client_min_messages=warning"
-cd "$(dirname "$0")/.."
-rows=${1:-1000000}
-rounds=${ROUNDS:-3}
-admin_url=${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+source "$(dirname "$0")/common.sh"
 db=nexus_bench_mcp
-data=bench-data
 python=tests/mcp/.venv/bin/python
 [ -x "$python" ] || { echo "needs $python (scripts/test.sh makes it)"; exit 2; }
-mkdir -p "$data"
 csv="$(pwd)/$data/customer-$rows.csv"
 [ -s "$csv" ] || python3 benches/gen-customers.py "$rows" > "$csv"
 cargo build --release --quiet

@@ -7,15 +7,8 @@
 #
 # usage: benches/vs-psql.sh [ROWS]     (needs PostgreSQL; DATABASE_URL or
 #        the local server on 127.0.0.1:5432 as user postgres)
-set -euo pipefail
-export PGOPTIONS="-c client_min_messages=warning"
-cd "$(dirname "$0")/.."
-rows=${1:-1000000}
-rounds=${ROUNDS:-3}
-admin_url=${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+source "$(dirname "$0")/common.sh"
 db=nexus_bench
-data=bench-data
-mkdir -p "$data"
 csv="$data/customer-$rows.csv"
 [ -s "$csv" ] || python3 benches/gen-customers.py "$rows" > "$csv"
 # The same rows as NDJSON: numbers and booleans as JSON values, the rest strings.
