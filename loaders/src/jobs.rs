@@ -285,6 +285,18 @@ pub async fn set_storage_key(
     Ok(())
 }
 
+/// Where a job's file is stored, if it still names one.
+pub async fn storage_key(
+    c: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(
+        c.query_opt("SELECT storage_key FROM nexus.jobs WHERE id = $1", &[&id])
+            .await?
+            .and_then(|r| r.get(0)),
+    )
+}
+
 pub async fn mark_skipped(c: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
     c.execute(
         crate::status_sql!("UPDATE nexus.jobs SET status = {skipped}, finished_at = now(), lease_owner = NULL WHERE id = $1"),

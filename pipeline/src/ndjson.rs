@@ -120,8 +120,15 @@ impl Object<'_> {
         match text.as_bytes().first() {
             Some(b'n') => return Ok(()),
             Some(b'"') => {
-                let inner = &text[1..text.len() - 1];
-                if inner.contains('\\') {
+                // The text between the quotes, when it holds no escape, is the
+                // string itself.
+                let plain = text
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .filter(|t| !t.contains('\\'));
+                if let Some(plain) = plain {
+                    self.buf.push_str(plain);
+                } else {
                     let s: Cow<str> = serde_json::from_str(text).map_err(|e| {
                         LineError::column(
                             column,
@@ -136,9 +143,6 @@ impl Object<'_> {
                         ));
                     }
                     self.buf.push_str(&s);
-                } else {
-                    // No escape: the text between the quotes is the string.
-                    self.buf.push_str(inner);
                 }
             }
             Some(b'{') | Some(b'[') if column.ty != ColumnType::Jsonb => {

@@ -484,6 +484,14 @@ pub(crate) async fn live_counts(
     Ok(())
 }
 
+/// Whom a job shows to: its owner, and every admin.
+pub(crate) fn may_see(role: Role, username: &str, job: &JobRecord) -> bool {
+    role == Role::Admin || job.owner.as_deref() == Some(username)
+}
+
+/// Groups of rejects one answer shows, the largest first.
+pub(crate) const REJECT_GROUPS: i64 = 50;
+
 /// The job, if the user may see it.
 async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRecord, Problem> {
     // Every change of a job record is announced (`crate::events`), so a
@@ -502,9 +510,7 @@ async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRe
         }
     };
     let mut job = found
-        .filter(|j| {
-            user.0.role == Role::Admin || j.owner.as_deref() == Some(user.0.username.as_str())
-        })
+        .filter(|j| may_see(user.0.role, &user.0.username, j))
         .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     if job.status == JobStatus::Running {
         match state.hub.latest(id) {
@@ -606,7 +612,7 @@ pub async fn reject_summary(
 ) -> Result<Json<Vec<jobs::RejectGroup>>, Problem> {
     visible(&state, &user, id).await?;
     let db = state.pool.get().await?;
-    Ok(Json(jobs::reject_groups(&**db, id, 50).await?))
+    Ok(Json(jobs::reject_groups(&**db, id, REJECT_GROUPS).await?))
 }
 
 /// The job's rejects: all of them as CSV (`line,column,reason,raw`),

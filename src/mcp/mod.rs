@@ -93,7 +93,7 @@ impl Caller {
     }
 
     fn sees(&self, job: &JobRecord) -> bool {
-        self.role == Role::Admin || job.owner.as_deref() == Some(self.name.as_str())
+        crate::api::jobs::may_see(self.role, &self.name, job)
     }
 }
 
@@ -316,8 +316,6 @@ pub struct Invalidated {
 
 /// At most this many rejected rows in one answer.
 const REJECTS_MAX: i64 = 1000;
-/// Groups of rejects in one answer.
-const REJECT_GROUPS: i64 = 50;
 /// Jobs listed as resources.
 const JOB_RESOURCES: i64 = 50;
 /// How often a followed job's record is read, besides its events.
@@ -728,7 +726,7 @@ impl NexusMcp {
     async fn rejects(&self, caller: &Caller, id: Uuid, limit: i64) -> Result<Rejects, Refusal> {
         let job = self.job(caller, id).await?;
         let db = self.core.pool.get().await?;
-        let groups = jobs::reject_groups(&**db, id, REJECT_GROUPS).await?;
+        let groups = jobs::reject_groups(&**db, id, crate::api::jobs::REJECT_GROUPS).await?;
         let rejects = jobs::rejects_page(&**db, id, None, limit)
             .await?
             .into_iter()
@@ -866,14 +864,8 @@ impl NexusMcp {
             (Source::Upload(earlier), _) => {
                 self.job(caller, earlier).await?;
                 let db = core.pool.get().await?;
-                let key: Option<String> = db
-                    .query_opt(
-                        "SELECT storage_key FROM nexus.jobs WHERE id = $1",
-                        &[&earlier],
-                    )
+                let file = jobs::storage_key(&**db, earlier)
                     .await?
-                    .and_then(|r| r.get(0));
-                let file = key
                     .and_then(|k| std::fs::File::open(core.storage.local_path(&k)).ok())
                     .ok_or_else(|| {
                         Refusal(format!(
@@ -1006,17 +998,14 @@ impl NexusMcp {
         let mut sent = 0.0;
         let mut notify = async |done: i64, total: Option<i64>, message: String| {
             // Bytes are known in advance where rows are not; rows are in the message.
-            let (value, total) = match total.filter(|t| *t > 0) {
-                Some(t) => (done as f64, Some(t as f64)),
-                None => (done as f64, None),
-            };
+            let value = done as f64;
             if value <= sent {
                 return;
             }
             sent = value;
             let mut n = ProgressNotificationParam::new(token.clone(), value).with_message(message);
-            if let Some(t) = total {
-                n = n.with_total(t);
+            if let Some(t) = total.filter(|t| *t > 0) {
+                n = n.with_total(t as f64);
             }
             let _ = peer.notify_progress(n).await;
         };
