@@ -152,12 +152,27 @@ struct Statements {
 }
 
 impl Session {
+    /// Connects and prepares, all of it again on a transient failure while
+    /// `retry`'s window lasts: a connection can close between its startup
+    /// and the first statement (a failover that is still settling).
     async fn open(
         url: &str,
         target: &Target,
-        retry: Duration,
+        retry: &mut Retry,
     ) -> Result<Session, tokio_postgres::Error> {
-        let client = Self::connect(url, &target.timezone, retry).await?;
+        loop {
+            match Self::open_once(url, target).await {
+                Ok(s) => return Ok(s),
+                Err(e) if classify(&e) == ErrorKind::Transient && retry.again().await => {
+                    tracing::warn!(error = %e, attempt = retry.attempt, "connecting a COPY writer failed; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn open_once(url: &str, target: &Target) -> Result<Session, tokio_postgres::Error> {
+        let client = Self::connect(url, &target.timezone).await?;
         let rejects = client.prepare(INSERT_REJECTS).await?;
         let checkpoint = client.prepare(INSERT_CHECKPOINT).await?;
         client.batch_execute(&target.session_sql()).await?;
@@ -175,11 +190,7 @@ impl Session {
     /// share a transaction, so a crash loses both or neither, and the job's
     /// final (synchronous) commit flushes every batch commit before it.
     /// Its `TimeZone` is the load's, for the values the server reads.
-    async fn connect(
-        url: &str,
-        timezone: &str,
-        retry: Duration,
-    ) -> Result<Client, tokio_postgres::Error> {
+    async fn connect(url: &str, timezone: &str) -> Result<Client, tokio_postgres::Error> {
         // Session settings as startup parameters: the session never exists
         // without them, not even for a moment after it connects.
         let mut config: tokio_postgres::Config = url.parse()?;
@@ -189,7 +200,7 @@ impl Session {
             None => ours,
         };
         config.application_name("nexus writer").options(&options);
-        pg::connect_retrying_with(&config, retry).await
+        pg::connect_with(&config).await
     }
 }
 
@@ -274,7 +285,7 @@ impl BatchWriter {
         target: Arc<Target>,
         job_id: Uuid,
     ) -> Result<BatchWriter, tokio_postgres::Error> {
-        let session = Session::open(url, &target, target.retry).await?;
+        let session = Session::open(url, &target, &mut Retry::new(target.retry)).await?;
         Ok(BatchWriter {
             url: url.to_string(),
             job_id,
@@ -300,15 +311,7 @@ impl BatchWriter {
 
     /// Connects again within what is left of `retry`'s window.
     async fn reconnect(&mut self, retry: &mut Retry) -> Result<(), tokio_postgres::Error> {
-        self.session = loop {
-            match Session::open(&self.url, &self.rows.target, Duration::ZERO).await {
-                Ok(s) => break s,
-                Err(e) if classify(&e) == ErrorKind::Transient && retry.again().await => {
-                    tracing::warn!(error = %e, attempt = retry.attempt, "reconnecting a COPY writer failed; retrying");
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        self.session = Session::open(&self.url, &self.rows.target, retry).await?;
         Ok(())
     }
 
