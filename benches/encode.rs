@@ -47,6 +47,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("parse_validate_encode", |b| {
         b.iter(|| {
             let batch = RawBatch {
+                columns: None,
                 seq: 0,
                 data: raw.data.clone(),
                 records: raw.records.clone(),

@@ -67,6 +67,27 @@ pub struct LoadRequest {
     pub retry: Duration,
 }
 
+impl LoadRequest {
+    /// The request reading its file as the format the file's magic bytes
+    /// prove (Parquet, Arrow), whatever the name or the model said: a text
+    /// reader could make nothing of it.
+    fn in_proven_format(mut self) -> Result<LoadRequest, LoadError> {
+        let path = self.path.clone();
+        let Some(format) = nexus_pipeline::model::InputFormat::sniff_file(&path) else {
+            return Ok(self);
+        };
+        if format != self.model.input.format {
+            let input = nexus_pipeline::model::InputDef {
+                format: Some(format),
+                ..Default::default()
+            };
+            let model = self.model.with_input(&input);
+            self.model = Arc::new(model.map_err(|e| LoadError::Read(e.to_string()))?);
+        }
+        Ok(self)
+    }
+}
+
 #[derive(Debug)]
 pub struct LoadOutcome {
     pub job: JobRecord,
@@ -488,6 +509,9 @@ async fn start_reading(
 ) -> Result<runner::Stages, runner::PipelineError> {
     let encoding = model.input.encoding;
     tokio::task::spawn_blocking(move || {
+        if model.input.format.is_columnar() {
+            return runner::start_columnar(&path, model, opts, bytes, sink);
+        }
         let input = source::open(&path, encoding, bytes.clone())?;
         runner::start(input, model, opts, bytes, sink)
     })
@@ -629,6 +653,7 @@ impl Load {
         progress: Arc<Progress>,
     ) -> Result<Prepared, LoadError> {
         let started = Instant::now();
+        let req = req.in_proven_format()?;
         let mut control = pg::connect_retrying(url, req.retry).await?;
         migrate(&mut control).await?;
         if req.create_table && !catalog::table_exists(&control, &req.model).await? {

@@ -8,7 +8,7 @@ use crate::encode::{
     COPY_HEADER, COPY_TRAILER, FieldError, check_server_value, encode_field, put_i16, put_i32,
     put_i64,
 };
-use crate::model::InputFormat;
+use crate::model::{Column, InputFormat, TimeZone};
 use crate::plan::Plan;
 
 /// How much of a rejected record's text is kept.
@@ -32,6 +32,9 @@ pub struct RawBatch {
     pub records: Vec<RecordMeta>,
     /// Raw input bytes consumed when the batch was cut.
     pub bytes_end: u64,
+    /// The rows as decoded from a columnar file (`records` then only
+    /// number them; `data` is empty).
+    pub columns: Option<arrow_array::RecordBatch>,
 }
 
 impl RawBatch {
@@ -61,6 +64,9 @@ impl RawBatch {
 
     /// The record's text for a reject, cut to [`REJECT_RAW_MAX`] bytes.
     pub fn raw_text(&self, i: usize) -> String {
+        if let Some(columns) = &self.columns {
+            return crate::columnar::row_text(columns, i);
+        }
         let bytes = self.record(i);
         let cut = &bytes[..bytes.len().min(REJECT_RAW_MAX)];
         String::from_utf8_lossy(cut).into_owned()
@@ -224,6 +230,9 @@ pub struct Scratch {
 
 /// Parses, validates and encodes one batch.
 pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> EncodedBatch {
+    if let Some(columns) = raw.columns.clone() {
+        return crate::columnar::encode(plan, raw, &columns);
+    }
     let model = &plan.model;
     let input = &model.input;
     let ncols = plan.copy_columns.len() + plan.line_column as usize;
@@ -280,8 +289,10 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
             );
             continue;
         }
+        // Columnar batches never get here (they carry `columns`): every
+        // other format is read as CSV fields.
         match input.format {
-            InputFormat::Csv => {
+            InputFormat::Csv | InputFormat::Parquet | InputFormat::Arrow => {
                 if parse_fields(
                     record,
                     input.delimiter,
@@ -337,8 +348,8 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                     copy.truncate(row_start);
                     undefer(&mut deferred, rows.len());
                     let missing = match input.format {
-                        InputFormat::Csv => "empty",
                         InputFormat::Ndjson => "null or absent",
+                        _ => "empty",
                     };
                     reject(
                         Some(&col.name),
@@ -349,24 +360,19 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                 put_i32(&mut copy, -1);
                 continue;
             }
-            let field_start = copy.len();
-            match encode_field(col, &input.timezone, text, &mut copy) {
-                Ok(()) => {}
-                Err(FieldError::Defer) => {
-                    copy.truncate(field_start);
-                    deferred.push(Deferred {
-                        row: rows.len() as u32,
-                        at: field_start as u32,
-                        column: k as u16,
-                        text: text.to_string(),
-                    });
-                }
-                Err(FieldError::Invalid(reason)) => {
-                    copy.truncate(row_start);
-                    undefer(&mut deferred, rows.len());
-                    reject(Some(&col.name), reason);
-                    continue 'records;
-                }
+            if let Err(FieldError::Invalid(reason)) = put_text(
+                col,
+                &input.timezone,
+                text,
+                k,
+                rows.len(),
+                &mut copy,
+                &mut deferred,
+            ) {
+                copy.truncate(row_start);
+                undefer(&mut deferred, rows.len());
+                reject(Some(&col.name), reason);
+                continue 'records;
             }
         }
         if plan.line_column {
@@ -391,8 +397,37 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
     }
 }
 
+/// Encodes one text value of COPY column `k` of row `row` into `copy`, or
+/// defers it to the server's input function when the fast path is unsure
+/// (the gap is filled by [`EncodedBatch::settle`]). On an error `copy` may
+/// hold a partial field.
+pub(crate) fn put_text(
+    col: &Column,
+    tz: &TimeZone,
+    text: &str,
+    k: usize,
+    row: usize,
+    copy: &mut Vec<u8>,
+    deferred: &mut Vec<Deferred>,
+) -> Result<(), FieldError> {
+    let field_start = copy.len();
+    match encode_field(col, tz, text, copy) {
+        Err(FieldError::Defer) => {
+            copy.truncate(field_start);
+            deferred.push(Deferred {
+                row: row as u32,
+                at: field_start as u32,
+                column: k as u16,
+                text: text.to_string(),
+            });
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Drops the deferred values of a row that was rejected after all.
-fn undefer(deferred: &mut Vec<Deferred>, row: usize) {
+pub(crate) fn undefer(deferred: &mut Vec<Deferred>, row: usize) {
     while deferred.last().is_some_and(|d| d.row as usize == row) {
         deferred.pop();
     }

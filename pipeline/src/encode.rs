@@ -159,6 +159,150 @@ pub fn encode_field(
     Ok(())
 }
 
+/// A value read from a typed (columnar) input, already in the unit the
+/// column stores: no text is parsed for it.
+#[derive(Debug, Clone, Copy)]
+pub enum Typed<'a> {
+    Int(i128),
+    Float32(f32),
+    Float64(f64),
+    Bool(bool),
+    /// Days since 2000-01-01.
+    Days(i64),
+    /// Microseconds since 2000-01-01.
+    Micros(i64),
+    Bytes(&'a [u8]),
+}
+
+/// PostgreSQL's `date` range in days since 2000-01-01: from 4714-11-24 BC
+/// to 5874897-12-31.
+const PG_DAYS: std::ops::Range<i64> = -2_451_545..2_145_031_949;
+/// PostgreSQL's `timestamp` range in microseconds since 2000-01-01: from
+/// 4714-11-24 BC to 294276-12-31.
+const PG_MICROS: std::ops::Range<i64> = -211_813_488_000_000_000..9_223_371_331_200_000_000;
+
+/// The text a number is shown as in a reject, and parsed from where a
+/// column takes numbers as text (`numeric`): PostgreSQL's rendering of
+/// the same value (shortest round-trip digits, no exponent).
+fn number_text(v: Typed) -> String {
+    let float = |f: f64, shown: String| {
+        if f.is_nan() {
+            "NaN".to_string()
+        } else if f.is_infinite() {
+            if f > 0.0 { "Infinity" } else { "-Infinity" }.to_string()
+        } else {
+            shown
+        }
+    };
+    match v {
+        Typed::Int(n) => n.to_string(),
+        Typed::Float32(f) => float(f as f64, f.to_string()),
+        Typed::Float64(f) => float(f, f.to_string()),
+        _ => String::new(),
+    }
+}
+
+/// Encodes one non-NULL typed value of `col` (length word and bytes), or
+/// says why not: out of the column type's range, or against a rule.
+/// The caller checked that the input type suits the column (see
+/// [`crate::columnar`]); a pairing it did not is refused here too.
+pub fn encode_typed(col: &Column, tz: &TimeZone, v: Typed, out: &mut Vec<u8>) -> Result<(), FieldError> {
+    let out_of_range = |ty: &str| {
+        FieldError::Invalid(format!("{} is out of range for type {ty}", show(&number_text(v))))
+    };
+    let ranged = |n: f64| -> Result<(), FieldError> {
+        let r = &col.rules;
+        if r.min.is_some() || r.max.is_some() || r.one_of.is_some() {
+            check_range(r, n, &number_text(v))?;
+        }
+        Ok(())
+    };
+    match (col.ty, v) {
+        (ColumnType::SmallInt, Typed::Int(n)) => {
+            let n = i16::try_from(n).map_err(|_| out_of_range("smallint"))?;
+            ranged(n as f64)?;
+            put_i32(out, 2);
+            put_i16(out, n);
+        }
+        (ColumnType::Int, Typed::Int(n)) => {
+            let n = i32::try_from(n).map_err(|_| out_of_range("integer"))?;
+            ranged(n as f64)?;
+            put_i32(out, 4);
+            put_i32(out, n);
+        }
+        (ColumnType::BigInt, Typed::Int(n)) => {
+            let n = i64::try_from(n).map_err(|_| out_of_range("bigint"))?;
+            ranged(n as f64)?;
+            put_i32(out, 8);
+            put_i64(out, n);
+        }
+        (ColumnType::Real, Typed::Int(_) | Typed::Float32(_) | Typed::Float64(_)) => {
+            let f = match v {
+                Typed::Int(n) => n as f32,
+                Typed::Float32(f) => f,
+                Typed::Float64(f) => {
+                    let narrow = f as f32;
+                    // float4 refuses what it cannot hold, as for text.
+                    if (narrow.is_infinite() && f.is_finite()) || (narrow == 0.0 && f != 0.0) {
+                        return Err(out_of_range("real"));
+                    }
+                    narrow
+                }
+                _ => unreachable!("matched above"),
+            };
+            ranged(f as f64)?;
+            put_i32(out, 4);
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        (ColumnType::Double, Typed::Int(_) | Typed::Float32(_) | Typed::Float64(_)) => {
+            let f = match v {
+                Typed::Int(n) => n as f64,
+                Typed::Float32(f) => f as f64,
+                Typed::Float64(f) => f,
+                _ => unreachable!("matched above"),
+            };
+            ranged(f)?;
+            put_i32(out, 8);
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        (ColumnType::Numeric(_), Typed::Int(_) | Typed::Float32(_) | Typed::Float64(_)) => {
+            return encode_field(col, tz, &number_text(v), out);
+        }
+        (ColumnType::Boolean, Typed::Bool(b)) => {
+            put_i32(out, 1);
+            out.push(b as u8);
+        }
+        (ColumnType::Date, Typed::Days(d)) => {
+            if !PG_DAYS.contains(&d) {
+                return Err(FieldError::Invalid("date out of range".into()));
+            }
+            put_i32(out, 4);
+            put_i32(out, d as i32);
+        }
+        (ColumnType::Timestamp | ColumnType::Timestamptz, Typed::Micros(m)) => {
+            if !PG_MICROS.contains(&m) {
+                return Err(FieldError::Invalid("timestamp out of range".into()));
+            }
+            put_i32(out, 8);
+            put_i64(out, m);
+        }
+        (ColumnType::Bytea, Typed::Bytes(b)) => {
+            put_i32(out, b.len() as i32);
+            out.extend_from_slice(b);
+        }
+        (ColumnType::Uuid, Typed::Bytes(b)) if b.len() == 16 => {
+            put_i32(out, 16);
+            out.extend_from_slice(b);
+        }
+        (ty, v) => {
+            return Err(FieldError::Invalid(format!(
+                "a {v:?} value cannot be stored in a {ty} column"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The model's rules for a value the server read (deferred by the fast
 /// path): `text` is the server's rendering of what it stores.
 pub fn check_server_value(col: &Column, original: &str, text: &str) -> Result<(), String> {

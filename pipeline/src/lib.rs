@@ -1,12 +1,14 @@
 //! The data path of Nexus up to the database: model definitions and their
 //! validation rules, input sources (files, stdin, compression, transcoding),
-//! PostgreSQL-compatible CSV record splitting, and the fused
+//! PostgreSQL-compatible CSV record splitting, NDJSON, Parquet and Arrow
+//! IPC readers, and the fused
 //! parse → validate → binary-COPY-encode step that workers run per batch.
 //!
 //! This crate knows nothing of PostgreSQL connections, HTTP or the job
 //! table; it turns bytes into [`batch::EncodedBatch`]es that a loader sends.
 
 pub mod batch;
+pub mod columnar;
 pub mod csv;
 pub mod duration;
 pub mod encode;

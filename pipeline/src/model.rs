@@ -243,6 +243,10 @@ pub enum InputFormat {
     Csv,
     /// One JSON object per line; keys name columns as a CSV header does.
     Ndjson,
+    /// Apache Parquet: typed columns, read by name.
+    Parquet,
+    /// Arrow IPC, file or stream: typed columns, read by name.
+    Arrow,
 }
 
 impl InputFormat {
@@ -250,11 +254,47 @@ impl InputFormat {
         match self {
             InputFormat::Csv => "csv",
             InputFormat::Ndjson => "ndjson",
+            InputFormat::Parquet => "parquet",
+            InputFormat::Arrow => "arrow",
         }
     }
 
+    /// Parquet and Arrow are read from a file by columns, not as lines.
+    pub fn is_columnar(self) -> bool {
+        matches!(self, InputFormat::Parquet | InputFormat::Arrow)
+    }
+
+    /// The format a file's bytes prove: Parquet and the Arrow IPC file
+    /// form open and end with their magic, an Arrow stream opens with a
+    /// continuation marker (never UTF-8). Text formats have none.
+    pub fn sniff(head: &[u8], tail: &[u8]) -> Option<InputFormat> {
+        use crate::columnar::{ARROW_FILE_MAGIC, ARROW_STREAM_MAGIC, PARQUET_MAGIC};
+        if head.starts_with(PARQUET_MAGIC) && tail.ends_with(PARQUET_MAGIC) {
+            Some(InputFormat::Parquet)
+        } else if (head.starts_with(ARROW_FILE_MAGIC) && tail.ends_with(ARROW_FILE_MAGIC))
+            || head.starts_with(ARROW_STREAM_MAGIC)
+        {
+            Some(InputFormat::Arrow)
+        } else {
+            None
+        }
+    }
+
+    /// The format of the file at `path` by its magic bytes, if it has any.
+    pub fn sniff_file(path: &std::path::Path) -> Option<InputFormat> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path).ok()?;
+        let len = f.metadata().ok()?.len();
+        let (mut head, mut tail) = ([0u8; 8], [0u8; 8]);
+        let n = f.read(&mut head).ok()?;
+        f.seek(SeekFrom::Start(len.saturating_sub(8))).ok()?;
+        let m = f.read(&mut tail).ok()?;
+        InputFormat::sniff(&head[..n], &tail[..m])
+    }
+
     /// The format a file's name says, through a `.gz` or `.zst`: `.ndjson`
-    /// and `.jsonl` are NDJSON, `.csv` CSV; others say nothing.
+    /// and `.jsonl` are NDJSON, `.csv` CSV, `.parquet` Parquet, `.arrow`,
+    /// `.arrows`, `.feather` and `.ipc` Arrow IPC; others say nothing.
     pub fn of_name(name: &str) -> Option<InputFormat> {
         let name = name.to_ascii_lowercase();
         let base = name
@@ -263,6 +303,13 @@ impl InputFormat {
             .unwrap_or(&name);
         if base.ends_with(".ndjson") || base.ends_with(".jsonl") {
             Some(InputFormat::Ndjson)
+        } else if name.ends_with(".parquet") || name.ends_with(".pq") {
+            Some(InputFormat::Parquet)
+        } else if [".arrow", ".arrows", ".feather", ".ipc"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        {
+            Some(InputFormat::Arrow)
         } else if base.ends_with(".csv") {
             Some(InputFormat::Csv)
         } else {
@@ -277,7 +324,11 @@ impl std::str::FromStr for InputFormat {
         match s {
             "csv" => Ok(InputFormat::Csv),
             "ndjson" | "jsonl" => Ok(InputFormat::Ndjson),
-            other => Err(format!("`{other}` is not a format: use csv or ndjson")),
+            "parquet" => Ok(InputFormat::Parquet),
+            "arrow" | "ipc" | "feather" => Ok(InputFormat::Arrow),
+            other => Err(format!(
+                "`{other}` is not a format: use csv, ndjson, parquet or arrow"
+            )),
         }
     }
 }

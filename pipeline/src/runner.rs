@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::bounded;
 
-use crate::batch::{EncodedBatch, RawBatch, Scratch, encode_batch};
+use crate::batch::{EncodedBatch, RawBatch, RecordMeta, Scratch, encode_batch};
 use crate::csv::{RecordReader, parse_fields};
 use crate::model::InputFormat;
 use crate::model::Model;
@@ -35,6 +35,8 @@ pub enum PipelineError {
     Plan(#[from] PlanError),
     #[error("reading the input failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Columnar(#[from] crate::columnar::ColumnarError),
     #[error("a pipeline thread panicked: {0}")]
     Panic(String),
     #[error(
@@ -113,7 +115,7 @@ fn start_with(
     model: Arc<Model>,
     opts: RunOptions,
     bytes_read: Arc<AtomicU64>,
-    mut sink: impl FnMut(EncodedBatch) -> bool + Send + 'static,
+    sink: impl FnMut(EncodedBatch) -> bool + Send + 'static,
     encode: Encoder,
 ) -> Result<Stages, PipelineError> {
     let ndjson = model.input.format == InputFormat::Ndjson;
@@ -151,6 +153,92 @@ fn start_with(
     if opts.require_key {
         plan.require_key()?;
     }
+    let max_batch_bytes = opts.max_batch_bytes;
+    let batch_size = opts.batch_size;
+    let next = move |seq: u64| -> Result<Option<RawBatch>, PipelineError> {
+        let mut batch = RawBatch {
+            seq,
+            data: Vec::with_capacity(max_batch_bytes.min(1 << 20)),
+            records: Vec::with_capacity(batch_size.min(65536)),
+            bytes_end: 0,
+            columns: None,
+        };
+        while batch.records.len() < batch_size
+            && batch.data.len() < max_batch_bytes
+            && batch.read_record(&mut reader)?
+        {}
+        batch.bytes_end = bytes_read.load(Ordering::Relaxed);
+        Ok((!batch.records.is_empty()).then_some(batch))
+    };
+    spawn_stages(plan, opts, next, has_header, sink, encode)
+}
+
+/// Starts the stages on a Parquet or Arrow IPC file: the model is planned
+/// onto the file's schema (failing fast on a column that does not fit) and
+/// batches are cut by rows.
+pub fn start_columnar(
+    path: &std::path::Path,
+    model: Arc<Model>,
+    opts: RunOptions,
+    bytes_read: Arc<AtomicU64>,
+    sink: impl FnMut(EncodedBatch) -> bool + Send + 'static,
+) -> Result<Stages, PipelineError> {
+    let format = model.input.format;
+    let (plan, mut reader) = crate::columnar::ColumnarReader::open(
+        path,
+        format,
+        model,
+        opts.batch_size,
+        opts.line_column,
+        bytes_read.clone(),
+    )?;
+    if opts.require_key {
+        plan.require_key()?;
+    }
+    let mut rows = 0u64;
+    let next = move |seq: u64| -> Result<Option<RawBatch>, PipelineError> {
+        let Some(columns) = reader.next_batch(format)? else {
+            if reader.total_rows.is_some() {
+                bytes_read.store(reader.file_len, Ordering::Relaxed);
+            }
+            return Ok(None);
+        };
+        let first = rows + 1;
+        rows += columns.num_rows() as u64;
+        if let Some(total) = reader.total_rows.filter(|t| *t > 0) {
+            let share = (reader.file_len as u128 * rows.min(total) as u128 / total as u128) as u64;
+            bytes_read.store(share, Ordering::Relaxed);
+        }
+        Ok(Some(RawBatch {
+            seq,
+            data: Vec::new(),
+            records: (first..=rows)
+                .map(|line| RecordMeta {
+                    start: 0,
+                    end: 0,
+                    line,
+                    oversized: false,
+                    unterminated: false,
+                })
+                .collect(),
+            bytes_end: bytes_read.load(Ordering::Relaxed),
+            columns: Some(columns),
+        }))
+    };
+    spawn_stages(plan, opts, next, true, sink, encode_batch)
+}
+
+/// Runs the reader (`next` cuts batch `seq`, or says the input ended), the
+/// encoding workers and the collector. `empty_ok`: an input without rows
+/// is no error (a header alone, a columnar file's schema alone).
+fn spawn_stages(
+    plan: Plan,
+    opts: RunOptions,
+    mut next: impl FnMut(u64) -> Result<Option<RawBatch>, PipelineError> + Send + 'static,
+    empty_ok: bool,
+    mut sink: impl FnMut(EncodedBatch) -> bool + Send + 'static,
+    encode: Encoder,
+) -> Result<Stages, PipelineError> {
     let plan = Arc::new(plan);
     let workers = opts.workers.max(1);
     let (raw_tx, raw_rx) = bounded::<RawBatch>(workers * 2);
@@ -169,23 +257,9 @@ fn start_with(
         .spawn(move || -> Result<SourceStats, PipelineError> {
             let mut stats = SourceStats::default();
             let mut seq = 0u64;
-            loop {
-                let mut batch = RawBatch {
-                    seq,
-                    data: Vec::with_capacity(opts.max_batch_bytes.min(1 << 20)),
-                    records: Vec::with_capacity(opts.batch_size.min(65536)),
-                    bytes_end: 0,
-                };
-                while batch.records.len() < opts.batch_size
-                    && batch.data.len() < opts.max_batch_bytes
-                    && batch.read_record(&mut reader)?
-                {}
-                if batch.records.is_empty() {
-                    break;
-                }
+            while let Some(batch) = next(seq)? {
                 stats.records += batch.records.len() as u64;
                 stats.batches += 1;
-                batch.bytes_end = bytes_read.load(Ordering::Relaxed);
                 seq += 1;
                 if skip.contains(&batch.seq) {
                     continue;
@@ -194,7 +268,7 @@ fn start_with(
                     break;
                 }
             }
-            if stats.records == 0 && !has_header {
+            if stats.records == 0 && !empty_ok {
                 return Err(PlanError::Empty.into());
             }
             Ok(stats)

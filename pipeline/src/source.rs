@@ -56,6 +56,36 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// A file whose read position is published as progress: a reader that
+/// seeks (an Arrow IPC file reads its footer first) is as far as where it
+/// reads now.
+pub struct PositionReader {
+    file: File,
+    position: Arc<AtomicU64>,
+}
+
+impl PositionReader {
+    pub fn new(file: File, position: Arc<AtomicU64>) -> PositionReader {
+        PositionReader { file, position }
+    }
+}
+
+impl Read for PositionReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.position.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl io::Seek for PositionReader {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let at = self.file.seek(to)?;
+        self.position.store(at, Ordering::Relaxed);
+        Ok(at)
+    }
+}
+
 /// Compression recognised by the first bytes of the stream, so that a
 /// compressed stdin works as well as a `.gz` name.
 fn decompress<R: BufRead + Send + 'static>(mut r: R) -> io::Result<Box<dyn Read + Send>> {

@@ -11,7 +11,7 @@
 //! is C's (it includes `\v` and `\f`, never a Unicode space), and a refusal
 //! is only given where every PostgreSQL version refuses.
 
-use chrono::{NaiveDate, TimeZone as _};
+use chrono::{NaiveDate, Offset as _, TimeZone as _};
 
 use crate::model::TimeZone;
 
@@ -581,13 +581,38 @@ pub fn timestamp(v: &str, tz: &TimeZone, with_tz: bool) -> Verdict<i64> {
     match (offset, with_tz) {
         (_, false) => Verdict::Value(local),
         (Some(off), true) => Verdict::Value(local - off * 1_000_000),
-        (None, true) => match tz {
-            TimeZone::Fixed(off) => {
-                Verdict::Value(local - off.local_minus_utc() as i64 * 1_000_000)
-            }
-            TimeZone::Named(z) => named_zone_utc(local, z).map_or(Verdict::Unsure, Verdict::Value),
-        },
+        (None, true) => local_to_utc(local, tz).map_or(Verdict::Unsure, Verdict::Value),
     }
+}
+
+/// A local time of the load's zone as UTC (both in microseconds since
+/// 2000-01-01), where this side is sure of the offset; `None` leaves it
+/// to the server.
+pub fn local_to_utc(local: i64, tz: &TimeZone) -> Option<i64> {
+    match tz {
+        TimeZone::Fixed(off) => Some(local - off.local_minus_utc() as i64 * 1_000_000),
+        TimeZone::Named(z) => named_zone_utc(local, z),
+    }
+}
+
+/// The offset of the load's zone from UTC, in seconds, at an instant
+/// (seconds since 1970).
+pub fn utc_offset_at(unix_secs: i64, tz: &TimeZone) -> i32 {
+    match tz {
+        TimeZone::Fixed(off) => off.local_minus_utc(),
+        TimeZone::Named(z) => chrono::DateTime::from_timestamp(unix_secs, 0)
+            .map_or(0, |t| z.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc()),
+    }
+}
+
+/// Microseconds since 1970 as since 2000 (PostgreSQL's epoch).
+pub fn unix_to_pg_micros(unix_micros: i64) -> Option<i64> {
+    unix_micros.checked_sub(PG_EPOCH_UNIX_SECS * 1_000_000)
+}
+
+/// Days since 1970 as since 2000.
+pub fn unix_to_pg_days(unix_days: i64) -> Option<i64> {
+    unix_days.checked_sub(PG_EPOCH_DAYS - days_from_civil(1970, 1, 1))
 }
 
 /// A local time in a named zone as UTC, where the zone gives it exactly

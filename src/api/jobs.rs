@@ -100,15 +100,19 @@ impl EncodingParam {
     }
 }
 
-/// Input formats this build reads: CSV, or NDJSON (one JSON object per
-/// line). Without one: by the upload's Content-Type (`text/csv`,
-/// `application/x-ndjson`) or file name (`.ndjson`, `.jsonl`), else the
-/// model's.
+/// Input formats this build reads: CSV, NDJSON (one JSON object per
+/// line), Parquet, Arrow IPC (file or stream). Without one: by the file's
+/// magic bytes (Parquet, Arrow), the upload's Content-Type (`text/csv`,
+/// `application/x-ndjson`, `application/vnd.apache.parquet`,
+/// `application/vnd.apache.arrow.file`, `application/vnd.apache.arrow.stream`)
+/// or file name (`.ndjson`, `.jsonl`, `.parquet`, `.arrow`), else the model's.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatParam {
     Csv,
     Ndjson,
+    Parquet,
+    Arrow,
 }
 
 impl From<InputFormat> for FormatParam {
@@ -116,6 +120,8 @@ impl From<InputFormat> for FormatParam {
         match f {
             InputFormat::Csv => FormatParam::Csv,
             InputFormat::Ndjson => FormatParam::Ndjson,
+            InputFormat::Parquet => FormatParam::Parquet,
+            InputFormat::Arrow => FormatParam::Arrow,
         }
     }
 }
@@ -125,6 +131,8 @@ impl FormatParam {
         match self {
             FormatParam::Csv => InputFormat::Csv,
             FormatParam::Ndjson => InputFormat::Ndjson,
+            FormatParam::Parquet => InputFormat::Parquet,
+            FormatParam::Arrow => InputFormat::Arrow,
         }
     }
 }
@@ -152,6 +160,12 @@ fn sniffed_format(
             | "application/jsonl"
             | "application/jsonlines" => Some(InputFormat::Ndjson),
             "text/csv" => Some(InputFormat::Csv),
+            "application/vnd.apache.parquet" | "application/x-parquet" => {
+                Some(InputFormat::Parquet)
+            }
+            "application/vnd.apache.arrow.file"
+            | "application/vnd.apache.arrow.stream"
+            | "application/vnd.apache.arrow" => Some(InputFormat::Arrow),
             _ => None,
         }
     });

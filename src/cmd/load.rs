@@ -38,9 +38,11 @@ pub struct LoadArgs {
     /// replace (empty the table and load, in one transaction).
     #[arg(long, default_value_t = Mode::Append, value_parser = str::parse::<Mode>)]
     mode: Mode,
-    /// Input format: csv, ndjson (one JSON object per line), or auto: by
-    /// the file's name (`.ndjson`, `.jsonl`, through `.gz`/`.zst`), else
-    /// the model's (csv unless it says).
+    /// Input format: csv, ndjson (one JSON object per line), parquet,
+    /// arrow (IPC file or stream), or auto: Parquet and Arrow by their
+    /// magic bytes, then by the file's name (`.ndjson`, `.jsonl` through
+    /// `.gz`/`.zst`, `.parquet`, `.arrow`), else the model's (csv unless it
+    /// says).
     #[arg(long, default_value = "auto", value_parser = parse_format)]
     format: FormatArg,
     /// Field delimiter (one ASCII character; `\t` for tab).
