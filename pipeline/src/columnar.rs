@@ -23,7 +23,8 @@ use crate::batch::{
     Deferred, EncodedBatch, EncodedRow, REJECT_RAW_MAX, RawBatch, Reject, put_text, undefer,
 };
 use crate::encode::{
-    COPY_HEADER, COPY_TRAILER, FieldError, Typed, encode_typed, put_i16, put_i32, put_i64,
+    COPY_HEADER, COPY_TRAILER, FieldError, Typed, encode_typed, number_text, put_i16, put_i32,
+    put_i64,
 };
 use crate::model::{InputFormat, Model, TimeZone};
 use crate::plan::Plan;
@@ -373,8 +374,10 @@ impl<'a> Values<'a> {
                 let b = a.as_boolean();
                 Values::Typed(Box::new(move |i| Typed::Bool(b.value(i))))
             }
-            D::Date32 => typed!(Date32Type, |d| Typed::Days(d as i64)),
-            D::Date64 => typed!(Date64Type, |ms: i64| Typed::Days(ms.div_euclid(86_400_000))),
+            D::Date32 => typed!(Date32Type, |d| Typed::Days(values::unix_to_pg_days(d as i64))),
+            D::Date64 => typed!(Date64Type, |ms: i64| {
+                Typed::Days(values::unix_to_pg_days(ms.div_euclid(86_400_000)))
+            }),
             &D::Decimal32(_, s) => decimal!(Decimal32Type, s),
             &D::Decimal64(_, s) => decimal!(Decimal64Type, s),
             &D::Decimal128(_, s) => decimal!(Decimal128Type, s),
@@ -562,10 +565,17 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
                 Values::Number(get) => {
                     put_text(col, tz, &get(i), k, rows.len(), &mut copy, &mut deferred)
                 }
-                Values::Typed(get) => encode_typed(col, tz, get(i), &mut copy),
+                Values::Typed(get) => match col.ty {
+                    // numeric keeps a number's digits: it reads their text.
+                    ColumnType::Numeric(_) => {
+                        let text = number_text(get(i));
+                        put_text(col, tz, &text, k, rows.len(), &mut copy, &mut deferred)
+                    }
+                    _ => encode_typed(col, get(i), &mut copy),
+                },
                 Values::Timestamp { value, unit, zoned } => {
                     match timestamp_value(value(i), *unit, *zoned, col.ty == ColumnType::Timestamptz, tz) {
-                        Ok(Ok(m)) => encode_typed(col, tz, Typed::Micros(m), &mut copy),
+                        Ok(Ok(m)) => encode_typed(col, Typed::Micros(m), &mut copy),
                         Ok(Err(text)) => {
                             put_text(col, tz, &text, k, rows.len(), &mut copy, &mut deferred)
                         }

@@ -184,7 +184,7 @@ const PG_MICROS: std::ops::Range<i64> = -211_813_488_000_000_000..9_223_371_331_
 /// The text a number is shown as in a reject, and parsed from where a
 /// column takes numbers as text (`numeric`): PostgreSQL's rendering of
 /// the same value (shortest round-trip digits, no exponent).
-fn number_text(v: Typed) -> String {
+pub fn number_text(v: Typed) -> String {
     let float = |f: f64, shown: String| {
         if f.is_nan() {
             "NaN".to_string()
@@ -205,8 +205,9 @@ fn number_text(v: Typed) -> String {
 /// Encodes one non-NULL typed value of `col` (length word and bytes), or
 /// says why not: out of the column type's range, or against a rule.
 /// The caller checked that the input type suits the column (see
-/// [`crate::columnar`]); a pairing it did not is refused here too.
-pub fn encode_typed(col: &Column, tz: &TimeZone, v: Typed, out: &mut Vec<u8>) -> Result<(), FieldError> {
+/// [`crate::columnar`]; numbers into `numeric` go as [`number_text`]); a
+/// pairing it did not is refused here too.
+pub fn encode_typed(col: &Column, v: Typed, out: &mut Vec<u8>) -> Result<(), FieldError> {
     let out_of_range = |ty: &str| {
         FieldError::Invalid(format!("{} is out of range for type {ty}", show(&number_text(v))))
     };
@@ -264,9 +265,6 @@ pub fn encode_typed(col: &Column, tz: &TimeZone, v: Typed, out: &mut Vec<u8>) ->
             ranged(f)?;
             put_i32(out, 8);
             out.extend_from_slice(&f.to_be_bytes());
-        }
-        (ColumnType::Numeric(_), Typed::Int(_) | Typed::Float32(_) | Typed::Float64(_)) => {
-            return encode_field(col, tz, &number_text(v), out);
         }
         (ColumnType::Boolean, Typed::Bool(b)) => {
             put_i32(out, 1);

@@ -611,8 +611,8 @@ pub fn unix_to_pg_micros(unix_micros: i64) -> Option<i64> {
 }
 
 /// Days since 1970 as since 2000.
-pub fn unix_to_pg_days(unix_days: i64) -> Option<i64> {
-    unix_days.checked_sub(PG_EPOCH_DAYS - days_from_civil(1970, 1, 1))
+pub fn unix_to_pg_days(unix_days: i64) -> i64 {
+    unix_days.saturating_sub(PG_EPOCH_DAYS - days_from_civil(1970, 1, 1))
 }
 
 /// A local time in a named zone as UTC, where the zone gives it exactly
