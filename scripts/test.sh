@@ -52,6 +52,13 @@ if ! tests/mcp/.venv/bin/python -c 'import mcp' 2>/dev/null; then
   python3 -m venv tests/mcp/.venv 2>/dev/null || { need_pkg_force python3-venv; python3 -m venv tests/mcp/.venv; }
   tests/mcp/.venv/bin/pip install -q --disable-pip-version-check -r tests/mcp/requirements.txt
 fi
+# The columnar tests' files come from pyarrow, a writer nobody here wrote;
+# GNU time reports a load's peak memory.
+if ! tests/columnar/.venv/bin/python -c 'import pyarrow' 2>/dev/null; then
+  python3 -m venv tests/columnar/.venv 2>/dev/null || { need_pkg_force python3-venv; python3 -m venv tests/columnar/.venv; }
+  tests/columnar/.venv/bin/pip install -q --disable-pip-version-check -r tests/columnar/requirements.txt
+fi
+[ -x /usr/bin/time ] || need_pkg_force time
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -28,15 +28,18 @@ use crate::encode::{
 };
 use crate::model::{InputFormat, Model, TimeZone};
 use crate::plan::Plan;
-use crate::types::ColumnType;
 use crate::source::PositionReader;
+use crate::types::ColumnType;
 use crate::values;
 
 /// Why a columnar file cannot be loaded at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ColumnarError {
     #[error("cannot read the {format} file: {message}")]
-    Unreadable { format: &'static str, message: String },
+    Unreadable {
+        format: &'static str,
+        message: String,
+    },
     #[error(
         "column `{column}`: the file's {arrow} values cannot become {target}; change the model's type for it, or convert the column before loading"
     )]
@@ -115,6 +118,12 @@ impl ColumnarReader {
         };
         let mut file = File::open(path)?;
         let file_len = file.metadata()?.len();
+        if InputFormat::sniff_file(path) != Some(format) {
+            return Err(unreadable(
+                &"its first and last bytes are not the format's magic: is it a complete file of this format?",
+            )
+            .into());
+        }
         let batch_size = batch_size.max(1);
         match format {
             InputFormat::Parquet => {
@@ -176,7 +185,10 @@ impl ColumnarReader {
 
     /// The next batch, or an error that names the file's format. A panic in
     /// the decoder (hostile bytes) is an error too.
-    pub fn next_batch(&mut self, format: InputFormat) -> Result<Option<RecordBatch>, ColumnarError> {
+    pub fn next_batch(
+        &mut self,
+        format: InputFormat,
+    ) -> Result<Option<RecordBatch>, ColumnarError> {
         let batches = &mut self.batches;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batches.next())) {
             Ok(None) => Ok(None),
@@ -322,7 +334,10 @@ fn decimal_text(digits: String, scale: i8) -> String {
         None => ("", digits.as_str()),
     };
     if scale <= 0 {
-        return format!("{sign}{digits}{}", "0".repeat(scale.unsigned_abs() as usize));
+        return format!(
+            "{sign}{digits}{}",
+            "0".repeat(scale.unsigned_abs() as usize)
+        );
     }
     let scale = scale as usize;
     let padded = format!("{digits:0>width$}", width = scale + 1);
@@ -331,7 +346,11 @@ fn decimal_text(digits: String, scale: i8) -> String {
 }
 
 impl<'a> Values<'a> {
-    fn of(field: &'a FieldRef, a: &'a dyn Array, options: &'a arrow_json::writer::EncoderOptions) -> Values<'a> {
+    fn of(
+        field: &'a FieldRef,
+        a: &'a dyn Array,
+        options: &'a arrow_json::writer::EncoderOptions,
+    ) -> Values<'a> {
         use DataType as D;
         macro_rules! typed {
             ($t:ty, $f:expr) => {{
@@ -374,7 +393,9 @@ impl<'a> Values<'a> {
                 let b = a.as_boolean();
                 Values::Typed(Box::new(move |i| Typed::Bool(b.value(i))))
             }
-            D::Date32 => typed!(Date32Type, |d| Typed::Days(values::unix_to_pg_days(d as i64))),
+            D::Date32 => typed!(Date32Type, |d| Typed::Days(values::unix_to_pg_days(
+                d as i64
+            ))),
             D::Date64 => typed!(Date64Type, |ms: i64| {
                 Typed::Days(values::unix_to_pg_days(ms.div_euclid(86_400_000)))
             }),
@@ -470,7 +491,11 @@ fn timestamp_value(
             Some(utc) => Ok(Ok(utc)),
             None => Ok(Err(timestamp_text(secs, nanos, false)?)),
         },
-        (false, local) => Ok(Err(timestamp_text(secs, nanos, zoned && !local && with_tz)?)),
+        (false, local) => Ok(Err(timestamp_text(
+            secs,
+            nanos,
+            zoned && !local && with_tz,
+        )?)),
     }
 }
 
@@ -574,7 +599,13 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
                     _ => encode_typed(col, get(i), &mut copy),
                 },
                 Values::Timestamp { value, unit, zoned } => {
-                    match timestamp_value(value(i), *unit, *zoned, col.ty == ColumnType::Timestamptz, tz) {
+                    match timestamp_value(
+                        value(i),
+                        *unit,
+                        *zoned,
+                        col.ty == ColumnType::Timestamptz,
+                        tz,
+                    ) {
                         Ok(Ok(m)) => encode_typed(col, Typed::Micros(m), &mut copy),
                         Ok(Err(text)) => {
                             put_text(col, tz, &text, k, rows.len(), &mut copy, &mut deferred)

@@ -209,7 +209,10 @@ pub fn number_text(v: Typed) -> String {
 /// pairing it did not is refused here too.
 pub fn encode_typed(col: &Column, v: Typed, out: &mut Vec<u8>) -> Result<(), FieldError> {
     let out_of_range = |ty: &str| {
-        FieldError::Invalid(format!("{} is out of range for type {ty}", show(&number_text(v))))
+        FieldError::Invalid(format!(
+            "{} is out of range for type {ty}",
+            show(&number_text(v))
+        ))
     };
     let ranged = |n: f64| -> Result<(), FieldError> {
         let r = &col.rules;

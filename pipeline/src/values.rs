@@ -600,8 +600,11 @@ pub fn local_to_utc(local: i64, tz: &TimeZone) -> Option<i64> {
 pub fn utc_offset_at(unix_secs: i64, tz: &TimeZone) -> i32 {
     match tz {
         TimeZone::Fixed(off) => off.local_minus_utc(),
-        TimeZone::Named(z) => chrono::DateTime::from_timestamp(unix_secs, 0)
-            .map_or(0, |t| z.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc()),
+        TimeZone::Named(z) => chrono::DateTime::from_timestamp(unix_secs, 0).map_or(0, |t| {
+            z.offset_from_utc_datetime(&t.naive_utc())
+                .fix()
+                .local_minus_utc()
+        }),
     }
 }
 
