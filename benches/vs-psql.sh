@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Side by side: `psql \copy` (CSV) against `nexus load` of the same (and of
-# the same rows as NDJSON)
-# deterministic 1,000,000-row customer CSV, into fresh logged tables with the
+# Side by side: `psql \copy` (CSV) against `nexus load` of the same
+# deterministic 1,000,000-row customer CSV, and of the same rows as NDJSON
+# and as Parquet (snappy, written by pyarrow), and the machine's ceiling: two
+# parallel `psql \copy (FORMAT binary)` streams of the same rows (made with
+# `COPY … TO … (FORMAT binary)`). Each into a fresh logged table with the
 # primary key, alternating, 3 rounds each. Prints the median rows/s of each,
-# their ratio, and nexus's peak RSS (from /usr/bin/time -v).
+# ratios, and nexus's peak RSS (from /usr/bin/time -v).
 #
 # usage: benches/vs-psql.sh [ROWS]     (needs PostgreSQL; DATABASE_URL or
 #        the local server on 127.0.0.1:5432 as user postgres)
@@ -21,6 +23,21 @@ for row in csv.DictReader(open(sys.argv[1], newline="")):
            for k, v in row.items()}
     print(json.dumps(obj, ensure_ascii=False))
 PY
+# The same rows as Parquet, typed as the model's columns, by pyarrow (the
+# test suite's venv).
+parquet="$data/customer-$rows.parquet"
+py=tests/columnar/.venv/bin/python
+[ -x "$py" ] || { python3 -m venv tests/columnar/.venv && $py -m pip install -q -r tests/columnar/requirements.txt; }
+[ -s "$parquet" ] || $py - "$csv" "$parquet" <<'PY'
+import sys
+import pyarrow as pa, pyarrow.csv as pcsv, pyarrow.parquet as pq
+types = {"id": pa.int64(), "credit_limit": pa.decimal128(12, 2), "created_at": pa.timestamp("us", tz="UTC"),
+         "active": pa.bool_(), "score": pa.int32()}
+strings = ["external_id", "name", "email", "country", "segment"]
+t = pcsv.read_csv(sys.argv[1], convert_options=pcsv.ConvertOptions(
+    column_types={**types, **{c: pa.string() for c in strings}}, strings_can_be_null=True))
+pq.write_table(t, sys.argv[2], compression="snappy")
+PY
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)"; exit 2; }
 cargo build --release --quiet
 nexus=target/release/nexus
@@ -31,7 +48,10 @@ export DATABASE_URL="$url"
 $nexus migrate --schema-only >/dev/null
 
 now() { date +%s.%N; }
-psql_rates=(); nexus_rates=(); ndjson_rates=(); rss=()
+psql_rates=(); nexus_rates=(); ndjson_rates=(); parquet_rates=(); ceiling_rates=(); rss=()
+table_ddl="(id bigint PRIMARY KEY, external_id uuid, name text NOT NULL,
+        email text NOT NULL, country char(2), segment text, credit_limit numeric(12,2),
+        created_at timestamptz, active boolean, score integer)"
 # Loads FILE into a fresh `customer` table: sets $rate (rows/s), adds its
 # peak RSS to rss, and checks every row arrived.
 nexus_load() {
@@ -47,19 +67,33 @@ nexus_load() {
 }
 for round in $(seq 1 "$rounds"); do
   psql -q "$url" -c "DROP TABLE IF EXISTS customer_psql" \
-    -c "CREATE TABLE customer_psql (id bigint PRIMARY KEY, external_id uuid, name text NOT NULL,
-        email text NOT NULL, country char(2), segment text, credit_limit numeric(12,2),
-        created_at timestamptz, active boolean, score integer)"
+    -c "CREATE TABLE customer_psql $table_ddl"
   t0=$(now)
   psql -q "$url" -c "\\copy customer_psql FROM '$csv' WITH (FORMAT csv, HEADER)"
   t1=$(now)
   psql_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
 
+  # The ceiling: the same rows in PostgreSQL's binary form, two streams.
+  if [ ! -s "$data/customer-$rows.bin1" ]; then
+    for half in 0 1; do
+      psql -q "$url" -c "\\copy (SELECT * FROM customer_psql WHERE id % 2 = $half) TO '$data/customer-$rows.bin$half' (FORMAT binary)"
+    done
+  fi
+  psql -q "$url" -c "DROP TABLE IF EXISTS customer_bin" -c "CREATE TABLE customer_bin $table_ddl"
+  t0=$(now)
+  for half in 0 1; do
+    psql -q "$url" -c "\\copy customer_bin FROM '$data/customer-$rows.bin$half' (FORMAT binary)" &
+  done
+  wait
+  t1=$(now)
+  ceiling_rates+=("$(python3 -c "print(round($rows/($t1-$t0)))")")
+
   nexus_load "$csv"; nexus_rates+=("$rate")
   nexus_load "$ndjson"; ndjson_rates+=("$rate")
-  echo "round $round: psql ${psql_rates[-1]} rows/s, nexus ${nexus_rates[-1]} rows/s, nexus NDJSON ${ndjson_rates[-1]} rows/s, nexus peak RSS ${rss[-1]} KiB"
+  nexus_load "$parquet"; parquet_rates+=("$rate")
+  echo "round $round: psql ${psql_rates[-1]} rows/s, ceiling ${ceiling_rates[-1]} rows/s, nexus ${nexus_rates[-1]} rows/s, NDJSON ${ndjson_rates[-1]} rows/s, Parquet ${parquet_rates[-1]} rows/s, nexus peak RSS ${rss[-3]}/${rss[-2]}/${rss[-1]} KiB"
 done
-python3 - "${psql_rates[*]}" "${nexus_rates[*]}" "${rss[*]}" "${ndjson_rates[*]}" <<'PY'
+python3 - "${psql_rates[*]}" "${nexus_rates[*]}" "${rss[*]}" "${ndjson_rates[*]}" "${parquet_rates[*]}" "${ceiling_rates[*]}" <<'PY'
 import statistics, sys
 p = [int(x) for x in sys.argv[1].split()]
 n = [int(x) for x in sys.argv[2].split()]
@@ -70,6 +104,12 @@ print(f"median psql \\copy: {mp:,.0f} rows/s")
 print(f"median nexus load: {mn:,.0f} rows/s")
 print(f"ratio nexus/psql: {mn / mp:.2f}")
 print(f"median nexus load of the same rows as NDJSON: {statistics.median(j):,.0f} rows/s ({statistics.median(j) / mp:.2f} x psql's CSV)")
+q = [int(x) for x in sys.argv[5].split()]
+c = [int(x) for x in sys.argv[6].split()]
+mc = statistics.median(c)
+print(f"median ceiling (two parallel psql \\copy binary streams): {mc:,.0f} rows/s ({mc / mp:.2f} x psql's CSV)")
+print(f"nexus CSV at {mn / mc:.0%} of the ceiling")
+print(f"median nexus load of the same rows as Parquet: {statistics.median(q):,.0f} rows/s ({statistics.median(q) / mc:.0%} of the ceiling)")
 print(f"nexus peak RSS: {max(r) / 1024:.1f} MiB (max of {len(r)} runs)")
 PY
 psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db"
