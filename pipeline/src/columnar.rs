@@ -178,7 +178,7 @@ impl ColumnarReader {
                 Ok((plan, reader))
             }
             InputFormat::Csv | InputFormat::Ndjson => {
-                unreachable!("text formats are read by csv::RecordReader")
+                Err(unreadable(&"a text format is read as lines, not as columns").into())
             }
         }
     }
@@ -324,6 +324,8 @@ enum Values<'a> {
     Json(arrow_json::writer::NullableEncoder<'a>),
     /// Every value is NULL.
     Null,
+    /// Values this build cannot render (the reason): each row is a reject.
+    Unreadable(String),
 }
 
 /// A decimal's digits with its point put back (`scale` digits after it;
@@ -446,8 +448,7 @@ impl<'a> Values<'a> {
             }
             _ => match arrow_json::writer::make_encoder(field, a, options) {
                 Ok(e) => Values::Json(e),
-                // `fits` let through only types the encoder knows.
-                Err(_) => Values::Null,
+                Err(e) => Values::Unreadable(format!("the value cannot be shown as JSON: {e}")),
             },
         }
     }
@@ -627,7 +628,9 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
                         Ok(())
                     }
                 }
-                Values::Null => unreachable!("NULL columns are handled above"),
+                Values::Unreadable(why) => Err(FieldError::Invalid(why.clone())),
+                // Handled with the NULLs above.
+                Values::Null => Ok(()),
             };
             if let Err(e) = result {
                 let reason = match e {
