@@ -375,16 +375,40 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                 continue 'records;
             }
         }
-        if plan.line_column {
-            put_i32(&mut copy, 8);
-            put_i64(&mut copy, meta.line as i64);
-        }
-        rows.push(EncodedRow {
-            start: row_start as u32,
-            end: copy.len() as u32,
-            record: ri as u32,
-        });
+        end_row(plan, &mut copy, &mut rows, row_start, meta.line, ri);
     }
+    finish_batch(raw, copy, rows, rejects, deferred)
+}
+
+/// Ends row `record` of a batch that started at `row_start` in `copy`: the
+/// line number for upsert staging, then the row's bounds.
+pub(crate) fn end_row(
+    plan: &Plan,
+    copy: &mut Vec<u8>,
+    rows: &mut Vec<EncodedRow>,
+    row_start: usize,
+    line: u64,
+    record: usize,
+) {
+    if plan.line_column {
+        put_i32(copy, 8);
+        put_i64(copy, line as i64);
+    }
+    rows.push(EncodedRow {
+        start: row_start as u32,
+        end: copy.len() as u32,
+        record: record as u32,
+    });
+}
+
+/// Closes a batch's COPY body.
+pub(crate) fn finish_batch(
+    raw: RawBatch,
+    mut copy: Vec<u8>,
+    rows: Vec<EncodedRow>,
+    rejects: Vec<Reject>,
+    deferred: Vec<Deferred>,
+) -> EncodedBatch {
     copy.extend_from_slice(COPY_TRAILER);
     EncodedBatch {
         seq: raw.seq,

@@ -20,12 +20,10 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
 use arrow_schema::{ArrowError, DataType, Field, FieldRef, SchemaRef, TimeUnit};
 
 use crate::batch::{
-    Deferred, EncodedBatch, EncodedRow, REJECT_RAW_MAX, RawBatch, Reject, put_text, undefer,
+    Deferred, EncodedBatch, REJECT_RAW_MAX, RawBatch, Reject, end_row, finish_batch, put_text,
+    undefer,
 };
-use crate::encode::{
-    COPY_HEADER, COPY_TRAILER, FieldError, Typed, encode_typed, number_text, put_i16, put_i32,
-    put_i64,
-};
+use crate::encode::{COPY_HEADER, FieldError, Typed, encode_typed, number_text, put_i16, put_i32};
 use crate::model::{InputFormat, Model, TimeZone};
 use crate::plan::Plan;
 use crate::source::PositionReader;
@@ -643,24 +641,7 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
                 continue 'rows;
             }
         }
-        if plan.line_column {
-            put_i32(&mut copy, 8);
-            put_i64(&mut copy, meta.line as i64);
-        }
-        rows.push(EncodedRow {
-            start: row_start as u32,
-            end: copy.len() as u32,
-            record: i as u32,
-        });
+        end_row(plan, &mut copy, &mut rows, row_start, meta.line, i);
     }
-    copy.extend_from_slice(COPY_TRAILER);
-    EncodedBatch {
-        seq: raw.seq,
-        rows_read: raw.records.len() as u64,
-        copy,
-        rows,
-        rejects,
-        raw,
-        deferred,
-    }
+    finish_batch(raw, copy, rows, rejects, deferred)
 }
