@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 use common::TestDb;
-use common::server::{ADMIN_PW, Server};
+use common::server::{ADMIN_PW, Server, accepted};
 
 /// Runs one of the pyarrow scripts of `tests/columnar/`.
 fn python(script: &str, args: &[&str]) -> String {
@@ -270,28 +270,13 @@ fn parquet_uploads_load_by_content_type_and_by_magic() {
             "application/octet-stream",
         ),
     ] {
-        let r = s
-            .http
-            .post(s.url(&format!("/api/v2/jobs?{query}")))
-            .bearer_auth(&token)
-            .header("content-type", content_type)
-            .body(body.clone())
-            .send()
-            .unwrap();
-        let status = r.status();
-        let job: Value = r.json().unwrap();
-        assert_eq!(status, 202, "{query}: {job}");
-        let id = job["job_id"].as_str().unwrap().to_string();
-        let mut done = Value::Null;
-        common::wait_for(
-            "the upload's job",
-            std::time::Duration::from_secs(60),
-            || {
-                done = s.get(&format!("/api/v2/jobs/{id}"), &token).json().unwrap();
-                ["succeeded", "failed", "skipped"].contains(&done["status"].as_str().unwrap_or(""))
-            },
-        );
-        assert_eq!(done["status"], "succeeded", "{query}: {done}");
+        let id = accepted(s.upload(
+            &token,
+            query,
+            body.clone(),
+            &[("content-type", content_type)],
+        ));
+        let done = s.wait_status(&token, &id, "succeeded");
         assert_eq!(done["rows_committed"], 1000, "{query}: {done}");
     }
     assert_eq!(db.count("item"), 1000);

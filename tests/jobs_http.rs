@@ -8,76 +8,24 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::server::{ADMIN_PW, Server, add_user, assert_problem};
+use common::server::{ADMIN_PW, Server, accepted, add_user, assert_problem};
 use common::{TestDb, customers, wait_for};
 use serde_json::Value;
 
 const ROWS: i64 = 200_000;
-
-fn upload(
-    s: &Server,
-    token: &str,
-    query: &str,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) -> reqwest::blocking::Response {
-    let mut req = s
-        .http
-        .post(s.url(&format!("/api/v2/jobs?{query}")))
-        .bearer_auth(token)
-        .header("content-type", "text/csv")
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().unwrap()
-}
-
-fn job(s: &Server, token: &str, id: &str) -> Value {
-    s.get(&format!("/api/v2/jobs/{id}"), token).json().unwrap()
-}
-
-fn wait_status(s: &Server, token: &str, id: &str, want: &str) -> Value {
-    let mut last = Value::Null;
-    wait_for(
-        &format!("job {id} to be {want}"),
-        Duration::from_secs(120),
-        || {
-            last = job(s, token, id);
-            let ended = ["succeeded", "failed", "cancelled", "skipped"]
-                .iter()
-                .any(|s| last["status"] == *s);
-            assert!(
-                !ended || last["status"] == want,
-                "the job ended otherwise: {last}"
-            );
-            last["status"] == want
-        },
-    );
-    last
-}
-
-fn accepted(r: reqwest::blocking::Response) -> String {
-    assert_eq!(r.status(), 202, "{:?}", r.text());
-    let v: Value = r.json().unwrap();
-    // A worker may have claimed it already.
-    assert!(v["status"] == "queued" || v["status"] == "running", "{v}");
-    v["job_id"].as_str().unwrap().to_string()
-}
 
 #[test]
 fn raw_multipart_and_gzip_uploads_become_jobs() {
     let db = TestDb::new();
     let s = Server::start(&db, &[]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
-    let raw = accepted(upload(
-        &s,
+    let raw = accepted(s.upload(
         &a,
         "model=customer",
         customers(1, 10).into_bytes(),
         &[("x-filename", "../../etc/passwd")],
     ));
-    let done = wait_status(&s, &a, &raw, "succeeded");
+    let done = s.wait_status(&a, &raw, "succeeded");
     assert_eq!(done["rows_committed"], 10);
     assert_eq!(done["file_name"], "passwd", "a client name is only a label");
     assert_eq!(done["owner"], "admin");
@@ -105,7 +53,7 @@ fn raw_multipart_and_gzip_uploads_become_jobs() {
     let rows = customers(11, 20);
     let headerless = &rows[rows.find('\n').unwrap() + 1..];
     let multi = accepted(multipart("header", "false", headerless));
-    let done = wait_status(&s, &a, &multi, "succeeded");
+    let done = s.wait_status(&a, &multi, "succeeded");
     assert_eq!(done["rows_committed"], 20);
     assert_eq!(done["file_name"], "c.csv");
     let p = assert_problem(multipart("note", "hello", &rows), 400);
@@ -113,34 +61,27 @@ fn raw_multipart_and_gzip_uploads_become_jobs() {
 
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(customers(31, 5).as_bytes()).unwrap();
-    let zipped = accepted(upload(
-        &s,
+    let zipped = accepted(s.upload(
         &a,
         "model=customer",
         gz.finish().unwrap(),
         &[("content-encoding", "gzip")],
     ));
-    let done = wait_status(&s, &a, &zipped, "succeeded");
+    let done = s.wait_status(&a, &zipped, "succeeded");
     assert_eq!(done["rows_committed"], 5);
     assert_eq!(db.count("customer"), 35);
     // The same bytes again: skipped, as with `nexus load`.
-    let again = accepted(upload(
-        &s,
-        &a,
-        "model=customer",
-        customers(1, 10).into_bytes(),
-        &[],
-    ));
-    wait_status(&s, &a, &again, "skipped");
+    let again = accepted(s.upload(&a, "model=customer", customers(1, 10).into_bytes(), &[]));
+    s.wait_status(&a, &again, "skipped");
 
-    assert_problem(upload(&s, &a, "model=nope", b"x".to_vec(), &[]), 400);
+    assert_problem(s.upload(&a, "model=nope", b"x".to_vec(), &[]), 400);
     assert_problem(
-        upload(&s, &a, "model=customer&mode=merge", b"x".to_vec(), &[]),
+        s.upload(&a, "model=customer&mode=merge", b"x".to_vec(), &[]),
         400,
     );
     // An empty file is a job like any other, and fails as `nexus load` does.
-    let empty = accepted(upload(&s, &a, "model=customer", Vec::new(), &[]));
-    let failed = wait_status(&s, &a, &empty, "failed");
+    let empty = accepted(s.upload(&a, "model=customer", Vec::new(), &[]));
+    let failed = s.wait_status(&a, &empty, "failed");
     assert!(
         failed["error"].as_str().unwrap().contains("empty"),
         "{failed}"
@@ -164,13 +105,7 @@ fn uploads_over_the_limit_are_refused() {
     let s = Server::start(&db, &[("NEXUS_MAX_UPLOAD", "1KiB")]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
     assert_problem(
-        upload(
-            &s,
-            &a,
-            "model=customer",
-            customers(1, 100).into_bytes(),
-            &[],
-        ),
+        s.upload(&a, "model=customer", customers(1, 100).into_bytes(), &[]),
         413,
     );
     assert_eq!(db.count("nexus.jobs"), 0);
@@ -193,12 +128,12 @@ fn users_see_their_own_jobs_and_rejects() {
     let (val, _) = s.tokens("val", "val-password");
     let (admin, _) = s.tokens("admin", ADMIN_PW);
     assert_problem(
-        upload(&s, &val, "model=customer", b"id\n1\n".to_vec(), &[]),
+        s.upload(&val, "model=customer", b"id\n1\n".to_vec(), &[]),
         403,
     );
     let demo = std::fs::read(common::fixture("customers.csv")).unwrap();
-    let id = accepted(upload(&s, &ann, "model=customer", demo, &[]));
-    let done = wait_status(&s, &ann, &id, "succeeded");
+    let id = accepted(s.upload(&ann, "model=customer", demo, &[]));
+    let done = s.wait_status(&ann, &id, "succeeded");
     assert_eq!(done["rows_rejected"], 5);
     assert_problem(s.get(&format!("/api/v2/jobs/{id}"), &bob), 404);
     assert_problem(s.get(&format!("/api/v2/jobs/{id}/rejects"), &bob), 404);
@@ -272,7 +207,7 @@ fn cancel_stops_a_running_job() {
     let m = models.to_str().unwrap();
     let s = Server::start(&db, &[("NEXUS_MODELS", m)]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
-    let id = accepted(upload(&s, &a, "model=ev", csv, &[]));
+    let id = accepted(s.upload(&a, "model=ev", csv, &[]));
     wait_for("batches to commit", Duration::from_secs(120), || {
         common::batches(&db) >= 2
     });
@@ -283,7 +218,7 @@ fn cancel_stops_a_running_job() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 202);
-    let done = wait_status(&s, &a, &id, "cancelled");
+    let done = s.wait_status(&a, &id, "cancelled");
     let committed = done["rows_committed"].as_i64().unwrap();
     assert!(committed < ROWS, "stopped early");
     assert_eq!(db.count("ev"), committed);
@@ -300,13 +235,7 @@ fn a_cancel_right_after_the_upload_always_wins() {
     let body = customers(1, 2000).into_bytes();
     let mut ids = Vec::new();
     for _ in 0..12 {
-        let id = accepted(upload(
-            &s,
-            &a,
-            "model=customer&mode=upsert",
-            body.clone(),
-            &[],
-        ));
+        let id = accepted(s.upload(&a, "model=customer&mode=upsert", body.clone(), &[]));
         let r = s
             .http
             .post(s.url(&format!("/api/v2/jobs/{id}/cancel")))
@@ -322,7 +251,7 @@ fn a_cancel_right_after_the_upload_always_wins() {
         ids.push(id);
     }
     for id in &ids {
-        let done = wait_status(&s, &a, id, "cancelled");
+        let done = s.wait_status(&a, id, "cancelled");
         assert_eq!(done["status"], "cancelled", "{done}");
         assert_eq!(
             done["rows_read"].as_i64().unwrap(),
@@ -347,7 +276,7 @@ fn a_restarted_server_resumes_its_job() {
     let m = models.to_str().unwrap();
     let mut s = Server::start(&db, &[("NEXUS_MODELS", m)]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
-    let id = accepted(upload(&s, &a, "model=ev", csv, &[]));
+    let id = accepted(s.upload(&a, "model=ev", csv, &[]));
     wait_for("batches to commit", Duration::from_secs(120), || {
         common::batches(&db) >= 3
     });
@@ -360,7 +289,7 @@ fn a_restarted_server_resumes_its_job() {
     assert!(db.count("ev") < ROWS);
     let s2 = Server::start(&db, &[("NEXUS_MODELS", m)]);
     let (a2, _) = s2.tokens("admin", ADMIN_PW);
-    let done = wait_status(&s2, &a2, &id, "succeeded");
+    let done = s2.wait_status(&a2, &id, "succeeded");
     assert_eq!(done["rows_committed"], ROWS);
     exactly_once(&db);
 }
@@ -373,7 +302,7 @@ fn when_one_of_two_servers_dies_the_other_finishes_the_job() {
     let env = [("NEXUS_MODELS", m), ("NEXUS_JOB_LEASE", "2s")];
     let mut first = Server::start(&db, &env);
     let (a, _) = first.tokens("admin", ADMIN_PW);
-    let id = accepted(upload(&first, &a, "model=ev", csv, &[]));
+    let id = accepted(first.upload(&a, "model=ev", csv, &[]));
     wait_for(
         "the first server to run the job",
         Duration::from_secs(120),
@@ -383,7 +312,7 @@ fn when_one_of_two_servers_dies_the_other_finishes_the_job() {
     first.child().kill().unwrap();
     first.child().wait().unwrap();
     let (a2, _) = second.tokens("admin", ADMIN_PW);
-    let done = wait_status(&second, &a2, &id, "succeeded");
+    let done = second.wait_status(&a2, &id, "succeeded");
     assert_eq!(done["rows_committed"], ROWS);
     assert_eq!(done["rows_read"], ROWS);
     exactly_once(&db);
@@ -396,19 +325,13 @@ fn a_job_changed_by_another_process_reads_fresh() {
     let db = TestDb::new();
     let s = Server::start(&db, &[("NEXUS_WORKERS", "0")]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
-    let id = accepted(upload(
-        &s,
-        &a,
-        "model=customer",
-        customers(1, 3).into_bytes(),
-        &[],
-    ));
+    let id = accepted(s.upload(&a, "model=customer", customers(1, 3).into_bytes(), &[]));
     for _ in 0..3 {
-        assert_eq!(job(&s, &a, &id)["status"], "queued");
+        assert_eq!(s.job(&a, &id)["status"], "queued");
     }
     let out = db.run(&["jobs", "cancel", &id]);
     assert_eq!(out.code, 0, "{out:?}");
-    wait_status(&s, &a, &id, "cancelled");
+    s.wait_status(&a, &id, "cancelled");
     // And a session revoked elsewhere (another server, an operator) is refused.
     db.exec("UPDATE nexus.sessions SET revoked_at = now()");
     wait_for(
@@ -424,20 +347,8 @@ fn a_job_whose_worker_died_twice_without_progress_is_failed_not_retried() {
     // No workers: the uploads stay queued for us to stage their history.
     let s = Server::start(&db, &[("NEXUS_WORKERS", "0")]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
-    let poisoned = accepted(upload(
-        &s,
-        &a,
-        "model=customer",
-        customers(1, 10).into_bytes(),
-        &[],
-    ));
-    let progressed = accepted(upload(
-        &s,
-        &a,
-        "model=customer",
-        customers(100, 10).into_bytes(),
-        &[],
-    ));
+    let poisoned = accepted(s.upload(&a, "model=customer", customers(1, 10).into_bytes(), &[]));
+    let progressed = accepted(s.upload(&a, "model=customer", customers(100, 10).into_bytes(), &[]));
     // Both jobs' workers died once before, and now their leases ran out
     // again: one without a batch committed since, one after some progress.
     let expired = |id: &str, claimed_done: i64| {
@@ -453,14 +364,14 @@ fn a_job_whose_worker_died_twice_without_progress_is_failed_not_retried() {
     drop(s);
     let s = Server::start(&db, &[("NEXUS_WORKERS", "1")]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
-    let failed = wait_status(&s, &a, &poisoned, "failed");
+    let failed = s.wait_status(&a, &poisoned, "failed");
     let error = failed["error"].as_str().unwrap();
     assert!(
         error.contains("stopped 2 times without committing a batch"),
         "{failed}"
     );
     assert_eq!(failed["rows_committed"], 0);
-    let loaded = wait_status(&s, &a, &progressed, "succeeded");
+    let loaded = s.wait_status(&a, &progressed, "succeeded");
     assert_eq!(loaded["rows_committed"], 10);
 }
 
@@ -481,22 +392,10 @@ fn uploads_of_old_jobs_and_cut_off_parts_are_swept() {
     let s = Server::start(&db, &[]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
     // A file whose header names no column of the model fails its job.
-    let old = accepted(upload(
-        &s,
-        &a,
-        "model=customer",
-        b"foo,bar\n1,2\n".to_vec(),
-        &[],
-    ));
-    let recent = accepted(upload(
-        &s,
-        &a,
-        "model=customer",
-        b"foo,baz\n1,2\n".to_vec(),
-        &[],
-    ));
-    wait_status(&s, &a, &old, "failed");
-    wait_status(&s, &a, &recent, "failed");
+    let old = accepted(s.upload(&a, "model=customer", b"foo,bar\n1,2\n".to_vec(), &[]));
+    let recent = accepted(s.upload(&a, "model=customer", b"foo,baz\n1,2\n".to_vec(), &[]));
+    s.wait_status(&a, &old, "failed");
+    s.wait_status(&a, &recent, "failed");
     drop(s);
     let uploads = db.dir.path().join("data/uploads");
     let key = |id: &str| {
@@ -590,14 +489,14 @@ fn the_same_file_uploaded_twice_loads_once() {
     let m = models.to_str().unwrap();
     let s = Server::start(&db, &[("NEXUS_MODELS", m), ("NEXUS_WORKERS", "2")]);
     let (a, _) = s.tokens("admin", ADMIN_PW);
-    let first = accepted(upload(&s, &a, "model=ev", csv.clone(), &[]));
-    let second = accepted(upload(&s, &a, "model=ev", csv, &[]));
+    let first = accepted(s.upload(&a, "model=ev", csv.clone(), &[]));
+    let second = accepted(s.upload(&a, "model=ev", csv, &[]));
     let ends: Vec<String> = [&first, &second]
         .iter()
         .map(|id| {
             let mut last = Value::Null;
             wait_for("the job to end", Duration::from_secs(120), || {
-                last = job(&s, &a, id);
+                last = s.job(&a, id);
                 last["status"] == "succeeded" || last["status"] == "skipped"
             });
             last["status"].as_str().unwrap().to_string()
@@ -625,14 +524,13 @@ fn uploads_carry_load_options_and_refuse_unknown_ones() {
             format!(";r{i}@example.com;FR;-;10.00;2021-01-01T00:00:00Z;true;{i}\n").as_bytes(),
         );
     }
-    let id = accepted(upload(
-        &s,
+    let id = accepted(s.upload(
         &token,
         "model=customer&encoding=latin1&delimiter=%3B&header=false&null=-&max_rejects=0",
         body.clone(),
         &[],
     ));
-    let done = wait_status(&s, &token, &id, "succeeded");
+    let done = s.wait_status(&token, &id, "succeeded");
     assert_eq!(done["rows_committed"], 5, "{done}");
     assert_eq!(
         db.value("SELECT name FROM customer WHERE id = 3")
@@ -645,22 +543,20 @@ fn uploads_carry_load_options_and_refuse_unknown_ones() {
         Some("5")
     );
     // The same file again: skipped, unless forced.
-    let again = accepted(upload(
-        &s,
+    let again = accepted(s.upload(
         &token,
         "model=customer&encoding=latin1&delimiter=%3B&header=false&null=-",
         body.clone(),
         &[],
     ));
-    wait_status(&s, &token, &again, "skipped");
-    let forced = accepted(upload(
-        &s,
+    s.wait_status(&token, &again, "skipped");
+    let forced = accepted(s.upload(
         &token,
         "model=customer&encoding=latin1&delimiter=%3B&header=false&null=-&force=true",
         body,
         &[],
     ));
-    let f = wait_status(&s, &token, &forced, "failed");
+    let f = s.wait_status(&token, &forced, "failed");
     assert_eq!(f["rows_rejected"], 5, "duplicates, all rejected: {f}");
     // Grouped by kind: the keys differ, the kind does not.
     let groups: Value = s
@@ -684,8 +580,7 @@ fn uploads_carry_load_options_and_refuse_unknown_ones() {
     assert_eq!(groups[0]["examples"][0]["line"], 1, "{groups}");
     // Unknown and bad options.
     let p = assert_problem(
-        upload(
-            &s,
+        s.upload(
             &token,
             "model=customer&encodng=latin1",
             b"id\n1\n".to_vec(),
@@ -695,8 +590,7 @@ fn uploads_carry_load_options_and_refuse_unknown_ones() {
     );
     assert!(p["detail"].as_str().unwrap().contains("encodng"), "{p}");
     let p = assert_problem(
-        upload(
-            &s,
+        s.upload(
             &token,
             "model=customer&encoding=ebcdic",
             b"id\n1\n".to_vec(),
@@ -706,8 +600,7 @@ fn uploads_carry_load_options_and_refuse_unknown_ones() {
     );
     assert!(p["detail"].as_str().unwrap().contains("ebcdic"), "{p}");
     let p = assert_problem(
-        upload(
-            &s,
+        s.upload(
             &token,
             "model=customer&delimiter=ab",
             b"id\n1\n".to_vec(),

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 
 use common::TestDb;
-use common::server::{ADMIN_PW, Server};
+use common::server::{ADMIN_PW, Server, accepted};
 
 const TABLE: &str = "(id int PRIMARY KEY, n numeric, i bigint, f double precision, b boolean, \
      t text, d date, ts timestamptz, j jsonb)";
@@ -283,27 +283,13 @@ fn compressed_ndjson_and_ndjson_uploads_load() {
             "application/octet-stream",
         ),
     ] {
-        let r = s
-            .http
-            .post(s.url(&format!("/api/v2/jobs?{query}")))
-            .bearer_auth(&token)
-            .header("content-type", content_type)
-            .body(upsert.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 202, "{query}");
-        let job: Value = r.json().unwrap();
-        let id = job["job_id"].as_str().unwrap().to_string();
-        let mut done = Value::Null;
-        common::wait_for(
-            "the upload's job",
-            std::time::Duration::from_secs(60),
-            || {
-                done = s.get(&format!("/api/v2/jobs/{id}"), &token).json().unwrap();
-                ["succeeded", "failed", "skipped"].contains(&done["status"].as_str().unwrap_or(""))
-            },
-        );
-        assert_eq!(done["status"], "succeeded", "{query}: {done}");
+        let id = accepted(s.upload(
+            &token,
+            query,
+            upsert.as_bytes().to_vec(),
+            &[("content-type", content_type)],
+        ));
+        let done = s.wait_status(&token, &id, "succeeded");
         assert_eq!(done["rows_committed"], 500, "{query}: {done}");
     }
     assert_eq!(

@@ -404,23 +404,17 @@ impl<'a> Values<'a> {
             &D::Decimal128(_, s) => decimal!(Decimal128Type, s),
             &D::Decimal256(_, s) => decimal!(Decimal256Type, s),
             D::Timestamp(unit, tz) => {
+                macro_rules! raw {
+                    ($t:ty) => {{
+                        let p = a.as_primitive::<$t>();
+                        Box::new(move |i| p.value(i))
+                    }};
+                }
                 let value: Box<dyn Fn(usize) -> i64 + 'a> = match unit {
-                    TimeUnit::Second => {
-                        let p = a.as_primitive::<TimestampSecondType>();
-                        Box::new(move |i| p.value(i))
-                    }
-                    TimeUnit::Millisecond => {
-                        let p = a.as_primitive::<TimestampMillisecondType>();
-                        Box::new(move |i| p.value(i))
-                    }
-                    TimeUnit::Microsecond => {
-                        let p = a.as_primitive::<TimestampMicrosecondType>();
-                        Box::new(move |i| p.value(i))
-                    }
-                    TimeUnit::Nanosecond => {
-                        let p = a.as_primitive::<TimestampNanosecondType>();
-                        Box::new(move |i| p.value(i))
-                    }
+                    TimeUnit::Second => raw!(TimestampSecondType),
+                    TimeUnit::Millisecond => raw!(TimestampMillisecondType),
+                    TimeUnit::Microsecond => raw!(TimestampMicrosecondType),
+                    TimeUnit::Nanosecond => raw!(TimestampNanosecondType),
                 };
                 Values::Timestamp {
                     value,

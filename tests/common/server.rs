@@ -94,6 +94,61 @@ impl Server {
     }
 
     /// The Prometheus text of `/metrics`.
+    /// Posts `body` as a new job's file: `text/csv` unless `headers` name
+    /// another Content-Type.
+    pub fn upload(
+        &self,
+        token: &str,
+        query: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/api/v2/jobs?{query}")))
+            .bearer_auth(token)
+            .body(body);
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header("content-type", "text/csv");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().unwrap()
+    }
+
+    /// The job as `GET /api/v2/jobs/{id}` shows it.
+    pub fn job(&self, token: &str, id: &str) -> Value {
+        self.get(&format!("/api/v2/jobs/{id}"), token)
+            .json()
+            .unwrap()
+    }
+
+    /// Waits for the job to reach `want`; one that ends otherwise fails
+    /// the test at once.
+    pub fn wait_status(&self, token: &str, id: &str, want: &str) -> Value {
+        let mut last = Value::Null;
+        super::wait_for(
+            &format!("job {id} to be {want}"),
+            Duration::from_secs(120),
+            || {
+                last = self.job(token, id);
+                let ended = ["succeeded", "failed", "cancelled", "skipped"]
+                    .iter()
+                    .any(|s| last["status"] == *s);
+                assert!(
+                    !ended || last["status"] == want,
+                    "the job ended otherwise: {last}"
+                );
+                last["status"] == want
+            },
+        );
+        last
+    }
+
     pub fn metrics(&self) -> String {
         self.http
             .get(self.url("/metrics"))
@@ -114,6 +169,15 @@ impl Server {
     pub fn child(&mut self) -> &mut Child {
         self.child.get()
     }
+}
+
+/// Accepted (202, queued or running already): the new job's id.
+pub fn accepted(r: Response) -> String {
+    assert_eq!(r.status(), 202, "{:?}", r.text());
+    let v: Value = r.json().unwrap();
+    // A worker may have claimed it already.
+    assert!(v["status"] == "queued" || v["status"] == "running", "{v}");
+    v["job_id"].as_str().unwrap().to_string()
 }
 
 pub fn add_user(db: &TestDb, name: &str, role: &str, password: &str) {
