@@ -48,11 +48,52 @@ pub enum ColumnarError {
     },
 }
 
-/// The magic bytes of each columnar format.
-pub const PARQUET_MAGIC: &[u8] = b"PAR1";
-pub const ARROW_FILE_MAGIC: &[u8] = b"ARROW1";
-/// An Arrow IPC stream opens with a continuation marker.
-pub const ARROW_STREAM_MAGIC: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+/// How a columnar file is laid out, as its magic bytes prove: Parquet and
+/// the Arrow IPC file form open and end with their magic; an Arrow stream
+/// opens with a continuation marker (0xFF bytes, never UTF-8). Text
+/// formats have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Parquet,
+    ArrowFile,
+    ArrowStream,
+}
+
+const PARQUET_MAGIC: &[u8] = b"PAR1";
+const ARROW_FILE_MAGIC: &[u8] = b"ARROW1";
+const ARROW_STREAM_MAGIC: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+
+impl Layout {
+    pub fn format(self) -> InputFormat {
+        match self {
+            Layout::Parquet => InputFormat::Parquet,
+            Layout::ArrowFile | Layout::ArrowStream => InputFormat::Arrow,
+        }
+    }
+
+    pub fn of(head: &[u8], tail: &[u8]) -> Option<Layout> {
+        if head.starts_with(PARQUET_MAGIC) && tail.ends_with(PARQUET_MAGIC) {
+            Some(Layout::Parquet)
+        } else if head.starts_with(ARROW_FILE_MAGIC) && tail.ends_with(ARROW_FILE_MAGIC) {
+            Some(Layout::ArrowFile)
+        } else if head.starts_with(ARROW_STREAM_MAGIC) {
+            Some(Layout::ArrowStream)
+        } else {
+            None
+        }
+    }
+
+    /// The layout of an open file (read from its start again afterwards).
+    pub fn of_file(file: &mut File) -> std::io::Result<Option<Layout>> {
+        let len = file.metadata()?.len();
+        let (mut head, mut tail) = ([0u8; 8], [0u8; 8]);
+        let n = read_up_to(file, &mut head)?;
+        file.seek(SeekFrom::Start(len.saturating_sub(8)))?;
+        let m = read_up_to(file, &mut tail)?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Layout::of(&head[..n], &tail[..m]))
+    }
+}
 
 /// Whether a value of Arrow type `dt` can be stored in a `ty` column.
 /// Text goes through the same input rules as a CSV field; typed values are
@@ -91,6 +132,7 @@ pub fn fits(dt: &DataType, ty: ColumnType) -> bool {
 
 /// Record batches of an open file, the columns the model needs only.
 pub struct ColumnarReader {
+    format: InputFormat,
     batches: Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>,
     /// Parquet knows its row count up front: progress is counted in rows
     /// and shown as the share of the file's bytes.
@@ -116,15 +158,14 @@ impl ColumnarReader {
         };
         let mut file = File::open(path)?;
         let file_len = file.metadata()?.len();
-        if InputFormat::sniff_file(path) != Some(format) {
-            return Err(unreadable(
-                &"its first and last bytes are not the format's magic: is it a complete file of this format?",
-            )
-            .into());
-        }
+        let layout = Layout::of_file(&mut file)?
+            .filter(|l| l.format() == format)
+            .ok_or_else(|| {
+                unreadable(&"its first and last bytes are not the format's magic: is it a complete file of this format?")
+            })?;
         let batch_size = batch_size.max(1);
-        match format {
-            InputFormat::Parquet => {
+        match layout {
+            Layout::Parquet => {
                 use parquet::arrow::ProjectionMask;
                 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
                 let builder = guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
@@ -140,19 +181,17 @@ impl ColumnarReader {
                 })
                 .map_err(|e| unreadable(&e))?;
                 let reader = ColumnarReader {
+                    format,
                     batches: Box::new(reader),
                     total_rows: Some(total_rows),
                     file_len,
                 };
                 Ok((plan, reader))
             }
-            InputFormat::Arrow => {
-                let mut head = [0u8; 6];
-                let n = read_up_to(&mut file, &mut head)?;
-                file.seek(SeekFrom::Start(0))?;
+            Layout::ArrowFile | Layout::ArrowStream => {
                 let file = PositionReader::new(file, raw_bytes);
                 let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = _> + Send>) =
-                    if head[..n] == *ARROW_FILE_MAGIC {
+                    if layout == Layout::ArrowFile {
                         let r = guarded(|| arrow_ipc::reader::FileReader::try_new(file, None))
                             .map_err(|e| unreadable(&e))?;
                         (r.schema(), Box::new(r))
@@ -169,39 +208,35 @@ impl ColumnarReader {
                 let (plan, projection) = plan_onto(model, &schema, line_column)?;
                 let batches = batches.map(move |b| b.and_then(|b| b.project(&projection)));
                 let reader = ColumnarReader {
+                    format,
                     batches: Box::new(Sliced::new(batches, batch_size)),
                     total_rows: None,
                     file_len,
                 };
                 Ok((plan, reader))
             }
-            InputFormat::Csv | InputFormat::Ndjson => {
-                Err(unreadable(&"a text format is read as lines, not as columns").into())
-            }
         }
     }
 
     /// The next batch, or an error that names the file's format. A panic in
     /// the decoder (hostile bytes) is an error too.
-    pub fn next_batch(
-        &mut self,
-        format: InputFormat,
-    ) -> Result<Option<RecordBatch>, ColumnarError> {
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, ColumnarError> {
         let batches = &mut self.batches;
+        let unreadable = |message: String| ColumnarError::Unreadable {
+            format: self.format.as_str(),
+            message,
+        };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batches.next())) {
             Ok(None) => Ok(None),
             Ok(Some(Ok(b))) => Ok(Some(b)),
-            Ok(Some(Err(e))) => Err(ColumnarError::Unreadable {
-                format: format.as_str(),
-                message: e.to_string(),
-            }),
-            Err(_) => Err(ColumnarError::Unreadable {
-                format: format.as_str(),
-                message: "the decoder failed on malformed data".into(),
-            }),
+            Ok(Some(Err(e))) => Err(unreadable(e.to_string())),
+            Err(_) => Err(unreadable(MALFORMED.into())),
         }
     }
 }
+
+/// What a decoder's panic on hostile bytes is reported as.
+const MALFORMED: &str = "the decoder failed on malformed data";
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -218,27 +253,22 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("the decoder failed on malformed data".into()),
+        Err(_) => Err(MALFORMED.into()),
     }
 }
 
-/// Plans the model onto the file's columns as onto a CSV header, then
-/// onto the projected columns only; checks every column's type.
+/// Plans the model onto the file's columns as onto a CSV header and
+/// checks every column's type; the plan then reads the projected columns.
 fn plan_onto(
     model: Arc<Model>,
     schema: &SchemaRef,
     line_column: bool,
 ) -> Result<(Plan, Vec<usize>), crate::runner::PipelineError> {
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let whole = Plan::from_header(model.clone(), &names, line_column)?;
-    let mut projection = whole.field_of.clone();
-    projection.sort_unstable();
-    projection.dedup();
-    let projected: Vec<String> = projection.iter().map(|&i| names[i].clone()).collect();
-    let plan = Plan::from_header(model, &projected, line_column)?;
+    let mut plan = Plan::from_header(model, &names, line_column)?;
     for (k, &ci) in plan.copy_columns.iter().enumerate() {
         let col = &plan.model.columns[ci];
-        let dt = schema.field(projection[plan.field_of[k]]).data_type();
+        let dt = schema.field(plan.field_of[k]).data_type();
         if !fits(dt, col.ty) {
             return Err(ColumnarError::TypeMismatch {
                 column: col.name.clone(),
@@ -248,6 +278,14 @@ fn plan_onto(
             .into());
         }
     }
+    // Only the planned columns are read: fields are numbered among them.
+    let mut projection = plan.field_of.clone();
+    projection.sort_unstable();
+    projection.dedup();
+    for f in &mut plan.field_of {
+        *f = projection.partition_point(|&p| p < *f);
+    }
+    plan.input_fields = projection.len();
     Ok((plan, projection))
 }
 
@@ -477,18 +515,16 @@ fn timestamp_value(
         .and_then(|m| m.checked_add(nanos / 1_000))
         .ok_or_else(out_of_range)?;
     let micros = values::unix_to_pg_micros(unix_micros).ok_or_else(out_of_range)?;
-    let exact = nanos % 1_000 == 0;
-    match (exact, !zoned && with_tz) {
-        (true, false) => Ok(Ok(micros)),
-        (true, true) => match values::local_to_utc(micros, tz) {
-            Some(utc) => Ok(Ok(utc)),
-            None => Ok(Err(timestamp_text(secs, nanos, false)?)),
-        },
-        (false, local) => Ok(Err(timestamp_text(
-            secs,
-            nanos,
-            zoned && !local && with_tz,
-        )?)),
+    if nanos % 1_000 != 0 {
+        return Ok(Err(timestamp_text(secs, nanos, zoned && with_tz)?));
+    }
+    if zoned || !with_tz {
+        return Ok(Ok(micros));
+    }
+    // A wall time into a timestamptz column: in the load's zone.
+    match values::local_to_utc(micros, tz) {
+        Some(utc) => Ok(Ok(utc)),
+        None => Ok(Err(timestamp_text(secs, nanos, false)?)),
     }
 }
 
@@ -517,19 +553,26 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
     let ncols = plan.copy_columns.len() + plan.line_column as usize;
     let nrows = columns.num_rows().min(raw.records.len());
     let options = arrow_json::writer::EncoderOptions::default().with_explicit_nulls(true);
-    // Dictionaries are unpacked once per batch: the values are then read
-    // as their own type.
+    // Dictionaries are unpacked once per batch: the values are then read as
+    // their own type. One that cannot be is each row's reject.
+    let mut unpacked: Vec<Option<String>> = Vec::new();
     let arrays: Vec<ArrayRef> = plan
         .field_of
         .iter()
         .map(|&f| {
             let a = columns.column(f);
-            match a.data_type() {
-                DataType::Dictionary(_, value) => {
-                    arrow_cast::cast(a, value).unwrap_or_else(|_| a.clone())
-                }
-                _ => a.clone(),
-            }
+            let (array, failure) = match a.data_type() {
+                DataType::Dictionary(_, value) => match arrow_cast::cast(a, value) {
+                    Ok(v) => (v, None),
+                    Err(e) => (
+                        a.clone(),
+                        Some(format!("the dictionary cannot be unpacked: {e}")),
+                    ),
+                },
+                _ => (a.clone(), None),
+            };
+            unpacked.push(failure);
+            array
         })
         .collect();
     let fields: Vec<FieldRef> = arrays
@@ -539,7 +582,11 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
     let mut readers: Vec<Values> = arrays
         .iter()
         .zip(&fields)
-        .map(|(a, f)| Values::of(f, a.as_ref(), &options))
+        .zip(unpacked)
+        .map(|((a, f), failure)| match failure {
+            Some(why) => Values::Unreadable(why),
+            None => Values::of(f, a.as_ref(), &options),
+        })
         .collect();
     let mut copy = Vec::with_capacity(nrows * (2 + 12 * ncols) + 32);
     copy.extend_from_slice(COPY_HEADER);

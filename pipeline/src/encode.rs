@@ -214,6 +214,12 @@ pub fn encode_typed(col: &Column, v: Typed, out: &mut Vec<u8>) -> Result<(), Fie
             show(&number_text(v))
         ))
     };
+    let mismatch = || {
+        FieldError::Invalid(format!(
+            "a {v:?} value cannot be stored in a {} column",
+            col.ty
+        ))
+    };
     let ranged = |n: f64| -> Result<(), FieldError> {
         let r = &col.rules;
         if r.min.is_some() || r.max.is_some() || r.one_of.is_some() {
@@ -242,7 +248,6 @@ pub fn encode_typed(col: &Column, v: Typed, out: &mut Vec<u8>) -> Result<(), Fie
         }
         (ColumnType::Real, Typed::Int(_) | Typed::Float32(_) | Typed::Float64(_)) => {
             let f = match v {
-                Typed::Int(n) => n as f32,
                 Typed::Float32(f) => f,
                 Typed::Float64(f) => {
                     let narrow = f as f32;
@@ -252,7 +257,8 @@ pub fn encode_typed(col: &Column, v: Typed, out: &mut Vec<u8>) -> Result<(), Fie
                     }
                     narrow
                 }
-                _ => unreachable!("matched above"),
+                Typed::Int(n) => n as f32,
+                _ => return Err(mismatch()),
             };
             ranged(f as f64)?;
             put_i32(out, 4);
@@ -260,10 +266,10 @@ pub fn encode_typed(col: &Column, v: Typed, out: &mut Vec<u8>) -> Result<(), Fie
         }
         (ColumnType::Double, Typed::Int(_) | Typed::Float32(_) | Typed::Float64(_)) => {
             let f = match v {
-                Typed::Int(n) => n as f64,
-                Typed::Float32(f) => f as f64,
                 Typed::Float64(f) => f,
-                _ => unreachable!("matched above"),
+                Typed::Float32(f) => f as f64,
+                Typed::Int(n) => n as f64,
+                _ => return Err(mismatch()),
             };
             ranged(f)?;
             put_i32(out, 8);
@@ -295,11 +301,7 @@ pub fn encode_typed(col: &Column, v: Typed, out: &mut Vec<u8>) -> Result<(), Fie
             put_i32(out, 16);
             out.extend_from_slice(b);
         }
-        (ty, v) => {
-            return Err(FieldError::Invalid(format!(
-                "a {v:?} value cannot be stored in a {ty} column"
-            )));
-        }
+        _ => return Err(mismatch()),
     }
     Ok(())
 }

@@ -264,32 +264,14 @@ impl InputFormat {
         matches!(self, InputFormat::Parquet | InputFormat::Arrow)
     }
 
-    /// The format a file's bytes prove: Parquet and the Arrow IPC file
-    /// form open and end with their magic, an Arrow stream opens with a
-    /// continuation marker (never UTF-8). Text formats have none.
-    pub fn sniff(head: &[u8], tail: &[u8]) -> Option<InputFormat> {
-        use crate::columnar::{ARROW_FILE_MAGIC, ARROW_STREAM_MAGIC, PARQUET_MAGIC};
-        if head.starts_with(PARQUET_MAGIC) && tail.ends_with(PARQUET_MAGIC) {
-            Some(InputFormat::Parquet)
-        } else if (head.starts_with(ARROW_FILE_MAGIC) && tail.ends_with(ARROW_FILE_MAGIC))
-            || head.starts_with(ARROW_STREAM_MAGIC)
-        {
-            Some(InputFormat::Arrow)
-        } else {
-            None
-        }
-    }
-
-    /// The format of the file at `path` by its magic bytes, if it has any.
+    /// The format of the file at `path` by its magic bytes, if it has any
+    /// (see [`crate::columnar::Layout`]).
     pub fn sniff_file(path: &std::path::Path) -> Option<InputFormat> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(path).ok()?;
-        let len = f.metadata().ok()?.len();
-        let (mut head, mut tail) = ([0u8; 8], [0u8; 8]);
-        let n = f.read(&mut head).ok()?;
-        f.seek(SeekFrom::Start(len.saturating_sub(8))).ok()?;
-        let m = f.read(&mut tail).ok()?;
-        InputFormat::sniff(&head[..n], &tail[..m])
+        let mut file = std::fs::File::open(path).ok()?;
+        crate::columnar::Layout::of_file(&mut file)
+            .ok()
+            .flatten()
+            .map(crate::columnar::Layout::format)
     }
 
     /// The format a file's name says, through a `.gz` or `.zst`: `.ndjson`

@@ -197,7 +197,7 @@ pub fn start_columnar(
     }
     let mut rows = 0u64;
     let next = move |seq: u64| -> Result<Option<RawBatch>, PipelineError> {
-        let Some(columns) = reader.next_batch(format)? else {
+        let Some(columns) = reader.next_batch()? else {
             if reader.total_rows.is_some() {
                 bytes_read.store(reader.file_len, Ordering::Relaxed);
             }
