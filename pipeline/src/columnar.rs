@@ -168,6 +168,10 @@ impl ColumnarReader {
             Layout::Parquet => {
                 use parquet::arrow::ProjectionMask;
                 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+                let file = BoundedFile {
+                    file,
+                    len: file_len,
+                };
                 let builder = guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
                     .map_err(|e| unreadable(&e))?;
                 let (plan, projection) = plan_onto(model, builder.schema(), line_column)?;
@@ -189,6 +193,7 @@ impl ColumnarReader {
                 Ok((plan, reader))
             }
             Layout::ArrowFile | Layout::ArrowStream => {
+                check_ipc_lengths(&mut file, layout, file_len).map_err(|e| unreadable(&e))?;
                 let file = PositionReader::new(file, raw_bytes);
                 let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = _> + Send>) =
                     if layout == Layout::ArrowFile {
@@ -237,6 +242,119 @@ impl ColumnarReader {
 
 /// What a decoder's panic on hostile bytes is reported as.
 const MALFORMED: &str = "the decoder failed on malformed data";
+
+/// A Parquet file as the decoder reads it, within bounds: a range past the
+/// end is an error before anything is allocated for it (a hostile length
+/// would otherwise be allocated whole).
+struct BoundedFile {
+    file: File,
+    len: u64,
+}
+
+impl parquet::file::reader::Length for BoundedFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl parquet::file::reader::ChunkReader for BoundedFile {
+    type T = BufReader<File>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        self.file.get_read(start)
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        if start
+            .checked_add(length as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(parquet::errors::ParquetError::EOF(format!(
+                "{length} bytes at {start} reach past the end of the file ({} bytes)",
+                self.len
+            )));
+        }
+        self.file.get_bytes(start, length)
+    }
+}
+
+/// Arrow's IPC readers allocate what a file's lengths claim before they
+/// read: every message's lengths are checked against the file first, so a
+/// hostile file fails with an error instead of exhausting memory. The file
+/// form lists its blocks in the footer; a stream is walked message by
+/// message (headers only, bodies skipped).
+fn check_ipc_lengths(file: &mut File, layout: Layout, len: u64) -> Result<(), String> {
+    let beyond = |what: &str| format!("{what} reaches past the end of the file");
+    match layout {
+        Layout::Parquet => {}
+        Layout::ArrowFile => {
+            let mut tail = [0u8; 10];
+            file.seek(SeekFrom::End(-10)).map_err(|e| e.to_string())?;
+            file.read_exact(&mut tail).map_err(|e| e.to_string())?;
+            let footer_len =
+                arrow_ipc::reader::read_footer_length(tail).map_err(|e| e.to_string())? as u64;
+            let body_end = len
+                .checked_sub(10 + footer_len)
+                .ok_or_else(|| beyond("the footer"))?;
+            let mut footer = vec![0u8; footer_len as usize];
+            file.seek(SeekFrom::Start(body_end))
+                .map_err(|e| e.to_string())?;
+            file.read_exact(&mut footer).map_err(|e| e.to_string())?;
+            let footer = arrow_ipc::root_as_footer(&footer).map_err(|e| e.to_string())?;
+            let blocks = footer.recordBatches().into_iter().flatten();
+            for b in blocks.chain(footer.dictionaries().into_iter().flatten()) {
+                let end = u64::try_from(b.offset())
+                    .ok()
+                    .zip(u64::try_from(b.metaDataLength()).ok())
+                    .zip(u64::try_from(b.bodyLength()).ok())
+                    .and_then(|((o, m), l)| o.checked_add(m)?.checked_add(l));
+                if end.is_none_or(|e| e > body_end) {
+                    return Err(beyond("a record batch"));
+                }
+            }
+        }
+        Layout::ArrowStream => {
+            let mut r = BufReader::new(&mut *file);
+            let mut at = 0u64;
+            loop {
+                let mut word = [0u8; 4];
+                if read_up_to(&mut r, &mut word).map_err(|e| e.to_string())? < 4 {
+                    break;
+                }
+                at += 4;
+                if word == [0xff; 4] {
+                    if read_up_to(&mut r, &mut word).map_err(|e| e.to_string())? < 4 {
+                        break;
+                    }
+                    at += 4;
+                }
+                let meta_len = i32::from_le_bytes(word);
+                if meta_len == 0 {
+                    break;
+                }
+                let meta_len =
+                    u64::try_from(meta_len).map_err(|_| "a negative message length".to_string())?;
+                if at + meta_len > len {
+                    return Err(beyond("a message"));
+                }
+                let mut meta = vec![0u8; meta_len as usize];
+                r.read_exact(&mut meta).map_err(|e| e.to_string())?;
+                let body = arrow_ipc::root_as_message(&meta)
+                    .map_err(|e| e.to_string())?
+                    .bodyLength();
+                at += meta_len;
+                let body = u64::try_from(body).map_err(|_| "a negative body length".to_string())?;
+                if at + body > len {
+                    return Err(beyond("a message body"));
+                }
+                r.seek_relative(body as i64).map_err(|e| e.to_string())?;
+                at += body;
+            }
+        }
+    }
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    Ok(())
+}
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
