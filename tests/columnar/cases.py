@@ -5,6 +5,8 @@ Usage: cases.py OUT_DIR
   ranges.parquet    10 rows in row groups of 3: row 5's qty does not fit a
                     smallint, row 8's id is null, row 9's note has a NUL
   items.parquet     1000 valid rows (uploads), zstd
+  ev.parquet        300,000 rows in row groups of 40,000; every 1000th id is
+                    null (a reject)
   big.parquet       ROWS rows in ONE row group (bounded memory), if ROWS given
 """
 
@@ -29,6 +31,11 @@ pq.write_table(pa.table({"id": pa.array(range(1, n + 1), pa.int64()),
                          "qty": pa.array([i % 7 for i in range(n)], pa.int16()),
                          "note": pa.array([f"item {i}" for i in range(n)])}),
                f"{out}/items.parquet", compression="zstd")
+
+n = 300_000
+pq.write_table(pa.table({"id": pa.array([None if i % 1000 == 0 else i for i in range(1, n + 1)], pa.int64()),
+                         "payload": pa.array([f"row {i}, with a comma" for i in range(1, n + 1)])}),
+               f"{out}/ev.parquet", row_group_size=40_000, compression="snappy")
 
 if len(sys.argv) > 2:
     n = int(sys.argv[2])
