@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Bounded coverage-guided fuzzing of what parses untrusted bytes (libFuzzer
 # through cargo-fuzz, on the nightly toolchain installed beside stable):
-# the CSV splitter, the NDJSON line reader, each type's encoder, Arrow IPC
-# files read and encoded, and a whole batch through
+# the CSV splitter, the NDJSON line reader, each type's encoder, Parquet and
+# Arrow IPC files read and encoded, and a whole batch through
 # parse · validate · encode · settle. Each run starts by replaying the
 # committed corpus (fuzz/corpus/TARGET, findings included), then explores
 # for FUZZ_SECONDS (default 30) per target; new inputs go to a scratch
@@ -21,7 +21,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo +nightly install cargo-fuzz --locked --quiet
 fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(csv_records values batch ndjson arrow_ipc)
+[ ${#targets[@]} -gt 0 ] || targets=(csv_records values batch ndjson columnar)
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cargo +nightly fuzz build --sanitizer none 2>&1 | tail -3

@@ -171,6 +171,7 @@ impl ColumnarReader {
                 let file = BoundedFile {
                     file,
                     len: file_len,
+                    at_end: Default::default(),
                 };
                 let builder = guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
                     .map_err(|e| unreadable(&e))?;
@@ -245,11 +246,19 @@ const MALFORMED: &str = "the decoder failed on malformed data";
 
 /// A Parquet file as the decoder reads it, within bounds: a range past the
 /// end is an error before anything is allocated for it (a hostile length
-/// would otherwise be allocated whole).
+/// would otherwise be allocated whole), and so is reading on at the end of
+/// the file over and over — a malformed page header can have the decoder
+/// read billions of list elements from nothing.
 struct BoundedFile {
     file: File,
     len: u64,
+    /// Reads that found the end of the file, so far.
+    at_end: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// How often the decoder may find the end of the file: a valid file is
+/// read to its end a few times (the footer, the last column chunks).
+const READS_AT_THE_END: u64 = 10_000;
 
 impl parquet::file::reader::Length for BoundedFile {
     fn len(&self) -> u64 {
@@ -258,10 +267,15 @@ impl parquet::file::reader::Length for BoundedFile {
 }
 
 impl parquet::file::reader::ChunkReader for BoundedFile {
-    type T = BufReader<File>;
+    type T = BufReader<EndWatch>;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
-        self.file.get_read(start)
+        let mut file = self.file.try_clone()?;
+        file.seek(SeekFrom::Start(start))?;
+        Ok(BufReader::new(EndWatch {
+            file,
+            at_end: self.at_end.clone(),
+        }))
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
@@ -275,6 +289,31 @@ impl parquet::file::reader::ChunkReader for BoundedFile {
             )));
         }
         self.file.get_bytes(start, length)
+    }
+}
+
+/// A reader of the file that counts the reads that find its end.
+struct EndWatch {
+    file: File,
+    at_end: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Read for EndWatch {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if n == 0
+            && !buf.is_empty()
+            && self
+                .at_end
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                >= READS_AT_THE_END
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the decoder keeps reading past the end of the file: its pages are malformed",
+            ));
+        }
+        Ok(n)
     }
 }
 
