@@ -38,21 +38,6 @@ fn python(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Every column as PostgreSQL prints it, by id.
-fn rows(db: &TestDb, table: &str, columns: &[String]) -> Vec<String> {
-    db.sql(&format!(
-        "SELECT concat_ws('|', id, {}) FROM {table} ORDER BY id",
-        columns
-            .iter()
-            .map(|c| format!("coalesce({c}::text, '<null>')"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
 fn copy_csv(db: &TestDb, table: &str, csv: &Path) {
     let csv = std::fs::read(csv).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -105,7 +90,7 @@ fn columnar_values_load_as_postgres_reads_their_text() {
             "DROP TABLE IF EXISTS by_pg; CREATE TABLE by_pg {table}"
         ));
         copy_csv(&db, "by_pg", &dir.join("data.csv"));
-        let expected = rows(&db, "by_pg", &columns);
+        let expected = db.rows_as_text("by_pg", &columns);
         assert_eq!(expected.len(), 300);
         for file in ["data.parquet", "data.arrow", "data.arrows"] {
             db.exec(&format!(
@@ -119,7 +104,7 @@ fn columnar_values_load_as_postgres_reads_their_text() {
                 let why: Vec<String> = why.iter().map(|r| r.get(0)).collect();
                 panic!("seed {seed} {file}: {s}: {why:?}");
             }
-            let got = rows(&db, "by_nexus", &columns);
+            let got = db.rows_as_text("by_nexus", &columns);
             for (x, y) in expected.iter().zip(&got) {
                 assert_eq!(x, y, "seed {seed} {codec} {file}: row differs");
             }

@@ -112,21 +112,6 @@ fn csv_field(text: &Option<String>) -> String {
     }
 }
 
-/// Every column as PostgreSQL prints it, by id.
-fn rows(db: &TestDb, table: &str) -> Vec<String> {
-    db.sql(&format!(
-        "SELECT concat_ws('|', id, {}) FROM {table} ORDER BY id",
-        COLUMNS
-            .iter()
-            .map(|c| format!("coalesce({c}::text, '<null>')"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
 #[test]
 fn ndjson_values_load_as_postgres_reads_the_same_texts() {
     let db = TestDb::new();
@@ -178,7 +163,10 @@ fn ndjson_values_load_as_postgres_reads_the_same_texts() {
             let why: Vec<String> = why.iter().map(|r| r.get(0)).collect();
             panic!("seed {seed}: {s}: {why:?}");
         }
-        let (a, b) = (rows(&db, "by_pg"), rows(&db, "by_nexus"));
+        let (a, b) = (
+            db.rows_as_text("by_pg", &COLUMNS),
+            db.rows_as_text("by_nexus", &COLUMNS),
+        );
         assert_eq!(a.len(), n as usize, "seed {seed}");
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x, y, "seed {seed}: row differs");

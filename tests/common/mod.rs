@@ -87,6 +87,23 @@ impl TestDb {
         self.sql(sql).first().and_then(|r| r.get(0))
     }
 
+    /// Each row of `table` as PostgreSQL prints it (`id`, then `columns`,
+    /// `|`-separated, NULL as `<null>`), by `id`: what differential tests
+    /// compare.
+    pub fn rows_as_text(&self, table: &str, columns: &[impl AsRef<str>]) -> Vec<String> {
+        self.sql(&format!(
+            "SELECT concat_ws('|', id, {}) FROM {table} ORDER BY id",
+            columns
+                .iter()
+                .map(|c| format!("coalesce({}::text, '<null>')", c.as_ref()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
     /// Writes a file into the test's directory.
     pub fn file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
         let p = self.dir.path().join(name);
