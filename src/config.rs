@@ -41,6 +41,8 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_REQUEST_TIMEOUT", "request_timeout"),
     ("NEXUS_DB_POOL_TIMEOUT", "db_pool_timeout"),
     ("NEXUS_MCP_ROOTS", "mcp_roots"),
+    ("NEXUS_TRUSTED_PROXIES", "trusted_proxies"),
+    ("NEXUS_METRICS_BIND", "metrics_bind"),
 ];
 
 #[derive(Debug, Clone)]
@@ -94,6 +96,12 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Directories `load_file` may read over MCP's HTTP transport.
     pub mcp_roots: Vec<PathBuf>,
+    /// Proxies whose `Forwarded`/`X-Forwarded-For` name the client
+    /// (src/api/client_addr.rs).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where `/metrics` is served instead of the main listener, so that
+    /// only the scraper's network reaches it.
+    pub metrics_bind: Option<std::net::SocketAddr>,
     pub admin_password: Option<String>,
     pub log_format: Option<String>,
 }
@@ -287,10 +295,28 @@ impl Config {
                 .get("NEXUS_MCP_ROOTS")
                 .map(|v| list(&v).map(PathBuf::from).collect())
                 .unwrap_or_default(),
+            trusted_proxies: s.parse("NEXUS_TRUSTED_PROXIES", Vec::new(), parse_trusted)?,
+            metrics_bind: s.parse("NEXUS_METRICS_BIND", None, |v| {
+                v.trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("`{v}` is not host:port (e.g. 127.0.0.1:9464)"))
+            })?,
             admin_password: s.get("NEXUS_ADMIN_PASSWORD"),
             log_format: s.get("NEXUS_LOG_FORMAT"),
         })
     }
+}
+
+/// `NEXUS_TRUSTED_PROXIES`: CIDRs or single addresses, comma separated.
+pub fn parse_trusted(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    list(v)
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("`{s}` is not an address or CIDR (e.g. 10.0.0.0/8)"))
+        })
+        .collect()
 }
 
 /// The items of a comma-separated setting (a list in nexus.toml arrives

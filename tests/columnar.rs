@@ -92,7 +92,13 @@ fn columnar_values_load_as_postgres_reads_their_text() {
         copy_csv(&db, "by_pg", &dir.join("data.csv"));
         let expected = db.rows_as_text("by_pg", &columns);
         assert_eq!(expected.len(), 300);
-        for file in ["data.parquet", "data.arrow", "data.arrows"] {
+        for file in [
+            "data.parquet",
+            "data.arrow",
+            "data.arrows",
+            "data.feather",
+            "data.zstd.arrows",
+        ] {
             db.exec(&format!(
                 "DROP TABLE IF EXISTS by_nexus; CREATE TABLE by_nexus {table}"
             ));
@@ -182,6 +188,24 @@ fn files_that_cannot_load_fail_before_any_row_and_rows_that_do_not_fit_are_rejec
         "{s}"
     );
     assert_eq!(db.count("item"), s["rows_committed"].as_i64().unwrap());
+    // A footer whose lists claim billions of empty elements (found by the
+    // fuzz target: parquet-rs skipped them for half a minute): refused
+    // before parquet-rs reads it.
+    let hostile =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/columnar/footer-skip-hang.parquet");
+    let (r, s) = load(&hostile, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.contains("footer (file metadata) is malformed"),
+        "{error}"
+    );
+    // A compressed buffer that claims 1 TiB: refused before anything is
+    // allocated for it.
+    let (r, s) = load(&dir.join("claims.arrows"), &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let error = s["error"].as_str().unwrap();
+    assert!(error.contains("claims more than 1024 MiB"), "{error}");
     db.exec("TRUNCATE item; DELETE FROM nexus.rejects");
     // Rows that do not fit: rejects by row number across row groups of 3,
     // each with its row as JSON.

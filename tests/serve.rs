@@ -177,6 +177,82 @@ fn rate_limit_answers_429_with_retry_after() {
     );
 }
 
+/// Behind a trusted proxy each forwarded client has its own rate limit and
+/// is the address the audit log records; from anyone else the forwarding
+/// headers are ignored (a client could write them).
+#[test]
+fn only_trusted_proxies_name_the_client() {
+    let db = TestDb::new();
+    let s = Server::start(
+        &db,
+        &[
+            ("NEXUS_RATE_LIMIT", "60"),
+            ("NEXUS_RATE_BURST", "2"),
+            ("NEXUS_TRUSTED_PROXIES", "127.0.0.9/32, ::1"),
+        ],
+    );
+    let status = |from: &str, forwarded_for: &str| {
+        client_from(from)
+            .get(s.url("/api/v2/models"))
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let via_proxy: Vec<u16> = ["203.0.113.1"; 3]
+        .iter()
+        .map(|c| status("127.0.0.9", c))
+        .collect();
+    assert_eq!(via_proxy, [401, 401, 429], "one forwarded client's burst");
+    assert_eq!(status("127.0.0.9", "203.0.113.2"), 401, "another client");
+    // A client's own entry before the proxy's is not believed.
+    assert_eq!(status("127.0.0.9", "203.0.113.2, 203.0.113.1"), 429);
+    // Not a trusted peer: its header names nobody.
+    let direct: Vec<u16> = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+        .iter()
+        .map(|c| status("127.0.0.5", c))
+        .collect();
+    assert_eq!(direct, [401, 401, 429], "the peer's burst");
+    // The audit log records the forwarded client of a login.
+    let r = client_from("127.0.0.9")
+        .post(s.url("/api/v2/auth/login"))
+        .header("forwarded", r#"for="198.51.100.77:5000";proto=https"#)
+        .json(&serde_json::json!({"username": "admin", "password": "wrong"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        db.count("nexus.audit_log WHERE event = 'login_failed' AND ip = '198.51.100.77'"),
+        1
+    );
+}
+
+/// NEXUS_METRICS_BIND moves /metrics to its own listener: the API's
+/// address no longer answers it.
+#[test]
+fn metrics_can_have_their_own_listener() {
+    let db = TestDb::new();
+    let s = Server::start(&db, &[("NEXUS_METRICS_BIND", "127.0.0.1:0")]);
+    let url = s
+        .startup
+        .iter()
+        .find_map(|l| l.strip_prefix("nexus: metrics on "))
+        .unwrap_or_else(|| panic!("{:?}", s.startup))
+        .to_string();
+    let r = s.http.get(&url).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().unwrap().contains("nexus_uptime_seconds"));
+    assert_eq!(s.http.get(s.url("/metrics")).send().unwrap().status(), 404);
+    let bad = common::run(db.nexus().env("NEXUS_METRICS_BIND", "metrics:99").args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("NEXUS_METRICS_BIND"), "{bad:?}");
+}
+
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address
 /// reaches the server on loopback).
 fn client_from(ip: &str) -> reqwest::blocking::Client {

@@ -380,6 +380,8 @@ fn cases() -> Vec<Case> {
         case("numeric(12,2)", decimals()),
         case("numeric(5,5)", decimals()),
         case("numeric(30,0)", decimals()),
+        case("numeric(40,2)", decimals()),
+        case("numeric(1000,30)", decimals()),
         case("real", decimals()),
         case("double precision", decimals()),
         case("boolean", booleans()),

@@ -9,6 +9,7 @@
 //! against a rule of the model) is a reject with its row number, and the
 //! row rendered as a JSON object for the reject's raw text.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -23,7 +24,9 @@ use crate::batch::{
     Deferred, EncodedBatch, REJECT_RAW_MAX, RawBatch, Reject, end_row, finish_batch, put_text,
     undefer,
 };
-use crate::encode::{COPY_HEADER, FieldError, Typed, encode_typed, number_text, put_i16, put_i32};
+use crate::encode::{
+    COPY_HEADER, FieldError, Typed, encode_decimal, encode_typed, number_text, put_i16, put_i32,
+};
 use crate::model::{InputFormat, Model, TimeZone};
 use crate::plan::Plan;
 use crate::source::PositionReader;
@@ -133,7 +136,7 @@ pub fn fits(dt: &DataType, ty: ColumnType) -> bool {
 /// Record batches of an open file, the columns the model needs only.
 pub struct ColumnarReader {
     format: InputFormat,
-    batches: Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>,
+    batches: Box<dyn Iterator<Item = Result<Chunk, String>> + Send>,
     /// Parquet knows its row count up front: progress is counted in rows
     /// and shown as the share of the file's bytes.
     pub total_rows: Option<u64>,
@@ -151,6 +154,7 @@ impl ColumnarReader {
         batch_size: usize,
         line_column: bool,
         raw_bytes: Arc<std::sync::atomic::AtomicU64>,
+        skip: Arc<HashSet<u64>>,
     ) -> Result<(Plan, ColumnarReader), crate::runner::PipelineError> {
         let unreadable = |e: &dyn std::fmt::Display| ColumnarError::Unreadable {
             format: format.as_str(),
@@ -167,55 +171,82 @@ impl ColumnarReader {
         match layout {
             Layout::Parquet => {
                 use parquet::arrow::ProjectionMask;
-                use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+                use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+                check_parquet_footer(&mut file, file_len).map_err(|e| unreadable(&e))?;
                 let file = BoundedFile {
                     file,
                     len: file_len,
                     at_end: Default::default(),
                 };
-                let builder = guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
+                let metadata = guarded(|| ArrowReaderMetadata::load(&file, Default::default()))
                     .map_err(|e| unreadable(&e))?;
-                let (plan, projection) = plan_onto(model, builder.schema(), line_column)?;
-                let total_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-                let mask = ProjectionMask::roots(builder.parquet_schema(), projection);
-                let reader = guarded(|| {
-                    builder
-                        .with_projection(mask)
-                        .with_batch_size(batch_size)
-                        .build()
-                })
-                .map_err(|e| unreadable(&e))?;
+                let (plan, projection) = plan_onto(model, metadata.schema(), line_column)?;
+                let total_rows = metadata.metadata().file_metadata().num_rows().max(0) as u64;
+                let mask = ProjectionMask::roots(metadata.parquet_schema(), projection);
+                let groups: Vec<u64> = metadata
+                    .metadata()
+                    .row_groups()
+                    .iter()
+                    .map(|g| g.num_rows().max(0) as u64)
+                    .collect();
                 let reader = ColumnarReader {
                     format,
-                    batches: Box::new(reader),
+                    batches: Box::new(ByUnit::new(
+                        RowGroups {
+                            file,
+                            metadata,
+                            mask,
+                            batch_size,
+                        },
+                        groups,
+                        batch_size,
+                        skip,
+                    )),
                     total_rows: Some(total_rows),
                     file_len,
                 };
                 Ok((plan, reader))
             }
             Layout::ArrowFile | Layout::ArrowStream => {
-                check_ipc_lengths(&mut file, layout, file_len).map_err(|e| unreadable(&e))?;
-                let file = PositionReader::new(file, raw_bytes);
-                let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = _> + Send>) =
-                    if layout == Layout::ArrowFile {
-                        let r = guarded(|| arrow_ipc::reader::FileReader::try_new(file, None))
-                            .map_err(|e| unreadable(&e))?;
-                        (r.schema(), Box::new(r))
-                    } else {
-                        let r = guarded(|| {
-                            arrow_ipc::reader::StreamReader::try_new(
-                                BufReader::with_capacity(256 << 10, file),
-                                None,
-                            )
-                        })
+                let blocks =
+                    check_ipc_lengths(&mut file, layout, file_len).map_err(|e| unreadable(&e))?;
+                let file = PositionReader::new(file, raw_bytes.clone());
+                if layout == Layout::ArrowFile {
+                    let r = guarded(|| arrow_ipc::reader::FileReader::try_new(file, None))
                         .map_err(|e| unreadable(&e))?;
-                        (r.schema(), Box::new(r))
+                    // It read the footer, at the end: no batch is read yet.
+                    raw_bytes.store(0, std::sync::atomic::Ordering::Relaxed);
+                    let (plan, projection) = plan_onto(model, &r.schema(), line_column)?;
+                    let units = IpcBlocks {
+                        reader: r,
+                        projection,
+                        batch_size,
                     };
-                let (plan, projection) = plan_onto(model, &schema, line_column)?;
-                let batches = batches.map(move |b| b.and_then(|b| b.project(&projection)));
+                    let reader = ColumnarReader {
+                        format,
+                        batches: Box::new(ByUnit::new(units, blocks, batch_size, skip)),
+                        total_rows: None,
+                        file_len,
+                    };
+                    return Ok((plan, reader));
+                }
+                // A stream is read in order: committed batches are decoded
+                // and read past.
+                let r = guarded(|| {
+                    arrow_ipc::reader::StreamReader::try_new(
+                        BufReader::with_capacity(256 << 10, file),
+                        None,
+                    )
+                })
+                .map_err(|e| unreadable(&e))?;
+                let (plan, projection) = plan_onto(model, &r.schema(), line_column)?;
+                let batches = r.map(move |b| b.and_then(|b| b.project(&projection)));
                 let reader = ColumnarReader {
                     format,
-                    batches: Box::new(Sliced::new(batches, batch_size)),
+                    batches: Box::new(
+                        Sliced::new(batches, batch_size)
+                            .map(|b| b.map(Chunk::Rows).map_err(|e| e.to_string())),
+                    ),
                     total_rows: None,
                     file_len,
                 };
@@ -226,7 +257,7 @@ impl ColumnarReader {
 
     /// The next batch, or an error that names the file's format. A panic in
     /// the decoder (hostile bytes) is an error too.
-    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, ColumnarError> {
+    pub fn next_batch(&mut self) -> Result<Option<Chunk>, ColumnarError> {
         let batches = &mut self.batches;
         let unreadable = |message: String| ColumnarError::Unreadable {
             format: self.format.as_str(),
@@ -235,9 +266,133 @@ impl ColumnarReader {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batches.next())) {
             Ok(None) => Ok(None),
             Ok(Some(Ok(b))) => Ok(Some(b)),
-            Ok(Some(Err(e))) => Err(unreadable(e.to_string())),
+            Ok(Some(Err(e))) => Err(unreadable(e)),
             Err(_) => Err(unreadable(MALFORMED.into())),
         }
+    }
+}
+
+/// One batch of a columnar file: its rows, or how many rows a batch that
+/// an earlier run committed holds (read past without decoding).
+pub enum Chunk {
+    Rows(RecordBatch),
+    Skipped(u64),
+}
+
+/// One unit of a columnar file whose row count is known before it is
+/// decoded: a Parquet row group, a record batch of an Arrow IPC file.
+type UnitBatches = Box<dyn Iterator<Item = Result<RecordBatch, String>> + Send>;
+
+/// Opens unit `index` as its batches (at most `batch_size` rows each).
+trait Units: Send {
+    fn open(&mut self, index: usize) -> Result<UnitBatches, String>;
+}
+
+/// A file's batches cut unit by unit (a batch never spans two), so that
+/// batch numbers follow from the metadata alone: a unit whose batches an
+/// earlier run all committed is not decoded at all.
+struct ByUnit<U> {
+    units: U,
+    batch_size: usize,
+    /// The units still to read: index and rows.
+    rows: std::iter::Enumerate<std::vec::IntoIter<u64>>,
+    current: Option<UnitBatches>,
+    /// Rows of the skipped batches still to report.
+    skipped: std::collections::VecDeque<u64>,
+    /// The number of the next batch.
+    seq: u64,
+    skip: Arc<HashSet<u64>>,
+}
+
+impl<U: Units> ByUnit<U> {
+    fn new(units: U, rows: Vec<u64>, batch_size: usize, skip: Arc<HashSet<u64>>) -> Self {
+        ByUnit {
+            units,
+            batch_size,
+            rows: rows.into_iter().enumerate(),
+            current: None,
+            skipped: Default::default(),
+            seq: 0,
+            skip,
+        }
+    }
+}
+
+impl<U: Units> Iterator for ByUnit<U> {
+    type Item = Result<Chunk, String>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(rows) = self.skipped.pop_front() {
+                self.seq += 1;
+                return Some(Ok(Chunk::Skipped(rows)));
+            }
+            if let Some(batches) = &mut self.current {
+                match batches.next() {
+                    Some(Ok(b)) => {
+                        self.seq += 1;
+                        return Some(Ok(Chunk::Rows(b)));
+                    }
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => self.current = None,
+                }
+            }
+            let (index, rows) = self.rows.next()?;
+            let size = self.batch_size as u64;
+            let batches = rows.div_ceil(size);
+            if batches > 0 && (self.seq..self.seq + batches).all(|s| self.skip.contains(&s)) {
+                self.skipped
+                    .extend((0..batches).map(|b| size.min(rows - b * size)));
+                continue;
+            }
+            match self.units.open(index) {
+                Ok(batches) => self.current = Some(batches),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// A Parquet file's row groups.
+struct RowGroups {
+    file: BoundedFile,
+    metadata: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    mask: parquet::arrow::ProjectionMask,
+    batch_size: usize,
+}
+
+impl Units for RowGroups {
+    fn open(&mut self, index: usize) -> Result<UnitBatches, String> {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let file = self.file.reopen().map_err(|e| e.to_string())?;
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+                .with_projection(self.mask.clone())
+                .with_batch_size(self.batch_size)
+                .with_row_groups(vec![index])
+                .build()
+                .map_err(|e| e.to_string())?;
+        Ok(Box::new(reader.map(|b| b.map_err(|e| e.to_string()))))
+    }
+}
+
+/// An Arrow IPC file's record batches, read by their place in the footer.
+struct IpcBlocks {
+    reader: arrow_ipc::reader::FileReader<PositionReader>,
+    projection: Vec<usize>,
+    batch_size: usize,
+}
+
+impl Units for IpcBlocks {
+    fn open(&mut self, index: usize) -> Result<UnitBatches, String> {
+        self.reader.set_index(index).map_err(|e| e.to_string())?;
+        let batch = self
+            .reader
+            .next()
+            .ok_or("a record batch the footer lists is missing")?
+            .and_then(|b| b.project(&self.projection))
+            .map_err(|e| e.to_string())?;
+        let sliced = Sliced::new(std::iter::once(Ok(batch)), self.batch_size);
+        Ok(Box::new(sliced.map(|b| b.map_err(|e| e.to_string()))))
     }
 }
 
@@ -259,6 +414,18 @@ struct BoundedFile {
 /// How often the decoder may find the end of the file: a valid file is
 /// read to its end a few times (the footer, the last column chunks).
 const READS_AT_THE_END: u64 = 10_000;
+
+impl BoundedFile {
+    /// The same file, for another reader: its own handle, the same count
+    /// of reads at the end.
+    fn reopen(&self) -> std::io::Result<BoundedFile> {
+        Ok(BoundedFile {
+            file: self.file.try_clone()?,
+            len: self.len,
+            at_end: self.at_end.clone(),
+        })
+    }
+}
 
 impl parquet::file::reader::Length for BoundedFile {
     fn len(&self) -> u64 {
@@ -317,12 +484,14 @@ impl Read for EndWatch {
     }
 }
 
-/// Arrow's IPC readers allocate what a file's lengths claim before they
-/// read: every message's lengths are checked against the file first, so a
-/// hostile file fails with an error instead of exhausting memory. The file
-/// form lists its blocks in the footer; a stream is walked message by
-/// message (headers only, bodies skipped).
-fn check_ipc_lengths(file: &mut File, layout: Layout, len: u64) -> Result<(), String> {
+/// Checks an Arrow IPC file's framing before arrow-rs reads it: every
+/// message and body lies inside the file (a reader allocates what a length
+/// claims), and a compressed batch's buffers claim at most
+/// [`MAX_DECOMPRESSED`] bytes together (each buffer's first 8 bytes say how
+/// much to allocate for it; a crafted claim would abort the process).
+/// For the file form, the rows of each record batch the footer lists.
+fn check_ipc_lengths(file: &mut File, layout: Layout, len: u64) -> Result<Vec<u64>, String> {
+    let mut rows = Vec::new();
     let beyond = |what: &str| format!("{what} reaches past the end of the file");
     match layout {
         Layout::Parquet => {}
@@ -335,34 +504,55 @@ fn check_ipc_lengths(file: &mut File, layout: Layout, len: u64) -> Result<(), St
             let body_end = len
                 .checked_sub(10 + footer_len)
                 .ok_or_else(|| beyond("the footer"))?;
-            let mut footer = vec![0u8; footer_len as usize];
-            file.seek(SeekFrom::Start(body_end))
-                .map_err(|e| e.to_string())?;
-            file.read_exact(&mut footer).map_err(|e| e.to_string())?;
+            let footer = read_at(file, body_end, footer_len)?;
             let footer = arrow_ipc::root_as_footer(&footer).map_err(|e| e.to_string())?;
+            let batches = footer.recordBatches().into_iter().flatten().count();
             let blocks = footer.recordBatches().into_iter().flatten();
-            for b in blocks.chain(footer.dictionaries().into_iter().flatten()) {
-                let end = u64::try_from(b.offset())
-                    .ok()
-                    .zip(u64::try_from(b.metaDataLength()).ok())
-                    .zip(u64::try_from(b.bodyLength()).ok())
-                    .and_then(|((o, m), l)| o.checked_add(m)?.checked_add(l));
+            for (i, b) in blocks
+                .chain(footer.dictionaries().into_iter().flatten())
+                .enumerate()
+            {
+                let (Ok(at), Ok(meta_len), Ok(body_len)) = (
+                    u64::try_from(b.offset()),
+                    u64::try_from(b.metaDataLength()),
+                    u64::try_from(b.bodyLength()),
+                ) else {
+                    return Err("a record batch has a negative offset or length".into());
+                };
+                let end = at
+                    .checked_add(meta_len)
+                    .and_then(|e| e.checked_add(body_len));
                 if end.is_none_or(|e| e > body_end) {
                     return Err(beyond("a record batch"));
+                }
+                let meta = read_at(file, at, meta_len)?;
+                let flatbuffer = match meta.get(..4) {
+                    Some([0xff, 0xff, 0xff, 0xff]) => meta.get(8..),
+                    _ => meta.get(4..),
+                };
+                let message = arrow_ipc::root_as_message(flatbuffer.unwrap_or_default())
+                    .map_err(|e| e.to_string())?;
+                check_compressed_claims(file, &message, at + meta_len, body_len)?;
+                if i < batches {
+                    let n = message
+                        .header_as_record_batch()
+                        .map(|b| b.length())
+                        .ok_or("a record batch block holds no record batch")?;
+                    rows.push(u64::try_from(n).map_err(|_| "a negative row count")?);
                 }
             }
         }
         Layout::ArrowStream => {
-            let mut r = BufReader::new(&mut *file);
             let mut at = 0u64;
+            file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
             loop {
                 let mut word = [0u8; 4];
-                if read_up_to(&mut r, &mut word).map_err(|e| e.to_string())? < 4 {
+                if read_up_to(file, &mut word).map_err(|e| e.to_string())? < 4 {
                     break;
                 }
                 at += 4;
                 if word == [0xff; 4] {
-                    if read_up_to(&mut r, &mut word).map_err(|e| e.to_string())? < 4 {
+                    if read_up_to(file, &mut word).map_err(|e| e.to_string())? < 4 {
                         break;
                     }
                     at += 4;
@@ -376,23 +566,204 @@ fn check_ipc_lengths(file: &mut File, layout: Layout, len: u64) -> Result<(), St
                 if at + meta_len > len {
                     return Err(beyond("a message"));
                 }
-                let mut meta = vec![0u8; meta_len as usize];
-                r.read_exact(&mut meta).map_err(|e| e.to_string())?;
-                let body = arrow_ipc::root_as_message(&meta)
-                    .map_err(|e| e.to_string())?
-                    .bodyLength();
+                let meta = read_at(file, at, meta_len)?;
+                let message = arrow_ipc::root_as_message(&meta).map_err(|e| e.to_string())?;
                 at += meta_len;
-                let body = u64::try_from(body).map_err(|_| "a negative body length".to_string())?;
+                let body = u64::try_from(message.bodyLength())
+                    .map_err(|_| "a negative body length".to_string())?;
                 if at + body > len {
                     return Err(beyond("a message body"));
                 }
-                r.seek_relative(body as i64).map_err(|e| e.to_string())?;
+                check_compressed_claims(file, &message, at, body)?;
                 at += body;
+                file.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
             }
         }
     }
     file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    Ok(rows)
+}
+
+/// Walks a Parquet file's footer (Thrift compact protocol) before
+/// parquet-rs decodes it: every list, set and map may claim no more
+/// elements than bytes remain, as any real encoding needs at least a byte
+/// each. A crafted footer of a few KB claiming billions of zero-byte
+/// elements otherwise keeps the decoder skipping them for minutes.
+fn check_parquet_footer(file: &mut File, len: u64) -> Result<(), String> {
+    let tail = read_at(file, len.checked_sub(8).ok_or("too short")?, 8)?;
+    let footer_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
+    let at = len
+        .checked_sub(8 + footer_len)
+        .ok_or("the footer reaches past the start of the file")?;
+    let footer = read_at(file, at, footer_len)?;
+    let mut walk = Thrift {
+        bytes: &footer,
+        at: 0,
+    };
+    walk.value(12, 0)
+        .ok_or_else(|| "its footer (file metadata) is malformed".to_string())
+}
+
+/// A reader of Thrift's compact protocol that only walks values; `None`
+/// for anything malformed.
+struct Thrift<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Thrift<'_> {
+    const MAX_DEPTH: u32 = 64;
+
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn skip(&mut self, n: u64) -> Option<()> {
+        let n = usize::try_from(n).ok()?;
+        (n <= self.left()).then(|| self.at += n)
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// `n` elements of type `ty`, after checking that they can fit.
+    fn elements(&mut self, n: u64, per: u64, ty: u8, depth: u32) -> Option<()> {
+        if n.checked_mul(per)? > self.left() as u64 {
+            return None;
+        }
+        for _ in 0..n {
+            match ty {
+                // A boolean in a collection is a byte of its own.
+                1 | 2 => self.skip(1)?,
+                _ => self.value(ty, depth)?,
+            }
+        }
+        Some(())
+    }
+
+    /// One value of compact type `ty`.
+    fn value(&mut self, ty: u8, depth: u32) -> Option<()> {
+        if depth > Self::MAX_DEPTH {
+            return None;
+        }
+        match ty {
+            1 | 2 => Some(()), // a field's boolean lives in its header
+            3 => self.skip(1),
+            4..=6 => self.varint().map(drop),
+            7 => self.skip(8),
+            8 => {
+                let n = self.varint()?;
+                self.skip(n)
+            }
+            9 | 10 => {
+                let head = self.byte()?;
+                let n = match head >> 4 {
+                    15 => self.varint()?,
+                    n => u64::from(n),
+                };
+                self.elements(n, 1, head & 0x0f, depth + 1)
+            }
+            11 => {
+                let n = self.varint()?;
+                if n == 0 {
+                    return Some(());
+                }
+                let types = self.byte()?;
+                if n.checked_mul(2)? > self.left() as u64 {
+                    return None;
+                }
+                for _ in 0..n {
+                    self.elements(1, 1, types >> 4, depth + 1)?;
+                    self.elements(1, 1, types & 0x0f, depth + 1)?;
+                }
+                Some(())
+            }
+            12 => loop {
+                let head = self.byte()?;
+                if head == 0 {
+                    return Some(());
+                }
+                if head >> 4 == 0 {
+                    self.varint()?; // the field id, in full
+                }
+                self.value(head & 0x0f, depth + 1)?;
+            },
+            _ => None,
+        }
+    }
+}
+
+/// The most a compressed Arrow IPC batch may decompress to, its buffers
+/// together: far above what a batch of any sensible size needs, far below
+/// what would exhaust the machine.
+pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+
+/// Sums what a compressed record batch (or dictionary batch) message's
+/// buffers claim to decompress to, reading each buffer's 8-byte length
+/// prefix from the body at `body_at`.
+fn check_compressed_claims(
+    file: &mut File,
+    message: &arrow_ipc::Message<'_>,
+    body_at: u64,
+    body_len: u64,
+) -> Result<(), String> {
+    let batch = message
+        .header_as_record_batch()
+        .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+    let Some(batch) = batch.filter(|b| b.compression().is_some()) else {
+        return Ok(());
+    };
+    let mut claimed = 0u64;
+    for buffer in batch.buffers().into_iter().flatten() {
+        let (Ok(offset), Ok(length)) = (
+            u64::try_from(buffer.offset()),
+            u64::try_from(buffer.length()),
+        ) else {
+            return Err("a buffer has a negative offset or length".into());
+        };
+        if length < 8 {
+            continue; // empty, or too short: arrow-rs refuses it without allocating
+        }
+        if offset.checked_add(length).is_none_or(|e| e > body_len) {
+            return Err("a buffer reaches past its message's body".into());
+        }
+        let prefix = read_at(file, body_at + offset, 8)?;
+        let claim = prefix
+            .try_into()
+            .map(i64::from_le_bytes)
+            .unwrap_or_default();
+        claimed = claimed.saturating_add(u64::try_from(claim).unwrap_or(0));
+        if claimed > MAX_DECOMPRESSED {
+            return Err(format!(
+                "a compressed record batch claims more than {} MiB decompressed, the most one batch may take; write the file with smaller batches",
+                MAX_DECOMPRESSED >> 20
+            ));
+        }
+    }
     Ok(())
+}
+
+/// `len` bytes of `file` from `at`.
+fn read_at(file: &mut File, at: u64, len: u64) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+    file.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+    file.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    Ok(buf)
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -504,8 +875,14 @@ pub fn row_text(batch: &RecordBatch, row: usize) -> String {
 enum Values<'a> {
     /// Text, parsed by the column's input rules as a CSV field is.
     Text(Box<dyn Fn(usize) -> &'a str + 'a>),
-    /// A number written as text (decimals): exact.
-    Number(Box<dyn Fn(usize) -> String + 'a>),
+    /// A decimal: its unscaled integer where an i128 holds it (straight
+    /// into `numeric`), and its exact text (for any other column, and for
+    /// what the fast path leaves to the text path).
+    Decimal {
+        unscaled: Box<dyn Fn(usize) -> Option<i128> + 'a>,
+        scale: i8,
+        text: Box<dyn Fn(usize) -> String + 'a>,
+    },
     Typed(Box<dyn Fn(usize) -> Typed<'a> + 'a>),
     /// A timestamp of any unit, in the file's zone or none.
     Timestamp {
@@ -519,25 +896,6 @@ enum Values<'a> {
     Null,
     /// Values this build cannot render (the reason): each row is a reject.
     Unreadable(String),
-}
-
-/// A decimal's digits with its point put back (`scale` digits after it;
-/// a negative scale appends zeros).
-fn decimal_text(digits: String, scale: i8) -> String {
-    let (sign, digits) = match digits.strip_prefix('-') {
-        Some(d) => ("-", d),
-        None => ("", digits.as_str()),
-    };
-    if scale <= 0 {
-        return format!(
-            "{sign}{digits}{}",
-            "0".repeat(scale.unsigned_abs() as usize)
-        );
-    }
-    let scale = scale as usize;
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    format!("{sign}{int}.{frac}")
 }
 
 impl<'a> Values<'a> {
@@ -554,9 +912,13 @@ impl<'a> Values<'a> {
             }};
         }
         macro_rules! decimal {
-            ($t:ty, $s:expr) => {{
-                let (p, s) = (a.as_primitive::<$t>(), $s);
-                Values::Number(Box::new(move |i| decimal_text(p.value(i).to_string(), s)))
+            ($t:ty, $s:expr, $i128:expr) => {{
+                let (p, scale) = (a.as_primitive::<$t>(), $s);
+                Values::Decimal {
+                    unscaled: Box::new(move |i| $i128(p.value(i))),
+                    scale,
+                    text: Box::new(move |i| values::decimal_text(p.value(i).to_string(), scale)),
+                }
             }};
         }
         match a.data_type() {
@@ -594,10 +956,16 @@ impl<'a> Values<'a> {
             D::Date64 => typed!(Date64Type, |ms: i64| {
                 Typed::Days(values::unix_to_pg_days(ms.div_euclid(86_400_000)))
             }),
-            &D::Decimal32(_, s) => decimal!(Decimal32Type, s),
-            &D::Decimal64(_, s) => decimal!(Decimal64Type, s),
-            &D::Decimal128(_, s) => decimal!(Decimal128Type, s),
-            &D::Decimal256(_, s) => decimal!(Decimal256Type, s),
+            &D::Decimal32(_, s) => decimal!(Decimal32Type, s, |v: i32| Some(v as i128)),
+            &D::Decimal64(_, s) => decimal!(Decimal64Type, s, |v: i64| Some(v as i128)),
+            &D::Decimal128(_, s) => decimal!(Decimal128Type, s, Some),
+            &D::Decimal256(_, s) => {
+                decimal!(
+                    Decimal256Type,
+                    s,
+                    |v: <Decimal256Type as ArrowPrimitiveType>::Native| v.to_i128()
+                )
+            }
             D::Timestamp(unit, tz) => {
                 macro_rules! raw {
                     ($t:ty) => {{
@@ -784,8 +1152,16 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
                         put_text(col, tz, text, k, rows.len(), &mut copy, &mut deferred)
                     }
                 }
-                Values::Number(get) => {
-                    put_text(col, tz, &get(i), k, rows.len(), &mut copy, &mut deferred)
+                Values::Decimal {
+                    unscaled,
+                    scale,
+                    text,
+                } => {
+                    if unscaled(i).is_some_and(|u| encode_decimal(col, u, *scale, &mut copy)) {
+                        Ok(())
+                    } else {
+                        put_text(col, tz, &text(i), k, rows.len(), &mut copy, &mut deferred)
+                    }
                 }
                 Values::Typed(get) => match col.ty {
                     // numeric keeps a number's digits: it reads their text.
@@ -842,4 +1218,163 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
         end_row(plan, &mut copy, &mut rows, row_start, meta.line, i);
     }
     finish_batch(raw, copy, rows, rejects, deferred)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelSet;
+    use arrow_array::Int64Array;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    const MODEL: &str = "[models.m]\ntable = \"m\"\nextra_columns = \"ignore\"\n[[models.m.columns]]\nname = \"id\"\ntype = \"bigint\"\n";
+
+    /// 3 row groups of 10 rows, `id` 1..=30; the first group's column
+    /// chunk overwritten with garbage when `garble_first`.
+    fn parquet_file(dir: &Path, garble_first: bool) -> std::path::PathBuf {
+        let path = dir.join(format!("groups-{garble_first}.parquet"));
+        let ids = Int64Array::from_iter_values(1..=30);
+        let batch = RecordBatch::try_from_iter([("id", Arc::new(ids) as ArrayRef)]).unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(10))
+            .build();
+        let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props))
+            .unwrap();
+        w.write(&batch).unwrap();
+        let meta = w.close().unwrap();
+        assert_eq!(meta.num_row_groups(), 3);
+        if garble_first {
+            let (start, len) = meta.row_group(0).column(0).byte_range();
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[start as usize..(start + len) as usize].fill(0xAB);
+            std::fs::write(&path, bytes).unwrap();
+        }
+        path
+    }
+
+    /// What a reader yields: `Ok(first id)` for rows, `Err(rows)` for a
+    /// skipped batch; or the error that stopped it.
+    fn chunks(
+        path: &Path,
+        format: InputFormat,
+        skip: &[u64],
+    ) -> Result<Vec<Result<i64, u64>>, String> {
+        let models = ModelSet::parse(MODEL).unwrap();
+        let (_, mut reader) = ColumnarReader::open(
+            path,
+            format,
+            models.get("m").unwrap(),
+            4,
+            false,
+            Default::default(),
+            Arc::new(skip.iter().copied().collect()),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(chunk) = reader.next_batch().map_err(|e| e.to_string())? {
+            out.push(match chunk {
+                Chunk::Rows(b) => Ok(b.column(0).as_primitive::<Int64Type>().value(0)),
+                Chunk::Skipped(n) => Err(n),
+            });
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn an_arrow_file_is_not_done_when_its_footer_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = arrow_file(dir.path(), false);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let models = ModelSet::parse(MODEL).unwrap();
+        let (_, mut reader) = ColumnarReader::open(
+            &path,
+            InputFormat::Arrow,
+            models.get("m").unwrap(),
+            10,
+            false,
+            progress.clone(),
+            Default::default(),
+        )
+        .unwrap();
+        let at = || progress.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(at(), 0);
+        let mut seen = Vec::new();
+        while let Some(Chunk::Rows(_)) = reader.next_batch().unwrap() {
+            seen.push(at());
+        }
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.is_sorted() && seen[0] > 0 && seen[2] < len,
+            "{seen:?} of {len}"
+        );
+    }
+
+    /// An Arrow IPC file of 3 record batches of 10 rows (`id` 1..=30 and
+    /// a string column); the first batch's body garbled when `garble_first`.
+    fn arrow_file(dir: &Path, garble_first: bool) -> std::path::PathBuf {
+        let path = dir.join(format!("blocks-{garble_first}.arrow"));
+        let ids = Int64Array::from_iter_values(1..=30);
+        let notes = arrow_array::StringArray::from_iter_values((1..=30).map(|i| format!("n{i}")));
+        let batch = RecordBatch::try_from_iter([
+            ("id", Arc::new(ids) as ArrayRef),
+            ("note", Arc::new(notes) as ArrayRef),
+        ])
+        .unwrap();
+        let mut w =
+            arrow_ipc::writer::FileWriter::try_new(File::create(&path).unwrap(), &batch.schema())
+                .unwrap();
+        for at in [0, 10, 20] {
+            w.write(&batch.slice(at, 10)).unwrap();
+        }
+        w.finish().unwrap();
+        if garble_first {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let tail: [u8; 10] = bytes[bytes.len() - 10..].try_into().unwrap();
+            let footer_len = arrow_ipc::reader::read_footer_length(tail).unwrap();
+            let footer_at = bytes.len() - 10 - footer_len;
+            let footer = arrow_ipc::root_as_footer(&bytes[footer_at..bytes.len() - 10]).unwrap();
+            let block = footer.recordBatches().unwrap().get(0);
+            let body = (block.offset() + block.metaDataLength() as i64) as usize;
+            let end = body + block.bodyLength() as usize;
+            bytes[body..end].fill(0xFF);
+            std::fs::write(&path, bytes).unwrap();
+        }
+        path
+    }
+
+    /// Parquet row groups and Arrow IPC file record batches of 10 rows,
+    /// batches of 4: a batch never spans two units (4, 4, 2 in each), and a
+    /// unit whose batches are all committed is never decoded — garbage
+    /// there is never read.
+    #[test]
+    fn batches_follow_units_and_committed_units_are_not_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        type Writer = fn(&Path, bool) -> std::path::PathBuf;
+        let writers: [(InputFormat, Writer); 2] = [
+            (InputFormat::Parquet, parquet_file),
+            (InputFormat::Arrow, arrow_file),
+        ];
+        // The first unit committed, and one batch of the second: reported
+        // as skipped batches with their sizes; a unit committed only in
+        // part is decoded.
+        let skip = [0, 1, 2, 4];
+        let expected = [Err(4), Err(4), Err(2)]
+            .into_iter()
+            .chain([11, 15, 19, 21, 25, 29].map(Ok))
+            .collect::<Vec<_>>();
+        for (format, write) in writers {
+            let whole = write(dir.path(), false);
+            assert_eq!(
+                chunks(&whole, format, &[]).unwrap(),
+                [1, 5, 9, 11, 15, 19, 21, 25, 29].map(Ok),
+                "{format:?}"
+            );
+            assert_eq!(chunks(&whole, format, &skip).unwrap(), expected);
+            let garbled = write(dir.path(), true);
+            assert!(chunks(&garbled, format, &[]).is_err(), "{format:?}");
+            assert_eq!(chunks(&garbled, format, &skip).unwrap(), expected);
+        }
+    }
 }

@@ -202,6 +202,32 @@ pub fn number_text(v: Typed) -> String {
     }
 }
 
+/// Encodes a decimal (unscaled integer and scale) into a `numeric` column
+/// without its text, when the value is plain: true if written. Anything
+/// else — not a numeric column, too many digits, out of the column's
+/// precision or against a rule — is left to the text path (nothing
+/// written), which stores it or says why not, as for a CSV field.
+pub fn encode_decimal(col: &Column, unscaled: i128, scale: i8, out: &mut Vec<u8>) -> bool {
+    let ColumnType::Numeric(typmod) = col.ty else {
+        return false;
+    };
+    let len_at = out.len();
+    put_i32(out, 0);
+    match values::numeric_scaled(unscaled, scale, typmod, out) {
+        // The text only names the value in a refusal, which the text path
+        // gives.
+        Some(Ok(approx)) if check_range(&col.rules, approx, "").is_ok() => {
+            let len = (out.len() - len_at - 4) as i32;
+            out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+            true
+        }
+        _ => {
+            out.truncate(len_at);
+            false
+        }
+    }
+}
+
 /// Encodes one non-NULL typed value of `col` (length word and bytes), or
 /// says why not: out of the column type's range, or against a rule.
 /// The caller checked that the input type suits the column (see

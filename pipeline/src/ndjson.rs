@@ -60,6 +60,9 @@ struct Object<'a> {
     seen: Seen,
     /// Why the line is refused, when the visitor stopped for it.
     refused: Option<LineError>,
+    /// Where the next key is looked for first: after the last one found
+    /// (writers keep their keys in one order).
+    guess: usize,
 }
 
 /// Which columns a line has given: bits for the usual widths, a vector
@@ -95,11 +98,12 @@ impl Object<'_> {
     /// One member: its field, or why the line is refused.
     fn member(&mut self, key: &str, raw: &RawValue) -> Result<(), LineError> {
         // As a CSV header names columns: by source (or name), any case.
-        let Some(at) = self
-            .columns
-            .iter()
-            .position(|c| c.header().eq_ignore_ascii_case(key))
-        else {
+        let named = |c: &Column| c.header().eq_ignore_ascii_case(key);
+        let found = match self.columns.get(self.guess) {
+            Some(c) if named(c) => Some(self.guess),
+            _ => self.columns.iter().position(named),
+        };
+        let Some(at) = found else {
             if self.ignore_extra {
                 return Ok(());
             }
@@ -108,6 +112,7 @@ impl Object<'_> {
                 key.chars().take(60).collect::<String>()
             )));
         };
+        self.guess = at + 1;
         let column = &self.columns[at];
         if self.seen.mark(at) {
             return Err(LineError::column(
@@ -223,6 +228,7 @@ pub fn object_fields(
         fields,
         seen: Seen::new(columns.len()),
         refused: None,
+        guess: 0,
     };
     let mut de = serde_json::Deserializer::from_str(line);
     let parsed = (&mut de)

@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::bounded;
 
 use crate::batch::{EncodedBatch, RawBatch, RecordMeta, Scratch, encode_batch};
+use crate::columnar::Chunk;
 use crate::csv::{RecordReader, parse_fields};
 use crate::model::InputFormat;
 use crate::model::Model;
@@ -191,20 +192,26 @@ pub fn start_columnar(
         opts.batch_size,
         opts.line_column,
         bytes_read.clone(),
+        opts.skip.clone(),
     )?;
     if opts.require_key {
         plan.require_key()?;
     }
     let mut rows = 0u64;
     let next = move |seq: u64| -> Result<Option<RawBatch>, PipelineError> {
-        let Some(columns) = reader.next_batch()? else {
+        let Some(chunk) = reader.next_batch()? else {
             if reader.total_rows.is_some() {
                 bytes_read.store(reader.file_len, Ordering::Relaxed);
             }
             return Ok(None);
         };
+        let (count, columns) = match chunk {
+            Chunk::Rows(b) => (b.num_rows() as u64, Some(b)),
+            // A batch an earlier run committed: the stages read past it.
+            Chunk::Skipped(n) => (n, None),
+        };
         let first = rows + 1;
-        rows += columns.num_rows() as u64;
+        rows += count;
         if let Some(total) = reader.total_rows.filter(|t| *t > 0) {
             let share = (reader.file_len as u128 * rows.min(total) as u128 / total as u128) as u64;
             bytes_read.store(share, Ordering::Relaxed);
@@ -222,7 +229,7 @@ pub fn start_columnar(
                 })
                 .collect(),
             bytes_end: bytes_read.load(Ordering::Relaxed),
-            columns: Some(columns),
+            columns,
         }))
     };
     spawn_stages(plan, opts, next, true, sink, encode_batch)

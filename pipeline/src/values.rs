@@ -348,14 +348,12 @@ fn plain_decimal(
     let (int, frac) = (d.int, d.frac);
     let dscale = typmod.map_or(frac.len(), |(_, s)| s as usize);
     let kept = frac.len().min(dscale);
-    // The fraction is padded to whole base-10000 digits (up to three more
-    // decimal digits) in an i128, whose limit is 1.7e38.
     if int.len() + dscale > 34 {
         return None;
     }
-    let mut value: i128 = 0;
+    let mut value: u128 = 0;
     for c in int.iter().chain(&frac[..kept]) {
-        value = value * 10 + (c - b'0') as i128;
+        value = value * 10 + (c - b'0') as u128;
     }
     for _ in kept..dscale {
         value *= 10;
@@ -363,11 +361,84 @@ fn plain_decimal(
     if frac.len() > dscale && frac[dscale] >= b'5' {
         value += 1;
     }
-    let pow = |n: usize| 10i128.pow(n as u32);
+    Some(put_scaled(d.neg, value, dscale, typmod, out))
+}
+
+/// A decimal's digits with its point put back (`scale` digits after it;
+/// a negative scale appends zeros).
+pub fn decimal_text(digits: String, scale: i8) -> String {
+    let (sign, digits) = match digits.strip_prefix('-') {
+        Some(d) => ("-", d),
+        None => ("", digits.as_str()),
+    };
+    if scale <= 0 {
+        return format!(
+            "{sign}{digits}{}",
+            "0".repeat(scale.unsigned_abs() as usize)
+        );
+    }
+    let scale = scale as usize;
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{sign}{int}.{frac}")
+}
+
+/// A decimal given as its unscaled integer and scale (Arrow's Decimal128:
+/// `12345` at scale 2 is 123.45), as [`numeric`] stores its text: rounded
+/// to the column's scale half away from zero, checked against its
+/// precision. `None` when it takes the general path (more than 34 digits
+/// at the stored scale): then give [`numeric`] its text.
+pub fn numeric_scaled(
+    unscaled: i128,
+    scale: i8,
+    typmod: Option<(u16, u16)>,
+    out: &mut Vec<u8>,
+) -> Option<Result<f64, (u16, u16)>> {
+    let pow = |n: u32| 10u128.checked_pow(n);
+    let mut value = unscaled.unsigned_abs();
+    // A negative scale appends zeros: the value is whole.
+    let scale = if scale < 0 {
+        value = value.checked_mul(pow(scale.unsigned_abs() as u32)?)?;
+        0
+    } else {
+        scale as usize
+    };
+    let dscale = typmod.map_or(scale, |(_, s)| s as usize);
+    if dscale > 34 {
+        return None;
+    }
+    if scale > dscale {
+        let p = pow((scale - dscale) as u32)?;
+        let (q, r) = (value / p, value % p);
+        // The first digit dropped is 5 or more: r ≥ p / 2, r < p < 2^127.
+        value = q + (r * 2 >= p) as u128;
+    } else {
+        value = value.checked_mul(pow((dscale - scale) as u32)?)?;
+    }
+    if value >= 10u128.pow(34) {
+        return None;
+    }
+    Some(put_scaled(unscaled < 0, value, dscale, typmod, out))
+}
+
+/// Writes `value` / 10^`dscale` (both below 10^34 and 34, so that padding
+/// the fraction to whole base-10000 digits stays inside a u128) as binary
+/// numeric, after the precision check.
+fn put_scaled(
+    neg: bool,
+    value: u128,
+    dscale: usize,
+    typmod: Option<(u16, u16)>,
+    out: &mut Vec<u8>,
+) -> Result<f64, (u16, u16)> {
+    let pow = |n: usize| 10u128.pow(n as u32);
+    // 10^p past u128 (a precision over 38) holds any value below 10^34.
     if let Some((p, s)) = typmod
-        && value >= pow(p as usize)
+        && 10u128
+            .checked_pow(p as u32)
+            .is_some_and(|limit| value >= limit)
     {
-        return Some(Err((p, s)));
+        return Err((p, s));
     }
     let (ipart, fpart) = (value / pow(dscale), value % pow(dscale));
     let frac_groups = dscale.div_ceil(4);
@@ -401,14 +472,14 @@ fn plain_decimal(
         out,
         digits.len(),
         if zero { 0 } else { weight },
-        d.neg && !zero,
+        neg && !zero,
         dscale,
     );
     for g in digits {
         out.extend_from_slice(&g.to_be_bytes());
     }
     let approx = value as f64 / 10f64.powi(dscale as i32);
-    Some(Ok(if d.neg { -approx } else { approx }))
+    Ok(if neg { -approx } else { approx })
 }
 
 /// `boolin`, whole: spaces trimmed, then any prefix of `true`, `false`,
@@ -1097,6 +1168,37 @@ mod tests {
         assert!(matches!(numeric_words("1e-1000", None), Verdict::Value(_)));
     }
 
+    proptest::proptest! {
+        /// A decimal stored from its unscaled integer is stored as its text
+        /// would be, or left to the text path, at every scale and typmod.
+        #[test]
+        fn decimals_from_integers_store_as_their_text(
+            unscaled in proptest::prop_oneof![
+                proptest::num::i128::ANY,
+                -10i128.pow(20)..10i128.pow(20),
+                -100_000i128..100_000,
+            ],
+            scale in -6i8..=40,
+            typmod in proptest::option::of(proptest::strategy::Strategy::prop_flat_map(1u16..=40, |p| (proptest::strategy::Just(p), 0..=p))),
+        ) {
+            let text = decimal_text(unscaled.to_string(), scale);
+            let mut fast = Vec::new();
+            if let Some(r) = numeric_scaled(unscaled, scale, typmod, &mut fast) {
+                let mut slow = Vec::new();
+                match (r, numeric(&text, typmod, &mut slow)) {
+                    (Ok(a), Verdict::Value(b)) => {
+                        proptest::prop_assert_eq!(&fast, &slow, "{} {:?}", text, typmod);
+                        // The approximation for range rules: within an
+                        // ulp or two (the text path parses long ones).
+                        proptest::prop_assert!((a - b).abs() <= b.abs() * 4.0 * f64::EPSILON, "{a} vs {b}");
+                    }
+                    (Err(_), Verdict::Invalid(_)) => {}
+                    (r, v) => proptest::prop_assert!(false, "{text} {typmod:?}: {r:?} vs {v:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn plain_decimals_take_a_fast_path_that_agrees_with_the_general_one() {
         for v in [
@@ -1111,7 +1213,14 @@ mod tests {
             "10000",
             "007.10",
         ] {
-            for typmod in [None, Some((12, 2)), Some((20, 6)), Some((9, 0))] {
+            for typmod in [
+                None,
+                Some((12, 2)),
+                Some((20, 6)),
+                Some((9, 0)),
+                Some((40, 2)),
+                Some((1000, 30)),
+            ] {
                 let plain = numeric_words(v, typmod);
                 let general = numeric_words(&format!("{v}e0"), typmod);
                 assert_eq!(plain, general, "{v} {typmod:?}");

@@ -3,16 +3,16 @@
 //! address, with growing waits; refresh
 //! rotates; a spent refresh token presented again revokes its session.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use super::client_addr::ClientAddr;
 use super::problem::{Authenticated, JsonBody, Problem, ProblemBody};
 use crate::auth::store::{self, Audit, Principal, Spend, Throttle};
 use crate::auth::{Role, passwords, tokens};
@@ -186,11 +186,11 @@ async fn issue_pair(
     ))]
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<TokenPair>, Problem> {
-    let ip = peer.ip().to_string();
+    let ip = peer.to_string();
     let ua = user_agent(&headers);
     // No user name holds a NUL (PostgreSQL text cannot); keep it loggable.
     let req = LoginRequest {
@@ -294,11 +294,11 @@ pub async fn login(
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
     Json(req): Json<RefreshRequest>,
 ) -> Result<Json<TokenPair>, Problem> {
-    let ip = peer.ip().to_string();
+    let ip = peer.to_string();
     let ua = user_agent(&headers);
     let db = state.pool.get().await?;
     let hash = tokens::hash_refresh_token(req.refresh_token.trim());
@@ -359,7 +359,7 @@ pub async fn refresh(
     ))]
 pub async fn logout(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
     user: CurrentUser,
 ) -> Result<StatusCode, Problem> {
@@ -368,7 +368,7 @@ pub async fn logout(
     state
         .caches
         .session_changed(crate::read_cache::AuthChange::Session(user.0.session_id));
-    let ip = peer.ip().to_string();
+    let ip = peer.to_string();
     store::audit(
         &**db,
         Audit {

@@ -3,12 +3,11 @@
 //! address when anonymous) with a burst, answering 429 with Retry-After.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +16,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hdrhistogram::Histogram;
 
 use super::AppState;
+use super::client_addr::ClientAddr;
 use super::problem::Problem;
 
 /// Request latencies per route: the current minute (flushed to the database
@@ -182,7 +182,14 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|t| state.keys.verify(t))
         .map(|c| format!("user:{}", c.sub));
-    let key = user.unwrap_or_else(|| format!("ip:{}", client_ip(&req)));
+    let key = user.unwrap_or_else(|| {
+        let client = ClientAddr::of(
+            req.extensions(),
+            req.headers(),
+            &state.config.trusted_proxies,
+        );
+        format!("ip:{}", client.0)
+    });
     match state.limiter.check_key(&key) {
         Ok(()) => next.run(req).await,
         Err(not_until) => {
@@ -195,12 +202,4 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
             .into_response()
         }
     }
-}
-
-/// The peer address of the connection.
-pub fn client_ip(req: &Request) -> String {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }

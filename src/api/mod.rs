@@ -3,6 +3,7 @@
 //! route group.
 
 pub mod auth;
+pub mod client_addr;
 pub mod dashboard;
 pub mod health;
 pub mod jobs;
@@ -150,6 +151,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// `/metrics` alone, for its own listener (NEXUS_METRICS_BIND).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+}
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v2/auth/login", post(auth::login))
@@ -209,8 +217,12 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard::index))
         .route("/assets/app.js", get(dashboard::script))
         .route("/assets/app.css", get(dashboard::style))
-        .route("/health", get(health::health))
-        .route("/metrics", get(health::metrics))
+        .route("/health", get(health::health));
+    // With NEXUS_METRICS_BIND, /metrics has its own listener (metrics_router).
+    if state.config.metrics_bind.is_none() {
+        app = app.route("/metrics", get(health::metrics));
+    }
+    let mut app = app
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

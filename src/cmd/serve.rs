@@ -167,6 +167,25 @@ async fn serve(
         state.config.upload_retention,
     ));
     background.spawn(cache_upkeep(state.clone()));
+    if let Some(metrics_addr) = state.config.metrics_bind {
+        let listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|e| {
+                exit::failed(format!(
+                    "cannot listen on {metrics_addr} (NEXUS_METRICS_BIND): {e}"
+                ))
+            })?;
+        eprintln!(
+            "nexus: metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let router = api::metrics_router(state.clone());
+        background.spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| exit::failed(format!("cannot listen on {addr}: {e}")))?;

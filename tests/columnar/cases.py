@@ -7,12 +7,17 @@ Usage: cases.py OUT_DIR
   items.parquet     1000 valid rows (uploads), zstd
   ev.parquet        300,000 rows in row groups of 40,000; every 1000th id is
                     null (a reject)
+  claims.arrows     a zstd Arrow stream whose buffer claims to decompress to
+                    1 TiB (a reader that believed it would abort)
   big.parquet       ROWS rows in ONE row group (bounded memory), if ROWS given
 """
 
 import sys
 
+import struct
+
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 out = sys.argv[1]
@@ -36,6 +41,14 @@ n = 300_000
 pq.write_table(pa.table({"id": pa.array([None if i % 1000 == 0 else i for i in range(1, n + 1)], pa.int64()),
                          "payload": pa.array([f"row {i}, with a comma" for i in range(1, n + 1)])}),
                f"{out}/ev.parquet", row_group_size=40_000, compression="snappy")
+
+sink = pa.BufferOutputStream()
+with ipc.new_stream(sink, pa.schema([("id", pa.int64())]), options=ipc.IpcWriteOptions(compression="zstd")) as w:
+    w.write_table(pa.table({"id": pa.array(range(1000), pa.int64())}))
+data = sink.getvalue().to_pybytes()
+honest = struct.pack("<q", 8000)  # the id buffer's true decompressed length
+assert data.count(honest) == 1
+open(f"{out}/claims.arrows", "wb").write(data.replace(honest, struct.pack("<q", 1 << 40)))
 
 if len(sys.argv) > 2:
     n = int(sys.argv[2])

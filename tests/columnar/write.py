@@ -1,5 +1,6 @@
 """Writes seeded random rows with pyarrow as Parquet (several row groups, a
-given codec), an Arrow IPC file and an Arrow IPC stream, and the same rows
+given codec), an Arrow IPC file and an Arrow IPC stream (uncompressed, and
+compressed: Feather's default LZ4 and a zstd stream), and the same rows
 as CSV in the text PostgreSQL reads for each value (the reference).
 
 Usage: write.py OUT_DIR SEED ROWS CODEC
@@ -14,6 +15,7 @@ import sys
 import uuid
 
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
@@ -101,6 +103,9 @@ COLUMNS = [
     ("d128", pa.decimal128(38, 10), "numeric", decimal_of(38, 10), lambda d: format(d, "f")),
     ("d128s", pa.decimal128(10, 2), "numeric(12,2)", decimal_of(10, 2), lambda d: format(d, "f")),
     ("d128i", pa.decimal128(18, 0), "numeric", decimal_of(18, 0), lambda d: format(d, "f")),
+    # Rounded to the column's scale; a precision past 38 digits.
+    ("d128r", pa.decimal128(9, 4), "numeric(8,2)", decimal_of(9, 4), lambda d: format(d, "f")),
+    ("d128w", pa.decimal128(20, 3), "numeric(40,2)", decimal_of(20, 3), lambda d: format(d, "f")),
     ("d256", pa.decimal256(76, 20), "numeric", decimal_of(76, 20), lambda d: format(d, "f")),
     ("b", pa.bool_(), "boolean", maybe_null(lambda: rng.random() < 0.5), lambda b: "true" if b else "false"),
     ("s", pa.string(), "text", maybe_null(text), str),
@@ -138,6 +143,12 @@ pq.write_table(table, f"{out}/data.parquet", row_group_size=max(1, n // 3),
 with ipc.new_file(f"{out}/data.arrow", table.schema) as w:
     w.write_table(table, max_chunksize=max(1, n // 2))
 with ipc.new_stream(f"{out}/data.arrows", table.schema) as w:
+    w.write_table(table, max_chunksize=max(1, n // 4))
+# Compressed IPC: Feather v2 as pyarrow writes it by default (LZ4 frames),
+# and a zstd stream.
+feather.write_feather(table, f"{out}/data.feather", chunksize=max(1, n // 3))
+with ipc.new_stream(f"{out}/data.zstd.arrows", table.schema,
+                    options=ipc.IpcWriteOptions(compression="zstd")) as w:
     w.write_table(table, max_chunksize=max(1, n // 4))
 
 def csv_field(v):
