@@ -1,11 +1,12 @@
 //! NDJSON lines on arbitrary bytes: no panic; a line either becomes one
 //! field per column, each inside the scratch text (NULL ones unquoted), or
-//! is refused with a reason.
+//! is refused with a reason; and the quick reading gives what serde_json
+//! alone gives, fields and reasons alike.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use nexus_pipeline::model::Column;
-use nexus_pipeline::ndjson::object_fields;
+use nexus_pipeline::ndjson::{object_fields, object_fields_by_serde};
 use nexus_pipeline::types::ColumnType;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,9 +26,36 @@ fuzz_target!(|data: &[u8]| {
         column("doc", ColumnType::Jsonb),
     ];
     let (mut buf, mut fields) = (String::new(), Vec::new());
+    let (mut serde_buf, mut serde_fields) = (String::new(), Vec::new());
+    let texts = |buf: &str, fields: &[nexus_pipeline::csv::Field]| {
+        fields
+            .iter()
+            .map(|f| {
+                f.quoted
+                    .then(|| buf[f.start as usize..f.end as usize].to_string())
+            })
+            .collect::<Vec<_>>()
+    };
     for line in text.split('\n') {
         for ignore_extra in [false, true] {
-            match object_fields(line, &columns, ignore_extra, "\\N", &mut buf, &mut fields) {
+            let quick = object_fields(line, &columns, ignore_extra, "\\N", &mut buf, &mut fields);
+            let by_serde = object_fields_by_serde(
+                line,
+                &columns,
+                ignore_extra,
+                "\\N",
+                &mut serde_buf,
+                &mut serde_fields,
+            );
+            assert_eq!(quick, by_serde, "{line:?}");
+            if quick.is_ok() {
+                assert_eq!(
+                    texts(&buf, &fields),
+                    texts(&serde_buf, &serde_fields),
+                    "{line:?}"
+                );
+            }
+            match quick {
                 Ok(()) => {
                     assert_eq!(fields.len(), columns.len());
                     for f in &fields {

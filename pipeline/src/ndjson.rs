@@ -94,9 +94,43 @@ impl Seen {
     }
 }
 
+/// A member's value, as the line holds it.
+enum Value<'a> {
+    Null,
+    /// A string without escapes: the text between its quotes.
+    Text(&'a str),
+    /// A string with escapes: its JSON text, quotes included.
+    Escaped(&'a str),
+    /// A number, `true` or `false`: its JSON text.
+    Scalar(&'a str),
+    /// An object or an array: its JSON text.
+    Nested(&'a str),
+}
+
+impl<'a> Value<'a> {
+    /// The value serde_json found at a member.
+    fn from_raw(raw: &'a RawValue) -> Value<'a> {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'n') => Value::Null,
+            Some(b'"') => {
+                // The text between the quotes, when it holds no escape, is the
+                // string itself.
+                let plain = text
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .filter(|t| !t.contains('\\'));
+                plain.map_or(Value::Escaped(text), Value::Text)
+            }
+            Some(b'{') | Some(b'[') => Value::Nested(text),
+            _ => Value::Scalar(text),
+        }
+    }
+}
+
 impl Object<'_> {
     /// One member: its field, or why the line is refused.
-    fn member(&mut self, key: &str, raw: &RawValue) -> Result<(), LineError> {
+    fn member(&mut self, key: &str, value: Value<'_>) -> Result<(), LineError> {
         // As a CSV header names columns: by source (or name), any case.
         let named = |c: &Column| c.header().eq_ignore_ascii_case(key);
         let found = match self.columns.get(self.guess) {
@@ -120,37 +154,24 @@ impl Object<'_> {
                 format!("key `{key}` appears more than once"),
             ));
         }
-        let text = raw.get();
         let start = self.buf.len() as u32;
-        match text.as_bytes().first() {
-            Some(b'n') => return Ok(()),
-            Some(b'"') => {
-                // The text between the quotes, when it holds no escape, is the
-                // string itself.
-                let plain = text
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .filter(|t| !t.contains('\\'));
-                if let Some(plain) = plain {
-                    self.buf.push_str(plain);
-                } else {
-                    let s: Cow<str> = serde_json::from_str(text).map_err(|e| {
-                        LineError::column(
-                            column,
-                            format!("not a valid JSON string: {}", message(&e)),
-                        )
-                    })?;
-                    if s.contains('\0') {
-                        return Err(LineError::column(
-                            column,
-                            "contains a NUL character (\\u0000), which PostgreSQL cannot store in any value"
-                                .into(),
-                        ));
-                    }
-                    self.buf.push_str(&s);
+        match value {
+            Value::Null => return Ok(()),
+            Value::Text(s) => self.buf.push_str(s),
+            Value::Escaped(text) => {
+                let s: Cow<str> = serde_json::from_str(text).map_err(|e| {
+                    LineError::column(column, format!("not a valid JSON string: {}", message(&e)))
+                })?;
+                if s.contains('\0') {
+                    return Err(LineError::column(
+                        column,
+                        "contains a NUL character (\\u0000), which PostgreSQL cannot store in any value"
+                            .into(),
+                    ));
                 }
+                self.buf.push_str(&s);
             }
-            Some(b'{') | Some(b'[') if column.ty != ColumnType::Jsonb => {
+            Value::Nested(text) if column.ty != ColumnType::Jsonb => {
                 return Err(LineError::column(
                     column,
                     format!(
@@ -165,8 +186,7 @@ impl Object<'_> {
                     ),
                 ));
             }
-            // A number, true, false, or a nested value: its JSON text.
-            _ => self.buf.push_str(text),
+            Value::Nested(text) | Value::Scalar(text) => self.buf.push_str(text),
         }
         self.fields[at] = Field {
             start,
@@ -187,13 +207,203 @@ impl<'de> Visitor<'de> for &mut Object<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let raw: &'de RawValue = map.next_value()?;
-            if let Err(e) = self.member(&key, raw) {
+            if let Err(e) = self.member(&key, Value::from_raw(raw)) {
                 self.refused = Some(e);
                 return Err(serde::de::Error::custom("refused"));
             }
         }
         Ok(())
     }
+}
+
+/// What the quick reading of a line found.
+enum Scan {
+    Read,
+    Refused(LineError),
+    /// The line is not of the usual shape: serde_json reads it.
+    Unsure,
+}
+
+impl<'a> Object<'a> {
+    /// An object with every field NULL (the text `null_text`, unquoted).
+    fn start(
+        columns: &'a [Column],
+        ignore_extra: bool,
+        null_text: &str,
+        buf: &'a mut String,
+        fields: &'a mut Vec<Field>,
+    ) -> Object<'a> {
+        buf.clear();
+        fields.clear();
+        buf.push_str(null_text);
+        let null = Field {
+            start: 0,
+            end: buf.len() as u32,
+            quoted: false,
+        };
+        fields.resize(columns.len(), null);
+        Object {
+            columns,
+            ignore_extra,
+            buf,
+            fields,
+            seen: Seen::new(columns.len()),
+            refused: None,
+            guess: 0,
+        }
+    }
+
+    /// Reads a line of the usual shape — an object whose keys and strings
+    /// hold no escape — in one pass over its bytes, where serde_json would
+    /// validate each value and [`Value::from_raw`] look at it again.
+    /// Anything else is `Unsure`, for serde_json to read: so a line reads
+    /// the same either way (the tests and the `ndjson` fuzz target compare
+    /// the two), and this reading needs no error messages of its own.
+    fn scan(&mut self, line: &str) -> Scan {
+        let b = line.as_bytes();
+        let mut at = skip_space(b, 0);
+        if b.get(at) != Some(&b'{') {
+            return Scan::Unsure;
+        }
+        at = skip_space(b, at + 1);
+        if b.get(at) == Some(&b'}') {
+            at += 1;
+        } else {
+            loop {
+                let Some((key, next)) = plain_string(line, at) else {
+                    return Scan::Unsure;
+                };
+                at = skip_space(b, next);
+                if b.get(at) != Some(&b':') {
+                    return Scan::Unsure;
+                }
+                let Some((value, next)) = scalar_or_nested(line, skip_space(b, at + 1)) else {
+                    return Scan::Unsure;
+                };
+                if let Err(e) = self.member(key, value) {
+                    return Scan::Refused(e);
+                }
+                at = skip_space(b, next);
+                match b.get(at) {
+                    Some(b',') => at = skip_space(b, at + 1),
+                    Some(b'}') => {
+                        at += 1;
+                        break;
+                    }
+                    _ => return Scan::Unsure,
+                }
+            }
+        }
+        if skip_space(b, at) == b.len() {
+            Scan::Read
+        } else {
+            Scan::Unsure
+        }
+    }
+
+    /// Reads the line with serde_json.
+    fn by_serde(mut self, line: &str) -> Result<(), LineError> {
+        let mut de = serde_json::Deserializer::from_str(line);
+        let parsed = (&mut de).deserialize_map(&mut self).and_then(|()| de.end());
+        if let Some(refused) = self.refused {
+            return Err(refused);
+        }
+        parsed.map_err(|e| {
+            LineError::line(if e.is_data() {
+                format!("not a JSON object: {}", message(&e))
+            } else {
+                format!("not valid JSON: {}", message(&e))
+            })
+        })
+    }
+}
+
+/// Where JSON's whitespace after `at` ends.
+fn skip_space(b: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// The string at `at` when it holds no escape or control character: its
+/// text, and where it ends.
+fn plain_string(line: &str, at: usize) -> Option<(&str, usize)> {
+    let rest = line.as_bytes().get(at..)?.strip_prefix(b"\"")?;
+    let len = rest
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    if rest.get(len) != Some(&b'"') {
+        return None;
+    }
+    Some((line.get(at + 1..at + 1 + len)?, at + 2 + len))
+}
+
+/// The value at `at` (a string as [`plain_string`] takes it), and where it
+/// ends; nested values are measured by serde_json.
+fn scalar_or_nested(line: &str, at: usize) -> Option<(Value<'_>, usize)> {
+    let b = line.as_bytes();
+    let word = |w: &str, value: Value<'static>| {
+        b.get(at..)?
+            .starts_with(w.as_bytes())
+            .then_some((value, at + w.len()))
+    };
+    match *b.get(at)? {
+        b'"' => plain_string(line, at).map(|(s, end)| (Value::Text(s), end)),
+        b'n' => word("null", Value::Null),
+        b't' => word("true", Value::Scalar("true")),
+        b'f' => word("false", Value::Scalar("false")),
+        b'-' | b'0'..=b'9' => {
+            let end = number_end(b, at)?;
+            Some((Value::Scalar(line.get(at..end)?), end))
+        }
+        b'{' | b'[' => {
+            let mut values =
+                serde_json::Deserializer::from_str(line.get(at..)?).into_iter::<&RawValue>();
+            let raw = values.next()?.ok()?;
+            Some((Value::Nested(raw.get()), at + values.byte_offset()))
+        }
+        _ => None,
+    }
+}
+
+/// Where the JSON number at `at` ends, if one is there.
+fn number_end(b: &[u8], mut at: usize) -> Option<usize> {
+    let digits = |at: usize| {
+        b.get(at..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    if b.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    match b.get(at)? {
+        b'0' => at += 1,
+        b'1'..=b'9' => at += digits(at),
+        _ => return None,
+    }
+    if b.get(at) == Some(&b'.') {
+        let n = digits(at + 1);
+        if n == 0 {
+            return None;
+        }
+        at += 1 + n;
+    }
+    if let Some(b'e' | b'E') = b.get(at) {
+        at += 1;
+        if let Some(b'+' | b'-') = b.get(at) {
+            at += 1;
+        }
+        let n = digits(at);
+        if n == 0 {
+            return None;
+        }
+        at += n;
+    }
+    Some(at)
+}
+
+fn empty_line() -> LineError {
+    LineError::line("an empty line: each line must hold one JSON object".into())
 }
 
 /// Fills `fields` (one per column, in the model's order) and `buf` from
@@ -207,43 +417,32 @@ pub fn object_fields(
     buf: &mut String,
     fields: &mut Vec<Field>,
 ) -> Result<(), LineError> {
-    buf.clear();
-    fields.clear();
-    buf.push_str(null_text);
-    let null = Field {
-        start: 0,
-        end: buf.len() as u32,
-        quoted: false,
-    };
-    fields.resize(columns.len(), null);
     if line.trim().is_empty() {
-        return Err(LineError::line(
-            "an empty line: each line must hold one JSON object".into(),
-        ));
+        Object::start(columns, ignore_extra, null_text, buf, fields);
+        return Err(empty_line());
     }
-    let mut object = Object {
-        columns,
-        ignore_extra,
-        buf,
-        fields,
-        seen: Seen::new(columns.len()),
-        refused: None,
-        guess: 0,
-    };
-    let mut de = serde_json::Deserializer::from_str(line);
-    let parsed = (&mut de)
-        .deserialize_map(&mut object)
-        .and_then(|()| de.end());
-    if let Some(refused) = object.refused {
-        return Err(refused);
+    match Object::start(columns, ignore_extra, null_text, buf, fields).scan(line) {
+        Scan::Read => Ok(()),
+        Scan::Refused(e) => Err(e),
+        Scan::Unsure => Object::start(columns, ignore_extra, null_text, buf, fields).by_serde(line),
     }
-    parsed.map_err(|e| {
-        LineError::line(if e.is_data() {
-            format!("not a JSON object: {}", message(&e))
-        } else {
-            format!("not valid JSON: {}", message(&e))
-        })
-    })
+}
+
+/// [`object_fields`] by serde_json alone: the reading the quick one must
+/// agree with (the `ndjson` fuzz target compares them).
+pub fn object_fields_by_serde(
+    line: &str,
+    columns: &[Column],
+    ignore_extra: bool,
+    null_text: &str,
+    buf: &mut String,
+    fields: &mut Vec<Field>,
+) -> Result<(), LineError> {
+    let object = Object::start(columns, ignore_extra, null_text, buf, fields);
+    if line.trim().is_empty() {
+        return Err(empty_line());
+    }
+    object.by_serde(line)
 }
 
 #[cfg(test)]
@@ -265,15 +464,122 @@ mod tests {
         ]
     }
 
-    fn fields(line: &str) -> Result<Vec<Option<String>>, String> {
+    type Read =
+        fn(&str, &[Column], bool, &str, &mut String, &mut Vec<Field>) -> Result<(), LineError>;
+
+    /// A line read by `read`: each field's text (None when NULL).
+    fn read_by(
+        read: Read,
+        line: &str,
+        ignore_extra: bool,
+    ) -> Result<Vec<Option<String>>, LineError> {
         let (mut buf, mut f) = (String::new(), Vec::new());
-        object_fields(line, &columns(), false, "", &mut buf, &mut f).map_err(|e| e.reason)?;
+        read(line, &columns(), ignore_extra, "", &mut buf, &mut f)?;
         Ok(f.iter()
             .map(|f| {
                 f.quoted
                     .then(|| buf[f.start as usize..f.end as usize].to_string())
             })
             .collect())
+    }
+
+    fn fields(line: &str) -> Result<Vec<Option<String>>, String> {
+        read_by(object_fields, line, false).map_err(|e| e.reason)
+    }
+
+    /// Pieces of lines, well and badly formed, for the two readings to
+    /// disagree on if they can.
+    fn piece() -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            " ",
+            "\t",
+            "\r",
+            "\"id\"",
+            "\"ID\"",
+            "\"name\"",
+            "\"doc\"",
+            "\"colour\"",
+            "\"na\\u006de\"",
+            "\"\"",
+            "0",
+            "-0",
+            "12",
+            "01",
+            "1.",
+            "1.5",
+            "-2.50e+3",
+            "1E9",
+            "1e",
+            "-",
+            "\"x\"",
+            "\"a\\\"b\"",
+            "\"\\u0000\"",
+            "\"\\ud800\"",
+            "\"é\"",
+            "\"\u{1}\"",
+            "\"",
+            "null",
+            "nul",
+            "true",
+            "tru",
+            "false",
+            "{\"a\":[1,{}]}",
+            "[1,",
+            "[]",
+            "{}",
+            "x",
+        ])
+    }
+
+    /// A line: mostly `{"key": value, …}` from the pieces, sometimes
+    /// the pieces in any order.
+    fn line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let member = (piece(), piece(), piece(), piece())
+            .prop_map(|(k, s, v, sep)| format!("{k}{s}:{v}{sep}"));
+        prop_oneof![
+            proptest::collection::vec(member, 0..5).prop_map(|m| {
+                let mut line = format!("{{{}", m.concat());
+                if line.ends_with(',') {
+                    line.pop();
+                }
+                line + "}"
+            }),
+            proptest::collection::vec(piece(), 0..12).prop_map(|p| p.concat()),
+        ]
+    }
+
+    #[test]
+    fn usual_lines_are_read_in_one_pass() {
+        let columns = columns();
+        let (mut buf, mut f) = (String::new(), Vec::new());
+        for (line, quick) in [
+            (r#" {"id": -1.5e3, "name" : "é", "doc": {"a": [1]}} "#, true),
+            (r#"{"ID":null,"name":"x"}"#, true),
+            ("{}", true),
+            (r#"{"name": "a\"b"}"#, false),
+            (r#"{"id": 01}"#, false),
+        ] {
+            let read = Object::start(&columns, false, "", &mut buf, &mut f).scan(line);
+            assert_eq!(matches!(read, Scan::Read), quick, "{line}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #[test]
+        fn the_quick_reading_agrees_with_serde_json(line in line(), ignore_extra: bool) {
+            proptest::prop_assert_eq!(
+                read_by(object_fields, &line, ignore_extra),
+                read_by(object_fields_by_serde, &line, ignore_extra)
+            );
+        }
     }
 
     #[test]
