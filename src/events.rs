@@ -125,15 +125,15 @@ async fn listen_postgres(heard: Heard, url: String) {
     let channels =
         "LISTEN nexus_jobs; LISTEN nexus_auth; LISTEN nexus_cache; LISTEN nexus_progress";
     loop {
-        let mut config: tokio_postgres::Config = match url.parse() {
-            Ok(c) => c,
+        let mut database = match nexus_loaders::tls::Database::parse(&url) {
+            Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "the event listener cannot parse the database URL");
                 return;
             }
         };
-        config.application_name("nexus events");
-        match config.connect(tokio_postgres::NoTls).await {
+        database.config.application_name("nexus events");
+        match database.config.connect(database.tls.clone()).await {
             Ok((client, mut conn)) => {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                 let listen = client.batch_execute(channels);

@@ -13,6 +13,7 @@ pub mod load;
 pub mod migrate;
 pub mod pg;
 pub mod server_input;
+pub mod tls;
 pub mod vocab;
 pub mod writer;
 

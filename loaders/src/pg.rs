@@ -3,23 +3,14 @@
 
 use std::time::Duration;
 
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+
+use crate::tls::Database;
 
 /// Opens a connection and drives it on the runtime.
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    connect_with(&url.parse()?).await
-}
-
-/// The same with a prepared configuration (application name, options).
-pub async fn connect_with(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "postgres connection closed");
-        }
-    });
-    Ok(client)
+    Database::parse(url)?.connect().await
 }
 
 /// Opens a connection, retrying transient failures with backoff for up to
@@ -28,17 +19,17 @@ pub async fn connect_retrying(
     url: &str,
     window: Duration,
 ) -> Result<Client, tokio_postgres::Error> {
-    connect_retrying_with(&url.parse()?, window).await
+    connect_retrying_with(&Database::parse(url)?, window).await
 }
 
 /// [`connect_retrying`] with a prepared configuration.
 pub async fn connect_retrying_with(
-    config: &Config,
+    database: &Database,
     window: Duration,
 ) -> Result<Client, tokio_postgres::Error> {
     let mut retry = Retry::new(window);
     loop {
-        match connect_with(config).await {
+        match database.connect().await {
             Ok(c) => return Ok(c),
             Err(e) if classify(&e) == ErrorKind::Transient && retry.again().await => {
                 tracing::warn!(error = %e, attempt = retry.attempt, "connecting to PostgreSQL failed; retrying");
@@ -105,7 +96,11 @@ pub enum ErrorKind {
 
 pub fn classify(e: &tokio_postgres::Error) -> ErrorKind {
     let Some(code) = e.code() else {
-        // No SQLSTATE: the connection failed or closed.
+        // No SQLSTATE: the connection failed or closed, unless TLS refused
+        // the server, which trying again does not change.
+        if crate::tls::refused(e) {
+            return ErrorKind::Fatal;
+        }
         return ErrorKind::Transient;
     };
     if [
@@ -193,9 +188,9 @@ pub enum FirstContact {
 /// that is starting up is waited for (within `window`); anything retrying
 /// cannot cure fails at once, saying what failed and where.
 pub async fn first_contact(url: &str, window: Duration) -> Result<Client, FirstContact> {
-    let config: Config = url
-        .parse()
+    let database = Database::parse(url)
         .map_err(|e: tokio_postgres::Error| FirstContact::Config(describe(&e)))?;
+    let config = &database.config;
     let place = {
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -209,10 +204,22 @@ pub async fn first_contact(url: &str, window: Duration) -> Result<Client, FirstC
     let user = config.get_user().unwrap_or("?").to_string();
     let mut retry = Retry::new(window);
     loop {
-        let e = match connect_with(&config).await {
+        let e = match database.connect().await {
             Ok(c) => return Ok(c),
             Err(e) => e,
         };
+        if crate::tls::refused(&e) {
+            let what = describe(&e);
+            let hint = if what.contains("UnknownIssuer") {
+                ": the server's certificate is not signed by a CA of sslrootcert"
+            } else {
+                ""
+            };
+            return Err(FirstContact::Config(format!(
+                "PostgreSQL at {place}: {what}{hint} (sslmode={})",
+                database.mode
+            )));
+        }
         if let Some(code) = e.code() {
             if classify(&e) == ErrorKind::Transient && retry.again().await {
                 tracing::warn!(error = %describe(&e), attempt = retry.attempt, "PostgreSQL is not ready; waiting");

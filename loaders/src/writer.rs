@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::cache::BatchCache;
 use crate::conflicts::{self, UniqueIndex};
 use crate::gate::SeqGate;
-use crate::pg::{self, ErrorKind, Retry, classify, describe};
+use crate::pg::{ErrorKind, Retry, classify, describe};
 use crate::server_input;
 use crate::vocab::Mode;
 
@@ -193,14 +193,15 @@ impl Session {
     async fn connect(url: &str, timezone: &str) -> Result<Client, tokio_postgres::Error> {
         // Session settings as startup parameters: the session never exists
         // without them, not even for a moment after it connects.
-        let mut config: tokio_postgres::Config = url.parse()?;
+        let mut database = crate::tls::Database::parse(url)?;
         let ours = format!("-c synchronous_commit=off -c TimeZone={timezone}");
+        let config = &mut database.config;
         let options = match config.get_options() {
             Some(given) => format!("{given} {ours}"),
             None => ours,
         };
         config.application_name("nexus writer").options(&options);
-        pg::connect_with(&config).await
+        database.connect().await
     }
 }
 

@@ -239,9 +239,9 @@ async fn serve(
 }
 
 pub(crate) fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
-    let mut pg: tokio_postgres::Config = url
-        .parse()
+    let database = nexus_loaders::tls::Database::parse(url)
         .map_err(|e| exit::usage(format!("DATABASE_URL: {e}")))?;
+    let mut pg = database.config;
     // No statement of a request outlives the request.
     let ours = format!(
         "-c statement_timeout={}",
@@ -254,7 +254,7 @@ pub(crate) fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgr
     pg.options(&options);
     let manager = deadpool_postgres::Manager::from_config(
         pg,
-        tokio_postgres::NoTls,
+        database.tls,
         deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },

@@ -6,6 +6,7 @@
 pub mod proxy;
 pub mod redis;
 pub mod server;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
