@@ -13,6 +13,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("DATABASE_URL", "database_url"),
     ("REDIS_URL", "redis_url"),
     ("NEXUS_REDIS_PREFIX", "redis_prefix"),
+    ("NEXUS_REDIS_CA", "redis_ca"),
     ("NEXUS_REDIS_TIMEOUT", "redis_timeout"),
     ("NEXUS_CACHE_MEMORY", "cache_memory"),
     ("NEXUS_CACHE_WRITE_BEHIND", "cache_write_behind"),
@@ -49,6 +50,9 @@ const SETTINGS: &[(&str, &str)] = &[
 pub struct Config {
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    /// The CA certificates (PEM) a `rediss://` server's certificate is
+    /// checked against, instead of the system's.
+    pub redis_ca: Option<PathBuf>,
     /// Prefix of every Redis key and channel, so that installations (and
     /// tests) can share one Redis.
     pub redis_prefix: String,
@@ -211,6 +215,7 @@ impl Config {
         Ok(Config {
             database_url: s.get("DATABASE_URL"),
             redis_url: s.get("REDIS_URL"),
+            redis_ca: s.get("NEXUS_REDIS_CA").map(PathBuf::from),
             redis_prefix: s.parse("NEXUS_REDIS_PREFIX", "nexus".to_string(), |v| {
                 let ok = !v.is_empty()
                     && v.len() <= 64

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::redis::PrivateRedis;
 use common::server::{ADMIN_PW, Server, accepted};
 use common::tls::{Certs, TlsPostgres};
 use common::{Run, TestDb, customers, run};
@@ -113,4 +114,49 @@ fn the_server_reaches_postgres_over_tls() {
     ));
     let job = server.wait_status(&token, &id, "succeeded");
     assert_eq!(job["rows_committed"], 200, "{job}");
+}
+
+#[test]
+fn the_cache_reaches_redis_over_tls() {
+    let certs = Certs::make();
+    let redis = PrivateRedis::start_tls(&certs);
+    let db = TestDb::new();
+    let models = db.file(
+        "models.toml",
+        "[models.wt]\ntable = \"wt\"\nkey = [\"id\"]\n\
+         cache = { strategy = \"write_through\", ttl = \"30m\" }\n\
+         [[models.wt.columns]]\nname = \"id\"\ntype = \"bigint\"\n\
+         [[models.wt.columns]]\nname = \"name\"\ntype = \"text\"\n",
+    );
+    let csv = db.file("wt.csv", "id,name\n1,a\n2,b\n3,c\n");
+    let nexus = |ca: &std::path::Path| {
+        let mut c = db.nexus();
+        c.env("NEXUS_MODELS", &models)
+            .env("REDIS_URL", redis.url())
+            .env("NEXUS_REDIS_CA", ca);
+        c
+    };
+    let loaded = run(nexus(&certs.ca).args(["load", "--model", "wt"]).arg(&csv));
+    assert_eq!(loaded.code, 0, "{loaded:?}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("nexus:wt:*")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let stats = run(nexus(&certs.ca).args(["cache", "stats"]));
+    assert!(stats.stdout.contains("redis: up"), "{stats:?}");
+
+    // Someone else's CA: the server is not believed, and the cache says why.
+    let stats = run(nexus(&certs.other_ca).args(["cache", "stats"]));
+    assert!(stats.stdout.contains("redis: down ("), "{stats:?}");
+    assert!(
+        stats.stdout.to_lowercase().contains("certificate"),
+        "{stats:?}"
+    );
+    let unread = run(nexus(std::path::Path::new("/no/such/ca.pem")).args(["cache", "stats"]));
+    assert_eq!(unread.code, 2, "{unread:?}");
+    assert!(
+        unread.stderr.contains("NEXUS_REDIS_CA: /no/such/ca.pem"),
+        "{unread:?}"
+    );
 }

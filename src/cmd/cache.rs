@@ -42,6 +42,7 @@ pub fn open(config: &Config, local: bool, listening: Listening) -> anyhow::Resul
     Cache::new(
         CacheConfig {
             redis_url: config.redis_url.clone(),
+            redis_ca: config.redis_ca.clone(),
             prefix: config.redis_prefix.clone(),
             local_bytes: local.then_some(config.cache_memory),
             write_behind_capacity: config.cache_write_behind,

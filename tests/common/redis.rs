@@ -66,10 +66,26 @@ pub struct PrivateRedis {
     child: Option<std::process::Child>,
     /// Where `SAVE` writes and a restart reads its data back.
     dir: tempfile::TempDir,
+    /// Serving TLS only, with these certificate, key and CA.
+    tls: Option<[std::path::PathBuf; 3]>,
 }
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
+        PrivateRedis::start_with(None)
+    }
+
+    /// A server that takes TLS connections only (`rediss://`), with the
+    /// server certificate of `certs`.
+    pub fn start_tls(certs: &super::tls::Certs) -> PrivateRedis {
+        PrivateRedis::start_with(Some([
+            certs.server_cert.clone(),
+            certs.server_key.clone(),
+            certs.ca.clone(),
+        ]))
+    }
+
+    fn start_with(tls: Option<[std::path::PathBuf; 3]>) -> PrivateRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -78,21 +94,53 @@ impl PrivateRedis {
             port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            tls,
         };
         r.restart();
         r
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            None => redis::Client::open(self.url().as_str()),
+            Some([_, _, ca]) => redis::Client::build_with_tls(
+                self.url().as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca).unwrap()),
+                },
+            ),
+        }
     }
 
     /// (Re)starts the server on its port with what the last `SAVE` wrote
     /// (nothing is saved on its own), and waits until it answers.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = std::process::Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some([cert, key, ca]) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -107,12 +155,11 @@ impl PrivateRedis {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        let url = self.url();
         super::wait_for(
             "the private Redis to answer",
             std::time::Duration::from_secs(10),
             || {
-                redis::Client::open(url.as_str())
+                self.client()
                     .and_then(|c| c.get_connection())
                     .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                     .is_ok()
@@ -129,7 +176,7 @@ impl PrivateRedis {
     }
 
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url().as_str())
+        self.client()
             .and_then(|c| c.get_connection())
             .expect("connect to the private Redis")
     }

@@ -62,6 +62,9 @@ impl Tier {
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub redis_url: Option<String>,
+    /// CA certificates (PEM) for a `rediss://` server, instead of the
+    /// system's.
+    pub redis_ca: Option<std::path::PathBuf>,
     pub prefix: String,
     /// Memory budget of the local tier; `None`: no local tier.
     pub local_bytes: Option<u64>,
@@ -75,6 +78,8 @@ pub struct CacheConfig {
 pub enum CacheError {
     #[error("REDIS_URL: {0}")]
     RedisUrl(redis::RedisError),
+    #[error("NEXUS_REDIS_CA: {0}")]
+    RedisCa(String),
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error("Redis: {0}")]
@@ -180,10 +185,13 @@ impl Cache {
     pub fn new(config: CacheConfig, listening: Listening) -> Result<Arc<Cache>, CacheError> {
         let stats = Arc::new(stats::Stats::default());
         let redis = match &config.redis_url {
-            Some(url) => Some(
-                RedisTier::new(url, &config.prefix, config.redis_timeout, stats.clone())
-                    .map_err(CacheError::RedisUrl)?,
-            ),
+            Some(url) => Some(RedisTier::new(
+                url,
+                config.redis_ca.as_deref(),
+                &config.prefix,
+                config.redis_timeout,
+                stats.clone(),
+            )?),
             None => None,
         };
         let local = config

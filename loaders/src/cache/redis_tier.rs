@@ -142,18 +142,42 @@ fn ms(d: Duration) -> u64 {
 impl RedisTier {
     pub(super) fn new(
         url: &str,
+        ca: Option<&std::path::Path>,
         prefix: &str,
         timeout: Duration,
         stats: Arc<Stats>,
-    ) -> Result<RedisTier, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+    ) -> Result<RedisTier, CacheError> {
+        let client = match ca {
+            // `rediss://` checks the server against the system's CAs
+            // (SSL_CERT_FILE too), unless told another.
+            None => redis::Client::open(url),
+            Some(ca) => {
+                if !url.starts_with("rediss://") {
+                    return Err(CacheError::RedisCa(format!(
+                        "{}: set for a Redis reached without TLS (use rediss://)",
+                        ca.display()
+                    )));
+                }
+                let pem = std::fs::read(ca)
+                    .map_err(|e| CacheError::RedisCa(format!("{}: {e}", ca.display())))?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+        }
+        .map_err(CacheError::RedisUrl)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         Ok(RedisTier {
-            conn: ConnectionManager::new_lazy_with_config(client.clone(), config)?,
+            conn: ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(CacheError::RedisUrl)?,
             client,
             prefix: prefix.to_string(),
             timeout,
