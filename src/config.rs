@@ -44,7 +44,16 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_MCP_ROOTS", "mcp_roots"),
     ("NEXUS_TRUSTED_PROXIES", "trusted_proxies"),
     ("NEXUS_METRICS_BIND", "metrics_bind"),
+    ("NEXUS_TLS_CERT", "tls_cert"),
+    ("NEXUS_TLS_KEY", "tls_key"),
 ];
+
+/// The certificate chain and private key files of HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -106,6 +115,8 @@ pub struct Config {
     /// Where `/metrics` is served instead of the main listener, so that
     /// only the scraper's network reaches it.
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// `serve` speaks HTTPS with this certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
     pub admin_password: Option<String>,
     pub log_format: Option<String>,
 }
@@ -307,6 +318,24 @@ impl Config {
                     .map(Some)
                     .map_err(|_| format!("`{v}` is not host:port (e.g. 127.0.0.1:9464)"))
             })?,
+            tls: match (s.get("NEXUS_TLS_CERT"), s.get("NEXUS_TLS_KEY")) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.into(),
+                    key: key.into(),
+                }),
+                (None, None) => None,
+                (cert, _) => {
+                    let (name, other) = if cert.is_some() {
+                        ("NEXUS_TLS_CERT", "NEXUS_TLS_KEY")
+                    } else {
+                        ("NEXUS_TLS_KEY", "NEXUS_TLS_CERT")
+                    };
+                    return Err(ConfigError::Var {
+                        name,
+                        message: format!("set without {other}: HTTPS needs both"),
+                    });
+                }
+            },
             admin_password: s.get("NEXUS_ADMIN_PASSWORD"),
             log_format: s.get("NEXUS_LOG_FORMAT"),
         })

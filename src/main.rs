@@ -10,6 +10,7 @@ mod db;
 mod embedded;
 mod events;
 mod exit;
+mod https;
 mod jobs;
 mod mcp;
 mod read_cache;

@@ -160,3 +160,159 @@ fn the_cache_reaches_redis_over_tls() {
         "{unread:?}"
     );
 }
+
+/// `curl` against the HTTPS server, trusting `ca`: (status, body).
+fn curl(ca: &std::path::Path, args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A `ping` over `wss://` (rustls trusting `ca`), and what answers it.
+fn wss_ping(base: &str, ca: &std::path::Path, token: &str) -> serde_json::Value {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let addr = base.strip_prefix("https://").unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let tls =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "127.0.0.1".try_into().unwrap())
+            .unwrap();
+    let stream = rustls::StreamOwned::new(tls, tcp);
+    let url = format!("wss://{addr}/api/v2/ws?access_token={token}");
+    let (mut ws, _) = tungstenite::client(url, stream).unwrap();
+    ws.send(tungstenite::Message::Text(r#"{"type": "ping"}"#.into()))
+        .unwrap();
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().unwrap() {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+#[test]
+fn serve_speaks_https_with_its_own_certificate() {
+    let certs = Certs::make();
+    let db = TestDb::new();
+    let (cert, key) = (
+        certs.server_cert.display().to_string(),
+        certs.server_key.display().to_string(),
+    );
+    let server = Server::start(&db, &[("NEXUS_TLS_CERT", &cert), ("NEXUS_TLS_KEY", &key)]);
+    assert!(
+        server.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.base
+    );
+    let (status, body) = curl(&certs.ca, &[&server.url("/health")]);
+    assert_eq!(status, 200, "{body}");
+
+    // A client that does not trust the CA refuses the server.
+    let (status, body) = curl(&certs.other_ca, &[&server.url("/health")]);
+    assert_eq!(status, 0, "{body}");
+    assert!(body.contains("certificate"), "{body}");
+    // Plain HTTP is not answered as HTTP.
+    let plain = server.url("/health").replace("https://", "http://");
+    let (status, _) = curl(&certs.ca, &[&plain]);
+    assert_ne!(status, 200);
+
+    // Log in, upload, follow the job: all over HTTPS; and the WebSocket
+    // over wss://.
+    let (status, body) = curl(
+        &certs.ca,
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &format!(r#"{{"username": "admin", "password": "{ADMIN_PW}"}}"#),
+            &server.url("/api/v2/auth/login"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let login: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = login["access_token"].as_str().expect("a token").to_string();
+    assert_eq!(wss_ping(&server.base, &certs.ca, &token)["type"], "pong");
+    let csv = db.file("c.csv", customers(1, 30));
+    let auth = format!("authorization: Bearer {token}");
+    let (status, body) = curl(
+        &certs.ca,
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "content-type: text/csv",
+            "--data-binary",
+            &format!("@{}", csv.display()),
+            &server.url("/api/v2/jobs?model=customer"),
+        ],
+    );
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    let mut job = serde_json::Value::Null;
+    common::wait_for(
+        "the job to succeed",
+        std::time::Duration::from_secs(60),
+        || {
+            let (_, body) = curl(
+                &certs.ca,
+                &["-H", &auth, &server.url(&format!("/api/v2/jobs/{id}"))],
+            );
+            job = serde_json::from_str(&body).unwrap_or_default();
+            assert_ne!(job["status"], "failed", "{job}");
+            job["status"] == "succeeded"
+        },
+    );
+    assert_eq!(job["rows_committed"], 30, "{job}");
+}
+
+#[test]
+fn https_needs_both_certificate_and_key_and_says_which_file_is_wrong() {
+    let certs = Certs::make();
+    let db = TestDb::new();
+    let serve = |env: &[(&str, &str)]| {
+        let mut c = db.nexus();
+        c.args(["serve", "--bind", "127.0.0.1:0"])
+            .env("NEXUS_JWT_SECRET", common::server::SECRET)
+            .env_remove("NEXUS_TLS_CERT")
+            .env_remove("NEXUS_TLS_KEY");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(&mut c)
+    };
+    let cert = certs.server_cert.display().to_string();
+    let only_cert = serve(&[("NEXUS_TLS_CERT", &cert)]);
+    assert_eq!(only_cert.code, 2, "{only_cert:?}");
+    assert!(
+        only_cert
+            .stderr
+            .contains("NEXUS_TLS_CERT: set without NEXUS_TLS_KEY"),
+        "{only_cert:?}"
+    );
+    let swapped = serve(&[("NEXUS_TLS_CERT", &cert), ("NEXUS_TLS_KEY", &cert)]);
+    assert_eq!(swapped.code, 2, "{swapped:?}");
+    assert!(swapped.stderr.contains("NEXUS_TLS_KEY"), "{swapped:?}");
+}

@@ -185,7 +185,8 @@ fn add_word(url: &str, key: &str, value: &str) -> String {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The one crypto provider of every TLS connection (ring: it builds fast).
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

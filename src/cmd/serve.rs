@@ -186,12 +186,19 @@ async fn serve(
             }
         });
     }
+    let tls = match &state.config.tls {
+        Some(files) => {
+            Some(crate::https::server_config(&files.cert, &files.key).map_err(exit::usage)?)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| exit::failed(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr()?;
-    tracing::info!(%local, "nexus serving");
-    eprintln!("nexus: listening on http://{local}");
+    tracing::info!(%local, https = tls.is_some(), "nexus serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("nexus: listening on {scheme}://{local}");
 
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -199,11 +206,29 @@ async fn serve(
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         on_signal.cancel();
     });
-    let server = axum::serve(
-        listener,
-        api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server: futures_util::future::BoxFuture<'static, std::io::Result<()>> = match tls {
+        None => Box::pin(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        ),
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stop = handle.clone();
+            let stopping = shutdown.clone();
+            tokio::spawn(async move {
+                stopping.cancelled().await;
+                stop.graceful_shutdown(Some(SHUTDOWN_GRACE));
+            });
+            let server = axum_server::from_tcp_rustls(
+                listener.into_std()?,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )?
+            .handle(handle);
+            Box::pin(server.serve(app))
+        }
+    };
     let workers = crate::jobs::worker::spawn(
         WorkerContext {
             pool: state.pool.clone(),
