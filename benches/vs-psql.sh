@@ -10,6 +10,10 @@
 # usage: benches/vs-psql.sh [ROWS]     (needs PostgreSQL; DATABASE_URL or
 #        the local server on 127.0.0.1:5432 as user postgres)
 source "$(dirname "$0")/common.sh"
+# Like for like: nexus does not encrypt without sslmode, so neither does
+# psql (libpq would negotiate TLS with a server that has ssl = on, as
+# Debian's has, and pay for it on every COPY byte).
+export PGSSLMODE=disable
 db=nexus_bench
 csv="$data/customer-$rows.csv"
 [ -s "$csv" ] || python3 benches/gen-customers.py "$rows" > "$csv"

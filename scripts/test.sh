@@ -59,6 +59,13 @@ if ! tests/columnar/.venv/bin/python -c 'import pyarrow' 2>/dev/null; then
   tests/columnar/.venv/bin/pip install -q --disable-pip-version-check -r tests/columnar/requirements.txt
 fi
 [ -x /usr/bin/time ] || need_pkg_force time
+# TLS tests make their certificates with openssl and talk HTTPS with curl;
+# deploy/ is checked with Debian's nginx and Prometheus (scripts/deploy-test.sh).
+need_pkg openssl openssl
+need_pkg curl curl
+need_pkg envsubst gettext-base
+need_pkg nginx nginx
+need_pkg promtool prometheus
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
@@ -70,8 +77,11 @@ fuzz=$?
 # What parses untrusted bytes, fuzzed for a bounded time (one more test).
 bash scripts/fuzz.sh
 libfuzz=$?
+# deploy/ run natively: nginx, two servers, Prometheus (one more test).
+bash scripts/deploy-test.sh target/debug/nexus
+deploy=$?
 set -e
-awk -v fuzz="$fuzz" -v libfuzz="$libfuzz" '/^test result:/ { p += $4; f += $6 }
-  END { if (fuzz == 0) p++; else f++; if (libfuzz == 0) p++; else f++;
+awk -v fuzz="$fuzz" -v libfuzz="$libfuzz" -v deploy="$deploy" '/^test result:/ { p += $4; f += $6 }
+  END { if (fuzz == 0) p++; else f++; if (libfuzz == 0) p++; else f++; if (deploy == 0) p++; else f++;
         printf "total: %d passed, %d failed\n", p, f }' "$log"
-[ "$rc" = 0 ] && [ "$fuzz" = 0 ] && [ "$libfuzz" = 0 ]
+[ "$rc" = 0 ] && [ "$fuzz" = 0 ] && [ "$libfuzz" = 0 ] && [ "$deploy" = 0 ]

@@ -216,6 +216,71 @@ pub async fn detailed(
     Ok((status, Json(body)))
 }
 
+/// Every series the alert rules and the dashboard read (deploy/prometheus,
+/// deploy/grafana) exists from the start, at zero, so that a query over
+/// it means "none yet" rather than "no such metric".
+pub fn register_metrics(models: &nexus_pipeline::ModelSet) {
+    use nexus_loaders::JobStatus;
+    metrics::describe_counter!("nexus_jobs_finished_total", "Jobs this server ran to an end, by status");
+    metrics::describe_gauge!("nexus_jobs_queued", "Jobs waiting for a worker (all servers)");
+    metrics::describe_gauge!(
+        "nexus_jobs_oldest_queued_seconds",
+        metrics::Unit::Seconds,
+        "How long the oldest queued job has waited"
+    );
+    metrics::describe_gauge!("nexus_jobs_running", "Jobs running (all servers)");
+    metrics::describe_gauge!(
+        "nexus_jobs_lease_expired",
+        "Running jobs whose lease expired: their server died and none took them over yet"
+    );
+    for status in JobStatus::ALL.iter().filter(|s| s.is_finished()) {
+        metrics::counter!("nexus_jobs_finished_total", "status" => status.as_str()).increment(0);
+    }
+    for name in [
+        "nexus_http_rate_limited_total",
+        "nexus_http_timeouts_total",
+        "nexus_cache_redis_errors_total",
+        "nexus_ws_resyncs_total",
+        "nexus_ws_progress_dropped_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!("nexus_ws_connections").increment(0.0);
+    for m in models.iter() {
+        if nexus_loaders::cache::CachedModel::of(m).is_some() {
+            let model = m.name.clone();
+            for tier in ["local", "redis"] {
+                metrics::counter!("nexus_cache_hits_total", "model" => model.clone(), "tier" => tier)
+                    .increment(0);
+            }
+            metrics::counter!("nexus_cache_misses_total", "model" => model).increment(0);
+        }
+    }
+}
+
+/// The queue as every server sees it (so any one scrape tells): jobs
+/// waiting, how long the oldest has waited, and running jobs whose lease
+/// expired (their server died; another takes them over). Left as they were
+/// when the database does not answer.
+async fn queue_gauges(state: &AppState) {
+    let sql = nexus_loaders::status_sql!(
+        "SELECT count(*) FILTER (WHERE status = {queued}),
+                coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = {queued})), 0)::float8,
+                count(*) FILTER (WHERE status = {running}),
+                count(*) FILTER (WHERE status = {running} AND lease_owner IS NOT NULL AND lease_expires_at < now())
+         FROM nexus.jobs WHERE status IN ({queued}, {running})"
+    );
+    let Ok(db) = state.pool.get().await else {
+        return;
+    };
+    if let Ok(row) = db.query_one(sql, &[]).await {
+        metrics::gauge!("nexus_jobs_queued").set(row.get::<_, i64>(0) as f64);
+        metrics::gauge!("nexus_jobs_oldest_queued_seconds").set(row.get::<_, f64>(1));
+        metrics::gauge!("nexus_jobs_running").set(row.get::<_, i64>(2) as f64);
+        metrics::gauge!("nexus_jobs_lease_expired").set(row.get::<_, i64>(3) as f64);
+    }
+}
+
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Metrics", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -226,6 +291,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("nexus_db_pool_max_size").set(s.max_size as f64);
     metrics::gauge!("nexus_uptime_seconds").set(state.started.elapsed().as_secs_f64());
     metrics::gauge!("nexus_http_rate_limit_keys").set(state.limiter.len() as f64);
+    queue_gauges(&state).await;
     // Sets the cache's gauges (sizes, write-behind depth).
     state.cache.snapshot();
     state.prometheus.run_upkeep();

@@ -115,10 +115,20 @@ async fn serve(
     }
     let pool = pool(&url, &config)?;
     let data_dir = config.data_dir.clone();
+    // Durations as histograms (buckets, not a summary's quantiles), so that
+    // one p99 can be computed over every server (deploy/prometheus/).
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        )
+        .map_err(|e| exit::failed(format!("metrics: {e}")))?
         .install_recorder()
         .map_err(|e| exit::failed(format!("metrics: {e}")))?;
     nexus_loaders::load::register_metrics(models.iter().map(|m| m.name.as_str()));
+    api::health::register_metrics(&models);
     let caches = Arc::new(crate::read_cache::ReadCaches::new());
     let cache = super::cache::open(&config, true, caches.listening.clone())?;
     let ws_event_buffer = config.ws_event_buffer;

@@ -166,6 +166,7 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
     match outcome {
         Ok(status) => {
             tracing::info!(job = %id, %status, "job finished");
+            metrics::counter!("nexus_jobs_finished_total", "status" => status.as_str()).increment(1);
             // A failed job's upload is kept for a look (NEXUS_UPLOAD_RETENTION).
             if status.is_finished() && status != JobStatus::Failed {
                 let _ = state.storage.remove(&job.storage_key).await;
@@ -180,6 +181,8 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
         Err(e) => {
             let e = e.to_string();
             tracing::error!(job = %id, error = %e, "job failed");
+            metrics::counter!("nexus_jobs_finished_total", "status" => JobStatus::Failed.as_str())
+                .increment(1);
             if let Ok(db) = state.pool.get().await {
                 let _ = jobs::finish(&**db, id, JobStatus::Failed, Some(&e), 0, 0).await;
             }

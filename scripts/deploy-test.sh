@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# deploy/ proven with the real programs (containers cannot be pulled here,
+# so the compose topology runs natively): the alert rules' unit tests
+# (promtool), Debian's nginx with deploy's configuration (ports and
+# certificate paths filled in, a CA made with openssl) in front of two
+# `nexus serve` processes, and Debian's Prometheus with deploy's
+# configuration scraping both — every dashboard query must evaluate and
+# every metric the rules and the dashboard read must exist.
+#
+# usage: scripts/deploy-test.sh [NEXUS_BINARY]   (NEXUS_TEST_PG: the server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(realpath "${1:-target/debug/nexus}")
+pg=${NEXUS_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}
+work=$(mktemp -d)
+db=nexus_deploy_$$
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  psql "$pg" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "deploy test: $*" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# Waits up to $1 seconds for the command after it to succeed.
+wait_until() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
+}
+
+echo "== alert rules"
+promtool check config deploy/prometheus/prometheus.yml
+promtool test rules deploy/prometheus/alerts.test.yml
+
+echo "== certificates"
+(
+  cd "$work"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=deploy test CA" -keyout ca.key -out ca.pem \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=localhost" -keyout site.key -out site.csr 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > site.ext
+  openssl x509 -req -in site.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    -out site.pem -extfile site.ext 2>/dev/null
+)
+
+echo "== two nexus servers"
+psql "$pg" -qc "CREATE DATABASE $db" >/dev/null
+url="${pg%/*}/$db"
+# One data directory for both: uploads are shared storage until object
+# storage is built (deploy/README.md).
+mkdir -p "$work/data"
+api_ports=() metric_ports=()
+for n in 1 2; do
+  api=$(free_port) metrics=$(free_port)
+  api_ports+=("$api") metric_ports+=("$metrics")
+  DATABASE_URL=$url NEXUS_DATA_DIR=$work/data NEXUS_JWT_SECRET=deploy-test-secret-0123456789-abcdef \
+    NEXUS_ADMIN_PASSWORD=deploy-admin-pw NEXUS_BIND=127.0.0.1:$api NEXUS_METRICS_BIND=127.0.0.1:$metrics \
+    NEXUS_TRUSTED_PROXIES=127.0.0.1 RUST_LOG=warn NEXUS_LOG_FORMAT=json \
+    "$bin" serve > "$work/nexus-$n.log" 2>&1 &
+  pids+=($!)
+  wait_until 60 curl -fsS "http://127.0.0.1:$api/health" || { cat "$work/nexus-$n.log"; fail "nexus $n did not start"; }
+done
+
+echo "== nginx with deploy/nginx/nexus.conf.template"
+https=$(free_port)
+export LISTEN_PORT=$https HTTP_PORT=$(free_port) TLS_CERT=$work/site.pem TLS_KEY=$work/site.key \
+  NEXUS_1=127.0.0.1:${api_ports[0]} NEXUS_2=127.0.0.1:${api_ports[1]} MAX_UPLOAD=64m
+# Only these variables: nginx's own ($host, …) stay as they are.
+envsubst '${LISTEN_PORT} ${HTTP_PORT} ${TLS_CERT} ${TLS_KEY} ${NEXUS_1} ${NEXUS_2} ${MAX_UPLOAD}' \
+  < deploy/nginx/nexus.conf.template > "$work/nexus.conf"
+cat > "$work/nginx.conf" <<EOF
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events {}
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-body;
+  proxy_temp_path $work/nginx-proxy;
+  include $work/nexus.conf;
+}
+EOF
+nginx -t -q -p "$work" -c "$work/nginx.conf"
+nginx -p "$work" -c "$work/nginx.conf"
+site="https://localhost:$https"
+tls=(--cacert "$work/ca.pem" -sS)
+wait_until 20 curl "${tls[@]}" -f "$site/health" || fail "nginx does not answer"
+headers=$(curl "${tls[@]}" -D - -o /dev/null --http2 "$site/health")
+grep -q '^HTTP/2 200' <<<"$headers" || fail "no HTTP/2 through nginx: $headers"
+grep -qi '^strict-transport-security:' <<<"$headers" || fail "no HSTS header: $headers"
+[ "$(curl "${tls[@]}" -o /dev/null -w '%{http_code}' "$site/metrics")" = 404 ] || fail "/metrics is public"
+
+echo "== a load through nginx"
+token=$(curl "${tls[@]}" -f -H 'content-type: application/json' \
+  -d '{"username": "admin", "password": "deploy-admin-pw"}' "$site/api/v2/auth/login" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+python3 benches/gen-customers.py 20000 --bad 1000 > "$work/customers.csv"
+job=$(curl "${tls[@]}" -f -H "authorization: Bearer $token" -H 'content-type: text/csv' \
+  --data-binary "@$work/customers.csv" "$site/api/v2/jobs?model=customer" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')
+job_done() {
+  curl "${tls[@]}" -f -H "authorization: Bearer $token" "$site/api/v2/jobs/$job" > "$work/job.json" &&
+    python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); sys.exit(j["status"] not in ("succeeded", "failed"))' "$work/job.json"
+}
+wait_until 120 job_done || fail "the job did not end: $(cat "$work/job.json")"
+python3 - "$work/job.json" <<'PY' || fail "wrong counts: $(cat "$work/job.json")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["status"] == "succeeded", j
+assert j["rows_committed"] == 19980 and j["rows_rejected"] == 20, j
+PY
+
+echo "== Prometheus with deploy/prometheus"
+prom=$(free_port)
+mkdir -p "$work/prometheus"
+cp deploy/prometheus/alerts.yml "$work/prometheus/"
+targets="\"127.0.0.1:${metric_ports[0]}\", \"127.0.0.1:${metric_ports[1]}\""
+sed -e "s/\"nexus-1:9464\", \"nexus-2:9464\"/$targets/" -e 's/scrape_interval: 15s/scrape_interval: 1s/' \
+  deploy/prometheus/prometheus.yml > "$work/prometheus/prometheus.yml"
+grep -q "127.0.0.1:${metric_ports[1]}" "$work/prometheus/prometheus.yml" || fail "the targets were not templated"
+prometheus --config.file="$work/prometheus/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
+  --web.listen-address="127.0.0.1:$prom" > "$work/prometheus.log" 2>&1 &
+pids+=($!)
+query() { curl -sS -G "http://127.0.0.1:$prom/api/v1/query" --data-urlencode "query=$1"; }
+both_up() { [ "$(query 'sum(up{job="nexus"})' | python3 -c 'import json, sys; r = json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)')" = 2 ]; }
+wait_until 60 both_up || { tail "$work/prometheus.log"; fail "Prometheus does not see both servers up"; }
+rules_loaded() { curl -sS "http://127.0.0.1:$prom/api/v1/rules" | python3 -c 'import json, sys; sys.exit(len(json.load(sys.stdin)["data"]["groups"]) < 3)'; }
+wait_until 30 rules_loaded || fail "Prometheus did not load the alert rules"
+
+for n in 0 1; do curl -fsS "http://127.0.0.1:${metric_ports[$n]}/metrics" > "$work/metrics-$n.txt"; done
+python3 - "$prom" "$work/metrics-0.txt" "$work/metrics-1.txt" <<'PY'
+import json, re, sys, urllib.parse, urllib.request
+prom, exposed = sys.argv[1], set()
+for path in sys.argv[2:]:
+    for line in open(path):
+        if not line.startswith("#") and line.strip():
+            exposed.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
+dashboard = json.load(open("deploy/grafana/dashboards/nexus.json"))
+exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+alerts = open("deploy/prometheus/alerts.yml").read()
+bad = []
+for expr in exprs:
+    url = f"http://127.0.0.1:{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        answer = json.load(urllib.request.urlopen(url))
+    except Exception as e:  # a 400 is a query Prometheus cannot parse
+        bad.append(f"{expr}: {e}")
+        continue
+    if answer.get("status") != "success":
+        bad.append(f"{expr}: {answer}")
+names = set(re.findall(r"\bnexus_[a-z_]+", " ".join(exprs) + alerts))
+for name in sorted(names):
+    base = re.sub(r"_(bucket|sum|count)$", "", name)
+    if name not in exposed and not any(e.startswith(base + "_") or e == base for e in exposed):
+        bad.append(f"{name}: read by the rules or the dashboard, not exposed by nexus")
+if bad:
+    print("\n".join(bad))
+    sys.exit(1)
+print(f"{len(exprs)} dashboard queries evaluated, {len(names)} metrics exposed by both servers")
+PY
+echo "deploy test: passed"
