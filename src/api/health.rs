@@ -221,8 +221,14 @@ pub async fn detailed(
 /// it means "none yet" rather than "no such metric".
 pub fn register_metrics(models: &nexus_pipeline::ModelSet) {
     use nexus_loaders::JobStatus;
-    metrics::describe_counter!("nexus_jobs_finished_total", "Jobs this server ran to an end, by status");
-    metrics::describe_gauge!("nexus_jobs_queued", "Jobs waiting for a worker (all servers)");
+    metrics::describe_counter!(
+        "nexus_jobs_finished_total",
+        "Jobs this server ran to an end, by status"
+    );
+    metrics::describe_gauge!(
+        "nexus_jobs_queued",
+        "Jobs waiting for a worker (all servers)"
+    );
     metrics::describe_gauge!(
         "nexus_jobs_oldest_queued_seconds",
         metrics::Unit::Seconds,

@@ -166,7 +166,8 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
     match outcome {
         Ok(status) => {
             tracing::info!(job = %id, %status, "job finished");
-            metrics::counter!("nexus_jobs_finished_total", "status" => status.as_str()).increment(1);
+            metrics::counter!("nexus_jobs_finished_total", "status" => status.as_str())
+                .increment(1);
             // A failed job's upload is kept for a look (NEXUS_UPLOAD_RETENTION).
             if status.is_finished() && status != JobStatus::Failed {
                 let _ = state.storage.remove(&job.storage_key).await;
