@@ -206,11 +206,13 @@ fn client_config(mode: SslMode, root_cert: Option<&str>) -> rustls::ClientConfig
         (mode, _) => mode,
     };
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Unchecked(provider)),
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+            Arc::new(Judge::Unchecked(provider))
+        }
         SslMode::VerifyCa | SslMode::VerifyFull => match roots(root_cert, &provider) {
             Ok(webpki) if mode == SslMode::VerifyFull => webpki,
-            Ok(webpki) => Arc::new(ChainOnly(webpki)),
-            Err(reason) => Arc::new(Refuse(reason)),
+            Ok(webpki) => Arc::new(Judge::ChainOnly(webpki)),
+            Err(reason) => Arc::new(Judge::Refuse(reason, provider)),
         },
     };
     builder
@@ -250,60 +252,20 @@ fn roots(
         .map_err(|e| format!("sslrootcert {shown}: {e}"))
 }
 
-/// `prefer`/`require`: encrypts, believes any certificate.
+/// How a server's certificate is judged, where rustls's WebPKI verifier
+/// alone (`verify-full`) is not what the mode asks.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+enum Judge {
+    /// `prefer`/`require`: encrypts, believes any certificate.
+    Unchecked(Arc<CryptoProvider>),
+    /// `verify-ca`: the chain up to the CA, whatever name the certificate
+    /// has.
+    ChainOnly(Arc<dyn ServerCertVerifier>),
+    /// A CA file that cannot be used: every handshake fails with why.
+    Refuse(String, Arc<CryptoProvider>),
 }
 
-/// `verify-ca`: the chain up to the CA, whatever name the certificate has.
-#[derive(Debug)]
-struct ChainOnly(Arc<dyn ServerCertVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Judge {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -312,14 +274,18 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+        match self {
+            Judge::Unchecked(_) => Ok(ServerCertVerified::assertion()),
+            Judge::ChainOnly(webpki) => {
+                match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. },
+                    )) => Ok(ServerCertVerified::assertion()),
+                    other => other,
+                }
+            }
+            Judge::Refuse(reason, _) => Err(rustls::Error::General(reason.clone())),
         }
     }
 
@@ -329,7 +295,12 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        match self {
+            Judge::ChainOnly(webpki) => webpki.verify_tls12_signature(message, cert, dss),
+            Judge::Unchecked(p) | Judge::Refuse(_, p) => {
+                verify_tls12_signature(message, cert, dss, &p.signature_verification_algorithms)
+            }
+        }
     }
 
     fn verify_tls13_signature(
@@ -338,52 +309,21 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        match self {
+            Judge::ChainOnly(webpki) => webpki.verify_tls13_signature(message, cert, dss),
+            Judge::Unchecked(p) | Judge::Refuse(_, p) => {
+                verify_tls13_signature(message, cert, dss, &p.signature_verification_algorithms)
+            }
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// A CA file that cannot be used: every handshake fails with why.
-#[derive(Debug)]
-struct Refuse(String);
-
-impl ServerCertVerifier for Refuse {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General(self.0.clone()))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(self.0.clone()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(self.0.clone()))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        match self {
+            Judge::ChainOnly(webpki) => webpki.supported_verify_schemes(),
+            Judge::Unchecked(p) | Judge::Refuse(_, p) => {
+                p.signature_verification_algorithms.supported_schemes()
+            }
+        }
     }
 }
 
