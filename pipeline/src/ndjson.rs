@@ -377,6 +377,9 @@ fn number_end(b: &[u8], mut at: usize) -> Option<usize> {
         at += 1;
     }
     match b.get(at)? {
+        // A digit after a leading zero is an error inside the value for
+        // serde_json (before the member is looked at): left to it.
+        b'0' if b.get(at + 1).is_some_and(u8::is_ascii_digit) => return None,
         b'0' => at += 1,
         b'1'..=b'9' => at += digits(at),
         _ => return None,
@@ -488,70 +491,97 @@ mod tests {
     }
 
     /// Pieces of lines, well and badly formed, for the two readings to
-    /// disagree on if they can.
-    fn piece() -> impl proptest::strategy::Strategy<Value = &'static str> {
-        proptest::sample::select(vec![
-            "{",
-            "}",
-            "[",
-            "]",
-            ":",
-            ",",
-            " ",
-            "\t",
-            "\r",
-            "\"id\"",
-            "\"ID\"",
-            "\"name\"",
-            "\"doc\"",
-            "\"colour\"",
-            "\"na\\u006de\"",
-            "\"\"",
-            "0",
-            "-0",
-            "12",
-            "01",
-            "1.",
-            "1.5",
-            "-2.50e+3",
-            "1E9",
-            "1e",
-            "-",
-            "\"x\"",
-            "\"a\\\"b\"",
-            "\"\\u0000\"",
-            "\"\\ud800\"",
-            "\"é\"",
-            "\"\u{1}\"",
-            "\"",
-            "null",
-            "nul",
-            "true",
-            "tru",
-            "false",
-            "{\"a\":[1,{}]}",
-            "[1,",
-            "[]",
-            "{}",
-            "x",
-        ])
+    /// disagree on if they can: keys, values, blanks and punctuation.
+    fn one_of(pieces: &[&'static str]) -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::sample::select(pieces.to_vec())
     }
+
+    const KEYS: &[&str] = &[
+        "\"id\"",
+        "\"ID\"",
+        "\"name\"",
+        "\"doc\"",
+        "\"colour\"",
+        "\"na\\u006de\"",
+        "\"\"",
+        "\"é\"",
+        "\"a\\\"b\"",
+        "\"x\u{1}\"",
+        "id",
+        "\"id",
+    ];
+    const VALUES: &[&str] = &[
+        "0",
+        "-0",
+        "12",
+        "01",
+        "-01",
+        "00",
+        "1.",
+        "1.5",
+        "1.5.2",
+        "-2.50e+3",
+        "1E9",
+        "1e",
+        "1e+",
+        "-",
+        "+1",
+        ".5",
+        "0x1",
+        "1.5x",
+        "\"x\"",
+        "\"a\\\"b\"",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        "\"é\"",
+        "\"\u{1}\"",
+        "\"",
+        "null",
+        "nul",
+        "nullx",
+        "true",
+        "tru",
+        "truex",
+        "false",
+        "{\"a\":[1,{}]}",
+        "{\"a\":}",
+        "[1,",
+        "[]",
+        "{}",
+        "x",
+        "NaN",
+    ];
+    const BLANKS: &[&str] = &["", "", " ", "\t", "\r", "\n", "\u{a0}"];
+    const MARKS: &[&str] = &["{", "}", "[", "]", ":", ",", "\"", "\\"];
 
     /// A line: mostly `{"key": value, …}` from the pieces, sometimes
     /// the pieces in any order.
     fn line() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
-        let member = (piece(), piece(), piece(), piece())
-            .prop_map(|(k, s, v, sep)| format!("{k}{s}:{v}{sep}"));
+        let member = (
+            one_of(KEYS),
+            one_of(BLANKS),
+            one_of(BLANKS),
+            one_of(VALUES),
+            one_of(BLANKS),
+        )
+            .prop_map(|(k, b1, b2, v, b3)| format!("{k}{b1}:{b2}{v}{b3},"));
+        let any = prop_oneof![one_of(KEYS), one_of(VALUES), one_of(BLANKS), one_of(MARKS)];
         prop_oneof![
-            proptest::collection::vec(member, 0..5).prop_map(|m| {
-                let mut line = format!("{{{}", m.concat());
-                if line.ends_with(',') {
-                    line.pop();
-                }
-                line + "}"
-            }),
-            proptest::collection::vec(piece(), 0..12).prop_map(|p| p.concat()),
+            (
+                one_of(BLANKS),
+                proptest::collection::vec(member, 0..5),
+                one_of(BLANKS),
+                one_of(&["}", "}}", "", "} x", "]"])
+            )
+                .prop_map(|(lead, members, blank, end)| {
+                    let mut line = format!("{lead}{{{}", members.concat());
+                    if line.ends_with(',') {
+                        line.pop();
+                    }
+                    line + blank + end
+                }),
+            proptest::collection::vec(any, 0..12).prop_map(|p| p.concat()),
         ]
     }
 
@@ -572,7 +602,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20000))]
         #[test]
         fn the_quick_reading_agrees_with_serde_json(line in line(), ignore_extra: bool) {
             proptest::prop_assert_eq!(
