@@ -38,6 +38,22 @@ echo "== alert rules"
 promtool check config deploy/prometheus/prometheus.yml
 promtool test rules deploy/prometheus/alerts.test.yml
 
+echo "== compose.yaml"
+# The compose spec as docker compose reads it; Debian's docker-compose (v1)
+# wants a `version` instead of the spec's `name`, and its files to exist.
+compose_env=(POSTGRES_PASSWORD=x REDIS_PASSWORD=x NEXUS_JWT_SECRET=x GRAFANA_PASSWORD=x)
+mkdir -p "$work/compose/deploy/secrets"
+cp -r deploy/. "$work/compose/deploy/"
+for f in ca.pem postgres.pem postgres.key site.pem site.key; do : > "$work/compose/deploy/secrets/$f"; done
+if docker compose version >/dev/null 2>&1; then
+  env "${compose_env[@]}" docker compose -f "$work/compose/deploy/compose.yaml" config -q
+elif command -v docker-compose >/dev/null; then
+  sed -i 's/^name: nexus$/version: "3.9"/' "$work/compose/deploy/compose.yaml"
+  env "${compose_env[@]}" docker-compose -f "$work/compose/deploy/compose.yaml" config -q
+else
+  echo "(no docker compose here: compose.yaml not checked)"
+fi
+
 echo "== certificates"
 (
   cd "$work"

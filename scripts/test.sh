@@ -66,6 +66,7 @@ need_pkg curl curl
 need_pkg envsubst gettext-base
 need_pkg nginx nginx
 need_pkg promtool prometheus
+need_pkg docker-compose docker-compose || true
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
