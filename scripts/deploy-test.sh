@@ -5,7 +5,9 @@
 # certificate paths filled in, a CA made with openssl) in front of two
 # `nexus serve` processes, and Debian's Prometheus with deploy's
 # configuration scraping both — every dashboard query must evaluate and
-# every metric the rules and the dashboard read must exist.
+# every metric the rules and the dashboard read must exist. Through nginx
+# over HTTPS: log in, load, and SIGKILL the server running a 1M-row job —
+# the other finishes it with exact counts.
 #
 # usage: scripts/deploy-test.sh [NEXUS_BINARY]   (NEXUS_TEST_PG: the server)
 set -euo pipefail
@@ -73,22 +75,27 @@ url="${pg%/*}/$db"
 # One data directory for both: uploads are shared storage until object
 # storage is built (deploy/README.md).
 mkdir -p "$work/data"
-api_ports=() metric_ports=()
-for n in 1 2; do
-  api=$(free_port) metrics=$(free_port)
-  api_ports+=("$api") metric_ports+=("$metrics")
+api_ports=("$(free_port)" "$(free_port)") metric_ports=("$(free_port)" "$(free_port)")
+server_pids=()
+# Starts (or restarts) server $1 (1 or 2) on its ports; its log is appended.
+start_server() {
+  local n=$1 api=${api_ports[$(($1 - 1))]} metrics=${metric_ports[$(($1 - 1))]}
   DATABASE_URL=$url NEXUS_DATA_DIR=$work/data NEXUS_JWT_SECRET=deploy-test-secret-0123456789-abcdef \
     NEXUS_ADMIN_PASSWORD=deploy-admin-pw NEXUS_BIND=127.0.0.1:$api NEXUS_METRICS_BIND=127.0.0.1:$metrics \
-    NEXUS_TRUSTED_PROXIES=127.0.0.1 RUST_LOG=warn NEXUS_LOG_FORMAT=json \
-    "$bin" serve > "$work/nexus-$n.log" 2>&1 &
+    NEXUS_TRUSTED_PROXIES=127.0.0.1 NEXUS_JOB_LEASE=3s NEXUS_LOG_FORMAT=json \
+    RUST_LOG=warn,nexus::jobs::worker=info \
+    "$bin" serve >> "$work/nexus-$n.log" 2>&1 &
   pids+=($!)
+  server_pids[$((n - 1))]=$!
   wait_until 60 curl -fsS "http://127.0.0.1:$api/health" || { cat "$work/nexus-$n.log"; fail "nexus $n did not start"; }
-done
+}
+start_server 1
+start_server 2
 
 echo "== nginx with deploy/nginx/nexus.conf.template"
 https=$(free_port)
 export LISTEN_PORT=$https HTTP_PORT=$(free_port) TLS_CERT=$work/site.pem TLS_KEY=$work/site.key \
-  NEXUS_1=127.0.0.1:${api_ports[0]} NEXUS_2=127.0.0.1:${api_ports[1]} MAX_UPLOAD=64m
+  NEXUS_1=127.0.0.1:${api_ports[0]} NEXUS_2=127.0.0.1:${api_ports[1]} MAX_UPLOAD=200m
 # Only these variables: nginx's own ($host, …) stay as they are.
 envsubst '${LISTEN_PORT} ${HTTP_PORT} ${TLS_CERT} ${TLS_KEY} ${NEXUS_1} ${NEXUS_2} ${MAX_UPLOAD}' \
   < deploy/nginx/nexus.conf.template > "$work/nexus.conf"
@@ -132,6 +139,33 @@ j = json.load(open(sys.argv[1]))
 assert j["status"] == "succeeded", j
 assert j["rows_committed"] == 19980 and j["rows_rejected"] == 20, j
 PY
+
+echo "== the server running a job is killed; the other finishes it"
+python3 benches/gen-customers.py 1000000 --first 100001 --bad 1000 > "$work/big.csv"
+job=$(curl "${tls[@]}" -f -H "authorization: Bearer $token" -H 'content-type: text/csv' \
+  --data-binary "@$work/big.csv" "$site/api/v2/jobs?model=customer" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')
+running_on() { grep -l "\"job claimed\".*$job\|$job.*\"job claimed\"" "$work"/nexus-*.log | head -1; }
+batches() { psql "$url" -qAtc "SELECT count(*) FROM nexus.job_batches WHERE job_id = '$job'"; }
+under_way() { [ -n "$(running_on)" ] && [ "$(batches)" -ge 3 ]; }
+wait_until 120 under_way || fail "no server started the big job"
+victim=$(running_on)
+n=${victim##*/nexus-}; n=${n%.log}
+kill -9 "${server_pids[$((n - 1))]}"
+wait "${server_pids[$((n - 1))]}" 2>/dev/null || true
+echo "killed server $n with $(batches) batches committed"
+wait_until 300 job_done || fail "the big job did not end: $(cat "$work/job.json")"
+python3 - "$work/job.json" <<'PY' || fail "wrong counts after the kill: $(cat "$work/job.json")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["status"] == "succeeded", j
+assert j["rows_committed"] == 999000 and j["rows_rejected"] == 1000, j
+PY
+[ "$(grep -c "job claimed.*$job\|$job.*job claimed" "$work"/nexus-*.log | grep -vc ':0$')" = 2 ] ||
+  fail "the job was not taken over by the other server"
+rows=$(psql "$url" -qAtc "SELECT count(*), count(DISTINCT id) FROM customer WHERE id > 100000")
+[ "$rows" = "999000|999000" ] || fail "rows in the table after the kill: $rows (count|distinct ids)"
+start_server "$n"
 
 echo "== Prometheus with deploy/prometheus"
 prom=$(free_port)
