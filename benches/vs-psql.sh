@@ -27,9 +27,9 @@ for row in csv.DictReader(open(sys.argv[1], newline="")):
            for k, v in row.items()}
     print(json.dumps(obj, ensure_ascii=False))
 PY
-# The same rows as Parquet, typed as the model's columns, by pyarrow (the
-# test suite's venv).
-parquet="$data/customer-$rows.parquet"
+# The same rows as Parquet, typed as the model's columns (the key as
+# arrow.uuid), by pyarrow (the test suite's venv).
+parquet="$data/customer-$rows.uuid.parquet"
 py=tests/columnar/.venv/bin/python
 [ -x "$py" ] || { python3 -m venv tests/columnar/.venv && $py -m pip install -q -r tests/columnar/requirements.txt; }
 [ -s "$parquet" ] || $py - "$csv" "$parquet" <<'PY'
@@ -40,6 +40,10 @@ types = {"id": pa.int64(), "credit_limit": pa.decimal128(12, 2), "created_at": p
 strings = ["external_id", "name", "email", "country", "segment"]
 t = pcsv.read_csv(sys.argv[1], convert_options=pcsv.ConvertOptions(
     column_types={**types, **{c: pa.string() for c in strings}}, strings_can_be_null=True))
+import uuid
+ids = t.column("external_id").to_pylist()
+t = t.set_column(t.schema.get_field_index("external_id"), pa.field("external_id", pa.uuid()),
+                 pa.array([None if s is None else uuid.UUID(s).bytes for s in ids], pa.uuid()))
 pq.write_table(t, sys.argv[2], compression="snappy")
 PY
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)"; exit 2; }
@@ -56,10 +60,16 @@ psql_rates=(); nexus_rates=(); ndjson_rates=(); parquet_rates=(); ceiling_rates=
 table_ddl="(id bigint PRIMARY KEY, external_id uuid, name text NOT NULL,
         email text NOT NULL, country char(2), segment text, credit_limit numeric(12,2),
         created_at timestamptz, active boolean, score integer)"
+# Every timed run starts from the same server state: no table of an earlier
+# run left for autovacuum to work on while it runs, its WAL checkpointed.
+settle() {
+  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "DROP TABLE IF EXISTS customer_bin" \
+    -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE" -c "CHECKPOINT"
+}
 # Loads FILE into a fresh `customer` table: sets $rate (rows/s), adds its
 # peak RSS to rss, and checks every row arrived.
 nexus_load() {
-  psql -q "$url" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE"
+  settle
   local t0 t1 n
   t0=$(now)
   /usr/bin/time -v -o "$data/time.txt" $nexus load --model customer "$1" >/dev/null
@@ -70,8 +80,9 @@ nexus_load() {
   [ "$n" = "$rows" ] || { echo "nexus loaded $n rows of $1, expected $rows"; exit 1; }
 }
 for round in $(seq 1 "$rounds"); do
+  settle
   psql -q "$url" -c "DROP TABLE IF EXISTS customer_psql" \
-    -c "CREATE TABLE customer_psql $table_ddl"
+    -c "CREATE TABLE customer_psql $table_ddl" -c "CHECKPOINT"
   t0=$(now)
   psql -q "$url" -c "\\copy customer_psql FROM '$csv' WITH (FORMAT csv, HEADER)"
   t1=$(now)
@@ -83,7 +94,8 @@ for round in $(seq 1 "$rounds"); do
       psql -q "$url" -c "\\copy (SELECT * FROM customer_psql WHERE id % 2 = $half) TO '$data/customer-$rows.bin$half' (FORMAT binary)"
     done
   fi
-  psql -q "$url" -c "DROP TABLE IF EXISTS customer_bin" -c "CREATE TABLE customer_bin $table_ddl"
+  settle
+  psql -q "$url" -c "DROP TABLE IF EXISTS customer_psql" -c "CREATE TABLE customer_bin $table_ddl" -c "CHECKPOINT"
   t0=$(now)
   for half in 0 1; do
     psql -q "$url" -c "\\copy customer_bin FROM '$data/customer-$rows.bin$half' (FORMAT binary)" &
