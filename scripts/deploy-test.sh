@@ -5,9 +5,11 @@
 # certificate paths filled in, a CA made with openssl) in front of two
 # `nexus serve` processes, and Debian's Prometheus with deploy's
 # configuration scraping both — every dashboard query must evaluate and
-# every metric the rules and the dashboard read must exist. Through nginx
-# over HTTPS: log in, load, and SIGKILL the server running a 1M-row job —
-# the other finishes it with exact counts.
+# every metric the rules and the dashboard read must exist. The servers
+# have separate data directories and keep uploads in S3 (moto, a real S3
+# API server). Through nginx over HTTPS: log in, load, and SIGKILL the
+# server running a 1M-row job — the other fetches the upload from the
+# bucket and finishes it with exact counts.
 #
 # usage: scripts/deploy-test.sh [NEXUS_BINARY]   (NEXUS_TEST_PG: the server)
 set -euo pipefail
@@ -43,7 +45,7 @@ promtool test rules deploy/prometheus/alerts.test.yml
 echo "== compose.yaml"
 # The compose spec as docker compose reads it; Debian's docker-compose (v1)
 # wants a `version` instead of the spec's `name`, and its files to exist.
-compose_env=(POSTGRES_PASSWORD=x REDIS_PASSWORD=x NEXUS_JWT_SECRET=x GRAFANA_PASSWORD=x)
+compose_env=(POSTGRES_PASSWORD=x REDIS_PASSWORD=x NEXUS_JWT_SECRET=x GRAFANA_PASSWORD=x MINIO_PASSWORD=x)
 mkdir -p "$work/compose/deploy/secrets"
 cp -r deploy/. "$work/compose/deploy/"
 for f in ca.pem postgres.pem postgres.key site.pem site.key; do : > "$work/compose/deploy/secrets/$f"; done
@@ -69,18 +71,33 @@ echo "== certificates"
     -out site.pem -extfile site.ext 2>/dev/null
 )
 
+echo "== S3 for uploads (moto)"
+# A real S3 API server (moto, in the venv scripts/test.sh makes); uploads
+# go to its bucket, so either server runs a job whichever took the upload.
+venv=tests/s3/.venv/bin
+[ -x "$venv/moto_server" ] || fail "$venv/moto_server is missing (scripts/test.sh makes it)"
+"$venv/moto_server" -H 127.0.0.1 -p 0 > "$work/moto.log" 2>&1 &
+pids+=($!)
+wait_until 60 grep -q 'Running on http://' "$work/moto.log" || fail "moto did not start"
+export AWS_ENDPOINT_URL=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/moto.log" | head -1) \
+  AWS_ACCESS_KEY_ID=deploy AWS_SECRET_ACCESS_KEY=deploy AWS_REGION=us-east-1
+s3() { # python code using `s3`, a boto3 client of moto
+  "$venv/python" -c "import os, boto3; s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])
+$1"
+}
+s3 "s3.create_bucket(Bucket='nexus-uploads')"
+objects() { s3 "print(len(s3.list_objects_v2(Bucket='nexus-uploads').get('Contents', [])))"; }
+
 echo "== two nexus servers"
 psql "$pg" -qc "CREATE DATABASE $db" >/dev/null
 url="${pg%/*}/$db"
-# One data directory for both: uploads are shared storage until object
-# storage is built (deploy/README.md).
-mkdir -p "$work/data"
 api_ports=("$(free_port)" "$(free_port)") metric_ports=("$(free_port)" "$(free_port)")
 server_pids=()
 # Starts (or restarts) server $1 (1 or 2) on its ports; its log is appended.
 start_server() {
   local n=$1 api=${api_ports[$(($1 - 1))]} metrics=${metric_ports[$(($1 - 1))]}
-  DATABASE_URL=$url NEXUS_DATA_DIR=$work/data NEXUS_JWT_SECRET=deploy-test-secret-0123456789-abcdef \
+  # Each server has its own disk; uploads are in the bucket.
+  DATABASE_URL=$url NEXUS_DATA_DIR=$work/data-$n NEXUS_STORAGE=s3://nexus-uploads/uploads NEXUS_JWT_SECRET=deploy-test-secret-0123456789-abcdef \
     NEXUS_ADMIN_PASSWORD=deploy-admin-pw NEXUS_BIND=127.0.0.1:$api NEXUS_METRICS_BIND=127.0.0.1:$metrics \
     NEXUS_TRUSTED_PROXIES=127.0.0.1 NEXUS_JOB_LEASE=3s NEXUS_LOG_FORMAT=json \
     RUST_LOG=warn,nexus::jobs::worker=info \
@@ -165,6 +182,12 @@ PY
   fail "the job was not taken over by the other server"
 rows=$(psql "$url" -qAtc "SELECT count(*), count(DISTINCT id) FROM customer WHERE id > 100000")
 [ "$rows" = "999000|999000" ] || fail "rows in the table after the kill: $rows (count|distinct ids)"
+# Succeeded jobs' uploads leave the bucket, and the finishing server's
+# copy its disk (the killed server's copy is swept when it is idle).
+bucket_empty() { [ "$(objects)" = 0 ]; }
+wait_until 30 bucket_empty || fail "uploads left in the bucket: $(objects)"
+left=$(find "$work/data-$((3 - n))/fetched" -type f)
+[ -z "$left" ] || fail "fetched copies left behind: $left"
 start_server "$n"
 
 echo "== Prometheus with deploy/prometheus"

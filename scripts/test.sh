@@ -58,6 +58,11 @@ if ! tests/columnar/.venv/bin/python -c 'import pyarrow' 2>/dev/null; then
   python3 -m venv tests/columnar/.venv 2>/dev/null || { need_pkg_force python3-venv; python3 -m venv tests/columnar/.venv; }
   tests/columnar/.venv/bin/pip install -q --disable-pip-version-check -r tests/columnar/requirements.txt
 fi
+# Upload storage in S3 is tested against a real S3 API server (moto, PyPI).
+if ! [ -x tests/s3/.venv/bin/moto_server ]; then
+  python3 -m venv tests/s3/.venv 2>/dev/null || { need_pkg_force python3-venv; python3 -m venv tests/s3/.venv; }
+  tests/s3/.venv/bin/pip install -q --disable-pip-version-check -r tests/s3/requirements.txt
+fi
 [ -x /usr/bin/time ] || need_pkg_force time
 # TLS tests make their certificates with openssl and talk HTTPS with curl;
 # deploy/ is checked with Debian's nginx and Prometheus (scripts/deploy-test.sh).

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use nexus_pipeline::duration::{parse_duration, split_quantity};
 
+use crate::jobs::storage::StorageLocation;
+
 /// (environment variable, key in nexus.toml)
 const SETTINGS: &[(&str, &str)] = &[
     ("DATABASE_URL", "database_url"),
@@ -20,6 +22,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_CACHE_WARM_ROWS", "cache_warm_rows"),
     ("NEXUS_MODELS", "models"),
     ("NEXUS_DATA_DIR", "data_dir"),
+    ("NEXUS_STORAGE", "storage"),
     ("NEXUS_BIND", "bind"),
     ("NEXUS_JWT_SECRET", "jwt_secret"),
     ("NEXUS_ACCESS_TTL", "access_ttl"),
@@ -75,6 +78,8 @@ pub struct Config {
     pub cache_warm_rows: i64,
     pub models: Option<PathBuf>,
     pub data_dir: PathBuf,
+    /// Where uploads are kept: `$NEXUS_DATA_DIR/uploads` unless set.
+    pub storage: StorageLocation,
     pub bind: String,
     pub jwt_secret: Option<String>,
     pub access_ttl: Duration,
@@ -223,6 +228,10 @@ impl Config {
             .map(|n| n.get())
             .unwrap_or(2);
         let duration = |v: &str| parse_duration(v);
+        let data_dir = s
+            .get("NEXUS_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".nexus"));
         Ok(Config {
             database_url: s.get("DATABASE_URL"),
             redis_url: s.get("REDIS_URL"),
@@ -247,10 +256,12 @@ impl Config {
             )?,
             cache_warm_rows: s.parse("NEXUS_CACHE_WARM_ROWS", 10_000, number(0, 10_000_000))?,
             models: s.get("NEXUS_MODELS").map(PathBuf::from),
-            data_dir: s
-                .get("NEXUS_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(".nexus")),
+            storage: s.parse(
+                "NEXUS_STORAGE",
+                StorageLocation::Directory(data_dir.join("uploads")),
+                StorageLocation::parse,
+            )?,
+            data_dir,
             bind: s
                 .get("NEXUS_BIND")
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),

@@ -14,6 +14,7 @@ mod https;
 mod jobs;
 mod mcp;
 mod read_cache;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -118,6 +119,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format.as_deref());
+    nexus_loaders::tls::install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -256,7 +256,7 @@ fn metrics_can_have_their_own_listener() {
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address
 /// reaches the server on loopback).
 fn client_from(ip: &str) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    common::http()
         .local_address(ip.parse::<std::net::IpAddr>().unwrap())
         .build()
         .unwrap()
@@ -837,7 +837,7 @@ fn bad_keys_limiter_memory_and_command_line_owners() {
         "127.0.0.34",
         "127.0.0.35",
     ] {
-        let c = reqwest::blocking::Client::builder()
+        let c = common::http()
             .local_address(ip.parse::<std::net::IpAddr>().unwrap())
             .build()
             .unwrap();

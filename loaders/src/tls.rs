@@ -190,6 +190,13 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes [`provider`] the process's default as well, for the clients that
+/// take theirs from there (object storage, `nexus load https://…`).
+pub fn install_default() {
+    // Already installed (a second call) is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The rustls configuration for a mode: `prefer` and `require` encrypt
 /// without checking the server (unless a CA file is named: then, as with
 /// libpq, `require` checks the chain like `verify-ca`); `verify-ca` checks

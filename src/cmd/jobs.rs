@@ -10,7 +10,6 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::db::Database;
 use crate::exit;
-use crate::jobs::storage::LocalStorage;
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
@@ -178,9 +177,9 @@ pub async fn run(config: &Config, command: JobsCommand) -> anyhow::Result<u8> {
                 }
             }
             JobsCommand::Purge { older_than, json } => {
-                let storage = LocalStorage::new(config.data_dir.join("uploads"))?;
+                let storage = config.storage.open(&config.data_dir)?;
                 let (purged, uploads) =
-                    crate::jobs::retention::purge(&storage, &mut client, older_than).await?;
+                    crate::jobs::retention::purge(&*storage, &mut client, older_than).await?;
                 if json {
                     let v = serde_json::json!({
                         "jobs": purged.jobs,

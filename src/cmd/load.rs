@@ -1,5 +1,5 @@
 //! `nexus load`: runs loads in-process, for people and for cron. Per file:
-//! hash it (stdin is spooled first), run the shared load path, show a
+//! hash it (stdin and URLs are spooled first), run the shared load path, show a
 //! progress bar on a terminal, and print one summary (a line, or JSON).
 
 use std::io::{IsTerminal, Write};
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::db::{self, Database};
 use crate::exit::{self, FAILED, TOO_MANY_REJECTS};
+use crate::remote::Remote;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("into").required(true).args(["model", "table"])))]
@@ -31,7 +32,8 @@ pub struct LoadArgs {
     /// Load into an existing table (SCHEMA.TABLE); the model is derived from its columns.
     #[arg(long)]
     table: Option<String>,
-    /// Files to load; `-` reads stdin. `.gz` and `.zst` are decompressed.
+    /// Files to load; `-` reads stdin, `s3://bucket/key` and `https://…`
+    /// are fetched (streamed to the spool). `.gz` and `.zst` are decompressed.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// append, upsert (by the model's key; the last row for a key wins) or
@@ -135,8 +137,14 @@ pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<u8> {
         None => None,
     };
     for f in &args.files {
-        if !crate::is_stdin(f) && !f.is_file() {
-            return Err(exit::failed(format!("{}: no such file", f.display())));
+        match Remote::of(f) {
+            Some(remote) => {
+                remote.map_err(exit::usage)?;
+            }
+            None if !crate::is_stdin(f) && !f.is_file() => {
+                return Err(exit::failed(format!("{}: no such file", f.display())));
+            }
+            None => {}
         }
     }
     let database = Database::open(config).await?;
@@ -193,6 +201,12 @@ async fn load_all(
     for file in &args.files {
         let spool = if crate::is_stdin(file) {
             Some(spool_stdin(&config.data_dir).await?)
+        } else if let Some(Ok(remote)) = Remote::of(file) {
+            let fetched = remote
+                .fetch(&config.data_dir.join("spool"))
+                .await
+                .map_err(|e| exit::failed(format!("{}: {e}", file.display())))?;
+            Some(fetched)
         } else {
             None
         };
@@ -209,7 +223,7 @@ async fn load_all(
         let format = args
             .format
             .0
-            .or_else(|| InputFormat::of_name(&file.to_string_lossy()))
+            .or_else(|| InputFormat::of_name(&Remote::name(file)))
             .unwrap_or(model.input.format);
         let model = if format == model.input.format {
             model.clone()

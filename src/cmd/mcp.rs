@@ -19,7 +19,6 @@ use crate::db::{self, Database};
 use crate::events::{ProgressBus, publish_progress, spawn_listeners};
 use crate::exit;
 use crate::jobs::progress::Hub;
-use crate::jobs::storage::LocalStorage;
 use crate::mcp::{Channel, McpCore, NexusMcp};
 
 /// How long running loads may take to reach a batch boundary at the end.
@@ -56,9 +55,10 @@ async fn serve_stdio(
         &bus,
     );
     background.spawn(publish_progress(hub.clone(), bus));
-    let uploads = config.data_dir.join("uploads");
-    let storage = LocalStorage::new(uploads.clone())
-        .map_err(|e| exit::failed(format!("upload storage {}: {e}", uploads.display())))?;
+    let storage = config
+        .storage
+        .open(&config.data_dir)
+        .map_err(|e| exit::failed(format!("upload storage {}: {e}", config.storage)))?;
     let loads = TaskTracker::new();
     let interrupt = CancellationToken::new();
     let core = Arc::new(McpCore {
@@ -66,7 +66,7 @@ async fn serve_stdio(
         models: Arc::new(models),
         cache: cache.clone(),
         hub,
-        storage: Arc::new(storage),
+        storage,
         config: Arc::new(config),
         database_url: database.url.clone(),
         channel: Channel::Stdio {

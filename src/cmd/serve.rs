@@ -18,7 +18,6 @@ use crate::config::Config;
 use crate::db::{self, Database};
 use crate::events::{ProgressBus, spawn_listeners};
 use crate::exit;
-use crate::jobs::storage::LocalStorage;
 use crate::jobs::worker::WorkerContext;
 use tokio_util::sync::CancellationToken;
 
@@ -115,6 +114,10 @@ async fn serve(
     }
     let pool = pool(&url, &config)?;
     let data_dir = config.data_dir.clone();
+    let storage = config
+        .storage
+        .open(&data_dir)
+        .map_err(|e| exit::failed(format!("upload storage {}: {e}", config.storage)))?;
     // Durations as histograms (buckets, not a summary's quantiles), so that
     // one p99 can be computed over every server (deploy/prometheus/).
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -144,10 +147,7 @@ async fn serve(
         prometheus,
         started: Instant::now(),
         stats: Arc::new(middleware::HttpStats::new()),
-        storage: Arc::new(
-            LocalStorage::new(data_dir.join("uploads"))
-                .map_err(|e| exit::failed(format!("upload storage {}: {e}", data_dir.display())))?,
-        ),
+        storage,
         queue: Arc::new(tokio::sync::Notify::new()),
         instance: uuid::Uuid::new_v4(),
         database_url: url.clone(),

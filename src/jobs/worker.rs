@@ -125,12 +125,21 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
                 Ok((upload, m, create_table))
             }),
     };
+    // The upload as a local file (fetched, from an object store) for as
+    // long as the load runs.
+    let prepared = match prepared {
+        Ok(p) => match state.storage.fetch(&job.storage_key).await {
+            Ok(copy) => Ok((p, copy)),
+            Err(e) => Err(format!("the job's upload cannot be read from storage: {e}")),
+        },
+        Err(e) => Err(e),
+    };
     let outcome = match prepared {
-        Ok((upload, model, create_table)) => {
+        Ok(((upload, model, create_table), copy)) => {
             let req = LoadRequest {
                 model_key: job.model.clone(),
                 model: Arc::new(model),
-                path: state.storage.local_path(&job.storage_key),
+                path: copy.path().to_path_buf(),
                 file_name: job.file_name.clone(),
                 file_hash: job.file_hash.clone(),
                 bytes_total: job.bytes_total.map(|b| b as u64),
@@ -157,9 +166,10 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
                 .await
                 .map(|o| o.job.status);
             state.hub.finished(id);
+            drop(copy);
             result.map_err(Failure::Load)
         }
-        Err(e) => Err(Failure::Model(e)),
+        Err(e) => Err(Failure::Setup(e)),
     };
     over.cancel();
     let _ = renewer.await;
@@ -218,6 +228,7 @@ async fn model_of(
 enum Failure {
     #[error("{0}")]
     Load(LoadError),
+    /// Its model, or its upload, could not be made ready.
     #[error("{0}")]
-    Model(String),
+    Setup(String),
 }

@@ -40,7 +40,7 @@ use crate::auth::Role;
 use crate::auth::store::Principal;
 use crate::config::Config;
 use crate::jobs::progress::{Event, Hub, PROGRESS_EVERY};
-use crate::jobs::storage::Storage;
+use crate::jobs::storage::{LocalCopy, Storage};
 use files::Roots;
 
 /// What the tools work with, whichever transport carries them.
@@ -828,13 +828,21 @@ impl NexusMcp {
                             path: p,
                             hash,
                             stored_key: None,
+                            copy: None,
                         }
                     }
-                    Staged::Stored(s) => LocalFile {
-                        path: core.storage.local_path(&s.key),
-                        hash: s.sha256,
-                        stored_key: Some(s.key),
-                    },
+                    Staged::Stored(s) => {
+                        let copy =
+                            core.storage.fetch(&s.key).await.map_err(|e| {
+                                Refusal(format!("the stored copy cannot be read: {e}"))
+                            })?;
+                        LocalFile {
+                            path: copy.path().to_path_buf(),
+                            hash: s.sha256,
+                            stored_key: Some(s.key),
+                            copy: Some(copy),
+                        }
+                    }
                 };
                 self.run_here(caller, target, name, file, loads, interrupt)
                     .await
@@ -864,9 +872,13 @@ impl NexusMcp {
             (Source::Upload(earlier), _) => {
                 self.job(caller, earlier).await?;
                 let db = core.pool.get().await?;
-                let file = jobs::storage_key(&**db, earlier)
-                    .await?
-                    .and_then(|k| std::fs::File::open(core.storage.local_path(&k)).ok())
+                let copy = match jobs::storage_key(&**db, earlier).await? {
+                    Some(k) => core.storage.fetch(&k).await.ok(),
+                    None => None,
+                };
+                let file = copy
+                    .as_ref()
+                    .and_then(|c| std::fs::File::open(c.path()).ok())
                     .ok_or_else(|| {
                         Refusal(format!(
                             "job {earlier} has no stored upload any more (an upload is removed once \
@@ -961,8 +973,10 @@ impl NexusMcp {
         let hub = core.hub.clone();
         let storage = core.storage.clone();
         let stored_key = file.stored_key;
+        let copy = file.copy;
         loads.spawn(async move {
             let end = load.run().await;
+            drop(copy);
             let status = match load.close(end).await {
                 Ok(o) => Some(o.job.status),
                 Err(e) => {
@@ -1099,6 +1113,8 @@ struct LocalFile {
     hash: String,
     /// The storage copy to remove when the load is done.
     stored_key: Option<String>,
+    /// The stored copy as a local file, while the load reads it.
+    copy: Option<LocalCopy>,
 }
 
 const JOB_URI: &str = "nexus://jobs/";

@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod redis;
+pub mod s3;
 pub mod server;
 pub mod tls;
 
@@ -184,6 +185,13 @@ pub fn run(c: &mut Command) -> Run {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
+}
+
+/// An HTTP client's builder. reqwest's TLS takes the process's rustls
+/// provider (as the binary's does), so one is installed first.
+pub fn http() -> reqwest::blocking::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
 }
 
 /// Polls `cond` until it holds or the deadline passes.

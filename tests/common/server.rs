@@ -53,7 +53,7 @@ impl Server {
         let (base, startup) = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("the server reports its address");
-        let http = Client::builder().build().unwrap();
+        let http = super::http().build().unwrap();
         Server {
             child,
             base,
