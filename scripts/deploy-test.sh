@@ -9,7 +9,7 @@
 # have separate data directories and keep uploads in S3 (moto, a real S3
 # API server). Through nginx over HTTPS: log in, load, and SIGKILL the
 # server running a 1M-row job — the other fetches the upload from the
-# bucket and finishes it with exact counts.
+# bucket and finishes it with exact counts, watched over wss://.
 #
 # usage: scripts/deploy-test.sh [NEXUS_BINARY]   (NEXUS_TEST_PG: the server)
 set -euo pipefail
@@ -162,6 +162,11 @@ python3 benches/gen-customers.py 1000000 --first 100001 --bad 1000 > "$work/big.
 job=$(curl "${tls[@]}" -f -H "authorization: Bearer $token" -H 'content-type: text/csv' \
   --data-binary "@$work/big.csv" "$site/api/v2/jobs?model=customer" |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')
+# Watched over wss:// through nginx as a dashboard does, reconnecting when
+# the server it is connected to is the one killed.
+python3 scripts/ws-watch.py localhost "$https" "$work/ca.pem" "$token" "$job" 300 > "$work/ws.log" 2>&1 &
+watcher=$!
+pids+=($watcher)
 running_on() { grep -l "\"job claimed\".*$job\|$job.*\"job claimed\"" "$work"/nexus-*.log | head -1; }
 batches() { psql "$url" -qAtc "SELECT count(*) FROM nexus.job_batches WHERE job_id = '$job'"; }
 under_way() { [ -n "$(running_on)" ] && [ "$(batches)" -ge 3 ]; }
@@ -182,6 +187,16 @@ PY
   fail "the job was not taken over by the other server"
 rows=$(psql "$url" -qAtc "SELECT count(*), count(DISTINCT id) FROM customer WHERE id > 100000")
 [ "$rows" = "999000|999000" ] || fail "rows in the table after the kill: $rows (count|distinct ids)"
+wait "$watcher" || fail "the wss:// watcher saw no end: $(tail -5 "$work/ws.log")"
+python3 - "$work/ws.log" <<'PY' || fail "wss:// progress: $(grep -c . "$work/ws.log") lines, $(tail -3 "$work/ws.log")"
+import sys
+lines = [l.split() for l in open(sys.argv[1])]
+committed = [int(l[1]) for l in lines if l[0] == "progress"]
+assert len(committed) >= 3, committed
+assert committed == sorted(committed), "progress went backwards"
+assert lines[-1] == ["job", "succeeded"], lines[-1]
+PY
+echo "wss:// through nginx: $(grep -c ^progress "$work/ws.log") progress messages, $(grep -c ^reconnect "$work/ws.log") reconnects, then succeeded"
 # Succeeded jobs' uploads leave the bucket, and the finishing server's
 # copy its disk (the killed server's copy is swept when it is idle).
 bucket_empty() { [ "$(objects)" = 0 ]; }
