@@ -157,6 +157,27 @@ assert j["status"] == "succeeded", j
 assert j["rows_committed"] == 19980 and j["rows_rejected"] == 20, j
 PY
 
+echo "== the client's address through nginx"
+# nginx appends the peer to X-Forwarded-For; the servers trust nginx
+# (NEXUS_TRUSTED_PROXIES) and take the hop before it as the client: login
+# throttling and the audit log are per client, not per proxy.
+login() { # X-Forwarded-For, password → HTTP status
+  curl "${tls[@]}" -o /dev/null -w '%{http_code}' -H "x-forwarded-for: $1" -H 'content-type: application/json' \
+    -d "{\"username\": \"admin\", \"password\": \"$2\"}" "$site/api/v2/auth/login"
+}
+# Five failures are free, then each makes the next wait (1 s, 2 s, 4 s …):
+# guessing on, one client is soon refused.
+failures=0
+while code=$(login 203.0.113.7 wrong-password); [ "$code" = 401 ]; do
+  failures=$((failures + 1))
+  [ $failures -le 12 ] || fail "a client guessing passwords is never throttled"
+done
+[ "$code" = 429 ] && [ $failures -ge 5 ] || fail "after $failures failed logins: $code"
+code=$(login 203.0.113.8 deploy-admin-pw)
+[ "$code" = 200 ] || fail "another client was throttled too ($code): the proxy was taken for the client"
+seen=$(psql "$url" -qAtc "SELECT count(*) FROM nexus.audit_log WHERE ip = '203.0.113.7'")
+[ "$seen" -ge 5 ] || fail "the audit log does not name the client ($seen events)"
+
 echo "== the server running a job is killed; the other finishes it"
 python3 benches/gen-customers.py 1000000 --first 100001 --bad 1000 > "$work/big.csv"
 job=$(curl "${tls[@]}" -f -H "authorization: Bearer $token" -H 'content-type: text/csv' \
