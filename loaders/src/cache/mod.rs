@@ -21,6 +21,7 @@ mod behind;
 pub mod invalidated;
 pub mod keys;
 mod local;
+pub mod notice;
 mod redis_tier;
 mod stats;
 mod writes;
@@ -304,12 +305,13 @@ impl Cache {
     /// Applies a `nexus_cache` notification, this process's own included.
     pub fn apply_notice(&self, payload: &str) {
         let Some(local) = &self.local else { return };
-        let Ok(n) = serde_json::from_str::<writes::Notice>(payload) else {
+        let Ok(n) = serde_json::from_str::<notice::Notice>(payload) else {
             return;
         };
-        match n.keys {
-            Some(keys) => keys.iter().for_each(|k| local.invalidate(&n.model, k)),
-            None => local.flush(&n.model),
+        let model = n.model.clone();
+        match n.change() {
+            notice::Change::Keys(keys) => keys.iter().for_each(|k| local.invalidate(&model, k)),
+            notice::Change::Model => local.flush(&model),
         }
     }
 

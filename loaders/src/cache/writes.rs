@@ -1,6 +1,7 @@
 //! The cache stage of a load. Inside each batch's transaction, before its
 //! COMMIT, the batch takes its version (with its checkpoint). Without Redis
-//! it also announces its keys there (NOTIFY, delivered at the COMMIT), and
+//! it also announces its keys there (NOTIFY, delivered at the COMMIT; see
+//! notice.rs for their compact form), and
 //! every server drops them from memory. With Redis the batch goes, after the
 //! COMMIT, to the load's cache stage — workers with connections of their
 //! own that read the committed rows back as JSON (for the strategies that
@@ -21,16 +22,13 @@ use std::time::Duration;
 
 use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::model::CacheStrategy;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::behind::Admitted;
+use super::notice::notices;
 use super::{Cache, CacheError, CachedModel, keys};
-
-/// Largest `nexus_cache` notification payload (PostgreSQL's limit is 8000).
-const NOTICE_BYTES: usize = 7000;
 
 /// How long a batch may stay pending before the repair treats it as
 /// abandoned: while its job runs, and once the job has ended (its stage may
@@ -43,46 +41,6 @@ const THROUGH_QUEUE: usize = 4;
 
 /// Batches a stage works on at once, each worker with its own connection.
 const STAGE_WORKERS: usize = 3;
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Notice {
-    pub model: String,
-    /// `None`: the whole model.
-    pub keys: Option<Vec<String>>,
-}
-
-/// The notifications announcing `keys` (or the whole model) as changed.
-fn notices(model: &str, keys: Option<&[String]>) -> Vec<String> {
-    let one = |keys: Option<Vec<String>>| {
-        serde_json::to_string(&Notice {
-            model: model.to_string(),
-            keys,
-        })
-        .unwrap_or_default()
-    };
-    let Some(keys) = keys else {
-        return vec![one(None)];
-    };
-    let mut out = Vec::new();
-    let mut chunk = Vec::new();
-    let mut size = 0;
-    for k in keys {
-        // A key too long to announce is announced as a model flush.
-        if k.len() + 200 > NOTICE_BYTES {
-            return vec![one(None)];
-        }
-        if size + k.len() + 4 > NOTICE_BYTES - 200 {
-            out.push(one(Some(std::mem::take(&mut chunk))));
-            size = 0;
-        }
-        size += k.len() + 4;
-        chunk.push(k.clone());
-    }
-    if !chunk.is_empty() {
-        out.push(one(Some(chunk)));
-    }
-    out
-}
 
 /// One load's handle on the cache.
 pub struct BatchCache {
