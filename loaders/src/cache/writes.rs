@@ -1,8 +1,8 @@
 //! The cache stage of a load. Inside each batch's transaction, before its
 //! COMMIT, the batch takes its version (with its checkpoint). Without Redis
 //! it also announces its keys there (NOTIFY, delivered at the COMMIT; see
-//! notice.rs for their compact form), and
-//! every server drops them from memory. With Redis the batch goes, after the
+//! notice.rs for their compact form), and every server drops them from
+//! memory. With Redis the batch goes, after the
 //! COMMIT, to the load's cache stage — workers with connections of their
 //! own that read the committed rows back as JSON (for the strategies that
 //! write them; reading after the COMMIT is safe, the rows are then at least
