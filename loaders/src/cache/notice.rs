@@ -81,18 +81,11 @@ pub fn notices(model: &str, keys: Option<&[String]>) -> Vec<String> {
         .filter(|k| integer(k).is_none())
         .cloned()
         .collect();
-    let mut i = 0;
-    while i < numbers.len() {
-        let mut j = i;
-        while j + 1 < numbers.len() && numbers[j + 1] == numbers[j] + 1 {
-            j += 1;
+    for run in numbers.chunk_by(|a, b| a.checked_add(1) == Some(*b)) {
+        match (run.first(), run.last()) {
+            (Some(&first), Some(&last)) if run.len() as i64 >= MIN_RUN => runs.push((first, last)),
+            _ => singles.extend(run.iter().map(i64::to_string)),
         }
-        if numbers[j] - numbers[i] + 1 >= MIN_RUN {
-            runs.push((numbers[i], numbers[j]));
-        } else {
-            singles.extend(numbers[i..=j].iter().map(i64::to_string));
-        }
-        i = j + 1;
     }
     singles.sort_unstable();
     singles.dedup();
