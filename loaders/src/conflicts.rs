@@ -86,12 +86,19 @@ pub async fn lookup(
     }))
 }
 
-/// The SQL that creates the probe table for `columns` of `table`.
+/// Readies the (empty) probe table for `columns` of `table`, inside the
+/// probe's savepoint: made on a session's first probe rather than when it
+/// connects (most loads never probe, and a first temporary table costs a
+/// new backend tens of milliseconds of catalog work), and made again after
+/// a rollback took it away. `SET LOCAL` keeps the server's "already
+/// exists" notices off the log.
 pub fn probe_table_sql(table: &str, columns: &[String]) -> String {
     let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {PROBE} AS SELECT {} FROM {table} WITH NO DATA;
-         ALTER TABLE pg_temp.{PROBE} ADD COLUMN IF NOT EXISTS {ROW_COL} int4",
+        "SET LOCAL client_min_messages = warning;
+         CREATE TEMP TABLE IF NOT EXISTS {PROBE} AS
+             SELECT {}, 0::int4 AS {ROW_COL} FROM {table} WITH NO DATA;
+         TRUNCATE pg_temp.{PROBE}",
         cols.join(", ")
     )
 }
@@ -156,9 +163,6 @@ pub fn conflicts_sql(table: &str, index: &UniqueIndex) -> String {
         in_batch = eq("p", "s"),
     )
 }
-
-/// Empties the probe table between batches.
-pub const PROBE_TRUNCATE: &str = "TRUNCATE pg_temp.nexus_probe";
 
 /// The key columns as PostgreSQL lists them in a conflict's detail.
 pub fn key_list(index: &UniqueIndex) -> String {

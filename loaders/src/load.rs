@@ -42,7 +42,10 @@ pub struct LoadRequest {
     pub model_key: String,
     pub path: PathBuf,
     pub file_name: Option<String>,
-    pub file_hash: String,
+    /// The file's SHA-256 (hex), when known (an upload is hashed as it is
+    /// stored); `None`: the load hashes the file while it connects and
+    /// claims, beside reading its first batches.
+    pub file_hash: Option<String>,
     pub bytes_total: Option<u64>,
     pub mode: Mode,
     pub atomic: bool,
@@ -226,6 +229,27 @@ impl JobOptions {
         }
     }
 
+    /// How the stages of a run of `req` with these options read its file,
+    /// past the batches in `skip`.
+    fn run_options(&self, req: &LoadRequest, skip: HashSet<u64>) -> RunOptions {
+        RunOptions {
+            batch_size: self.batch_size,
+            max_batch_bytes: self.max_batch_bytes,
+            workers: req.workers.max(1),
+            has_header: self.has_header,
+            line_column: req.mode == Mode::Upsert,
+            require_key: req.mode == Mode::Upsert,
+            skip: Arc::new(skip),
+        }
+    }
+
+    /// Whether runs with `self` and with `other` cut a file into the same
+    /// batches.
+    fn cuts_like(&self, other: &JobOptions) -> bool {
+        (self.batch_size, self.max_batch_bytes, self.has_header)
+            == (other.batch_size, other.max_batch_bytes, other.has_header)
+    }
+
     /// Whether a run with `self` reads the file as a job with `stored` did
     /// (a job that did not keep its reading is taken to).
     fn reads_like(&self, stored: &JobOptions) -> bool {
@@ -250,14 +274,27 @@ impl JobOptions {
 /// the second finds the first's work — and the ledger — when it starts.
 async fn lock_file(
     c: &impl tokio_postgres::GenericClient,
-    req: &LoadRequest,
+    file: &FileKey<'_>,
 ) -> Result<bool, tokio_postgres::Error> {
     Ok(c.query_one(
         "SELECT pg_try_advisory_lock(hashtextextended($1, 2))",
-        &[&format!("{}\n{}", req.model_key, req.file_hash)],
+        &[&file.ledger_key()],
     )
     .await?
     .get(0))
+}
+
+/// A file as the ledger and the locks know it: its content hash within a
+/// model.
+struct FileKey<'a> {
+    model: &'a str,
+    hash: &'a str,
+}
+
+impl FileKey<'_> {
+    fn ledger_key(&self) -> String {
+        format!("{}\n{}", self.model, self.hash)
+    }
 }
 
 /// Takes the lock that lets one process at a time run a job, for as long
@@ -274,12 +311,15 @@ async fn lock_job(
     .get(0))
 }
 
-async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadError> {
+async fn claim(
+    control: &mut Client,
+    req: &LoadRequest,
+    file: &FileKey<'_>,
+) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
-    let ledger_key = format!("{}\n{}", req.model_key, req.file_hash);
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&ledger_key],
+        &[&file.ledger_key()],
     )
     .await?;
     let options = JobOptions::new(&req.model, req.has_header);
@@ -289,20 +329,18 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
     let already = if req.force {
         None
     } else {
-        jobs::loaded_by(&tx, &req.model_key, &req.file_hash).await?
+        jobs::loaded_by(&tx, file.model, file.hash).await?
     };
     let resumable = match already {
         Some(_) => None,
-        None => {
-            jobs::find_resumable(&tx, &req.model_key, &req.file_hash, req.mode, req.atomic).await?
-        }
+        None => jobs::find_resumable(&tx, file.model, file.hash, req.mode, req.atomic).await?,
     };
     let mut superseded = None;
     if let Some((id, opts)) = resumable {
         if !lock_job(&tx, id).await? {
             return Err(LoadError::Busy(id));
         }
-        if !lock_file(&tx, req).await? {
+        if !lock_file(&tx, file).await? {
             return Err(LoadError::FileBusy(req.model_key.clone()));
         }
         let stored = JobOptions::stored(id, opts)?;
@@ -318,7 +356,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
             });
         }
         superseded = Some(id);
-    } else if !lock_file(&tx, req).await? {
+    } else if !lock_file(&tx, file).await? {
         return Err(LoadError::FileBusy(req.model_key.clone()));
     }
     let target = req.model.def.table.clone();
@@ -333,7 +371,7 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
             JobStatus::Running
         },
         file_name: req.file_name.as_deref(),
-        file_hash: &req.file_hash,
+        file_hash: file.hash,
         bytes_total: req.bytes_total.map(|b| b as i64),
         options: serde_json::to_value(&options).unwrap_or_default(),
         owner: req.owner.as_deref(),
@@ -361,18 +399,23 @@ async fn claim(control: &mut Client, req: &LoadRequest) -> Result<Claim, LoadErr
 
 /// Takes on a job the queue handed us: lock it, apply the loaded-file
 /// ledger, and read the batch bounds it was created with.
-async fn adopt(control: &mut Client, req: &LoadRequest, id: Uuid) -> Result<Claim, LoadError> {
+async fn adopt(
+    control: &mut Client,
+    req: &LoadRequest,
+    file: &FileKey<'_>,
+    id: Uuid,
+) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
     if !lock_job(&tx, id).await? {
         return Err(LoadError::Busy(id));
     }
-    if !lock_file(&tx, req).await? {
+    if !lock_file(&tx, file).await? {
         jobs::defer(&tx, id, DEFER).await?;
         tx.commit().await?;
         return Err(LoadError::Deferred(id));
     }
     if !req.force
-        && let Some(prev) = jobs::loaded_by(&tx, &req.model_key, &req.file_hash).await?
+        && let Some(prev) = jobs::loaded_by(&tx, file.model, file.hash).await?
         && prev != id
     {
         jobs::mark_skipped(&tx, id).await?;
@@ -427,6 +470,18 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(req: &LoadRequest, progress: Arc<Progress>) -> Shared {
+        Shared {
+            stop: req.interrupt.child_token(),
+            reason: Mutex::new(None),
+            progress,
+            max_rejects: req.model.input.max_rejects,
+            max_reject_ratio: req.model.input.max_reject_ratio,
+            interrupt: req.interrupt.clone(),
+            model: req.model_key.clone(),
+        }
+    }
+
     /// How the run stands now, from what this process saw (`close` then
     /// counts what the database holds).
     fn run_end(&self) -> RunEnd {
@@ -611,7 +666,7 @@ pub async fn run_load(
 ) -> Result<LoadOutcome, LoadError> {
     match Load::prepare(url, req, progress).await? {
         Prepared::Skipped(outcome) => Ok(*outcome),
-        Prepared::Ready(load) => {
+        Prepared::Ready(mut load) => {
             let end = load.run().await;
             load.close(end).await
         }
@@ -634,6 +689,11 @@ pub struct Load {
     committed: HashSet<u64>,
     /// The job as it started, for a summary when it cannot be closed.
     base: JobRecord,
+    /// What the stages and the writers share.
+    shared: Arc<Shared>,
+    /// The file's stages, started while the job was claimed, when they cut
+    /// its batches as the job does.
+    ahead: Option<Ahead>,
 }
 
 /// What preparing a load came to.
@@ -643,10 +703,59 @@ pub enum Prepared {
     Ready(Box<Load>),
 }
 
+/// The file's stages started before its job is claimed, as a new job of
+/// the file would read it: the file's hash, the claim's round trips and the
+/// decoding of the first batches (tens of milliseconds for a columnar
+/// file's first pages) then overlap instead of following one another. The
+/// batches wait in the channel for the writers; a claim that resumes a
+/// job, or reads the file with other batch bounds, stops them and starts
+/// over.
+struct Ahead {
+    /// The batch bounds they cut by.
+    options: JobOptions,
+    stages: tokio::task::JoinHandle<Result<runner::Stages, runner::PipelineError>>,
+    batches: tokio::sync::mpsc::Receiver<EncodedBatch>,
+}
+
+impl Ahead {
+    fn start(
+        req: &LoadRequest,
+        shared: &Arc<Shared>,
+        plan: WriterPlan,
+        options: &JobOptions,
+        skip: HashSet<u64>,
+    ) -> Ahead {
+        let (tx, batches) = tokio::sync::mpsc::channel::<EncodedBatch>(plan.connections() * 2);
+        let stop = shared.stop.clone();
+        let sink = move |batch: EncodedBatch| !stop.is_cancelled() && tx.blocking_send(batch).is_ok();
+        let stages = tokio::spawn(start_reading(
+            req.path.clone(),
+            req.model.clone(),
+            options.run_options(req, skip),
+            shared.progress.bytes_read.clone(),
+            sink,
+        ));
+        Ahead {
+            options: options.clone(),
+            stages,
+            batches,
+        }
+    }
+
+    /// Stops the stages, their batches unused, and waits for them to end.
+    async fn stop(self) {
+        drop(self.batches);
+        if let Ok(Ok(stages)) = self.stages.await {
+            let _ = finish_reading(stages).await;
+        }
+    }
+}
+
 impl Load {
     /// Connects, migrates, makes the table if asked, claims (or resumes, or
     /// skips, or adopts from the queue) the job and seeds the counters with
-    /// what it committed before.
+    /// what it committed before; the file is hashed (when its hash is not
+    /// given) and its first batches read meanwhile.
     pub async fn prepare(
         url: &str,
         req: LoadRequest,
@@ -654,14 +763,59 @@ impl Load {
     ) -> Result<Prepared, LoadError> {
         let started = Instant::now();
         let req = req.in_proven_format()?;
+        let shared = Arc::new(Shared::new(&req, progress.clone()));
+        let plan = WriterPlan::of(&req);
+        let as_new = JobOptions::new(&req.model, req.has_header);
+        let ahead = Ahead::start(&req, &shared, plan, &as_new, HashSet::new());
+        match Self::claimed(url, req, progress, started, shared, plan).await {
+            Ok(Prepared::Ready(mut load)) => {
+                if load.committed.is_empty() && load.options.cuts_like(&ahead.options) {
+                    load.ahead = Some(ahead);
+                } else {
+                    ahead.stop().await;
+                    load.progress.bytes_read.store(0, Ordering::Relaxed);
+                }
+                Ok(Prepared::Ready(load))
+            }
+            other => {
+                ahead.stop().await;
+                other
+            }
+        }
+    }
+
+    /// [`Load::prepare`] but for the stages.
+    async fn claimed(
+        url: &str,
+        mut req: LoadRequest,
+        progress: Arc<Progress>,
+        started: Instant,
+        shared: Arc<Shared>,
+        plan: WriterPlan,
+    ) -> Result<Prepared, LoadError> {
+        let hashing = req.file_hash.is_none().then(|| {
+            let path = req.path.clone();
+            tokio::task::spawn_blocking(move || source::hash_file(&path))
+        });
         let mut control = pg::connect_retrying(url, req.retry).await?;
         migrate(&mut control).await?;
         if req.create_table && !catalog::table_exists(&control, &req.model).await? {
             catalog::ensure_table(&mut control, &req.model).await?;
         }
+        if let Some(hashing) = hashing {
+            let hash = hashing
+                .await
+                .map_err(|e| LoadError::Read(e.to_string()))?
+                .map_err(|e| LoadError::Read(format!("{}: {e}", req.path.display())))?;
+            req.file_hash = Some(hash);
+        }
+        let file = FileKey {
+            model: &req.model_key,
+            hash: req.file_hash.as_deref().unwrap_or_default(),
+        };
         let claimed = match req.job {
-            Some(id) => adopt(&mut control, &req, id).await?,
-            None => claim(&mut control, &req).await?,
+            Some(id) => adopt(&mut control, &req, &file, id).await?,
+            None => claim(&mut control, &req, &file).await?,
         };
         let (job_id, resumed, options, superseded) = match claimed {
             Claim::Skipped(id) => {
@@ -686,15 +840,6 @@ impl Load {
         let base = jobs::get(&control, job_id)
             .await?
             .ok_or(LoadError::Vanished(job_id))?;
-        let plan = if req.atomic || req.mode == Mode::Replace {
-            WriterPlan::Whole {
-                replace: req.mode == Mode::Replace,
-            }
-        } else {
-            WriterPlan::Parallel {
-                connections: req.copy_connections.max(1),
-            }
-        };
         let mut committed: HashSet<u64> = jobs::committed_seqs(&control, job_id)
             .await?
             .into_iter()
@@ -732,6 +877,8 @@ impl Load {
             plan,
             committed,
             base,
+            shared,
+            ahead: None,
         })))
     }
 
@@ -743,17 +890,8 @@ impl Load {
     /// Reads, encodes and writes the file's batches until they end, a limit
     /// or an error stops them, or the job is cancelled or interrupted; says
     /// how the run ended.
-    pub async fn run(&self) -> RunEnd {
-        let req = &self.req;
-        let shared = Arc::new(Shared {
-            stop: req.interrupt.child_token(),
-            reason: Mutex::new(None),
-            progress: self.progress.clone(),
-            max_rejects: req.model.input.max_rejects,
-            max_reject_ratio: req.model.input.max_reject_ratio,
-            interrupt: req.interrupt.clone(),
-            model: req.model_key.clone(),
-        });
+    pub async fn run(&mut self) -> RunEnd {
+        let shared = self.shared.clone();
         let watching = shared.stop.child_token();
         let watcher = spawn_stop_watcher(
             self.control.clone(),
@@ -761,37 +899,31 @@ impl Load {
             shared.clone(),
             watching.clone(),
         );
-        let (tx, rx) = tokio::sync::mpsc::channel::<EncodedBatch>(self.plan.connections() * 2);
-        let run_opts = RunOptions {
-            batch_size: self.options.batch_size,
-            max_batch_bytes: self.options.max_batch_bytes,
-            workers: req.workers.max(1),
-            has_header: self.options.has_header,
-            line_column: req.mode == Mode::Upsert,
-            require_key: req.mode == Mode::Upsert,
-            skip: Arc::new(self.committed.clone()),
+        let ahead = match self.ahead.take() {
+            Some(a) => a,
+            None => Ahead::start(
+                &self.req,
+                &shared,
+                self.plan,
+                &self.options,
+                self.committed.clone(),
+            ),
         };
-        let sink_shared = shared.clone();
-        let sink = move |batch: EncodedBatch| {
-            !sink_shared.stop.is_cancelled() && tx.blocking_send(batch).is_ok()
-        };
-        let (path, model, bytes) = (
-            req.path.clone(),
-            req.model.clone(),
-            self.progress.bytes_read.clone(),
-        );
-        let stages = start_reading(path, model, run_opts, bytes, sink).await;
-        let stages = match stages {
-            Ok(s) => Some(s),
-            Err(e) => {
+        let stages = match ahead.stages.await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
                 shared.fail(e.to_string());
+                None
+            }
+            Err(e) => {
+                shared.fail(runner::PipelineError::Panic(e.to_string()).to_string());
                 None
             }
         };
         if let Some(stages) = &stages {
-            self.write(stages, rx, &shared).await;
+            self.write(stages, ahead.batches, &shared).await;
         } else {
-            drop(rx);
+            drop(ahead.batches);
         }
         let read_result = match stages {
             Some(s) => finish_reading(s).await,
@@ -799,6 +931,7 @@ impl Load {
         };
         watching.cancel();
         let _ = watcher.await;
+        let req = &self.req;
         let mut end = shared.run_end();
         match (&mut end.stop, read_result) {
             (Some(Stop::Error { message, outage }), _) => {
@@ -1184,6 +1317,18 @@ enum WriterPlan {
 }
 
 impl WriterPlan {
+    fn of(req: &LoadRequest) -> WriterPlan {
+        if req.atomic || req.mode == Mode::Replace {
+            WriterPlan::Whole {
+                replace: req.mode == Mode::Replace,
+            }
+        } else {
+            WriterPlan::Parallel {
+                connections: req.copy_connections.max(1),
+            }
+        }
+    }
+
     fn connections(self) -> usize {
         match self {
             WriterPlan::Parallel { connections } => connections,

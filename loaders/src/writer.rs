@@ -72,19 +72,19 @@ impl Target {
         }
     }
 
-    /// The session's temporary table: the stage of an upsert, the probe
-    /// for unique conflicts of the other modes.
-    fn session_sql(&self) -> String {
+    /// The session's temporary table, for an upsert: its stage. (The
+    /// probe for unique conflicts is made when first needed.)
+    fn session_sql(&self) -> Option<String> {
         if self.mode != Mode::Upsert {
-            return conflicts::probe_table_sql(&self.table, &self.columns);
+            return None;
         }
         let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
-        format!(
+        Some(format!(
             "CREATE TEMP TABLE IF NOT EXISTS {STAGE} AS SELECT {} FROM {} WITH NO DATA;
              ALTER TABLE pg_temp.{STAGE} ADD COLUMN IF NOT EXISTS {LINE_COL} bigint",
             cols.join(", "),
             self.table
-        )
+        ))
     }
 
     /// Within a batch the last row for a key wins (`DISTINCT ON … line DESC`).
@@ -138,9 +138,8 @@ const INSERT_CHECKPOINT: &str = "INSERT INTO nexus.job_batches (job_id, seq, row
      RETURNING cache_version";
 
 /// One writer connection with what it needs ready from the start: its
-/// statements prepared and its session's temporary table (the stage of an
-/// upsert, the probe of the others) created outside any transaction, so
-/// that no rollback can take it away.
+/// statements prepared and, for an upsert, its stage table created outside
+/// any transaction, so that no rollback can take it away.
 struct Session {
     client: Client,
     statements: Statements,
@@ -175,7 +174,9 @@ impl Session {
         let client = Self::connect(url, &target.timezone).await?;
         let rejects = client.prepare(INSERT_REJECTS).await?;
         let checkpoint = client.prepare(INSERT_CHECKPOINT).await?;
-        client.batch_execute(&target.session_sql()).await?;
+        if let Some(sql) = target.session_sql() {
+            client.batch_execute(&sql).await?;
+        }
         Ok(Session {
             client,
             statements: Statements {
@@ -253,6 +254,7 @@ struct Rows {
     target: Arc<Target>,
     copy_sql: String,
     merge_sql: String,
+    probe_sql: String,
     /// Unique indexes by name, as far as conflicts on them can be probed.
     unique_indexes: std::collections::HashMap<String, Option<UniqueIndex>>,
     /// Indexes with conflicts in a recent batch, probed before each COPY.
@@ -294,6 +296,7 @@ impl BatchWriter {
             rows: Rows {
                 copy_sql: target.copy_sql(),
                 merge_sql: target.merge_sql(),
+                probe_sql: conflicts::probe_table_sql(&target.table, &target.columns),
                 target,
                 unique_indexes: Default::default(),
                 hot: Vec::new(),
@@ -733,7 +736,7 @@ impl Rows {
                 )
                 .await;
             }
-            db.batch_execute(conflicts::PROBE_TRUNCATE).await?;
+            db.batch_execute(&self.probe_sql).await?;
             let body = Bytes::from(conflicts::probe_body(&parts.body, &parts.batch.rows, &list));
             copy(db, &conflicts::probe_copy_sql(&self.target.columns), body).await?;
             Ok(db

@@ -210,15 +210,10 @@ async fn load_all(
         } else {
             None
         };
+        // A local file is hashed by the load, beside its first batches.
         let (path, hash) = match &spool {
-            Some((p, h)) => (p.clone(), h.clone()),
-            None => {
-                let p = file.clone();
-                let h = tokio::task::spawn_blocking(move || nexus_pipeline::source::hash_file(&p))
-                    .await?
-                    .map_err(|e| exit::failed(format!("{}: {e}", file.display())))?;
-                (file.clone(), h)
-            }
+            Some((p, h)) => (p.clone(), Some(h.clone())),
+            None => (file.clone(), None),
         };
         let format = args
             .format

@@ -816,21 +816,13 @@ impl NexusMcp {
                 loads, interrupt, ..
             } => {
                 let file = match staged {
-                    Staged::Local(p) => {
-                        let q = p.clone();
-                        let hash = tokio::task::spawn_blocking(move || {
-                            nexus_pipeline::source::hash_file(&q)
-                        })
-                        .await
-                        .map_err(|e| Refusal(e.to_string()))?
-                        .map_err(|e| Refusal(format!("{}: {e}", p.display())))?;
-                        LocalFile {
-                            path: p,
-                            hash,
-                            stored_key: None,
-                            copy: None,
-                        }
-                    }
+                    // The load hashes a local file, beside its first batches.
+                    Staged::Local(p) => LocalFile {
+                        path: p,
+                        hash: None,
+                        stored_key: None,
+                        copy: None,
+                    },
                     Staged::Stored(s) => {
                         let copy =
                             core.storage.fetch(&s.key).await.map_err(|e| {
@@ -838,7 +830,7 @@ impl NexusMcp {
                             })?;
                         LocalFile {
                             path: copy.path().to_path_buf(),
-                            hash: s.sha256,
+                            hash: Some(s.sha256),
                             stored_key: Some(s.key),
                             copy: Some(copy),
                         }
@@ -952,7 +944,7 @@ impl NexusMcp {
                 });
             }
         };
-        let load = match prepared {
+        let mut load = match prepared {
             Ok(Prepared::Ready(load)) => load,
             Ok(Prepared::Skipped(outcome)) => {
                 forget(&file.stored_key);
@@ -1110,7 +1102,8 @@ struct Target {
 
 struct LocalFile {
     path: std::path::PathBuf,
-    hash: String,
+    /// Its SHA-256 when known (a stored copy's); else the load hashes it.
+    hash: Option<String>,
     /// The storage copy to remove when the load is done.
     stored_key: Option<String>,
     /// The stored copy as a local file, while the load reads it.
