@@ -727,7 +727,8 @@ impl Ahead {
     ) -> Ahead {
         let (tx, batches) = tokio::sync::mpsc::channel::<EncodedBatch>(plan.connections() * 2);
         let stop = shared.stop.clone();
-        let sink = move |batch: EncodedBatch| !stop.is_cancelled() && tx.blocking_send(batch).is_ok();
+        let sink =
+            move |batch: EncodedBatch| !stop.is_cancelled() && tx.blocking_send(batch).is_ok();
         let stages = tokio::spawn(start_reading(
             req.path.clone(),
             req.model.clone(),
