@@ -725,7 +725,12 @@ impl Ahead {
         options: &JobOptions,
         skip: HashSet<u64>,
     ) -> Ahead {
-        let (tx, batches) = tokio::sync::mpsc::channel::<EncodedBatch>(plan.connections() * 2);
+        let (tx, batches) = tokio::sync::mpsc::channel::<EncodedBatch>(
+            std::env::var("NEXUS_AHEAD")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(plan.connections() * 2),
+        );
         let stop = shared.stop.clone();
         let sink =
             move |batch: EncodedBatch| !stop.is_cancelled() && tx.blocking_send(batch).is_ok();

@@ -874,7 +874,12 @@ pub fn row_text(batch: &RecordBatch, row: usize) -> String {
 /// How one column's values are read.
 enum Values<'a> {
     /// Text, parsed by the column's input rules as a CSV field is.
-    Text(Box<dyn Fn(usize) -> &'a str + 'a>),
+    Text {
+        get: Box<dyn Fn(usize) -> &'a str + 'a>,
+        /// No value holds a NUL byte (the array's bytes were searched at
+        /// once), so none is searched alone.
+        nul_free: bool,
+    },
     /// A decimal: its unscaled integer where an i128 holds it (straight
     /// into `numeric`), and its exact text (for any other column, and for
     /// what the fast path leaves to the text path).
@@ -925,15 +930,24 @@ impl<'a> Values<'a> {
             D::Null => Values::Null,
             D::Utf8 => {
                 let s = a.as_string::<i32>();
-                Values::Text(Box::new(move |i| s.value(i)))
+                Values::Text {
+                    get: Box::new(move |i| s.value(i)),
+                    nul_free: memchr::memchr(0, s.values()).is_none(),
+                }
             }
             D::LargeUtf8 => {
                 let s = a.as_string::<i64>();
-                Values::Text(Box::new(move |i| s.value(i)))
+                Values::Text {
+                    get: Box::new(move |i| s.value(i)),
+                    nul_free: memchr::memchr(0, s.values()).is_none(),
+                }
             }
             D::Utf8View => {
                 let s = a.as_string_view();
-                Values::Text(Box::new(move |i| s.value(i)))
+                Values::Text {
+                    get: Box::new(move |i| s.value(i)),
+                    nul_free: false,
+                }
             }
             D::Int8 => typed!(Int8Type, |v| Typed::Int(v as i128)),
             D::Int16 => typed!(Int16Type, |v| Typed::Int(v as i128)),
@@ -1141,9 +1155,9 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
                 continue;
             }
             let result = match &mut readers[k] {
-                Values::Text(get) => {
+                Values::Text { get, nul_free } => {
                     let text = get(i);
-                    if memchr::memchr(0, text.as_bytes()).is_some() {
+                    if !*nul_free && memchr::memchr(0, text.as_bytes()).is_some() {
                         Err(FieldError::Invalid(
                             "contains a NUL byte (0x00), which PostgreSQL cannot store in any value"
                                 .into(),

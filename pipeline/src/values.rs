@@ -409,7 +409,7 @@ pub fn numeric_scaled(
     }
     if scale > dscale {
         let p = pow((scale - dscale) as u32)?;
-        let (q, r) = (value / p, value % p);
+        let (q, r) = div_rem(value, p);
         // The first digit dropped is 5 or more: r ≥ p / 2, r < p < 2^127.
         value = q + (r * 2 >= p) as u128;
     } else {
@@ -440,22 +440,24 @@ fn put_scaled(
     {
         return Err((p, s));
     }
-    let (ipart, fpart) = (value / pow(dscale), value % pow(dscale));
+    let (ipart, fpart) = div_rem(value, pow(dscale));
     let frac_groups = dscale.div_ceil(4);
     let mut groups = [0i16; 24];
     let mut n = 0;
     let mut i = ipart;
     while i > 0 {
-        groups[n] = (i % 10_000) as i16;
-        i /= 10_000;
+        let (q, r) = div_rem(i, 10_000);
+        groups[n] = r as i16;
+        i = q;
         n += 1;
     }
     groups[..n].reverse();
     let int_groups = n;
     let mut f = fpart * pow(frac_groups * 4 - dscale);
     for k in (0..frac_groups).rev() {
-        groups[n + k] = (f % 10_000) as i16;
-        f /= 10_000;
+        let (q, r) = div_rem(f, 10_000);
+        groups[n + k] = r as i16;
+        f = q;
     }
     n += frac_groups;
     let mut digits = &groups[..n];
@@ -480,6 +482,17 @@ fn put_scaled(
     }
     let approx = value as f64 / 10f64.powi(dscale as i32);
     Ok(if neg { -approx } else { approx })
+}
+
+/// `x / d` and `x % d`, in 64 bits where both fit: most values do, and a
+/// 128-bit division is a call where a 64-bit one by a constant is a
+/// multiplication.
+#[inline]
+fn div_rem(x: u128, d: u128) -> (u128, u128) {
+    match (u64::try_from(x), u64::try_from(d)) {
+        (Ok(x), Ok(d)) => ((x / d) as u128, (x % d) as u128),
+        _ => (x / d, x % d),
+    }
 }
 
 /// `boolin`, whole: spaces trimmed, then any prefix of `true`, `false`,

@@ -71,22 +71,38 @@ pub fn canonical(ty: ColumnType, text: &str) -> Result<String, KeyError> {
 /// The canonical form of a key field of a binary COPY row; `None` for a
 /// NULL or a malformed row.
 pub fn from_binary_row(row: &[u8], field: usize, ty: ColumnType) -> Option<String> {
+    if let Some(n) = integer_from_binary_row(row, field, ty) {
+        return Some(n.to_string());
+    }
+    let v = binary_field(row, field)?;
+    match ty {
+        ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt => None,
+        ColumnType::Uuid => Some(uuid::Uuid::from_slice(v).ok()?.hyphenated().to_string()),
+        _ => String::from_utf8(v.to_vec()).ok(),
+    }
+}
+
+/// An integer key field of a binary COPY row; `None` for another type, a
+/// NULL or a malformed row.
+pub fn integer_from_binary_row(row: &[u8], field: usize, ty: ColumnType) -> Option<i64> {
+    let v = binary_field(row, field)?;
+    match ty {
+        ColumnType::SmallInt => Some(i16::from_be_bytes(v.try_into().ok()?).into()),
+        ColumnType::Int => Some(i32::from_be_bytes(v.try_into().ok()?).into()),
+        ColumnType::BigInt => Some(i64::from_be_bytes(v.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The bytes of field `field` of a binary COPY row; `None` for a NULL or
+/// a malformed row.
+fn binary_field(row: &[u8], field: usize) -> Option<&[u8]> {
     let mut at = 2usize;
     for i in 0..=field {
         let len = i32::from_be_bytes(row.get(at..at + 4)?.try_into().ok()?);
         at += 4;
         if i == field {
-            if len < 0 {
-                return None;
-            }
-            let v = row.get(at..at + len as usize)?;
-            return Some(match ty {
-                ColumnType::SmallInt => i16::from_be_bytes(v.try_into().ok()?).to_string(),
-                ColumnType::Int => i32::from_be_bytes(v.try_into().ok()?).to_string(),
-                ColumnType::BigInt => i64::from_be_bytes(v.try_into().ok()?).to_string(),
-                ColumnType::Uuid => uuid::Uuid::from_slice(v).ok()?.hyphenated().to_string(),
-                _ => String::from_utf8(v.to_vec()).ok()?,
-            });
+            return row.get(at..at + usize::try_from(len).ok()?);
         }
         at += len.max(0) as usize;
     }

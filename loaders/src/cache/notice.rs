@@ -52,10 +52,17 @@ impl Notice {
     }
 }
 
-/// The key as an integer, if it is one written the one way `i64` writes it.
+/// The key as an integer, if it is one written the one way `i64` writes it
+/// (no sign but a minus, no leading zero, no `-0`): checked on the bytes,
+/// as this runs for every key of every batch.
 fn integer(key: &str) -> Option<i64> {
-    let n: i64 = key.parse().ok()?;
-    (n.to_string() == key).then_some(n)
+    let digits = key.strip_prefix('-').unwrap_or(key).as_bytes();
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == key.len(),
+        [first, ..] => (b'1'..=b'9').contains(first) && digits.iter().all(u8::is_ascii_digit),
+    };
+    if canonical { key.parse().ok() } else { None }
 }
 
 /// The notifications announcing `keys` (or, `None`, the whole model) as
@@ -72,15 +79,17 @@ pub fn notices(model: &str, keys: Option<&[String]>) -> Vec<String> {
     let Some(keys) = keys else {
         return vec![one(None, Vec::new())];
     };
-    let mut numbers: Vec<i64> = keys.iter().filter_map(|k| integer(k)).collect();
+    let mut numbers: Vec<i64> = Vec::with_capacity(keys.len());
+    let mut singles: Vec<String> = Vec::new();
+    for k in keys {
+        match integer(k) {
+            Some(n) => numbers.push(n),
+            None => singles.push(k.clone()),
+        }
+    }
     numbers.sort_unstable();
     numbers.dedup();
     let mut runs = Vec::new();
-    let mut singles: Vec<String> = keys
-        .iter()
-        .filter(|k| integer(k).is_none())
-        .cloned()
-        .collect();
     for run in numbers.chunk_by(|a, b| a.checked_add(1) == Some(*b)) {
         match (run.first(), run.last()) {
             (Some(&first), Some(&last)) if run.len() as i64 >= MIN_RUN => runs.push((first, last)),
@@ -168,6 +177,14 @@ mod tests {
         fn listeners_see_exactly_the_keys(keys in proptest::collection::vec(key(), 0..3000)) {
             let want: BTreeSet<String> = keys.iter().cloned().collect();
             prop_assert_eq!(announced(&keys), want);
+        }
+
+        /// A key is taken for an integer exactly when `i64` writes that
+        /// integer so (the byte check against the round trip).
+        #[test]
+        fn integers_are_the_keys_i64_writes(k in prop_oneof![key(), "[-+0-9]{0,22}"]) {
+            let round_trip = k.parse::<i64>().ok().filter(|n| n.to_string() == k);
+            prop_assert_eq!(integer(&k), round_trip);
         }
     }
 

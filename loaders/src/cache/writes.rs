@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::model::CacheStrategy;
+use nexus_pipeline::types::ColumnType;
 use tokio::sync::mpsc;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -117,17 +118,27 @@ impl BatchCache {
         self.cache.redis.is_some()
     }
 
-    /// The canonical keys of a batch's rows.
+    /// The canonical keys of a batch's rows, each once. Integer keys are
+    /// ordered as numbers: a batch's ids usually come in order, and an
+    /// ordered run sorts in one pass.
     pub fn keys(&self, body: &[u8], rows: &[EncodedRow]) -> Vec<String> {
+        let (field, ty) = (self.key_field, self.model.key_type);
+        let row = |r: &EncodedRow| body.get(r.start as usize..r.end as usize);
+        if matches!(
+            ty,
+            ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt
+        ) {
+            let mut numbers: Vec<i64> = rows
+                .iter()
+                .filter_map(|r| keys::integer_from_binary_row(row(r)?, field, ty))
+                .collect();
+            numbers.sort_unstable();
+            numbers.dedup();
+            return numbers.iter().map(i64::to_string).collect();
+        }
         let mut keys: Vec<String> = rows
             .iter()
-            .filter_map(|r| {
-                keys::from_binary_row(
-                    body.get(r.start as usize..r.end as usize)?,
-                    self.key_field,
-                    self.model.key_type,
-                )
-            })
+            .filter_map(|r| keys::from_binary_row(row(r)?, field, ty))
             .collect();
         keys.sort_unstable();
         keys.dedup();
