@@ -15,6 +15,35 @@ pub enum KeyError {
     Invalid { text: String, ty: ColumnType },
 }
 
+/// A batch's keys, each once: integer keys as numbers (most keys are ids,
+/// and a batch's ids are announced as runs without ever being written out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchKeys {
+    Integers(Vec<i64>),
+    Texts(Vec<String>),
+}
+
+impl BatchKeys {
+    pub fn len(&self) -> usize {
+        match self {
+            BatchKeys::Integers(k) => k.len(),
+            BatchKeys::Texts(k) => k.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys in their text form.
+    pub fn texts(&self) -> std::borrow::Cow<'_, [String]> {
+        match self {
+            BatchKeys::Integers(k) => k.iter().map(i64::to_string).collect(),
+            BatchKeys::Texts(k) => k.into(),
+        }
+    }
+}
+
 fn cacheable(ty: ColumnType) -> bool {
     matches!(
         ty,

@@ -298,7 +298,8 @@ impl Cache {
             };
         }
         // After Redis: no server refills its memory from the old entry.
-        writes::announce(db, &model.name, keys).await?;
+        let keys = keys.map(|k| keys::BatchKeys::Texts(k.to_vec()));
+        writes::announce(db, &model.name, keys.as_ref()).await?;
         Ok(())
     }
 

@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::keys::BatchKeys;
+
 /// Largest payload (PostgreSQL's limit is 8000).
 const NOTICE_BYTES: usize = 7000;
 
@@ -67,7 +69,7 @@ fn integer(key: &str) -> Option<i64> {
 
 /// The notifications announcing `keys` (or, `None`, the whole model) as
 /// changed.
-pub fn notices(model: &str, keys: Option<&[String]>) -> Vec<String> {
+pub fn notices(model: &str, keys: Option<&BatchKeys>) -> Vec<String> {
     let one = |keys: Option<Vec<String>>, runs: Vec<(i64, i64)>| {
         serde_json::to_string(&Notice {
             model: model.to_string(),
@@ -79,14 +81,20 @@ pub fn notices(model: &str, keys: Option<&[String]>) -> Vec<String> {
     let Some(keys) = keys else {
         return vec![one(None, Vec::new())];
     };
-    let mut numbers: Vec<i64> = Vec::with_capacity(keys.len());
-    let mut singles: Vec<String> = Vec::new();
-    for k in keys {
-        match integer(k) {
-            Some(n) => numbers.push(n),
-            None => singles.push(k.clone()),
+    let (mut numbers, mut singles) = match keys {
+        BatchKeys::Integers(k) => (k.clone(), Vec::new()),
+        BatchKeys::Texts(k) => {
+            let mut numbers: Vec<i64> = Vec::with_capacity(k.len());
+            let mut singles: Vec<String> = Vec::new();
+            for k in k {
+                match integer(k) {
+                    Some(n) => numbers.push(n),
+                    None => singles.push(k.clone()),
+                }
+            }
+            (numbers, singles)
         }
-    }
+    };
     numbers.sort_unstable();
     numbers.dedup();
     let mut runs = Vec::new();
@@ -144,7 +152,7 @@ mod tests {
     /// Everything a listener takes from the notices of `keys`.
     fn announced(keys: &[String]) -> BTreeSet<String> {
         let mut seen = BTreeSet::new();
-        for n in notices("m", Some(keys)) {
+        for n in notices("m", Some(&BatchKeys::Texts(keys.to_vec()))) {
             assert!(n.len() <= 8000, "{} bytes", n.len());
             let notice: Notice = serde_json::from_str(&n).unwrap();
             assert_eq!(notice.model, "m");
@@ -191,7 +199,9 @@ mod tests {
     #[test]
     fn a_batch_of_consecutive_ids_is_one_small_notice() {
         let keys: Vec<String> = (5001..=10_000).map(|n: i64| n.to_string()).collect();
-        let n = notices("customer", Some(&keys));
+        let n = notices("customer", Some(&BatchKeys::Texts(keys)));
+        let ids = BatchKeys::Integers((5001..=10_000).collect());
+        assert_eq!(notices("customer", Some(&ids)), n);
         assert_eq!(
             n,
             vec![r#"{"model":"customer","keys":[],"runs":[[5001,10000]]}"#]

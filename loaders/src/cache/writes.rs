@@ -28,6 +28,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::behind::Admitted;
+use super::keys::BatchKeys;
 use super::notice::notices;
 use super::{Cache, CacheError, CachedModel, keys};
 
@@ -67,7 +68,7 @@ struct Queued {
 /// A committed batch's cache work.
 pub struct PendingWrite {
     version: i64,
-    keys: Vec<String>,
+    keys: BatchKeys,
     seq: i64,
 }
 
@@ -121,7 +122,7 @@ impl BatchCache {
     /// The canonical keys of a batch's rows, each once. Integer keys are
     /// ordered as numbers: a batch's ids usually come in order, and an
     /// ordered run sorts in one pass.
-    pub fn keys(&self, body: &[u8], rows: &[EncodedRow]) -> Vec<String> {
+    pub fn keys(&self, body: &[u8], rows: &[EncodedRow]) -> BatchKeys {
         let (field, ty) = (self.key_field, self.model.key_type);
         let row = |r: &EncodedRow| body.get(r.start as usize..r.end as usize);
         if matches!(
@@ -134,7 +135,7 @@ impl BatchCache {
                 .collect();
             numbers.sort_unstable();
             numbers.dedup();
-            return numbers.iter().map(i64::to_string).collect();
+            return BatchKeys::Integers(numbers);
         }
         let mut keys: Vec<String> = rows
             .iter()
@@ -142,7 +143,7 @@ impl BatchCache {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        keys
+        BatchKeys::Texts(keys)
     }
 
     /// Inside the batch's transaction: without Redis, announces the keys.
@@ -151,7 +152,7 @@ impl BatchCache {
         db: &impl GenericClient,
         seq: u64,
         version: i64,
-        keys: Vec<String>,
+        keys: BatchKeys,
     ) -> Result<PendingWrite, tokio_postgres::Error> {
         if self.cache.redis.is_none() {
             announce(db, &self.model.name, Some(&keys)).await?;
@@ -267,7 +268,7 @@ async fn run_stage(
             break;
         };
         let rows = if writes_rows && !w.keys.is_empty() {
-            fetch(&mut db, &url, &model, &w.keys).await
+            fetch(&mut db, &url, &model, &w.keys.texts()).await
         } else {
             None
         };
@@ -303,7 +304,7 @@ async fn connected<'a>(
 pub(super) async fn announce(
     db: &impl GenericClient,
     model: &str,
-    keys: Option<&[String]>,
+    keys: Option<&BatchKeys>,
 ) -> Result<(), tokio_postgres::Error> {
     if keys.is_some_and(|k| k.is_empty()) {
         return Ok(());
@@ -345,13 +346,13 @@ async fn write_redis(
     rows: Option<Vec<(String, String)>>,
 ) {
     let Some(redis) = &cache.redis else { return };
+    let texts = w.keys.texts();
     let result = match rows {
         Some(rows) => {
             let (keys, json): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
             // Keys without a committed row (refused by the database) hold
             // nothing new: a tombstone keeps them from serving an old value.
-            let gone: Vec<String> = w
-                .keys
+            let gone: Vec<String> = texts
                 .iter()
                 .filter(|k| keys.binary_search(k).is_err())
                 .cloned()
@@ -362,7 +363,7 @@ async fn write_redis(
                 other => other,
             }
         }
-        None => redis.write(model, w.version, &w.keys, None).await,
+        None => redis.write(model, w.version, &texts, None).await,
     };
     match result {
         Ok(_) => cache.cleared(job, Some(w.seq)),
