@@ -1127,6 +1127,8 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
             None => Values::of(f, a.as_ref(), &options),
         })
         .collect();
+    // Each column's null bits, read in place rather than through the array.
+    let nulls: Vec<_> = arrays.iter().map(|a| a.nulls().cloned()).collect();
     let mut copy = Vec::with_capacity(nrows * (2 + 12 * ncols) + 32);
     copy.extend_from_slice(COPY_HEADER);
     let mut rows = Vec::with_capacity(nrows);
@@ -1144,7 +1146,8 @@ pub fn encode(plan: &Plan, raw: RawBatch, columns: &RecordBatch) -> EncodedBatch
                 reason,
                 raw: row_text(columns, i),
             };
-            if arrays[k].is_null(i) || matches!(readers[k], Values::Null) {
+            if nulls[k].as_ref().is_some_and(|n| n.is_null(i)) || matches!(readers[k], Values::Null)
+            {
                 if col.required {
                     copy.truncate(row_start);
                     undefer(&mut deferred, rows.len());
