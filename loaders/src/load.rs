@@ -799,25 +799,31 @@ impl Load {
         shared: Arc<Shared>,
         plan: WriterPlan,
     ) -> Result<Prepared, LoadError> {
-        let hashing = req.file_hash.is_none().then(|| {
-            let path = req.path.clone();
-            tokio::task::spawn_blocking(move || source::hash_file(&path))
-        });
+        // Started now, awaited at the claim.
+        let hashing: std::pin::Pin<Box<dyn Future<Output = Result<String, LoadError>> + Send>> =
+            match req.file_hash.clone() {
+                Some(known) => Box::pin(std::future::ready(Ok(known))),
+                None => {
+                    let path = req.path.clone();
+                    let task = tokio::task::spawn_blocking(move || source::hash_file(&path));
+                    let path = req.path.clone();
+                    Box::pin(async move {
+                        task.await
+                            .map_err(|e| LoadError::Read(e.to_string()))?
+                            .map_err(|e| LoadError::Read(format!("{}: {e}", path.display())))
+                    })
+                }
+            };
         let mut control = pg::connect_retrying(url, req.retry).await?;
         migrate(&mut control).await?;
         if req.create_table && !catalog::table_exists(&control, &req.model).await? {
             catalog::ensure_table(&mut control, &req.model).await?;
         }
-        if let Some(hashing) = hashing {
-            let hash = hashing
-                .await
-                .map_err(|e| LoadError::Read(e.to_string()))?
-                .map_err(|e| LoadError::Read(format!("{}: {e}", req.path.display())))?;
-            req.file_hash = Some(hash);
-        }
+        let hash = hashing.await?;
+        req.file_hash = Some(hash.clone());
         let file = FileKey {
             model: &req.model_key,
-            hash: req.file_hash.as_deref().unwrap_or_default(),
+            hash: &hash,
         };
         let claimed = match req.job {
             Some(id) => adopt(&mut control, &req, &file, id).await?,
