@@ -211,12 +211,13 @@ fn cancel_stops_a_running_job() {
     wait_for("batches to commit", Duration::from_secs(120), || {
         common::batches(&db) >= 2
     });
-    let r = s
-        .http
-        .post(s.url(&format!("/api/v2/jobs/{id}/cancel")))
-        .bearer_auth(&a)
-        .send()
-        .unwrap();
+    let r = common::cancel_while_held(&db, "ev", || {
+        s.http
+            .post(s.url(&format!("/api/v2/jobs/{id}/cancel")))
+            .bearer_auth(&a)
+            .send()
+            .unwrap()
+    });
     assert_eq!(r.status(), 202);
     let done = s.wait_status(&a, &id, "cancelled");
     let committed = done["rows_committed"].as_i64().unwrap();

@@ -237,7 +237,7 @@ fn jobs_cancel_stops_a_running_load() {
         common::batches(&db) >= 2
     });
     let id = db.value("SELECT id::text FROM nexus.jobs").unwrap();
-    let r = db.run(&["jobs", "cancel", &id]);
+    let r = common::cancel_while_held(&db, "ev", || db.run(&["jobs", "cancel", &id]));
     assert_eq!(r.code, 0, "{r:?}");
     let out = child.take().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));

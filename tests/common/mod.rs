@@ -269,6 +269,40 @@ pub fn small_batch_model(db: &TestDb) -> PathBuf {
     )
 }
 
+/// Runs `cancel` (which asks the running load into `table` to cancel)
+/// while the table is held against writes, and lets go of it only once the
+/// load has looked for its cancel since: the load cannot end before it
+/// sees the cancel, however fast it runs (it looks every 600 ms).
+pub fn cancel_while_held<T>(db: &TestDb, table: &str, cancel: impl FnOnce() -> T) -> T {
+    let rt = runtime();
+    let holder = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN SHARE MODE"))
+            .await
+            .unwrap();
+        c
+    });
+    let out = cancel();
+    let asked = db.value("SELECT now()::text").unwrap();
+    wait_for(
+        "the load to look for its cancel",
+        Duration::from_secs(30),
+        || {
+            db.value(&format!(
+                "SELECT count(*)::text FROM pg_stat_activity
+                 WHERE datname = current_database()
+                   AND query LIKE 'SELECT cancel_requested FROM nexus.jobs%'
+                   AND state = 'idle' AND query_start > '{asked}'::timestamptz"
+            ))
+            .as_deref()
+                != Some("0")
+        },
+    );
+    rt.block_on(holder.batch_execute("COMMIT")).unwrap();
+    out
+}
+
 /// How many batches have committed, across all jobs.
 pub fn batches(db: &TestDb) -> i64 {
     db.value("SELECT count(*)::text FROM nexus.job_batches")
