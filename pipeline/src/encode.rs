@@ -248,7 +248,10 @@ pub fn encode_typed(col: &Column, v: Typed, out: &mut Vec<u8>) -> Result<(), Fie
     };
     let ranged = |n: f64| -> Result<(), FieldError> {
         let r = &col.rules;
-        if r.min.is_some() || r.max.is_some() || r.one_of.is_some() {
+        // The value's text is only the refusal's: made when it refuses.
+        if (r.min.is_some() || r.max.is_some() || r.one_of.is_some())
+            && check_range(r, n, "").is_err()
+        {
             check_range(r, n, &number_text(v))?;
         }
         Ok(())

@@ -96,13 +96,15 @@ fn is_email(v: &str) -> bool {
     }
     // Letters, digits, the specials and any non-ASCII byte; a dot not
     // first, not last and not after another.
-    if local[0] == b'.'
-        || local[local.len() - 1] == b'.'
-        || memchr::memmem::find(local, b"..").is_some()
-    {
-        return false;
+    let mut after_dot = true;
+    for &c in local {
+        let dot = c == b'.';
+        if !LOCAL_PART[c as usize] || (dot && after_dot) {
+            return false;
+        }
+        after_dot = dot;
     }
-    if !local.iter().all(|&c| LOCAL_PART[c as usize]) {
+    if after_dot {
         return false;
     }
     let (mut labels, mut label_len, mut label_start) = (0, 0usize, 0usize);
