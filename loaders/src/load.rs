@@ -725,12 +725,7 @@ impl Ahead {
         options: &JobOptions,
         skip: HashSet<u64>,
     ) -> Ahead {
-        let (tx, batches) = tokio::sync::mpsc::channel::<EncodedBatch>(
-            std::env::var("NEXUS_AHEAD")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(plan.connections() * 2),
-        );
+        let (tx, batches) = tokio::sync::mpsc::channel::<EncodedBatch>(plan.connections() * 2);
         let stop = shared.stop.clone();
         let sink =
             move |batch: EncodedBatch| !stop.is_cancelled() && tx.blocking_send(batch).is_ok();
@@ -790,10 +785,10 @@ impl Load {
         }
     }
 
-    /// [`Load::prepare`] but for the stages.
+    /// The claim half of [`Load::prepare`]: all of it but the early stages.
     async fn claimed(
         url: &str,
-        mut req: LoadRequest,
+        req: LoadRequest,
         progress: Arc<Progress>,
         started: Instant,
         shared: Arc<Shared>,
@@ -820,7 +815,6 @@ impl Load {
             catalog::ensure_table(&mut control, &req.model).await?;
         }
         let hash = hashing.await?;
-        req.file_hash = Some(hash.clone());
         let file = FileKey {
             model: &req.model_key,
             hash: &hash,

@@ -267,12 +267,13 @@ async fn run_stage(
         let Some(Queued { write: w, admitted }) = rx.lock().await.recv().await else {
             break;
         };
-        let rows = if writes_rows && !w.keys.is_empty() {
-            fetch(&mut db, &url, &model, &w.keys.texts()).await
+        let texts = w.keys.texts();
+        let rows = if writes_rows && !texts.is_empty() {
+            fetch(&mut db, &url, &model, &texts).await
         } else {
             None
         };
-        write_redis(&cache, &model, job, &w, rows).await;
+        write_redis(&cache, &model, job, &w, &texts, rows).await;
         // Whether Redis took the rows or not, servers drop the keys now.
         let announced = match connected(&mut db, &url).await {
             Some(c) => announce(c, &model.name, Some(&w.keys)).await.is_ok(),
@@ -343,10 +344,10 @@ async fn write_redis(
     model: &CachedModel,
     job: Uuid,
     w: &PendingWrite,
+    texts: &[String],
     rows: Option<Vec<(String, String)>>,
 ) {
     let Some(redis) = &cache.redis else { return };
-    let texts = w.keys.texts();
     let result = match rows {
         Some(rows) => {
             let (keys, json): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
@@ -363,7 +364,7 @@ async fn write_redis(
                 other => other,
             }
         }
-        None => redis.write(model, w.version, &texts, None).await,
+        None => redis.write(model, w.version, texts, None).await,
     };
     match result {
         Ok(_) => cache.cleared(job, Some(w.seq)),
