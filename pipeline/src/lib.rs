@@ -17,6 +17,7 @@ pub mod model;
 pub mod ndjson;
 pub mod plan;
 pub mod progress;
+pub mod row_json;
 pub mod runner;
 pub mod source;
 pub mod types;
