@@ -554,3 +554,324 @@ fn cache_commands_warm_invalidate_and_report() {
         2
     );
 }
+
+/// A model of every type, write-through, its key `id`; 40 rows a batch.
+const EVERY_TYPE: &str = r#"
+[models.every]
+table = "every"
+key = ["id"]
+batch_size = 40
+cache = { strategy = "write_through", ttl = "30m" }
+[[models.every.columns]]
+name = "id"
+type = "bigint"
+[[models.every.columns]]
+name = "small"
+type = "smallint"
+[[models.every.columns]]
+name = "n4"
+type = "int"
+[[models.every.columns]]
+name = "amount"
+type = "numeric(12,2)"
+[[models.every.columns]]
+name = "ratio"
+type = "numeric"
+[[models.every.columns]]
+name = "r4"
+type = "real"
+[[models.every.columns]]
+name = "r8"
+type = "double"
+[[models.every.columns]]
+name = "note"
+type = "text"
+[[models.every.columns]]
+name = "code"
+type = "varchar(12)"
+[[models.every.columns]]
+name = "cc"
+type = "char(3)"
+[[models.every.columns]]
+name = "flag"
+type = "boolean"
+[[models.every.columns]]
+name = "day"
+type = "date"
+[[models.every.columns]]
+name = "at"
+type = "timestamp"
+[[models.every.columns]]
+name = "at_tz"
+type = "timestamptz"
+[[models.every.columns]]
+name = "ext"
+type = "uuid"
+[[models.every.columns]]
+name = "doc"
+type = "jsonb"
+[[models.every.columns]]
+name = "raw"
+type = "bytea"
+"#;
+
+/// A CSV field, quoted unless empty (an empty field is NULL).
+fn quoted(v: &str) -> String {
+    if v.is_empty() {
+        return String::new();
+    }
+    format!("\"{}\"", v.replace('"', "\"\""))
+}
+
+/// `every` rows for these ids, values varied by id and `tag`; an empty
+/// field is NULL.
+fn every_rows(ids: impl IntoIterator<Item = i64>, tag: &str) -> String {
+    let pick = |i: i64, items: &[&str]| items[i as usize % items.len()].to_string();
+    let mut s =
+        String::from("id,small,n4,amount,ratio,r4,r8,note,code,cc,flag,day,at,at_tz,ext,doc,raw\n");
+    for i in ids {
+        let fields = [
+            i.to_string(),
+            pick(i, &["-32768", "7", "", "32767"]),
+            (i * 7919 - 100_000).to_string(),
+            pick(i, &["0", "-12.5", "9999999999.99", "1.005", ""]),
+            pick(
+                i,
+                &[
+                    "1e2",
+                    "-0.000",
+                    "NaN",
+                    "3.14159265358979323846",
+                    "-7",
+                    "Infinity",
+                ],
+            ),
+            pick(
+                i,
+                &[
+                    "4.46e9",
+                    "1.5",
+                    "-0",
+                    "NaN",
+                    "1e-7",
+                    "25540.5625",
+                    "Infinity",
+                    "3.4e38",
+                ],
+            ),
+            pick(
+                i,
+                &[
+                    "1.28666e21",
+                    "0.1",
+                    "-1e-300",
+                    "-Infinity",
+                    "123456789012345.6",
+                    "2.5",
+                ],
+            ),
+            quoted(&format!(
+                "{tag} {}",
+                pick(
+                    i,
+                    &[
+                        "plain",
+                        "a \"quote\"",
+                        "back\\slash",
+                        "line\nbreak",
+                        "tab\there",
+                        "é😀",
+                        "\u{1}ctl"
+                    ]
+                )
+            )),
+            pick(i, &["abc", "", "x y z", "twelve chars"]),
+            pick(i, &["a", "ab", "abc", "é"]),
+            pick(i, &["t", "f", "yes", "off", ""]),
+            pick(
+                i,
+                &[
+                    "2024-02-29",
+                    "0044-03-15 BC",
+                    "infinity",
+                    "1999-12-31",
+                    "5874897-12-31",
+                ],
+            ),
+            pick(
+                i,
+                &[
+                    "2024-01-01 12:00:00",
+                    "2000-01-01 00:00:00.5",
+                    "1999-12-31 23:59:59.999999",
+                    "-infinity",
+                    "0001-01-01 00:00:00 BC",
+                ],
+            ),
+            pick(
+                i,
+                &[
+                    "2024-01-01T12:00:00+05:30",
+                    "2000-01-01 00:00:00.000001Z",
+                    "1970-01-01 00:00:00-08",
+                    "infinity",
+                ],
+            ),
+            format!("00000000-0000-4000-8000-{i:012}"),
+            quoted(&pick(
+                i,
+                &[
+                    r#"{"b": 1, "a": [1, 2.50, {}], "b": "x\u00e9"}"#,
+                    "[]",
+                    r#""text""#,
+                    "1e3",
+                    r#"{"aa": null, "a": {"c": true, "bb": -0.0}}"#,
+                    "",
+                ],
+            )),
+            pick(i, &["\\x0001ff", "\\x", "", "\\xdeadbeef"]),
+        ];
+        s.push_str(&fields.join(","));
+        s.push('\n');
+    }
+    s
+}
+
+/// Every `every` key in Redis against PostgreSQL's `row_to_json` of its row
+/// (in a session with Nexus's pinned output settings): the keys whose
+/// entries differ, with what PostgreSQL prints, of the ids `from..=to`.
+/// The keys of `dropped` may hold a tombstone instead.
+fn every_mismatches(
+    db: &TestDb,
+    redis: &TestRedis,
+    (from, to): (i64, i64),
+    dropped: &[&str],
+) -> Vec<String> {
+    let mut c = redis.connection();
+    let mut wrong = Vec::new();
+    let rows = db.sql_pinned(&format!(
+        "SELECT id::text, row_to_json(t)::text FROM every t WHERE id BETWEEN {from} AND {to} ORDER BY id"
+    ));
+    for row in rows {
+        let (id, want): (String, String) = (row.get(0), row.get(1));
+        let got = entry(&mut c, &format!("{}:every:{id}", redis.prefix));
+        let json = got
+            .as_deref()
+            .and_then(|e| e.split_once('|'))
+            .map(|(_, j)| j);
+        if json == Some("") && dropped.contains(&id.as_str()) {
+            continue;
+        }
+        if json != Some(want.as_str()) {
+            wrong.push(format!("{id}: redis {got:?}\n   postgres {want}"));
+        }
+    }
+    wrong
+}
+
+#[test]
+fn cached_rows_are_what_row_to_json_prints_for_every_type() {
+    let db = TestDb::new();
+    let redis = TestRedis::new();
+    let models = db.file("every.toml", EVERY_TYPE);
+    let load = |mode: &str, csv: String| {
+        let file = db.file(&format!("every-{}.csv", uuid::Uuid::new_v4()), csv);
+        let mut c = db.nexus();
+        c.env("NEXUS_MODELS", &models).envs(redis.env());
+        run(c.args([
+            "load",
+            "--model",
+            "every",
+            "--mode",
+            mode,
+            file.to_str().unwrap(),
+        ]))
+    };
+    // An append whose ids 5 and 77 come twice: the second rows are refused
+    // (the primary key), the first ones stay.
+    let mut csv = every_rows(1..=200, "first");
+    csv.push_str(
+        &every_rows([5, 77], "again")
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    csv.push('\n');
+    let r = load("append", csv);
+    assert_eq!(r.code, 0, "{r:?}");
+    let rejects: Vec<String> = db
+        .sql("SELECT line::text || ': ' || reason FROM nexus.rejects ORDER BY line")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rejects.len(), 2, "{rejects:#?}");
+    assert_eq!(db.count("every"), 200);
+    let wrong = every_mismatches(&db, &redis, (1, 260), &["5", "77"]);
+    assert!(
+        wrong.is_empty(),
+        "{} differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    // The refused rows' keys were dropped, not written with the refused
+    // values: a tombstone, or the committed row.
+    let mut c = redis.connection();
+    for id in [5, 77] {
+        let e = entry(&mut c, &format!("{}:every:{id}", redis.prefix)).unwrap();
+        assert!(!e.contains("again"), "{e}");
+    }
+
+    // An upsert changing ids 100..=260 with each id twice in a batch: the
+    // last row of an id wins, in the table and in Redis.
+    let mut csv =
+        String::from("id,small,n4,amount,ratio,r4,r8,note,code,cc,flag,day,at,at_tz,ext,doc,raw\n");
+    for chunk in (100..=260).collect::<Vec<i64>>().chunks(10) {
+        for tag in ["older", "newer"] {
+            csv.push_str(
+                &every_rows(chunk.iter().copied(), tag)
+                    .lines()
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+            csv.push('\n');
+        }
+    }
+    let r = load("upsert", csv);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(db.count("every"), 260);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM every WHERE note LIKE 'older%'")[0].get::<_, i64>(0),
+        0
+    );
+    let wrong = every_mismatches(&db, &redis, (1, 260), &["5", "77"]);
+    assert!(
+        wrong.is_empty(),
+        "{} differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+
+    // A table that adds to what it is sent (a default, a trigger) is read
+    // back after the commit instead: still the stored row.
+    db.exec(
+        "ALTER TABLE every ADD COLUMN loaded_at timestamptz DEFAULT '2030-01-01 00:00:00+00';
+         CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN NEW.note := upper(NEW.note); RETURN NEW; END $$;
+         CREATE TRIGGER shout BEFORE INSERT OR UPDATE ON every FOR EACH ROW EXECUTE FUNCTION shout()",
+    );
+    let r = load("upsert", every_rows(250..=300, "third"));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM every WHERE note LIKE 'THIRD%'")[0].get::<_, i64>(0),
+        51
+    );
+    let wrong = every_mismatches(&db, &redis, (250, 300), &[]);
+    assert!(
+        wrong.is_empty(),
+        "{} differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}

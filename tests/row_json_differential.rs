@@ -74,7 +74,8 @@ fn json_number(g: &mut Gen) -> String {
         }
     }
     if g.chance(30) {
-        s.push_str(*g.pick(&["e", "E", "e+", "e-", "E-"]));
+        let e: &&str = g.pick(&["e", "E", "e+", "e-", "E-"]);
+        s.push_str(e);
         s.push_str(&g.below(40).to_string());
     }
     s

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexus_pipeline::progress::Progress;
+use nexus_pipeline::row_json::RowJson;
 use nexus_pipeline::runner::{self, RunOptions};
 use nexus_pipeline::{EncodedBatch, Model, source};
 use serde::Serialize;
@@ -20,7 +21,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::cache::{BatchCache, Cache, CachedModel};
+use crate::cache::{BatchCache, Cache, CachedModel, from_batch};
 use crate::catalog;
 use crate::gate::SeqGate;
 use crate::jobs::{self, JobRecord, NewJob, Superseded};
@@ -981,11 +982,21 @@ impl Load {
             timezone: req.model.input.timezone.session_setting(),
             retry: req.retry,
         });
-        let cache = req.cache.as_ref().and_then(|c| {
-            let model = CachedModel::of(&req.model)?;
-            BatchCache::start(c.clone(), model, &target.columns, self.job_id, &self.url)
+        let cache = match req.cache.as_ref().zip(CachedModel::of(&req.model)) {
+            Some((c, model)) => {
+                let json = self.row_json(c, &target).await;
+                BatchCache::start(
+                    c.clone(),
+                    model,
+                    &target.columns,
+                    json,
+                    self.job_id,
+                    &self.url,
+                )
                 .map(Arc::new)
-        });
+            }
+            None => None,
+        };
         let writers = Writers {
             url: &self.url,
             target,
@@ -1003,6 +1014,23 @@ impl Load {
         if let Some(c) = &cache {
             c.finish().await;
         }
+    }
+
+    /// How the cache prints this load's rows from its batches, when Redis
+    /// takes them and the table stores what the batches send; a catalog
+    /// that cannot be read leaves the stage reading rows back.
+    async fn row_json(&self, cache: &Cache, target: &Target) -> Option<RowJson> {
+        if !cache.has_redis() || matches!(self.plan, WriterPlan::Whole { .. }) {
+            return None;
+        }
+        let types = target.plan.column_types();
+        let upsert = target.mode == Mode::Upsert;
+        from_batch::row_json(&*self.control, &target.table, &target.columns, &types, upsert)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "reading the table's shape failed; the cache reads rows back");
+                None
+            })
     }
 
     /// Gives the job its verdict and closes it. When the database cannot be

@@ -57,6 +57,24 @@ impl SslMode {
     }
 }
 
+/// Settings every session of Nexus starts with, so that what the server
+/// prints for it does not depend on the server's configuration: the
+/// cache's rows are `row_to_json` as such a session prints them, whether
+/// read back or made from a batch (nexus_pipeline's `row_json`). A writer
+/// sets its load's `TimeZone` after them, for the values it has the
+/// server read.
+pub const PINNED_OUTPUT: &str = "-c TimeZone=UTC -c extra_float_digits=1 -c bytea_output=hex";
+
+/// Adds session settings (`-c name=value …`) after those already given:
+/// the later setting of a name wins.
+pub fn add_options(config: &mut Config, ours: &str) {
+    let options = match config.get_options() {
+        Some(given) => format!("{given} {ours}"),
+        None => ours.to_string(),
+    };
+    config.options(&options);
+}
+
 /// A database URL read: the driver's configuration and the TLS it asks for.
 #[derive(Clone)]
 pub struct Database {
@@ -80,6 +98,7 @@ impl Database {
             Some((word, None)) => (add_word(&rest, "sslmode", word), SslMode::Disable),
         };
         let mut config: Config = rest.parse()?;
+        add_options(&mut config, PINNED_OUTPUT);
         config.ssl_mode(match mode {
             SslMode::Disable => DriverMode::Disable,
             SslMode::Prefer => DriverMode::Prefer,

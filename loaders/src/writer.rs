@@ -25,6 +25,7 @@ use tokio_postgres::{Client, Statement, ToStatement, Transaction};
 use uuid::Uuid;
 
 use crate::cache::BatchCache;
+use crate::cache::from_batch::BatchRows;
 use crate::conflicts::{self, UniqueIndex};
 use crate::gate::SeqGate;
 use crate::pg::{ErrorKind, Retry, classify, describe};
@@ -195,13 +196,10 @@ impl Session {
         // Session settings as startup parameters: the session never exists
         // without them, not even for a moment after it connects.
         let mut database = crate::tls::Database::parse(url)?;
-        let ours = format!("-c synchronous_commit=off -c TimeZone={timezone}");
         let config = &mut database.config;
-        let options = match config.get_options() {
-            Some(given) => format!("{given} {ours}"),
-            None => ours,
-        };
-        config.application_name("nexus writer").options(&options);
+        let ours = format!("-c synchronous_commit=off -c TimeZone={timezone}");
+        crate::tls::add_options(config, &ours);
+        config.application_name("nexus writer");
         database.connect().await
     }
 }
@@ -400,7 +398,11 @@ impl BatchWriter {
         let Session { client, statements } = &mut self.session;
         let mut tx = client.transaction().await?;
         let mut rejects = parts.batch.rejects.clone();
-        let committed = self.rows.apply(&mut tx, parts, gate, &mut rejects).await?;
+        let mut refused = Vec::new();
+        let committed = self
+            .rows
+            .apply(&mut tx, parts, gate, &mut rejects, &mut refused)
+            .await?;
         let done = Committed {
             committed,
             rejected: rejects.len() as u64,
@@ -421,7 +423,18 @@ impl BatchWriter {
         let pending = match (cache, version) {
             (Some(c), Some(v)) => {
                 let keys = c.keys(&parts.body, &parts.batch.rows);
-                Some(c.before_commit(tx.client(), parts.seq, v, keys).await?)
+                let rows = c.takes_rows().then(|| {
+                    refused.sort_unstable();
+                    BatchRows {
+                        body: parts.body.clone(),
+                        rows: parts.batch.rows.clone(),
+                        refused,
+                    }
+                });
+                Some(
+                    c.before_commit(tx.client(), parts.seq, v, keys, rows)
+                        .await?,
+                )
             }
             _ => None,
         };
@@ -483,7 +496,7 @@ impl WholeLoad<'_> {
         let mut rejects = parts.batch.rejects.clone();
         let committed = self
             .rows
-            .apply(&mut self.tx, &parts, None, &mut rejects)
+            .apply(&mut self.tx, &parts, None, &mut rejects, &mut Vec::new())
             .await?;
         let done = Committed {
             committed,
@@ -532,13 +545,15 @@ impl WholeLoad<'_> {
 
 impl Rows {
     /// Loads the batch's rows; rows the database refuses are narrowed out
-    /// into `rejects`. Returns how many rows were applied.
+    /// into `rejects` (and their indices into `refused`). Returns how many
+    /// rows were applied.
     async fn apply(
         &mut self,
         tx: &mut Transaction<'_>,
         parts: &Parts<'_>,
         gate: Option<&SeqGate>,
         rejects: &mut Vec<Reject>,
+        refused: &mut Vec<u32>,
     ) -> Result<u64, WriteError> {
         let rows = &parts.batch.rows;
         if rows.is_empty() {
@@ -584,7 +599,9 @@ impl Rows {
             let mut rest = work.pop().unwrap_or_default();
             let mut found = 0;
             for index in self.hot.clone() {
-                let (keep, n) = self.probe(tx, parts, rest, &index, true, rejects).await?;
+                let (keep, n) = self
+                    .probe(tx, parts, rest, &index, true, rejects, refused)
+                    .await?;
                 rest = keep;
                 found += n;
                 probed.push(index.name);
@@ -640,9 +657,12 @@ impl Rows {
                             self.hot.push(index.clone());
                         }
                         self.cold_batches = 0;
-                        let (keep, _) = self.probe(tx, parts, list, &index, false, rejects).await?;
+                        let (keep, _) = self
+                            .probe(tx, parts, list, &index, false, rejects, refused)
+                            .await?;
                         work.push(keep);
                     } else if list.len() == 1 {
+                        refused.push(list[0]);
                         let column = e.as_db_error().and_then(|d| d.column()).map(str::to_string);
                         rejects.push(parts.batch.reject_row(
                             list[0] as usize,
@@ -704,6 +724,7 @@ impl Rows {
     /// the COPY (`ahead`), integer keys beyond the bounds the table had at
     /// this writer's first such probe are not looked up: one that collides
     /// all the same fails the COPY, and the probe after it looks up all.
+    #[allow(clippy::too_many_arguments)]
     async fn probe(
         &mut self,
         tx: &mut Transaction<'_>,
@@ -712,6 +733,7 @@ impl Rows {
         index: &UniqueIndex,
         ahead: bool,
         rejects: &mut Vec<Reject>,
+        refused: &mut Vec<u32>,
     ) -> Result<(Vec<u32>, usize), tokio_postgres::Error> {
         let bounds = match self.key_bounds.get(&index.name) {
             Some(b) if ahead => *b,
@@ -765,6 +787,7 @@ impl Rows {
         let mut conflicting: Vec<u32> = Vec::with_capacity(found.len());
         for (i, reason) in &found {
             conflicting.push(*i);
+            refused.push(*i);
             rejects.push(parts.batch.reject_row(*i as usize, None, reason.clone()));
         }
         conflicting.sort_unstable();

@@ -64,8 +64,8 @@ impl RowJson {
     }
 
     /// Appends the JSON of one binary COPY row (its field count, then each
-    /// field's length and bytes) to `out`; on an error `out` holds a
-    /// partial row the caller drops.
+    /// field's length and bytes; fields beyond the columns' are ignored) to
+    /// `out`; on an error `out` holds a partial row the caller drops.
     pub fn write(&self, row: &[u8], out: &mut Vec<u8>) -> Result<(), Unwritable> {
         let mut fields: [Option<&[u8]>; 64] = [None; 64];
         let mut more: Vec<Option<&[u8]>> = Vec::new();
@@ -95,8 +95,9 @@ impl RowJson {
 fn split_fields<'a>(row: &'a [u8], slots: &mut [Option<&'a [u8]>]) -> Result<(), Unwritable> {
     let bad = Unwritable("a malformed COPY row");
     let count = row.get(..2).ok_or(bad.clone())?;
-    if i16::from_be_bytes([count[0], count[1]]) as usize != slots.len() {
-        return Err(Unwritable("a COPY row with another number of fields"));
+    // A row may carry more fields (an upsert's line number) after these.
+    if (i16::from_be_bytes([count[0], count[1]]) as usize) < slots.len() {
+        return Err(Unwritable("a COPY row with fewer fields"));
     }
     let mut at = 2usize;
     for slot in slots.iter_mut() {

@@ -282,11 +282,7 @@ pub(crate) fn pool(url: &str, config: &Config) -> anyhow::Result<deadpool_postgr
         "-c statement_timeout={}",
         config.request_timeout.as_millis()
     );
-    let options = match pg.get_options() {
-        Some(given) => format!("{given} {ours}"),
-        None => ours,
-    };
-    pg.options(&options);
+    nexus_loaders::tls::add_options(&mut pg, &ours);
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         database.tls,

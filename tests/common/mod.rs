@@ -68,6 +68,15 @@ impl TestDb {
         exec(&self.url, sql)
     }
 
+    /// [`TestDb::sql`] in a session with the output settings every session
+    /// of Nexus pins (`nexus_loaders::tls::PINNED_OUTPUT`).
+    pub fn sql_pinned(&self, sql: &str) -> Vec<Row> {
+        let options = nexus_loaders::tls::PINNED_OUTPUT
+            .replace(' ', "%20")
+            .replace('=', "%3D");
+        exec(&format!("{}?options={options}", self.url), sql)
+    }
+
     /// Runs statements that return nothing (several allowed).
     pub fn exec(&self, sql: &str) {
         runtime().block_on(async {

@@ -18,6 +18,7 @@
 //!   by flushing the model when Redis answers again.
 
 mod behind;
+pub mod from_batch;
 pub mod invalidated;
 pub mod keys;
 mod local;
@@ -293,7 +294,11 @@ impl Cache {
         }
         if let Some(redis) = &self.redis {
             match keys {
-                Some(k) => redis.write(model, version, k, None).await?,
+                Some(k) => {
+                    let tombstones: Vec<from_batch::Entry> =
+                        k.iter().map(|k| (k.clone(), None)).collect();
+                    redis.write(model, version, &tombstones).await?
+                }
                 None => redis.flush(&model.name, version).await?,
             };
         }

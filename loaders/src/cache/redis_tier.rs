@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
+use super::from_batch::Entry;
 use super::stats::Stats;
 use super::{CacheError, CachedModel};
 
@@ -31,13 +32,16 @@ fn entry(version: i64, json: &str) -> String {
 
 /// Replaces each key's entry unless it holds this version or a newer one.
 /// Versions are written zero-padded to a fixed width, so the comparison
-/// reads only an entry's first bytes. KEYS: entries; ARGV: padded version,
-/// ttl ms, then one whole entry per key.
+/// reads only an entry's first bytes; a key with no entry (the common case
+/// of a first load) takes one command. KEYS: entries; ARGV: padded
+/// version, ttl ms, then one whole entry per key.
 const WRITE: &str = r#"
 local v = ARGV[1]
 local n = 0
 for i, k in ipairs(KEYS) do
-  if redis.call('GETRANGE', k, 0, 18) < v then
+  if redis.call('SET', k, ARGV[i + 2], 'NX', 'PX', ARGV[2]) then
+    n = n + 1
+  elseif redis.call('GETRANGE', k, 0, 18) < v then
     redis.call('SET', k, ARGV[i + 2], 'PX', ARGV[2])
     n = n + 1
   end
@@ -269,42 +273,41 @@ impl RedisTier {
         .map(|_| ())
     }
 
-    /// Versioned writes: rows (`payloads`, one per key) or tombstones.
+    /// Versioned writes of entries: a key's row, or a tombstone. Chunks
+    /// go out together (pipelined on the one connection), each a script
+    /// call short enough not to stall readers.
     pub(super) async fn write(
         &self,
         model: &CachedModel,
         version: i64,
-        keys: &[String],
-        payloads: Option<&[String]>,
+        entries: &[Entry],
     ) -> Result<u64, CacheError> {
         let ttl = ms(model.ttl);
-        let padded = entry(version, "");
-        let padded = &padded[..VERSION_WIDTH];
-        let mut written = 0u64;
-        for (i, chunk) in keys.chunks(CHUNK).enumerate() {
+        let head = entry(version, "");
+        let padded = &head[..VERSION_WIDTH];
+        let calls = entries.chunks(CHUNK).map(|chunk| {
             let mut inv = self.write.prepare_invoke();
-            for k in chunk {
+            for (k, _) in chunk {
                 inv.key(self.key(&model.name, k));
             }
             inv.arg(padded).arg(ttl);
-            match payloads {
-                Some(p) => {
-                    for json in &p[i * CHUNK..i * CHUNK + chunk.len()] {
-                        inv.arg(entry(version, json));
-                    }
-                }
-                None => {
-                    let tombstone = entry(version, "");
-                    for _ in chunk {
-                        inv.arg(&tombstone);
-                    }
-                }
+            for (_, json) in chunk {
+                let json = json.as_deref().unwrap_or_default();
+                let mut e = Vec::with_capacity(head.len() + json.len());
+                e.extend_from_slice(head.as_bytes());
+                e.extend_from_slice(json);
+                inv.arg(e);
             }
-            written += self
-                .call(async |c| inv.invoke_async::<u64>(c).await)
-                .await?;
-        }
-        Ok(written)
+            inv
+        });
+        let calls: Vec<_> = calls.collect();
+        let written = futures_util::future::try_join_all(
+            calls
+                .iter()
+                .map(|inv| self.call(async |c| inv.invoke_async::<u64>(c).await)),
+        )
+        .await?;
+        Ok(written.iter().sum())
     }
 
     /// Sets rows that are absent, unless the model was flushed meanwhile.

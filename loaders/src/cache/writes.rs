@@ -3,10 +3,11 @@
 //! it also announces its keys there (NOTIFY, delivered at the COMMIT; see
 //! notice.rs for their compact form), and every server drops them from
 //! memory. With Redis the batch goes, after the
-//! COMMIT, to the load's cache stage — workers with connections of their
-//! own that read the committed rows back as JSON (for the strategies that
-//! write them; reading after the COMMIT is safe, the rows are then at least
-//! as new as the batch's version), write Redis, and only then announce the
+//! COMMIT, to the load's cache stage — workers that make the committed
+//! rows' JSON from the batch itself where the table stores exactly what it
+//! sent (from_batch.rs), else read them back with connections of their
+//! own (reading after the COMMIT is safe, the rows are then at least as
+//! new as the batch's version), write Redis, and only then announce the
 //! keys, so that no server refills its memory from the Redis entry being
 //! replaced. Write-through batches wait for room in the stage (the cache
 //! keeps up or slows the load) and the job ends only when the stage has
@@ -22,12 +23,14 @@ use std::time::Duration;
 
 use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::model::CacheStrategy;
+use nexus_pipeline::row_json::RowJson;
 use nexus_pipeline::types::ColumnType;
 use tokio::sync::mpsc;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::behind::Admitted;
+use super::from_batch::{BatchRows, Entry};
 use super::keys::BatchKeys;
 use super::notice::notices;
 use super::{Cache, CacheError, CachedModel, keys};
@@ -50,6 +53,8 @@ pub struct BatchCache {
     pub model: Arc<CachedModel>,
     /// The key's position among the COPY columns.
     key_field: usize,
+    /// How rows print from the batch; `None`: the stage reads them back.
+    json: Option<Arc<RowJson>>,
     job_id: Uuid,
     /// The stage's queue and workers; `None` without Redis.
     stage: Mutex<Option<Stage>>,
@@ -70,20 +75,28 @@ pub struct PendingWrite {
     version: i64,
     keys: BatchKeys,
     seq: i64,
+    /// The batch's rows, when the stage makes their JSON from them.
+    rows: Option<BatchRows>,
 }
 
 impl BatchCache {
-    /// For a load into `columns` (COPY order) of `database_url`; `None` if
-    /// the key is not among the loaded columns.
+    /// For a load into `columns` (COPY order) of `database_url`, its rows
+    /// printed by `json` when the batches say all of them
+    /// (`from_batch::row_json`); `None` if the key is not among the loaded
+    /// columns.
     pub fn start(
         cache: Arc<Cache>,
         model: CachedModel,
         columns: &[String],
+        json: Option<RowJson>,
         job_id: Uuid,
         database_url: &str,
     ) -> Option<BatchCache> {
         let key_field = columns.iter().position(|c| *c == model.key_column)?;
         let model = Arc::new(model);
+        let json = json
+            .filter(|_| model.strategy != CacheStrategy::CacheAside)
+            .map(Arc::new);
         let stage = cache.redis.is_some().then(|| {
             let capacity = match model.strategy {
                 // Bounded in rows by the process's write-behind budget.
@@ -97,6 +110,7 @@ impl BatchCache {
                     tokio::spawn(run_stage(
                         cache.clone(),
                         model.clone(),
+                        (json.clone(), key_field),
                         job_id,
                         database_url.to_string(),
                         rx.clone(),
@@ -109,6 +123,7 @@ impl BatchCache {
             cache,
             model,
             key_field,
+            json,
             job_id,
             stage: Mutex::new(stage),
         })
@@ -117,6 +132,12 @@ impl BatchCache {
     /// Whether a batch's checkpoint waits for a Redis write.
     pub fn pends(&self) -> bool {
         self.cache.redis.is_some()
+    }
+
+    /// Whether the stage makes rows' JSON from the batch, which then
+    /// hands its rows over.
+    pub fn takes_rows(&self) -> bool {
+        self.cache.redis.is_some() && self.json.is_some()
     }
 
     /// The canonical keys of a batch's rows, each once. Integer keys are
@@ -147,12 +168,14 @@ impl BatchCache {
     }
 
     /// Inside the batch's transaction: without Redis, announces the keys.
+    /// `rows` are the batch's, when the stage takes them ([`Self::takes_rows`]).
     pub async fn before_commit(
         &self,
         db: &impl GenericClient,
         seq: u64,
         version: i64,
         keys: BatchKeys,
+        rows: Option<BatchRows>,
     ) -> Result<PendingWrite, tokio_postgres::Error> {
         if self.cache.redis.is_none() {
             announce(db, &self.model.name, Some(&keys)).await?;
@@ -161,6 +184,7 @@ impl BatchCache {
             version,
             keys,
             seq: seq as i64,
+            rows: rows.filter(|_| self.takes_rows()),
         })
     }
 
@@ -251,12 +275,13 @@ impl BatchCache {
     }
 }
 
-/// One worker of the stage: reads committed rows back and writes the
-/// tiers, batch by batch. Workers may finish batches out of order; the
-/// versions keep the later commit of a key in both tiers.
+/// One worker of the stage: makes the committed rows' JSON (or reads it
+/// back) and writes the tiers, batch by batch. Workers may finish batches
+/// out of order; the versions keep the later commit of a key in both tiers.
 async fn run_stage(
     cache: Arc<Cache>,
     model: Arc<CachedModel>,
+    (json, key_field): (Option<Arc<RowJson>>, usize),
     job: Uuid,
     url: String,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
@@ -264,16 +289,36 @@ async fn run_stage(
     let writes_rows = model.strategy != CacheStrategy::CacheAside;
     let mut db: Option<tokio_postgres::Client> = None;
     loop {
-        let Some(Queued { write: w, admitted }) = rx.lock().await.recv().await else {
+        let Some(Queued {
+            write: mut w,
+            admitted,
+        }) = rx.lock().await.recv().await
+        else {
             break;
         };
-        let texts = w.keys.texts();
-        let rows = if writes_rows && !texts.is_empty() {
-            fetch(&mut db, &url, &model, &texts).await
-        } else {
-            None
+        let entries = match (w.rows.take(), &json) {
+            (Some(rows), Some(json)) => {
+                let (json, key_type) = (json.clone(), model.key_type);
+                // Printing a batch is CPU work: off the runtime's threads.
+                tokio::task::spawn_blocking(move || rows.entries(&json, key_field, key_type))
+                    .await
+                    .ok()
+            }
+            _ => None,
         };
-        write_redis(&cache, &model, job, &w, &texts, rows).await;
+        let entries = match entries {
+            Some(e) => e,
+            None => {
+                let texts = w.keys.texts();
+                let rows = if writes_rows && !texts.is_empty() {
+                    fetch(&mut db, &url, &model, &texts).await
+                } else {
+                    None
+                };
+                read_back_entries(&texts, rows)
+            }
+        };
+        write_redis(&cache, &model, job, &w, &entries).await;
         // Whether Redis took the rows or not, servers drop the keys now.
         let announced = match connected(&mut db, &url).await {
             Some(c) => announce(c, &model.name, Some(&w.keys)).await.is_ok(),
@@ -284,6 +329,26 @@ async fn run_stage(
         }
         drop(admitted);
     }
+}
+
+/// The entries for keys whose rows were read back (`None`: they could not
+/// be): keys without a committed row (refused by the database) hold
+/// nothing new, and a tombstone keeps them from serving an old value.
+fn read_back_entries(keys: &[String], rows: Option<Vec<(String, String)>>) -> Vec<Entry> {
+    let Some(rows) = rows else {
+        return keys.iter().map(|k| (k.clone(), None)).collect();
+    };
+    let mut entries: Vec<Entry> = rows
+        .into_iter()
+        .map(|(k, json)| (k, Some(json.into_bytes())))
+        .collect();
+    let gone: Vec<Entry> = keys
+        .iter()
+        .filter(|k| entries.binary_search_by(|e| e.0.cmp(k)).is_err())
+        .map(|k| (k.clone(), None))
+        .collect();
+    entries.extend(gone);
+    entries
 }
 
 /// How long the stage worker retries connecting before it carries on
@@ -344,29 +409,10 @@ async fn write_redis(
     model: &CachedModel,
     job: Uuid,
     w: &PendingWrite,
-    texts: &[String],
-    rows: Option<Vec<(String, String)>>,
+    entries: &[Entry],
 ) {
     let Some(redis) = &cache.redis else { return };
-    let result = match rows {
-        Some(rows) => {
-            let (keys, json): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
-            // Keys without a committed row (refused by the database) hold
-            // nothing new: a tombstone keeps them from serving an old value.
-            let gone: Vec<String> = texts
-                .iter()
-                .filter(|k| keys.binary_search(k).is_err())
-                .cloned()
-                .collect();
-            let written = redis.write(model, w.version, &keys, Some(&json)).await;
-            match written {
-                Ok(_) if !gone.is_empty() => redis.write(model, w.version, &gone, None).await,
-                other => other,
-            }
-        }
-        None => redis.write(model, w.version, texts, None).await,
-    };
-    match result {
+    match redis.write(model, w.version, entries).await {
         Ok(_) => cache.cleared(job, Some(w.seq)),
         Err(e) => redis.failed(&e),
     }

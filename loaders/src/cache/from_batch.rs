@@ -1,0 +1,161 @@
+//! The cache's rows made from the batches a load committed, instead of
+//! reading them back: a row's JSON is what `row_to_json` prints for it
+//! (nexus_pipeline's `row_json`), which holds when the table stores
+//! exactly what the batch sent. That is checked once per load in the
+//! catalog: a plain table, no triggers of its own (they could change a
+//! row), every column either loaded with the model's type or — appends
+//! only — left out without a default (so NULL). Otherwise the stage reads
+//! rows back as before.
+
+use bytes::Bytes;
+use nexus_pipeline::batch::EncodedRow;
+use nexus_pipeline::row_json::RowJson;
+use nexus_pipeline::types::ColumnType;
+use tokio_postgres::GenericClient;
+
+use super::keys;
+
+/// How a load's rows print, if its batches say all of it; `None` when the
+/// table may store something else.
+pub async fn row_json(
+    db: &impl GenericClient,
+    table: &str,
+    columns: &[String],
+    types: &[ColumnType],
+    upsert: bool,
+) -> Result<Option<RowJson>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                    c.relkind = 'r'
+                      AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+             FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+             WHERE c.oid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&table],
+        )
+        .await?;
+    let mut shape = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (name, ty, defaulted, plain): (String, String, bool, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        if !plain {
+            return Ok(None);
+        }
+        let Ok(ty) = ColumnType::parse(&ty) else {
+            return Ok(None);
+        };
+        match columns.iter().position(|c| *c == name) {
+            Some(i) if types.get(i) == Some(&ty) => shape.push((name, ty, Some(i))),
+            None if !upsert && !defaulted => shape.push((name, ty, None)),
+            _ => return Ok(None),
+        }
+    }
+    if shape.iter().filter(|c| c.2.is_some()).count() != columns.len() {
+        return Ok(None);
+    }
+    Ok(Some(RowJson::new(
+        shape.iter().map(|(n, ty, f)| (n.as_str(), *ty, *f)),
+    )))
+}
+
+/// A committed batch's rows, for the cache to print.
+pub struct BatchRows {
+    pub body: Bytes,
+    pub rows: Vec<EncodedRow>,
+    /// Rows the database refused (indices into `rows`, in order).
+    pub refused: Vec<u32>,
+}
+
+/// A key and what the cache is to hold for it: the row's JSON, or nothing
+/// (a tombstone).
+pub type Entry = (String, Option<Vec<u8>>);
+
+impl BatchRows {
+    /// Every key of the batch with its row as committed: for a key loaded
+    /// twice, the last row (an upsert keeps it; an append refuses the
+    /// second); keys whose rows were all refused, or whose JSON cannot be
+    /// made, get a tombstone. Sorted by key.
+    pub fn entries(&self, json: &RowJson, key_field: usize, key_type: ColumnType) -> Vec<Entry> {
+        let mut refused = self.refused.iter().peekable();
+        let mut entries: Vec<(String, u32, Option<Vec<u8>>)> = Vec::with_capacity(self.rows.len());
+        for (i, r) in self.rows.iter().enumerate() {
+            let Some(row) = self.body.get(r.start as usize..r.end as usize) else {
+                continue;
+            };
+            let Some(key) = keys::from_binary_row(row, key_field, key_type) else {
+                continue;
+            };
+            while refused.next_if(|&&x| (x as usize) < i).is_some() {}
+            if refused.next_if(|&&x| x as usize == i).is_some() {
+                entries.push((key, 0, None));
+                continue;
+            }
+            let mut out = Vec::with_capacity(row.len() + 64);
+            let printed = json.write(row, &mut out).ok().map(|()| out);
+            // Committed rows rank above refused ones, later above earlier.
+            entries.push((key, i as u32 + 1, printed));
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        entries.dedup_by(|later, kept| later.0 == kept.0);
+        entries.into_iter().map(|(k, _, j)| (k, j)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, name: &str) -> Vec<u8> {
+        let mut r = vec![0, 2];
+        r.extend_from_slice(&8i32.to_be_bytes());
+        r.extend_from_slice(&id.to_be_bytes());
+        r.extend_from_slice(&(name.len() as i32).to_be_bytes());
+        r.extend_from_slice(name.as_bytes());
+        r
+    }
+
+    #[test]
+    fn the_last_committed_row_of_a_key_wins_and_refused_keys_are_dropped() {
+        let mut body = Vec::new();
+        let mut rows = Vec::new();
+        for (i, (id, name)) in [(1, "a"), (2, "b"), (1, "c"), (3, "d"), (2, "e")]
+            .iter()
+            .enumerate()
+        {
+            let start = body.len() as u32;
+            body.extend_from_slice(&row(*id, name));
+            rows.push(EncodedRow {
+                start,
+                end: body.len() as u32,
+                record: i as u32,
+            });
+        }
+        // The second row of key 2 and the only row of key 3 were refused.
+        let batch = BatchRows {
+            body: Bytes::from(body),
+            rows,
+            refused: vec![3, 4],
+        };
+        let json = RowJson::new([
+            ("id", ColumnType::BigInt, Some(0)),
+            ("name", ColumnType::Text, Some(1)),
+        ]);
+        let entries = batch.entries(&json, 0, ColumnType::BigInt);
+        let text = |e: &Entry| {
+            e.1.as_ref()
+                .map(|j| String::from_utf8_lossy(j).into_owned())
+        };
+        let got: Vec<(String, Option<String>)> =
+            entries.iter().map(|e| (e.0.clone(), text(e))).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("1".into(), Some(r#"{"id":1,"name":"c"}"#.into())),
+                ("2".into(), Some(r#"{"id":2,"name":"b"}"#.into())),
+                ("3".into(), None),
+            ]
+        );
+    }
+}
