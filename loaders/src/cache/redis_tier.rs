@@ -32,16 +32,13 @@ fn entry(version: i64, json: &str) -> String {
 
 /// Replaces each key's entry unless it holds this version or a newer one.
 /// Versions are written zero-padded to a fixed width, so the comparison
-/// reads only an entry's first bytes; a key with no entry (the common case
-/// of a first load) takes one command. KEYS: entries; ARGV: padded
-/// version, ttl ms, then one whole entry per key.
+/// reads only an entry's first bytes. KEYS: entries; ARGV: padded version,
+/// ttl ms, then one whole entry per key.
 const WRITE: &str = r#"
 local v = ARGV[1]
 local n = 0
 for i, k in ipairs(KEYS) do
-  if redis.call('SET', k, ARGV[i + 2], 'NX', 'PX', ARGV[2]) then
-    n = n + 1
-  elseif redis.call('GETRANGE', k, 0, 18) < v then
+  if redis.call('GETRANGE', k, 0, 18) < v then
     redis.call('SET', k, ARGV[i + 2], 'PX', ARGV[2])
     n = n + 1
   end
@@ -273,9 +270,11 @@ impl RedisTier {
         .map(|_| ())
     }
 
-    /// Versioned writes of entries: a key's row, or a tombstone. Chunks
-    /// go out together (pipelined on the one connection), each a script
-    /// call short enough not to stall readers.
+    /// Versioned writes of entries: a key's row, or a tombstone. A key
+    /// without an entry (most keys of a load) takes its entry by a plain
+    /// `SET … NX`, the whole batch in one pipeline; the others go through
+    /// the script, which compares versions, in chunks sent together. Both
+    /// leave room for readers between commands or chunks.
     pub(super) async fn write(
         &self,
         model: &CachedModel,
@@ -284,30 +283,53 @@ impl RedisTier {
     ) -> Result<u64, CacheError> {
         let ttl = ms(model.ttl);
         let head = entry(version, "");
+        let whole = |json: &Option<Vec<u8>>| {
+            let json = json.as_deref().unwrap_or_default();
+            let mut e = Vec::with_capacity(head.len() + json.len());
+            e.extend_from_slice(head.as_bytes());
+            e.extend_from_slice(json);
+            e
+        };
+        let mut absent = redis::pipe();
+        for (k, json) in entries {
+            absent
+                .cmd("SET")
+                .arg(self.key(&model.name, k))
+                .arg(whole(json))
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl);
+        }
+        let set: Vec<Option<String>> = self.call(async |c| absent.query_async(c).await).await?;
+        drop(absent);
+        let rest: Vec<&Entry> = entries
+            .iter()
+            .zip(&set)
+            .filter(|(_, s)| s.is_none())
+            .map(|(e, _)| e)
+            .collect();
         let padded = &head[..VERSION_WIDTH];
-        let calls = entries.chunks(CHUNK).map(|chunk| {
-            let mut inv = self.write.prepare_invoke();
-            for (k, _) in chunk {
-                inv.key(self.key(&model.name, k));
-            }
-            inv.arg(padded).arg(ttl);
-            for (_, json) in chunk {
-                let json = json.as_deref().unwrap_or_default();
-                let mut e = Vec::with_capacity(head.len() + json.len());
-                e.extend_from_slice(head.as_bytes());
-                e.extend_from_slice(json);
-                inv.arg(e);
-            }
-            inv
-        });
-        let calls: Vec<_> = calls.collect();
+        let calls: Vec<_> = rest
+            .chunks(CHUNK)
+            .map(|chunk| {
+                let mut inv = self.write.prepare_invoke();
+                for (k, _) in chunk.iter().copied() {
+                    inv.key(self.key(&model.name, k));
+                }
+                inv.arg(padded).arg(ttl);
+                for (_, json) in chunk.iter().copied() {
+                    inv.arg(whole(json));
+                }
+                inv
+            })
+            .collect();
         let written = futures_util::future::try_join_all(
             calls
                 .iter()
                 .map(|inv| self.call(async |c| inv.invoke_async::<u64>(c).await)),
         )
         .await?;
-        Ok(written.iter().sum())
+        Ok((set.len() - rest.len()) as u64 + written.iter().sum::<u64>())
     }
 
     /// Sets rows that are absent, unless the model was flushed meanwhile.
