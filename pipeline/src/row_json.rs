@@ -202,7 +202,10 @@ fn value(ty: ColumnType, v: &[u8], out: &mut Vec<u8>) -> Result<(), Unwritable> 
 }
 
 fn integer(n: i64, out: &mut Vec<u8>) {
-    out.extend_from_slice(n.to_string().as_bytes());
+    if n < 0 {
+        out.push(b'-');
+    }
+    padded(n.unsigned_abs(), 1, out);
 }
 
 fn hex_byte(b: u8, out: &mut Vec<u8>) {
@@ -566,7 +569,29 @@ const USECS_PER_DAY: i64 = 86_400_000_000;
 /// `-(year - 1)`, the caller adding ` BC`.
 fn ymd(year: i32, month: u32, day: u32, out: &mut Vec<u8>) {
     let y = if year > 0 { year } else { 1 - year };
-    out.extend_from_slice(format!("{y:04}-{month:02}-{day:02}").as_bytes());
+    padded(y as u64, 4, out);
+    out.push(b'-');
+    padded(month as u64, 2, out);
+    out.push(b'-');
+    padded(day as u64, 2, out);
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits.
+fn padded(n: u64, width: usize, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - at;
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(len)));
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn date(days: i32, out: &mut Vec<u8>) {
@@ -607,12 +632,19 @@ fn timestamp(micros: i64, zoned: bool, out: &mut Vec<u8>) -> Result<(), Unwritab
     ymd(year, month, mday, out);
     let secs = time / 1_000_000;
     let frac = time % 1_000_000;
-    out.extend_from_slice(
-        format!("T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60).as_bytes(),
-    );
+    out.push(b'T');
+    padded((secs / 3600) as u64, 2, out);
+    out.push(b':');
+    padded((secs / 60 % 60) as u64, 2, out);
+    out.push(b':');
+    padded((secs % 60) as u64, 2, out);
     if frac != 0 {
-        let f = format!(".{frac:06}");
-        out.extend_from_slice(f.trim_end_matches('0').as_bytes());
+        out.push(b'.');
+        let at = out.len();
+        padded(frac as u64, 6, out);
+        while out.last() == Some(&b'0') && out.len() > at {
+            out.pop();
+        }
     }
     if zoned {
         out.extend_from_slice(b"+00:00");

@@ -68,18 +68,24 @@ pub struct BatchRows {
     pub refused: Vec<u32>,
 }
 
-/// A key and what the cache is to hold for it: the row's JSON, or nothing
-/// (a tombstone).
-pub type Entry = (String, Option<Vec<u8>>);
+/// A key and the Redis value it is to hold: the write's version head and
+/// the row's JSON, or the head alone (a tombstone).
+pub type Entry = (String, Vec<u8>);
 
 impl BatchRows {
     /// Every key of the batch with its row as committed: for a key loaded
     /// twice, the last row (an upsert keeps it; an append refuses the
     /// second); keys whose rows were all refused, or whose JSON cannot be
-    /// made, get a tombstone. Sorted by key.
-    pub fn entries(&self, json: &RowJson, key_field: usize, key_type: ColumnType) -> Vec<Entry> {
+    /// made, get a tombstone. Each value starts with `head`. Sorted by key.
+    pub fn entries(
+        &self,
+        json: &RowJson,
+        key_field: usize,
+        key_type: ColumnType,
+        head: &[u8],
+    ) -> Vec<Entry> {
         let mut refused = self.refused.iter().peekable();
-        let mut entries: Vec<(String, u32, Option<Vec<u8>>)> = Vec::with_capacity(self.rows.len());
+        let mut entries: Vec<(String, u32, Vec<u8>)> = Vec::with_capacity(self.rows.len());
         for (i, r) in self.rows.iter().enumerate() {
             let Some(row) = self.body.get(r.start as usize..r.end as usize) else {
                 continue;
@@ -89,13 +95,16 @@ impl BatchRows {
             };
             while refused.next_if(|&&x| (x as usize) < i).is_some() {}
             if refused.next_if(|&&x| x as usize == i).is_some() {
-                entries.push((key, 0, None));
+                entries.push((key, 0, head.to_vec()));
                 continue;
             }
-            let mut out = Vec::with_capacity(row.len() + 64);
-            let printed = json.write(row, &mut out).ok().map(|()| out);
+            let mut value = Vec::with_capacity(head.len() + 2 * row.len() + 64);
+            value.extend_from_slice(head);
+            if json.write(row, &mut value).is_err() {
+                value.truncate(head.len());
+            }
             // Committed rows rank above refused ones, later above earlier.
-            entries.push((key, i as u32 + 1, printed));
+            entries.push((key, i as u32 + 1, value));
         }
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         entries.dedup_by(|later, kept| later.0 == kept.0);
@@ -142,19 +151,17 @@ mod tests {
             ("id", ColumnType::BigInt, Some(0)),
             ("name", ColumnType::Text, Some(1)),
         ]);
-        let entries = batch.entries(&json, 0, ColumnType::BigInt);
-        let text = |e: &Entry| {
-            e.1.as_ref()
-                .map(|j| String::from_utf8_lossy(j).into_owned())
-        };
-        let got: Vec<(String, Option<String>)> =
-            entries.iter().map(|e| (e.0.clone(), text(e))).collect();
+        let entries = batch.entries(&json, 0, ColumnType::BigInt, b"7|");
+        let got: Vec<(String, String)> = entries
+            .iter()
+            .map(|e| (e.0.clone(), String::from_utf8_lossy(&e.1).into_owned()))
+            .collect();
         assert_eq!(
             got,
             vec![
-                ("1".into(), Some(r#"{"id":1,"name":"c"}"#.into())),
-                ("2".into(), Some(r#"{"id":2,"name":"b"}"#.into())),
-                ("3".into(), None),
+                ("1".into(), r#"7|{"id":1,"name":"c"}"#.into()),
+                ("2".into(), r#"7|{"id":2,"name":"b"}"#.into()),
+                ("3".into(), "7|".into()),
             ]
         );
     }

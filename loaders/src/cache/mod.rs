@@ -295,8 +295,9 @@ impl Cache {
         if let Some(redis) = &self.redis {
             match keys {
                 Some(k) => {
+                    let head = redis_tier::head(version).into_bytes();
                     let tombstones: Vec<from_batch::Entry> =
-                        k.iter().map(|k| (k.clone(), None)).collect();
+                        k.iter().map(|k| (k.clone(), head.clone())).collect();
                     redis.write(model, version, &tombstones).await?
                 }
                 None => redis.flush(&model.name, version).await?,

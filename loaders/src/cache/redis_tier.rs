@@ -27,7 +27,12 @@ const VERSION_WIDTH: usize = 19;
 
 /// An entry: `version|json` (a tombstone has no json).
 fn entry(version: i64, json: &str) -> String {
-    format!("{:0width$}|{json}", version.max(0), width = VERSION_WIDTH)
+    format!("{}{json}", head(version))
+}
+
+/// The start of every entry of a version: `version|`, zero-padded.
+pub(super) fn head(version: i64) -> String {
+    format!("{:0width$}|", version.max(0), width = VERSION_WIDTH)
 }
 
 /// Replaces each key's entry unless it holds this version or a newer one.
@@ -270,11 +275,12 @@ impl RedisTier {
         .map(|_| ())
     }
 
-    /// Versioned writes of entries: a key's row, or a tombstone. A key
-    /// without an entry (most keys of a load) takes its entry by a plain
-    /// `SET … NX`, the whole batch in one pipeline; the others go through
-    /// the script, which compares versions, in chunks sent together. Both
-    /// leave room for readers between commands or chunks.
+    /// Versioned writes of entries (values starting with [`head`]`(version)`:
+    /// a row, or a tombstone). A key without an entry (most keys of a load)
+    /// takes its value by a plain `SET … NX`, the whole batch in one
+    /// pipeline; the others go through the script, which compares
+    /// versions, in chunks sent together. Both leave room for readers
+    /// between commands or chunks.
     pub(super) async fn write(
         &self,
         model: &CachedModel,
@@ -282,20 +288,16 @@ impl RedisTier {
         entries: &[Entry],
     ) -> Result<u64, CacheError> {
         let ttl = ms(model.ttl);
-        let head = entry(version, "");
-        let whole = |json: &Option<Vec<u8>>| {
-            let json = json.as_deref().unwrap_or_default();
-            let mut e = Vec::with_capacity(head.len() + json.len());
-            e.extend_from_slice(head.as_bytes());
-            e.extend_from_slice(json);
-            e
-        };
+        let mut key = format!("{}:{}:", self.prefix, model.name).into_bytes();
+        let base = key.len();
         let mut absent = redis::pipe();
-        for (k, json) in entries {
+        for (k, value) in entries {
+            key.truncate(base);
+            key.extend_from_slice(k.as_bytes());
             absent
                 .cmd("SET")
-                .arg(self.key(&model.name, k))
-                .arg(whole(json))
+                .arg(&key[..])
+                .arg(&value[..])
                 .arg("NX")
                 .arg("PX")
                 .arg(ttl);
@@ -308,7 +310,7 @@ impl RedisTier {
             .filter(|(_, s)| s.is_none())
             .map(|(e, _)| e)
             .collect();
-        let padded = &head[..VERSION_WIDTH];
+        let padded = &head(version)[..VERSION_WIDTH];
         let calls: Vec<_> = rest
             .chunks(CHUNK)
             .map(|chunk| {
@@ -317,8 +319,8 @@ impl RedisTier {
                     inv.key(self.key(&model.name, k));
                 }
                 inv.arg(padded).arg(ttl);
-                for (_, json) in chunk.iter().copied() {
-                    inv.arg(whole(json));
+                for (_, value) in chunk.iter().copied() {
+                    inv.arg(&value[..]);
                 }
                 inv
             })

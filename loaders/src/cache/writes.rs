@@ -296,11 +296,12 @@ async fn run_stage(
         else {
             break;
         };
+        let head = super::redis_tier::head(w.version).into_bytes();
         let entries = match (w.rows.take(), &json) {
             (Some(rows), Some(json)) => {
-                let (json, key_type) = (json.clone(), model.key_type);
+                let (json, key_type, head) = (json.clone(), model.key_type, head.clone());
                 // Printing a batch is CPU work: off the runtime's threads.
-                tokio::task::spawn_blocking(move || rows.entries(&json, key_field, key_type))
+                tokio::task::spawn_blocking(move || rows.entries(&json, key_field, key_type, &head))
                     .await
                     .ok()
             }
@@ -315,7 +316,7 @@ async fn run_stage(
                 } else {
                     None
                 };
-                read_back_entries(&texts, rows)
+                read_back_entries(&texts, rows, &head)
             }
         };
         write_redis(&cache, &model, job, &w, &entries).await;
@@ -334,18 +335,22 @@ async fn run_stage(
 /// The entries for keys whose rows were read back (`None`: they could not
 /// be): keys without a committed row (refused by the database) hold
 /// nothing new, and a tombstone keeps them from serving an old value.
-fn read_back_entries(keys: &[String], rows: Option<Vec<(String, String)>>) -> Vec<Entry> {
+fn read_back_entries(
+    keys: &[String],
+    rows: Option<Vec<(String, String)>>,
+    head: &[u8],
+) -> Vec<Entry> {
     let Some(rows) = rows else {
-        return keys.iter().map(|k| (k.clone(), None)).collect();
+        return keys.iter().map(|k| (k.clone(), head.to_vec())).collect();
     };
     let mut entries: Vec<Entry> = rows
         .into_iter()
-        .map(|(k, json)| (k, Some(json.into_bytes())))
+        .map(|(k, json)| (k, [head, json.as_bytes()].concat()))
         .collect();
     let gone: Vec<Entry> = keys
         .iter()
         .filter(|k| entries.binary_search_by(|e| e.0.cmp(k)).is_err())
-        .map(|k| (k.clone(), None))
+        .map(|k| (k.clone(), head.to_vec()))
         .collect();
     entries.extend(gone);
     entries
