@@ -251,7 +251,7 @@ impl Config {
             cache_memory: s.parse("NEXUS_CACHE_MEMORY", 128 << 20, parse_size)?,
             cache_write_behind: s.parse(
                 "NEXUS_CACHE_WRITE_BEHIND",
-                100_000,
+                1_000_000,
                 number(0, 100_000_000),
             )?,
             cache_warm_rows: s.parse("NEXUS_CACHE_WARM_ROWS", 10_000, number(0, 10_000_000))?,

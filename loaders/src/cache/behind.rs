@@ -4,7 +4,10 @@
 //! is not queued (its caller flushes the model instead); a queued batch
 //! holds its rows until it is written — or dropped unwritten, so that a
 //! stage that dies cannot leave the budget taken — and the process can
-//! wait for the queue to empty before it exits.
+//! wait for the queue to empty before it exits. A queued batch keeps its
+//! rows' bytes (for the stage to print them) only within a second budget,
+//! in bytes; beyond it a batch waits as its keys alone, and the stage
+//! reads its rows back — slower, but nothing is dropped for memory's sake.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,11 +15,16 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// Bytes of batch rows the queue keeps at most.
+pub(crate) const ROW_BYTES: usize = 64 << 20;
+
 pub(crate) struct WriteBehindQueue {
     /// Rows the queue holds at most.
     capacity: usize,
     /// Rows queued now.
     depth: AtomicUsize,
+    /// Bytes of batch rows kept now.
+    bytes: AtomicUsize,
     /// Woken when `depth` comes back to zero.
     empty: Notify,
 }
@@ -25,6 +33,8 @@ pub(crate) struct WriteBehindQueue {
 pub(crate) struct Admitted {
     queue: Arc<WriteBehindQueue>,
     rows: usize,
+    /// Bytes of the batch's rows it keeps.
+    bytes: usize,
 }
 
 impl WriteBehindQueue {
@@ -32,6 +42,7 @@ impl WriteBehindQueue {
         Arc::new(WriteBehindQueue {
             capacity,
             depth: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             empty: Notify::new(),
         })
     }
@@ -41,6 +52,7 @@ impl WriteBehindQueue {
         let admitted = Admitted {
             queue: self.clone(),
             rows,
+            bytes: 0,
         };
         let before = self.depth.fetch_add(rows, Ordering::SeqCst);
         // Over the budget: dropping `admitted` takes the rows back out.
@@ -67,8 +79,22 @@ impl WriteBehindQueue {
     }
 }
 
+impl Admitted {
+    /// Keeps `n` bytes of the batch's rows if the byte budget has room.
+    pub(crate) fn keep_bytes(&mut self, n: usize) -> bool {
+        let before = self.queue.bytes.fetch_add(n, Ordering::SeqCst);
+        if before + n > ROW_BYTES {
+            self.queue.bytes.fetch_sub(n, Ordering::SeqCst);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
+        self.queue.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
         if self.queue.depth.fetch_sub(self.rows, Ordering::SeqCst) == self.rows {
             self.queue.empty.notify_waiters();
         }
@@ -99,5 +125,18 @@ mod tests {
             "draining ends when the last rows leave"
         );
         assert_eq!(queue.depth(), 0);
+    }
+
+    #[test]
+    fn row_bytes_are_kept_within_their_budget_and_given_back() {
+        let queue = WriteBehindQueue::new(10);
+        let mut a = queue.admit(1).unwrap();
+        assert!(a.keep_bytes(ROW_BYTES - 10));
+        let mut b = queue.admit(1).unwrap();
+        assert!(!b.keep_bytes(11), "over the byte budget");
+        assert!(b.keep_bytes(10));
+        drop(a);
+        let mut c = queue.admit(1).unwrap();
+        assert!(c.keep_bytes(ROW_BYTES - 10), "a's bytes came back");
     }
 }

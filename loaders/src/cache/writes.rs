@@ -209,14 +209,24 @@ impl BatchCache {
             return;
         }
         let n = w.keys.len();
+        let mut w = w;
         let w = match self.cache.behind.admit(n) {
-            Some(admitted) => match tx.try_send(Queued {
-                write: w,
-                admitted: Some(admitted),
-            }) {
-                Ok(()) => return,
-                Err(e) => e.into_inner().write,
-            },
+            Some(mut admitted) => {
+                // Beyond the byte budget the stage reads the rows back.
+                if w.rows
+                    .as_ref()
+                    .is_some_and(|r| !admitted.keep_bytes(r.body.len()))
+                {
+                    w.rows = None;
+                }
+                match tx.try_send(Queued {
+                    write: w,
+                    admitted: Some(admitted),
+                }) {
+                    Ok(()) => return,
+                    Err(e) => e.into_inner().write,
+                }
+            }
             None => w,
         };
         // Full: these rows are not written. Kill every older entry of the
