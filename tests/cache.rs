@@ -623,12 +623,14 @@ fn quoted(v: &str) -> String {
     format!("\"{}\"", v.replace('"', "\"\""))
 }
 
-/// `every` rows for these ids, values varied by id and `tag`; an empty
-/// field is NULL.
-fn every_rows(ids: impl IntoIterator<Item = i64>, tag: &str) -> String {
+const EVERY_HEADER: &str =
+    "id,small,n4,amount,ratio,r4,r8,note,code,cc,flag,day,at,at_tz,ext,doc,raw\n";
+
+/// `every` CSV records (no header) for these ids, values varied by id and
+/// `tag`; an empty field is NULL.
+fn every_lines(ids: impl IntoIterator<Item = i64>, tag: &str) -> String {
     let pick = |i: i64, items: &[&str]| items[i as usize % items.len()].to_string();
-    let mut s =
-        String::from("id,small,n4,amount,ratio,r4,r8,note,code,cc,flag,day,at,at_tz,ext,doc,raw\n");
+    let mut s = String::new();
     for i in ids {
         let fields = [
             i.to_string(),
@@ -737,6 +739,18 @@ fn every_rows(ids: impl IntoIterator<Item = i64>, tag: &str) -> String {
     s
 }
 
+/// Asserts that every `every` key of the ids `from..=to` holds what
+/// PostgreSQL prints (see [`every_mismatches`]).
+fn assert_every_cached(db: &TestDb, redis: &TestRedis, ids: (i64, i64), dropped: &[&str]) {
+    let wrong = every_mismatches(db, redis, ids, dropped);
+    assert!(
+        wrong.is_empty(),
+        "{} differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
 /// Every `every` key in Redis against PostgreSQL's `row_to_json` of its row
 /// (in a session with Nexus's pinned output settings): the keys whose
 /// entries differ, with what PostgreSQL prints, of the ids `from..=to`.
@@ -789,15 +803,12 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
     };
     // An append whose ids 5 and 77 come twice: the second rows are refused
     // (the primary key), the first ones stay.
-    let mut csv = every_rows(1..=200, "first");
-    csv.push_str(
-        &every_rows([5, 77], "again")
-            .lines()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
-    csv.push('\n');
+    let csv = [
+        EVERY_HEADER,
+        &every_lines(1..=200, "first"),
+        &every_lines([5, 77], "again"),
+    ]
+    .concat();
     let r = load("append", csv);
     assert_eq!(r.code, 0, "{r:?}");
     let rejects: Vec<String> = db
@@ -807,13 +818,7 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
         .collect();
     assert_eq!(rejects.len(), 2, "{rejects:#?}");
     assert_eq!(db.count("every"), 200);
-    let wrong = every_mismatches(&db, &redis, (1, 260), &["5", "77"]);
-    assert!(
-        wrong.is_empty(),
-        "{} differ:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_every_cached(&db, &redis, (1, 260), &["5", "77"]);
     // The refused rows' keys were dropped, not written with the refused
     // values: a tombstone, or the committed row.
     let mut c = redis.connection();
@@ -824,18 +829,10 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
 
     // An upsert changing ids 100..=260 with each id twice in a batch: the
     // last row of an id wins, in the table and in Redis.
-    let mut csv =
-        String::from("id,small,n4,amount,ratio,r4,r8,note,code,cc,flag,day,at,at_tz,ext,doc,raw\n");
+    let mut csv = EVERY_HEADER.to_string();
     for chunk in (100..=260).collect::<Vec<i64>>().chunks(10) {
         for tag in ["older", "newer"] {
-            csv.push_str(
-                &every_rows(chunk.iter().copied(), tag)
-                    .lines()
-                    .skip(1)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            );
-            csv.push('\n');
+            csv.push_str(&every_lines(chunk.iter().copied(), tag));
         }
     }
     let r = load("upsert", csv);
@@ -845,13 +842,7 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
         db.sql("SELECT count(*) FROM every WHERE note LIKE 'older%'")[0].get::<_, i64>(0),
         0
     );
-    let wrong = every_mismatches(&db, &redis, (1, 260), &["5", "77"]);
-    assert!(
-        wrong.is_empty(),
-        "{} differ:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_every_cached(&db, &redis, (1, 260), &["5", "77"]);
 
     // A table that adds to what it is sent (a default, a trigger) is read
     // back after the commit instead: still the stored row.
@@ -861,17 +852,14 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
            BEGIN NEW.note := upper(NEW.note); RETURN NEW; END $$;
          CREATE TRIGGER shout BEFORE INSERT OR UPDATE ON every FOR EACH ROW EXECUTE FUNCTION shout()",
     );
-    let r = load("upsert", every_rows(250..=300, "third"));
+    let r = load(
+        "upsert",
+        [EVERY_HEADER, &every_lines(250..=300, "third")].concat(),
+    );
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
         db.sql("SELECT count(*) FROM every WHERE note LIKE 'THIRD%'")[0].get::<_, i64>(0),
         51
     );
-    let wrong = every_mismatches(&db, &redis, (250, 300), &[]);
-    assert!(
-        wrong.is_empty(),
-        "{} differ:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_every_cached(&db, &redis, (250, 300), &[]);
 }

@@ -1,17 +1,34 @@
 //! Each type's encoder on arbitrary text: no panic, no allocation beyond
-//! the value's size, and a well-formed binary field (its length word says
-//! how many bytes follow) for every value it accepts.
+//! the value's size, a well-formed binary field (its length word says
+//! how many bytes follow) for every value it accepts, and that field
+//! printed by the cache's row JSON as valid JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use nexus_pipeline::encode::{FieldError, encode_field};
 use nexus_pipeline::model::{Column, Rules, TimeZone};
+use nexus_pipeline::row_json::RowJson;
 use nexus_pipeline::types::ColumnType;
 
 const TYPES: &[&str] = &[
-    "smallint", "integer", "bigint", "numeric", "numeric(12,2)", "numeric(5,5)", "real",
-    "double precision", "boolean", "date", "timestamp", "timestamptz", "uuid", "jsonb", "bytea",
-    "text", "varchar(5)", "char(3)",
+    "smallint",
+    "integer",
+    "bigint",
+    "numeric",
+    "numeric(12,2)",
+    "numeric(5,5)",
+    "real",
+    "double precision",
+    "boolean",
+    "date",
+    "timestamp",
+    "timestamptz",
+    "uuid",
+    "jsonb",
+    "bytea",
+    "text",
+    "varchar(5)",
+    "char(3)",
 ];
 const ZONES: &[&str] = &["UTC", "Europe/Berlin", "+05:30", "America/New_York"];
 
@@ -32,8 +49,26 @@ fuzz_target!(|data: &[u8]| {
     match encode_field(&column, &zone, &text, &mut out) {
         Ok(()) => {
             let len = i32::from_be_bytes(out[..4].try_into().unwrap());
-            assert_eq!(len as usize, out.len() - 4, "length word and bytes disagree");
-            assert!(out.len() <= 4 * text.len() + 64, "{} bytes for {} of text", out.len(), text.len());
+            assert_eq!(
+                len as usize,
+                out.len() - 4,
+                "length word and bytes disagree"
+            );
+            assert!(
+                out.len() <= 4 * text.len() + 64,
+                "{} bytes for {} of text",
+                out.len(),
+                text.len()
+            );
+            let mut row = 1i16.to_be_bytes().to_vec();
+            row.extend_from_slice(&out);
+            let mut json = Vec::new();
+            RowJson::new([("v", column.ty, Some(0))])
+                .write(&row, &mut json)
+                .unwrap_or_else(|e| panic!("{e} for {text:?}"));
+            // Checked as JSON text: numbers of any size, as PostgreSQL's.
+            serde_json::from_slice::<serde::de::IgnoredAny>(&json)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json)));
         }
         Err(FieldError::Invalid(reason)) => assert!(!reason.is_empty()),
         Err(FieldError::Defer) => {}
