@@ -176,7 +176,7 @@ fn value(ty: ColumnType, v: &[u8], out: &mut Vec<u8>) -> Result<(), Unwritable> 
         }
         ColumnType::Date => {
             out.push(b'"');
-            date(i32::from_be_bytes(fixed(v)?), out);
+            date(i32::from_be_bytes(fixed(v)?), out)?;
             out.push(b'"');
         }
         ColumnType::Timestamp | ColumnType::Timestamptz => {
@@ -594,17 +594,21 @@ fn padded(n: u64, width: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&digits[at..]);
 }
 
-fn date(days: i32, out: &mut Vec<u8>) {
+fn date(days: i32, out: &mut Vec<u8>) -> Result<(), Unwritable> {
     match days {
-        i32::MIN => return out.extend_from_slice(b"-infinity"),
-        i32::MAX => return out.extend_from_slice(b"infinity"),
-        _ => {}
+        i32::MIN => out.extend_from_slice(b"-infinity"),
+        i32::MAX => out.extend_from_slice(b"infinity"),
+        _ => {
+            let jd = u32::try_from(days as i64 + POSTGRES_EPOCH_JDATE)
+                .map_err(|_| Unwritable("a date out of range"))?;
+            let (year, month, day) = j2date(jd);
+            ymd(year, month, day, out);
+            if year <= 0 {
+                out.extend_from_slice(b" BC");
+            }
+        }
     }
-    let (year, month, day) = j2date((days as i64 + POSTGRES_EPOCH_JDATE) as u32);
-    ymd(year, month, day, out);
-    if year <= 0 {
-        out.extend_from_slice(b" BC");
-    }
+    Ok(())
 }
 
 fn timestamp(micros: i64, zoned: bool, out: &mut Vec<u8>) -> Result<(), Unwritable> {
@@ -980,7 +984,7 @@ mod tests {
     fn dates_and_timestamps_in_xsd_form() {
         let d = |n: i32| {
             let mut out = Vec::new();
-            date(n, &mut out);
+            date(n, &mut out).unwrap();
             String::from_utf8(out).unwrap()
         };
         assert_eq!(d(0), "2000-01-01");
