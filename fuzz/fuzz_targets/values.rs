@@ -1,7 +1,8 @@
 //! Each type's encoder on arbitrary text: no panic, no allocation beyond
 //! the value's size, a well-formed binary field (its length word says
 //! how many bytes follow) for every value it accepts, and that field
-//! printed by the cache's row JSON as valid JSON.
+//! printed by the cache's row JSON as valid JSON (or, for a jsonb number
+//! only the server reads, left unprinted).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -63,9 +64,14 @@ fuzz_target!(|data: &[u8]| {
             let mut row = 1i16.to_be_bytes().to_vec();
             row.extend_from_slice(&out);
             let mut json = Vec::new();
-            RowJson::new([("v", column.ty, Some(0))])
-                .write(&row, &mut json)
-                .unwrap_or_else(|e| panic!("{e} for {text:?}"));
+            match RowJson::new([("v", column.ty, Some(0))]).write(&row, &mut json) {
+                Ok(()) => {}
+                // A jsonb number the encoder takes but `numeric`'s fast
+                // path leaves to the server (an exponent with leading
+                // zeros): the cache drops such a row's key instead.
+                Err(e) if e.0 == "a jsonb number left to the server" => return,
+                Err(e) => panic!("{e} for {text:?}"),
+            }
             // Checked as JSON text: numbers of any size, as PostgreSQL's.
             serde_json::from_slice::<serde::de::IgnoredAny>(&json)
                 .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json)));
