@@ -362,9 +362,10 @@ fn on_rounding_edge(digits: &[u8], exp10: i32, b: Binary) -> bool {
 /// neighbouring float, which a reader rounding half to even would still
 /// read back, but Ryu does not take.
 fn float_digits<F: PgFloat>(f: F) -> Result<(Vec<u8>, i32), Unwritable> {
+    // The shortest form's digit count is where the search starts.
     let shortest = format!("{f:e}");
-    let first = shortest.bytes().filter(u8::is_ascii_digit).count();
-    let first = first.saturating_sub(shortest.split_once('e').map_or(0, |(_, e)| e.len()));
+    let mantissa = shortest.split('e').next().unwrap_or_default();
+    let first = mantissa.bytes().filter(u8::is_ascii_digit).count();
     for len in first.max(1)..=F::MAX_DIGITS {
         let text = format!("{:.*e}", len - 1, f);
         let (mantissa, exp) = text
