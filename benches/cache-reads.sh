@@ -2,11 +2,11 @@
 # Cache bench: load 1,000,000 customers (write-through into Redis), then read
 # 100,000 random keys through GET /api/v2/records/customer/{id} with a
 # Zipf-like skew (wrk, CONNECTIONS at a time) from a release `nexus serve`.
-# Prints the load's rate without Redis, write-through and write-behind, the
-# share of reads each tier answered, the hit ratio and the p50/p95/p99 read
-# latency.
+# Prints the load's rate without Redis, write-through and write-behind
+# (medians of ROUNDS alternating rounds), the share of reads each tier
+# answered, the hit ratio and the p50/p95/p99 read latency.
 #
-# usage: benches/cache-reads.sh [ROWS] [READS] [CONNECTIONS]
+# usage: [ROUNDS=3] benches/cache-reads.sh [ROWS] [READS] [CONNECTIONS]
 # (PostgreSQL as for the tests; a private redis-server on a free port). wrk
 # stops once READS are answered, or after 60 s at the latest.
 set -euo pipefail
@@ -38,28 +38,51 @@ export NEXUS_REDIS_PREFIX=bench REDIS_URL="redis://127.0.0.1:$port"
 scratch_server "$nexus" nexus_cache_bench
 trap 'scratch_cleanup; kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
 
-rate() { python3 -c "import sys; print(round($rows / ($2 - $1)))"; }
-t0=$(date +%s.%N)
-env -u REDIS_URL "$nexus" load --model customer "$csv" >/dev/null
-t1=$(date +%s.%N)
-# The same load with the model switched to write-behind (the CLI waits for
-# its queue to drain before it exits, so the drain counts).
+# ROUNDS rounds (default 3), each loading without Redis, write-through and
+# write-behind one after the other into a fresh table and an empty Redis;
+# medians are printed. A load's rate is the process's (the CLI waits for a
+# write-behind queue to drain before it exits, so the drain counts) and the
+# job's own (started → finished in nexus.jobs: what write-behind spares).
+rounds=${ROUNDS:-3}
 sed 's/strategy = "write_through", ttl = "30m"/strategy = "write_behind", ttl = "30m"/' \
   fixtures/models.toml > "$redis_dir/behind.toml"
-psql -q "$DATABASE_URL" -c "DROP TABLE customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE" 2>/dev/null
-redis-cli -p "$port" flushall >/dev/null
-t4=$(date +%s.%N)
-NEXUS_MODELS="$redis_dir/behind.toml" "$nexus" load --model customer "$csv" >/dev/null
-t5=$(date +%s.%N)
-behind_entries=$(redis-cli -p "$port" dbsize)
-psql -q "$DATABASE_URL" -c "DROP TABLE customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE" 2>/dev/null
-redis-cli -p "$port" flushall >/dev/null
-t2=$(date +%s.%N)
-"$nexus" load --model customer "$csv" >/dev/null
-t3=$(date +%s.%N)
-none=$(rate "$t0" "$t1"); through=$(rate "$t2" "$t3"); behind=$(rate "$t4" "$t5")
-pct() { python3 -c "print(f'{$1 / $2:.0%}')"; }
-echo "load without Redis: $none rows/s; write-through: $through rows/s ($(pct "$through" "$none")); write-behind: $behind rows/s ($(pct "$behind" "$none"), $behind_entries entries written)"
+fresh() {
+  psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS customer" -c "TRUNCATE nexus.jobs, nexus.rejects CASCADE" 2>/dev/null
+  redis-cli -p "$port" flushall >/dev/null
+}
+job_rate() {
+  psql -qAt "$DATABASE_URL" -c "SELECT round(rows_committed / extract(epoch FROM finished_at - started_at))
+    FROM nexus.jobs ORDER BY created_at DESC LIMIT 1"
+}
+load() { # name, then the environment for the load
+  local name=$1 t0 t1
+  shift
+  fresh
+  t0=$(date +%s.%N)
+  env "$@" "$nexus" load --model customer "$csv" >/dev/null
+  t1=$(date +%s.%N)
+  echo "$name $(python3 -c "print(round($rows / ($t1 - $t0)))") $(job_rate) $(redis-cli -p "$port" dbsize)" >> "$redis_dir/rates"
+}
+for r in $(seq 1 "$rounds"); do
+  load none -u REDIS_URL
+  load behind NEXUS_MODELS="$redis_dir/behind.toml"
+  load through REDIS_URL="$REDIS_URL"
+done
+python3 - "$redis_dir/rates" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    name, wall, job, entries = line.split()
+    runs.setdefault(name, []).append((int(wall), int(job), int(entries)))
+med = {n: (statistics.median(w for w, _, _ in v), statistics.median(j for _, j, _ in v), min(e for _, _, e in v))
+       for n, v in runs.items()}
+none_wall, none_job, _ = med["none"]
+print(f"{len(runs['none'])} rounds, medians (rows/s, process | job; share of the load without Redis):")
+print(f"  without Redis: {none_wall:.0f} | {none_job:.0f}")
+for n, label in (("through", "write-through"), ("behind", "write-behind")):
+    w, j, e = med[n]
+    print(f"  {label}: {w:.0f} ({w / none_wall:.0%}) | {j:.0f} ({j / none_job:.0%}); Redis keys after it (fewest) {e}")
+PY
 echo "Redis entries: $(redis-cli -p "$port" dbsize), used memory $(redis-cli -p "$port" info memory | sed -n 's/^used_memory_human://p' | tr -d '\r')"
 
 token=$(scratch_token admin "$NEXUS_ADMIN_PASSWORD")
