@@ -5,7 +5,7 @@
 # Arrow IPC files read and encoded, and a whole batch through
 # parse · validate · encode · settle. Each run starts by replaying the
 # committed corpus (fuzz/corpus/TARGET, findings included), then explores
-# for FUZZ_SECONDS (default 30) per target; new inputs go to a scratch
+# for FUZZ_SECONDS (default 20) per target; new inputs go to a scratch
 # directory, not the repository. A crash or a failed invariant fails the
 # run and leaves the input under fuzz/artifacts/TARGET: commit it to the
 # corpus with the fix, and it is replayed every run after.
@@ -16,7 +16,7 @@
 # usage: scripts/fuzz.sh [TARGET ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${FUZZ_SECONDS:-30}
+seconds=${FUZZ_SECONDS:-20}
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo +nightly install cargo-fuzz --locked --quiet
 fi
