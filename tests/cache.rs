@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::redis::{PrivateRedis, TestRedis};
 use common::server::{ADMIN_PW, Server, assert_problem};
 use common::{Run, TestDb, run, wait_for};
+use nexus_loaders::cache::Stored;
 use serde_json::Value;
 
 /// Models `wt`, `wb`, `ca` (the three strategies), `brief` (a 2 s TTL) and
@@ -125,8 +126,31 @@ fn job(s: &Server, token: &str, model: &str, mode: &str, csv: String) {
     });
 }
 
-fn entry(c: &mut redis::Connection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query(c).unwrap()
+fn entry(c: &mut redis::Connection, path: &str) -> Option<String> {
+    common::redis::cached(c, path)
+}
+
+/// Milliseconds until a stored entry expires.
+fn expires_in(entry: &str) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    Stored::parse(entry).unwrap().expires as i64 - now
+}
+
+/// The TTL (ms) of the Redis hash that holds `prefix:model:key`.
+fn hash_ttl(c: &mut redis::Connection, path: &str) -> i64 {
+    let mut parts = path.splitn(3, ':');
+    let (p, m, k) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    redis::cmd("PTTL")
+        .arg(nexus_loaders::cache::hash_key(p, m, k))
+        .query(c)
+        .unwrap()
 }
 
 fn pending(db: &TestDb) -> i64 {
@@ -142,23 +166,18 @@ fn write_through_fills_both_tiers_with_the_model_ttl() {
     assert_eq!(r.code, 0, "{r:?}");
     let mut c = redis.connection();
     let p = &redis.prefix;
-    assert_eq!(
-        redis
-            .keys()
-            .iter()
-            .filter(|k| k.starts_with(&format!("{p}:wt:")))
-            .count(),
-        120
-    );
+    assert_eq!(common::redis::cached_count(&mut c, p, "wt"), 120);
     let e = entry(&mut c, &format!("{p}:wt:7")).unwrap();
-    let (version, json) = e.split_once('|').unwrap();
-    assert!(version.parse::<i64>().unwrap() > 0, "{e}");
-    assert_eq!(serde_json::from_str::<Value>(json).unwrap()["name"], "a-7");
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("{p}:wt:7"))
-        .query(&mut c)
-        .unwrap();
+    let stored = Stored::parse(&e).unwrap();
+    assert!(stored.version > 0, "{e}");
+    assert_eq!(
+        serde_json::from_str::<Value>(stored.json).unwrap()["name"],
+        "a-7"
+    );
+    // The entry's own expiry, and its hash's TTL at least as long.
+    let ttl = expires_in(&e);
     assert!(ttl > 1_700_000 && ttl <= 1_800_000, "ttl {ttl}");
+    assert!(hash_ttl(&mut c, &format!("{p}:wt:7")) >= ttl - 1_000);
 
     // Redis first (the server's memory is empty), then the local tier.
     assert_eq!(
@@ -177,11 +196,9 @@ fn write_through_fills_both_tiers_with_the_model_ttl() {
         load(&db, &redis.env(), "brief", "append", &rows(1..=3, "b")).code,
         0
     );
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("{p}:brief:1"))
-        .query(&mut c)
-        .unwrap();
+    let ttl = expires_in(&entry(&mut c, &format!("{p}:brief:1")).unwrap());
     assert!(ttl > 0 && ttl <= 2000, "ttl {ttl}");
+    assert!(hash_ttl(&mut c, &format!("{p}:brief:1")) <= 2000);
     wait_for("the short TTL to expire", Duration::from_secs(10), || {
         entry(&mut c, &format!("{p}:brief:1")).is_none()
     });
@@ -507,10 +524,7 @@ fn cache_commands_warm_invalidate_and_report() {
             .parse()
             .unwrap();
         entry(c, &format!("{p}:wt:{k}"))
-            .and_then(|e| {
-                e.split_once('|')
-                    .map(|(v, j)| (v.parse::<i64>().unwrap(), j.len()))
-            })
+            .and_then(|e| Stored::parse(&e).map(|s| (s.version, s.json.len())))
             .is_some_and(|(v, len)| v >= marker && len > 0)
     };
     assert!(!live(&mut c, 11));
@@ -769,10 +783,7 @@ fn every_mismatches(
     for row in rows {
         let (id, want): (String, String) = (row.get(0), row.get(1));
         let got = entry(&mut c, &format!("{}:every:{id}", redis.prefix));
-        let json = got
-            .as_deref()
-            .and_then(|e| e.split_once('|'))
-            .map(|(_, j)| j);
+        let json = got.as_deref().and_then(Stored::parse).map(|s| s.json);
         if json == Some("") && dropped.contains(&id.as_str()) {
             continue;
         }

@@ -138,11 +138,10 @@ fn the_cache_reaches_redis_over_tls() {
     };
     let loaded = run(nexus(&certs.ca).args(["load", "--model", "wt"]).arg(&csv));
     assert_eq!(loaded.code, 0, "{loaded:?}");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("nexus:wt:*")
-        .query(&mut redis.connection())
-        .unwrap();
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(
+        common::redis::cached_count(&mut redis.connection(), "nexus", "wt"),
+        3
+    );
     let stats = run(nexus(&certs.ca).args(["cache", "stats"]));
     assert!(stats.stdout.contains("redis: up"), "{stats:?}");
 

@@ -49,6 +49,36 @@ impl TestRedis {
     }
 }
 
+/// A cached entry as Nexus stores it (`version|expires|json`), given as
+/// `prefix:model:key`; a model's flush marker (`prefix:~flush:model`) as is.
+pub fn cached(c: &mut redis::Connection, path: &str) -> Option<String> {
+    let mut parts = path.splitn(3, ':');
+    let (Some(prefix), Some(model), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("not prefix:model:key: {path}")
+    };
+    if model == "~flush" {
+        return redis::cmd("GET").arg(path).query(c).unwrap();
+    }
+    redis::cmd("HGET")
+        .arg(nexus_loaders::cache::hash_key(prefix, model, key))
+        .arg(key)
+        .query(c)
+        .unwrap()
+}
+
+/// How many entries (live or not) a model has under `prefix`.
+pub fn cached_count(c: &mut redis::Connection, prefix: &str, model: &str) -> usize {
+    let probe = nexus_loaders::cache::hash_key(prefix, model, "");
+    let hashes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*..", probe.trim_end_matches('.')))
+        .query(c)
+        .unwrap();
+    hashes
+        .iter()
+        .map(|h| redis::cmd("HLEN").arg(h).query::<usize>(c).unwrap())
+        .sum()
+}
+
 impl Drop for TestRedis {
     fn drop(&mut self) {
         let keys = self.keys();

@@ -1,5 +1,5 @@
 //! The last stage of a load and the read side that uses it: rows as JSON
-//! under `{prefix}:{model}:{key}` in two tiers — a local in-process tier
+//! by model and key in two tiers — a local in-process tier
 //! (servers only; a CLI load has nobody to serve from it) and Redis when
 //! `REDIS_URL` is set.
 //!
@@ -7,8 +7,8 @@
 //! - every batch of a cached model takes a version (`nexus.cache_version`)
 //!   just before its COMMIT, after its row locks: of two transactions that
 //!   write one key, the later commit has the higher version. Redis holds
-//!   `version|json` (a tombstone is `version|`) and a write only replaces an
-//!   older version; a model flush is a marker below which entries are dead.
+//!   `version|expires|json` (a tombstone has no json; layout in
+//!   redis_tier.rs) and a write only replaces an older version; a model flush is a marker below which entries are dead.
 //! - fills from PostgreSQL (reads, warming) replace only what they observed
 //!   (compare-and-set in a script), so a fill that raced a load loses.
 //! - the batch NOTIFYs its keys (`nexus_cache`) inside its transaction, so
@@ -24,6 +24,7 @@ pub mod keys;
 mod local;
 pub mod notice;
 mod redis_tier;
+pub use redis_tier::{Stored, hash_key};
 mod stats;
 mod writes;
 
@@ -295,7 +296,7 @@ impl Cache {
         if let Some(redis) = &self.redis {
             match keys {
                 Some(k) => {
-                    let head = redis_tier::head(version).into_bytes();
+                    let head = redis_tier::head(version, model.ttl).into_bytes();
                     let tombstones: Vec<from_batch::Entry> =
                         k.iter().map(|k| (k.clone(), head.clone())).collect();
                     redis.write(model, version, &tombstones).await?

@@ -306,7 +306,7 @@ async fn run_stage(
         else {
             break;
         };
-        let head = super::redis_tier::head(w.version).into_bytes();
+        let head = super::redis_tier::head(w.version, model.ttl).into_bytes();
         let entries = match (w.rows.take(), &json) {
             (Some(rows), Some(json)) => {
                 let (json, key_type, head) = (json.clone(), model.key_type, head.clone());
