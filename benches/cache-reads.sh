@@ -73,6 +73,7 @@ for r in $(seq 1 "$rounds"); do
   load behind NEXUS_MODELS="$redis_dir/behind.toml"
   load through REDIS_URL="$REDIS_URL"
 done
+sort "$redis_dir/rates" | sed "s/^/  round: /"
 python3 - "$redis_dir/rates" <<'PY'
 import statistics, sys
 runs = {}

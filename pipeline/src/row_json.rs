@@ -152,9 +152,11 @@ fn value(ty: ColumnType, v: &[u8], out: &mut Vec<u8>) -> Result<(), Unwritable> 
             if chars > n.max(1) as usize {
                 return Err(Unwritable("a char(n) value longer than n"));
             }
-            let mut padded = v.to_vec();
-            padded.resize(v.len() + n.max(1) as usize - chars, b' ');
-            escape(&padded, out);
+            // Blank-padded to n characters, inside the quotes.
+            escape(v, out);
+            out.pop();
+            out.resize(out.len() + n.max(1) as usize - chars, b' ');
+            out.push(b'"');
         }
         ColumnType::Uuid => {
             let u: [u8; 16] = fixed(v)?;

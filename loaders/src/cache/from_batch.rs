@@ -76,7 +76,8 @@ impl BatchRows {
     /// Every key of the batch with its row as committed: for a key loaded
     /// twice, the last row (an upsert keeps it; an append refuses the
     /// second); keys whose rows were all refused, or whose JSON cannot be
-    /// made, get a tombstone. Each value starts with `head`. Sorted by key.
+    /// made, get a tombstone. Each value starts with `head`. Ordered by
+    /// key length, then key.
     pub fn entries(
         &self,
         json: &RowJson,
@@ -106,7 +107,14 @@ impl BatchRows {
             // Committed rows rank above refused ones, later above earlier.
             entries.push((key, i as u32 + 1, value));
         }
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        // By length, then bytes: for canonical integer keys that is their
+        // numeric order, so a batch of ascending ids is sorted already
+        // (the sort then only checks it).
+        entries.sort_unstable_by(|a, b| {
+            (a.0.len(), &a.0)
+                .cmp(&(b.0.len(), &b.0))
+                .then(b.1.cmp(&a.1))
+        });
         entries.dedup_by(|later, kept| later.0 == kept.0);
         entries.into_iter().map(|(k, _, j)| (k, j)).collect()
     }

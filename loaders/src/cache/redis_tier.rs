@@ -19,7 +19,7 @@
 //! a moment: a slow or absent Redis costs a load nothing but a counted,
 //! logged miss.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -395,14 +395,7 @@ impl RedisTier {
         version: i64,
         entries: &[Entry],
     ) -> Result<u64, CacheError> {
-        let mut hashes: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
-        for e in entries {
-            hashes.entry(stem(&e.0)).or_default().push(e);
-        }
-        let hashes: Vec<(String, Vec<&Entry>)> = hashes
-            .into_values()
-            .filter_map(|es| Some((self.hash(&model.name, &es.first()?.0), es)))
-            .collect();
+        let hashes = self.by_hash(&model.name, entries.iter());
         let absent_last = self
             .absent_last
             .lock()
@@ -437,6 +430,25 @@ impl RedisTier {
         Ok(written)
     }
 
+    /// Entries grouped by the hash that holds them, in the order each
+    /// hash is first met.
+    fn by_hash<'e>(
+        &self,
+        model: &str,
+        entries: impl Iterator<Item = &'e Entry>,
+    ) -> Vec<(String, Vec<&'e Entry>)> {
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        let mut hashes: Vec<(String, Vec<&Entry>)> = Vec::new();
+        for e in entries {
+            let i = *at.entry(stem(&e.0)).or_insert_with(|| {
+                hashes.push((self.hash(model, &e.0), Vec::new()));
+                hashes.len() - 1
+            });
+            hashes[i].1.push(e);
+        }
+        hashes
+    }
+
     /// Builds each hash under a temporary name and renames it into place
     /// if the hash does not exist; returns the entries so written and the
     /// hashes that existed.
@@ -450,11 +462,13 @@ impl RedisTier {
         let mut pipe = redis::pipe();
         for (i, (hash, es)) in hashes.iter().enumerate() {
             let temporary = format!("{}:~tmp:{nonce}:{i}", self.prefix);
-            let set = pipe.cmd("HSET").arg(&temporary);
+            let bytes = es.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            let mut set = redis::Cmd::with_capacity(2 + 2 * es.len(), temporary.len() + bytes + 4);
+            set.arg("HSET").arg(&temporary);
             for (k, value) in es.iter().copied() {
                 set.arg(k).arg(&value[..]);
             }
-            set.ignore();
+            pipe.add_command(set).ignore();
             pipe.cmd("PEXPIRE").arg(&temporary).arg(ttl).ignore();
             pipe.cmd("RENAMENX").arg(&temporary).arg(hash);
             pipe.cmd("DEL").arg(&temporary).ignore();
@@ -539,14 +553,7 @@ impl RedisTier {
             .iter()
             .map(|(k, json)| (k.clone(), entry(version, model.ttl, json).into_bytes()))
             .collect();
-        let mut hashes: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
-        for e in &entries {
-            hashes
-                .entry(self.hash(&model.name, &e.0))
-                .or_default()
-                .push(e);
-        }
-        let hashes: Vec<(String, Vec<&Entry>)> = hashes.into_iter().collect();
+        let hashes = self.by_hash(&model.name, entries.iter());
         // `None`: flushed meanwhile, and what was read is dead already.
         self.set_entries(
             model,
