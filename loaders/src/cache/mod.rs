@@ -19,6 +19,7 @@
 
 mod behind;
 pub mod from_batch;
+mod idle_thread;
 pub mod invalidated;
 pub mod keys;
 mod local;

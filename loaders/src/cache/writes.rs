@@ -310,10 +310,14 @@ async fn run_stage(
         let entries = match (w.rows.take(), &json) {
             (Some(rows), Some(json)) => {
                 let (json, key_type, head) = (json.clone(), model.key_type, head.clone());
-                // Printing a batch is CPU work: off the runtime's threads.
-                tokio::task::spawn_blocking(move || rows.entries(&json, key_field, key_type, &head))
-                    .await
-                    .ok()
+                let print = move || rows.entries(&json, key_field, key_type, &head);
+                // Printing a batch is CPU work: off the runtime's threads,
+                // and behind a load at the lowest priority.
+                if model.strategy == CacheStrategy::WriteBehind {
+                    super::idle_thread::run(print).await
+                } else {
+                    tokio::task::spawn_blocking(print).await.ok()
+                }
             }
             _ => None,
         };
