@@ -16,7 +16,8 @@ use nexus_loaders::cache::Stored;
 use serde_json::Value;
 
 /// Models `wt`, `wb`, `ca` (the three strategies), `brief` (a 2 s TTL) and
-/// `plain` (not cached): `id bigint` key, `name text`, 50 rows a batch.
+/// `plain` (not cached): `id bigint` key, `name text`, 50 rows a batch;
+/// `tk`: `wt` with a `text` key.
 fn models(db: &TestDb) -> PathBuf {
     let mut toml = String::new();
     for (name, cache, warm) in [
@@ -37,10 +38,16 @@ fn models(db: &TestDb) -> PathBuf {
             false,
         ),
         ("plain", "{ strategy = \"none\" }", false),
+        (
+            "tk",
+            "{ strategy = \"write_through\", ttl = \"30m\" }",
+            false,
+        ),
     ] {
+        let key_type = if name == "tk" { "text" } else { "bigint" };
         toml.push_str(&format!(
             "[models.{name}]\ntable = \"{name}\"\nkey = [\"id\"]\nbatch_size = 50\ncache = {cache}\nwarm = {warm}\n\
-             [[models.{name}.columns]]\nname = \"id\"\ntype = \"bigint\"\n\
+             [[models.{name}.columns]]\nname = \"id\"\ntype = \"{key_type}\"\n\
              [[models.{name}.columns]]\nname = \"name\"\ntype = \"text\"\n"
         ));
     }
@@ -139,7 +146,8 @@ fn expires_in(entry: &str) -> i64 {
     Stored::parse(entry).unwrap().expires as i64 - now
 }
 
-/// The TTL (ms) of the Redis hash that holds `prefix:model:key`.
+/// The TTL (ms) of the Redis hash that holds `prefix:model:key` (the test
+/// models' keys are integers).
 fn hash_ttl(c: &mut redis::Connection, path: &str) -> i64 {
     let mut parts = path.splitn(3, ':');
     let (p, m, k) = (
@@ -147,8 +155,9 @@ fn hash_ttl(c: &mut redis::Connection, path: &str) -> i64 {
         parts.next().unwrap(),
         parts.next().unwrap(),
     );
+    let layout = nexus_loaders::cache::Layout::Hashes;
     redis::cmd("PTTL")
-        .arg(nexus_loaders::cache::hash_key(p, m, k))
+        .arg(nexus_loaders::cache::place(p, m, layout, k))
         .query(c)
         .unwrap()
 }
@@ -211,6 +220,52 @@ fn write_through_fills_both_tiers_with_the_model_ttl() {
     assert_eq!(record(&s, &t, "plain", "1").0, "miss");
     assert_eq!(record(&s, &t, "plain", "1").0, "miss");
     assert!(redis.keys().iter().all(|k| !k.contains(":plain:")));
+}
+
+#[test]
+fn text_keys_have_redis_keys_of_their_own() {
+    let db = TestDb::new();
+    let redis = TestRedis::new();
+    let (s, t) = server(&db, &redis.env());
+    let r = load(&db, &redis.env(), "tk", "append", &rows(1..=120, "a"));
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut c = redis.connection();
+    let p = &redis.prefix;
+    assert_eq!(common::redis::cached_count(&mut c, p, "tk"), 120);
+    let own: Option<String> = redis::cmd("GET")
+        .arg(format!("{p}:tk:7"))
+        .query(&mut c)
+        .unwrap();
+    let own = own.expect("key 7 as a Redis key of its own");
+    assert_eq!(
+        Stored::parse(&own).unwrap().json,
+        r#"{"id":"7","name":"a-7"}"#
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{p}:tk:7"))
+        .query(&mut c)
+        .unwrap();
+    assert!(ttl > 1_700_000 && ttl <= 1_800_000, "ttl {ttl}");
+    assert_eq!(
+        record(&s, &t, "tk", "7"),
+        (
+            "redis".into(),
+            serde_json::json!({"id": "7", "name": "a-7"})
+        )
+    );
+    // A reload: every key is there already, so the versions decide.
+    let r = load(&db, &redis.env(), "tk", "upsert", &rows(1..=120, "b"));
+    assert_eq!(r.code, 0, "{r:?}");
+    for k in [1, 60, 120] {
+        let e = entry(&mut c, &format!("{p}:tk:{k}")).unwrap();
+        assert!(e.ends_with(&format!("\"b-{k}\"}}")), "key {k}: {e}");
+    }
+    wait_for(
+        "the server to hear of the reload",
+        Duration::from_secs(5),
+        || record(&s, &t, "tk", "7").1["name"] == "b-7",
+    );
+    assert_eq!(common::redis::cached_count(&mut c, p, "tk"), 120);
 }
 
 #[test]

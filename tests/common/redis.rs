@@ -50,32 +50,41 @@ impl TestRedis {
 }
 
 /// A cached entry as Nexus stores it (`version|expires|json`), given as
-/// `prefix:model:key`; a model's flush marker (`prefix:~flush:model`) as is.
+/// `prefix:model:key`, in whichever layout holds it (a key of its own, or a
+/// field of its hash); a model's flush marker (`prefix:~flush:model`) as is.
 pub fn cached(c: &mut redis::Connection, path: &str) -> Option<String> {
+    use nexus_loaders::cache::{Layout, place};
     let mut parts = path.splitn(3, ':');
     let (Some(prefix), Some(model), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         panic!("not prefix:model:key: {path}")
     };
-    if model == "~flush" {
-        return redis::cmd("GET").arg(path).query(c).unwrap();
+    let own: Option<String> = redis::cmd("GET").arg(path).query(c).unwrap();
+    if own.is_some() || model == "~flush" {
+        return own;
     }
     redis::cmd("HGET")
-        .arg(nexus_loaders::cache::hash_key(prefix, model, key))
+        .arg(place(prefix, model, Layout::Hashes, key))
         .arg(key)
         .query(c)
         .unwrap()
 }
 
-/// How many entries (live or not) a model has under `prefix`.
+/// How many entries (live or not) a model has under `prefix`: its keys
+/// and the fields of its hashes.
 pub fn cached_count(c: &mut redis::Connection, prefix: &str, model: &str) -> usize {
-    let probe = nexus_loaders::cache::hash_key(prefix, model, "");
-    let hashes: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*..", probe.trim_end_matches('.')))
+    let found: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:{model}:*"))
         .query(c)
         .unwrap();
-    hashes
+    found
         .iter()
-        .map(|h| redis::cmd("HLEN").arg(h).query::<usize>(c).unwrap())
+        .map(|k| {
+            let kind: String = redis::cmd("TYPE").arg(k).query(c).unwrap();
+            match kind.as_str() {
+                "hash" => redis::cmd("HLEN").arg(k).query::<usize>(c).unwrap(),
+                _ => 1,
+            }
+        })
         .sum()
 }
 

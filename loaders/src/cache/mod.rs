@@ -25,7 +25,7 @@ pub mod keys;
 mod local;
 pub mod notice;
 mod redis_tier;
-pub use redis_tier::{Stored, hash_key};
+pub use redis_tier::{Layout, Stored, place};
 mod stats;
 mod writes;
 

@@ -1,23 +1,27 @@
-//! The Redis tier. A model's entries live in hashes of up to a hundred
-//! keys: a key's hash is `{prefix}:{model}:{stem}..`, the stem being the
-//! key without its last two characters, so the ids 12300 to 12399 share
-//! `…:123..` and a batch of consecutive ids fills a few hashes. Why: a
-//! Redis key with an expiry of its own costs Redis more CPU than a whole
-//! load costs the machine without Redis. Storing a million 270-byte
-//! entries took Redis 4.2–4.8 s of CPU as keys (`SET … NX PX`), 1.0–1.1 s
-//! as these hashes renamed into place, 2.3–2.6 s as these hashes through
-//! the script below (pipelined, Redis 7.0, this repository's machine).
-//! Each entry is `version|expires|json` (a tombstone has no json): the version
-//! zero-padded to 19 digits, the entry's own expiry in Unix milliseconds
-//! to 13, checked on every read, as the hash's TTL (renewed by every
-//! write) outlives the older entries in it. `{prefix}:~flush:{model}`
+//! The Redis tier. Where a model's entries live depends on its key
+//! ([`Layout`]): integer keys, which a batch mostly carries in runs, live in
+//! hashes of up to a hundred — a key's hash is `{prefix}:{model}:{stem}..`,
+//! the stem being the key without its last two characters, so the ids
+//! 12300 to 12399 share `…:123..`; text and uuid keys, which rarely share
+//! a stem within a batch, keep a Redis key each, `{prefix}:{model}:{key}`.
+//! Why: a Redis key with an expiry of its own costs Redis more CPU than a
+//! whole load costs the machine without Redis, and a hash of one entry
+//! costs more still. Storing a million 270-byte entries took Redis 4.2–4.8 s
+//! of CPU as keys (`SET … NX PX`), 1.0–1.1 s as hashes of a hundred renamed
+//! into place, 2.3–2.6 s as hashes of a hundred through the script below;
+//! random keys as hashes of one entry took 1.8× (renamed) to 2.8× (script)
+//! what they take as keys (pipelined, Redis 7.0, this repository's machine).
+//! Each entry is `version|expires|json` (a tombstone has no json): the
+//! version zero-padded to 19 digits, the entry's own expiry in Unix
+//! milliseconds to 13, checked on every read, as a hash's TTL (renewed by
+//! every write) outlives the older entries in it. `{prefix}:~flush:{model}`
 //! holds the version below which the model's entries are dead. Writes and
-//! fills compare versions in a script; a write into hashes that do not
-//! exist yet (a first load) skips it: it fills temporary keys and renames
-//! them into place only if the hash is still absent (`RENAMENX`, atomic).
-//! Every call has a deadline, and after a failure Redis is left alone for
-//! a moment: a slow or absent Redis costs a load nothing but a counted,
-//! logged miss.
+//! fills compare versions in a script; a model's first write skips it
+//! where nothing is there yet: keys are set with `NX`, and hashes are
+//! filled under temporary keys and renamed into place only if still
+//! absent (`RENAMENX`, atomic). Every call has a deadline, and after a
+//! failure Redis is left alone for a moment: a slow or absent Redis costs
+//! a load nothing but a counted, logged miss.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
+
+use nexus_pipeline::types::ColumnType;
 
 use super::from_batch::Entry;
 use super::stats::Stats;
@@ -43,9 +49,38 @@ const EXPIRY_WIDTH: usize = 13;
 /// Characters a key loses to name its hash.
 const STEM_CUT: usize = 2;
 
-/// The Redis key of the hash that holds `key`'s entry.
-pub fn hash_key(prefix: &str, model: &str, key: &str) -> String {
-    format!("{prefix}:{model}:{}..", stem(key))
+/// Where a model's entries live in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A Redis key per entry (text and uuid keys).
+    Keys,
+    /// Hashes of the keys that share a stem (integer keys).
+    Hashes,
+}
+
+impl Layout {
+    pub fn of(key_type: ColumnType) -> Layout {
+        match key_type {
+            ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt => Layout::Hashes,
+            _ => Layout::Keys,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Layout::Keys => "keys",
+            Layout::Hashes => "hashes",
+        }
+    }
+}
+
+/// The Redis key that holds `key`'s entry: its own, or its hash's (where
+/// the entry is the field `key`).
+pub fn place(prefix: &str, model: &str, layout: Layout, key: &str) -> String {
+    match layout {
+        Layout::Keys => format!("{prefix}:{model}:{key}"),
+        Layout::Hashes => format!("{prefix}:{model}:{}..", stem(key)),
+    }
 }
 
 /// `key` without its last [`STEM_CUT`] characters.
@@ -107,29 +142,38 @@ pub(super) fn head(version: i64, ttl: Duration) -> String {
     )
 }
 
-/// Sets entries in hashes, comparing versions. KEYS: the flush marker,
-/// then hashes; ARGV: mode, version (`write`: padded) or the marker seen
-/// (`warm`), ttl ms, now ms (padded), then for each hash a count and that
-/// many key/entry pairs. `write` replaces an entry of an older version;
-/// `warm` one that is dead (older than the marker, or expired), if the
-/// marker is still the one seen (else -1). Returns the entries set and the
-/// hashes that did not exist.
+/// Sets entries, comparing versions. KEYS: the flush marker, then places
+/// (keys or hashes); ARGV: mode, version (`write`: padded) or the marker
+/// seen (`warm`), ttl ms, now ms (padded), layout, then for each place a
+/// count (1 for a key) and that many key/entry pairs. `write` replaces an
+/// entry of an older version; `warm` one that is dead (older than the
+/// marker, or expired), if the marker is still the one seen (else -1).
+/// Returns the entries set and the places that did not exist.
 const SET_ENTRIES: &str = r#"
 local warm = ARGV[1] == 'warm'
 local v, ttl, now = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local hashed = ARGV[5] == 'hashes'
 local floor = 0
 if warm then
   local fl = redis.call('GET', KEYS[1]) or ''
   if fl ~= v then return {-1, 0} end
   floor = tonumber(fl) or 0
 end
-local a, set, fresh = 5, 0, 0
+local a, set, fresh = 6, 0, 0
 for i = 2, #KEYS do
   local h, n = KEYS[i], tonumber(ARGV[a])
-  if redis.call('EXISTS', h) == 0 then fresh = fresh + 1 end
   local fields = {}
   for j = 1, n do fields[j] = ARGV[a + 2 * j - 1] end
-  local cur = redis.call('HMGET', h, unpack(fields))
+  local cur
+  if hashed then
+    if redis.call('EXISTS', h) == 0 then fresh = fresh + 1 end
+    cur = redis.call('HMGET', h, unpack(fields))
+  else
+    -- Only an entry's head: version and expiry.
+    local c = redis.call('GETRANGE', h, 0, 33)
+    if c == '' then c = false; fresh = fresh + 1 end
+    cur = {c}
+  end
   local args = {}
   for j = 1, n do
     local c = cur[j]
@@ -146,7 +190,10 @@ for i = 2, #KEYS do
       args[#args + 1] = ARGV[a + 2 * j]
     end
   end
-  if #args > 0 then
+  if #args > 0 and not hashed then
+    redis.call('SET', h, args[2], 'PX', ttl)
+    set = set + 1
+  elseif #args > 0 then
     redis.call('HSET', h, unpack(args))
     set = set + #args / 2
     if redis.call('PTTL', h) < ttl then redis.call('PEXPIRE', h, ttl) end
@@ -157,15 +204,21 @@ return {set, fresh}
 "#;
 
 /// A read's fill: set the entry only if it and the flush marker are still
-/// what the reader saw. KEYS: hash, flush marker; ARGV: key, seen entry,
-/// seen marker ('' = absent), new entry, ttl ms.
+/// what the reader saw. KEYS: place, flush marker; ARGV: layout, key,
+/// seen entry, seen marker ('' = absent), new entry, ttl ms.
 const FILL: &str = r#"
-local cur = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+local hashed = ARGV[1] == 'hashes'
+local cur
+if hashed then cur = redis.call('HGET', KEYS[1], ARGV[2]) else cur = redis.call('GET', KEYS[1]) end
 local fl = redis.call('GET', KEYS[2]) or ''
-if cur == ARGV[2] and fl == ARGV[3] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if (cur or '') == ARGV[3] and fl == ARGV[4] then
+  if not hashed then
+    redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[6])
+    return 1
+  end
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[5])
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[6]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
   end
   return 1
 end
@@ -302,8 +355,8 @@ impl RedisTier {
         })
     }
 
-    fn hash(&self, model: &str, key: &str) -> String {
-        hash_key(&self.prefix, model, key)
+    fn place(&self, model: &CachedModel, key: &str) -> String {
+        place(&self.prefix, &model.name, Layout::of(model.key_type), key)
     }
 
     fn marker(&self, model: &str) -> String {
@@ -348,10 +401,15 @@ impl RedisTier {
     }
 
     pub(super) async fn read(&self, model: &CachedModel, key: &str) -> Result<Seen, CacheError> {
-        let (m, h) = (self.marker(&model.name), self.hash(&model.name, key));
-        let (marker, entry): (Option<String>, Option<String>) = self
-            .call(async |c| redis::pipe().get(&m).hget(&h, key).query_async(c).await)
-            .await?;
+        let (m, p) = (self.marker(&model.name), self.place(model, key));
+        let mut read = redis::pipe();
+        read.get(&m);
+        match Layout::of(model.key_type) {
+            Layout::Keys => read.get(&p),
+            Layout::Hashes => read.hget(&p, key),
+        };
+        let (marker, entry): (Option<String>, Option<String>) =
+            self.call(async |c| read.query_async(c).await).await?;
         Ok(Seen { entry, marker })
     }
 
@@ -363,12 +421,13 @@ impl RedisTier {
         json: &str,
     ) -> Result<(), CacheError> {
         let entry = entry(seen.fill_version(), model.ttl, json);
-        let (h, m) = (self.hash(&model.name, key), self.marker(&model.name));
+        let (p, m) = (self.place(model, key), self.marker(&model.name));
         let ttl = ms(model.ttl);
         self.call(async |c| {
             self.fill
-                .key(&h)
+                .key(&p)
                 .key(&m)
+                .arg(Layout::of(model.key_type).as_str())
                 .arg(key)
                 .arg(seen.entry.as_deref().unwrap_or(""))
                 .arg(seen.marker.as_deref().unwrap_or(""))
@@ -382,20 +441,20 @@ impl RedisTier {
     }
 
     /// Versioned writes of entries (values starting with [`head`]`(version,
-    /// …)`: a row, or a tombstone), grouped by hash. When the model's last
-    /// write found its hashes absent, each hash is first built under a
-    /// temporary name and renamed into place if still absent — one
-    /// pipeline for the batch, no script; the hashes that exist by then
-    /// (and all of them otherwise) go through the script, which compares
-    /// versions, in chunks sent together. Both leave room for readers
-    /// between commands or chunks.
+    /// …)`: a row, or a tombstone), grouped by place. When the model's last
+    /// write found its places absent, the batch is first set where nothing
+    /// is — keys with `SET … NX`, hashes built under a temporary name and
+    /// renamed into place if still absent: one pipeline, no script; the
+    /// places taken by then (and all of them otherwise) go through the
+    /// script, which compares versions, in chunks sent together. Both leave
+    /// room for readers between commands or chunks.
     pub(super) async fn write(
         &self,
         model: &CachedModel,
         version: i64,
         entries: &[Entry],
     ) -> Result<u64, CacheError> {
-        let hashes = self.by_hash(&model.name, entries.iter());
+        let hashes = self.by_place(model, entries.iter());
         let absent_last = self
             .absent_last
             .lock()
@@ -404,10 +463,10 @@ impl RedisTier {
             .copied()
             .unwrap_or(true);
         let all = hashes.len();
-        let (renamed, rest) = if absent_last {
-            self.rename_into_place(model, hashes).await?
-        } else {
-            (0, hashes)
+        let (renamed, rest) = match (absent_last, Layout::of(model.key_type)) {
+            (false, _) => (0, hashes),
+            (true, Layout::Keys) => self.set_absent_keys(model, hashes).await?,
+            (true, Layout::Hashes) => self.rename_into_place(model, hashes).await?,
         };
         let padded = &head(version, Duration::ZERO)[..VERSION_WIDTH];
         let (set, fresh) = self
@@ -430,23 +489,59 @@ impl RedisTier {
         Ok(written)
     }
 
-    /// Entries grouped by the hash that holds them, in the order each
-    /// hash is first met.
-    fn by_hash<'e>(
+    /// Entries grouped by the place that holds them, in the order each
+    /// place is first met.
+    fn by_place<'e>(
         &self,
-        model: &str,
+        model: &CachedModel,
         entries: impl Iterator<Item = &'e Entry>,
     ) -> Vec<(String, Vec<&'e Entry>)> {
+        if Layout::of(model.key_type) == Layout::Keys {
+            return entries
+                .map(|e| (self.place(model, &e.0), vec![e]))
+                .collect();
+        }
         let mut at: HashMap<&str, usize> = HashMap::new();
         let mut hashes: Vec<(String, Vec<&Entry>)> = Vec::new();
         for e in entries {
             let i = *at.entry(stem(&e.0)).or_insert_with(|| {
-                hashes.push((self.hash(model, &e.0), Vec::new()));
+                hashes.push((self.place(model, &e.0), Vec::new()));
                 hashes.len() - 1
             });
             hashes[i].1.push(e);
         }
         hashes
+    }
+
+    /// Sets each key that holds no entry (`SET … NX`); returns the entries
+    /// so written and the keys that held one.
+    async fn set_absent_keys<'e>(
+        &self,
+        model: &CachedModel,
+        keys: Vec<(String, Vec<&'e Entry>)>,
+    ) -> Result<(u64, Vec<(String, Vec<&'e Entry>)>), CacheError> {
+        let ttl = ms(model.ttl);
+        let mut pipe = redis::pipe();
+        for (key, es) in &keys {
+            for (_, value) in es.iter().copied() {
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(&value[..])
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl);
+            }
+        }
+        let set: Vec<Option<String>> = self.call(async |c| pipe.query_async(c).await).await?;
+        drop(pipe);
+        let (mut written, mut rest) = (0, Vec::new());
+        for ((key, es), set) in keys.into_iter().zip(set) {
+            match set {
+                Some(_) => written += 1,
+                None => rest.push((key, es)),
+            }
+        }
+        Ok((written, rest))
     }
 
     /// Builds each hash under a temporary name and renames it into place
@@ -509,7 +604,8 @@ impl RedisTier {
                         .arg(mode.as_str())
                         .arg(version)
                         .arg(ttl)
-                        .arg(&now);
+                        .arg(&now)
+                        .arg(Layout::of(model.key_type).as_str());
                     (inv, 0)
                 });
                 inv.key(hash).arg(part.len());
@@ -553,7 +649,7 @@ impl RedisTier {
             .iter()
             .map(|(k, json)| (k.clone(), entry(version, model.ttl, json).into_bytes()))
             .collect();
-        let hashes = self.by_hash(&model.name, entries.iter());
+        let hashes = self.by_place(model, entries.iter());
         // `None`: flushed meanwhile, and what was read is dead already.
         self.set_entries(
             model,
@@ -595,38 +691,43 @@ impl RedisTier {
         Ok(self.client.get_async_pubsub().await?)
     }
 
-    /// Entries of a model now in Redis (live or not), by scanning its
-    /// hashes.
+    /// Entries of a model now in Redis (live or not), by scanning its keys
+    /// and hashes (whichever layout its key had).
     pub async fn count(&self, model: &str) -> Result<u64, CacheError> {
-        let pattern = format!("{}:{model}:*..", self.prefix);
+        let pattern = format!("{}:{model}:*", self.prefix);
         let mut conn = self.conn.clone();
         let count = async {
-            let mut cursor = 0u64;
             let mut n = 0u64;
-            loop {
-                let (next, hashes): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(5000)
-                    .arg("TYPE")
-                    .arg("hash")
-                    .query_async(&mut conn)
-                    .await?;
-                if !hashes.is_empty() {
-                    let mut lengths = redis::pipe();
-                    for h in &hashes {
-                        lengths.hlen(h);
+            for kind in ["string", "hash"] {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(5000)
+                        .arg("TYPE")
+                        .arg(kind)
+                        .query_async(&mut conn)
+                        .await?;
+                    if kind == "string" {
+                        n += found.len() as u64;
+                    } else if !found.is_empty() {
+                        let mut lengths = redis::pipe();
+                        for h in &found {
+                            lengths.hlen(h);
+                        }
+                        let lengths: Vec<u64> = lengths.query_async(&mut conn).await?;
+                        n += lengths.iter().sum::<u64>();
                     }
-                    let lengths: Vec<u64> = lengths.query_async(&mut conn).await?;
-                    n += lengths.iter().sum::<u64>();
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
                 }
-                if next == 0 {
-                    return Ok::<u64, redis::RedisError>(n);
-                }
-                cursor = next;
             }
+            Ok::<u64, redis::RedisError>(n)
         };
         match tokio::time::timeout(self.timeout * 20, count).await {
             Ok(r) => Ok(r?),
@@ -655,15 +756,21 @@ mod tests {
 
     #[test]
     fn a_hash_holds_the_keys_that_differ_in_their_last_two_characters() {
-        assert_eq!(hash_key("p", "m", "12345"), "p:m:123..");
-        assert_eq!(hash_key("p", "m", "12300"), "p:m:123..");
-        assert_eq!(hash_key("p", "m", "12400"), "p:m:124..");
-        assert_eq!(hash_key("p", "m", "7"), "p:m:..");
-        assert_eq!(hash_key("p", "m", "-7"), "p:m:..");
-        assert_eq!(hash_key("p", "m", ""), "p:m:..");
+        let hash = |key| place("p", "m", Layout::Hashes, key);
+        assert_eq!(hash("12345"), "p:m:123..");
+        assert_eq!(hash("12300"), "p:m:123..");
+        assert_eq!(hash("12400"), "p:m:124..");
+        assert_eq!(hash("7"), "p:m:..");
+        assert_eq!(hash("-7"), "p:m:..");
+        assert_eq!(hash(""), "p:m:..");
         // Characters, not bytes: a key never splits inside one.
-        assert_eq!(hash_key("p", "m", "naïveté"), "p:m:naïve..");
-        assert_eq!(hash_key("p", "m", "日本語"), "p:m:日..");
+        assert_eq!(hash("naïveté"), "p:m:naïve..");
+        assert_eq!(hash("日本語"), "p:m:日..");
+        // Integer keys share hashes; text and uuid keys have keys of their own.
+        assert_eq!(Layout::of(ColumnType::Int), Layout::Hashes);
+        assert_eq!(Layout::of(ColumnType::Text), Layout::Keys);
+        assert_eq!(Layout::of(ColumnType::Uuid), Layout::Keys);
+        assert_eq!(place("p", "m", Layout::Keys, "ab:c"), "p:m:ab:c");
     }
 
     #[test]
@@ -733,15 +840,16 @@ mod tests {
         }
     }
 
-    fn model() -> CachedModel {
-        CachedModel {
+    /// A model of each layout.
+    fn models() -> [CachedModel; 2] {
+        [ColumnType::BigInt, ColumnType::Text].map(|key_type| CachedModel {
             name: "m".into(),
             strategy: CacheStrategy::WriteThrough,
             ttl: Duration::from_secs(600),
             table: "t".into(),
             key_column: "id".into(),
-            key_type: ColumnType::BigInt,
-        }
+            key_type,
+        })
     }
 
     fn entries(keys: impl IntoIterator<Item = i64>, version: i64, tag: &str) -> Vec<Entry> {
@@ -758,13 +866,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_later_version_wins_whichever_way_a_write_goes() {
+        for m in models() {
+            later_version_wins(&m).await;
+        }
+    }
+
+    async fn later_version_wins(m: &CachedModel) {
         let s = Scratch::new();
-        let m = model();
         let absent_last = |s: &Scratch| s.tier.absent_last.lock().unwrap().get("m").copied();
         // Into absent hashes: renamed into place.
         assert_eq!(
             s.tier
-                .write(&m, 5, &entries(100..=150, 5, "a"))
+                .write(m, 5, &entries(100..=150, 5, "a"))
                 .await
                 .unwrap(),
             51
@@ -774,79 +887,84 @@ mod tests {
         // script decides key by key; the newer entries stay.
         let n = s
             .tier
-            .write(&m, 3, &entries(100..=199, 3, "b"))
+            .write(m, 3, &entries(100..=199, 3, "b"))
             .await
             .unwrap();
         assert_eq!(n, 49);
         assert_eq!(
-            s.version(&m, 120).await,
+            s.version(m, 120).await,
             Some((5, r#"{"id":120,"tag":"a"}"#.into()))
         );
         assert_eq!(
-            s.version(&m, 170).await,
+            s.version(m, 170).await,
             Some((3, r#"{"id":170,"tag":"b"}"#.into()))
         );
         assert_eq!(absent_last(&s), Some(false));
         // Straight to the script now; a newer write replaces.
         assert_eq!(
             s.tier
-                .write(&m, 7, &entries(100..=105, 7, "c"))
+                .write(m, 7, &entries(100..=105, 7, "c"))
                 .await
                 .unwrap(),
             6
         );
-        assert_eq!(s.version(&m, 105).await.map(|v| v.0), Some(7));
-        assert_eq!(s.version(&m, 106).await.map(|v| v.0), Some(5));
+        assert_eq!(s.version(m, 105).await.map(|v| v.0), Some(7));
+        assert_eq!(s.version(m, 106).await.map(|v| v.0), Some(5));
         // The script finds new hashes absent: renaming is tried again.
         let n = s
             .tier
-            .write(&m, 8, &entries(1000..=1299, 8, "d"))
+            .write(m, 8, &entries(1000..=1299, 8, "d"))
             .await
             .unwrap();
         assert_eq!(n, 300);
         assert_eq!(absent_last(&s), Some(true));
         // A tombstone of a newer version kills an entry; an older does not.
         let tomb = |k: i64, v: i64| (k.to_string(), head(v, m.ttl).into_bytes());
-        s.tier.write(&m, 9, &[tomb(1000, 9)]).await.unwrap();
-        s.tier.write(&m, 1, &[tomb(1001, 1)]).await.unwrap();
-        assert_eq!(s.version(&m, 1000).await, Some((9, String::new())));
-        assert_eq!(s.version(&m, 1001).await.map(|v| v.0), Some(8));
+        s.tier.write(m, 9, &[tomb(1000, 9)]).await.unwrap();
+        s.tier.write(m, 1, &[tomb(1001, 1)]).await.unwrap();
+        assert_eq!(s.version(m, 1000).await, Some((9, String::new())));
+        assert_eq!(s.version(m, 1001).await.map(|v| v.0), Some(8));
         assert_eq!(s.tier.count("m").await.unwrap(), 100 + 300);
     }
 
     #[tokio::test]
     async fn reads_fill_and_warm_only_what_they_saw() {
+        for m in models() {
+            fill_and_warm(&m).await;
+        }
+    }
+
+    async fn fill_and_warm(m: &CachedModel) {
         let s = Scratch::new();
-        let m = model();
-        s.tier.write(&m, 5, &entries(1..=3, 5, "a")).await.unwrap();
+        s.tier.write(m, 5, &entries(1..=3, 5, "a")).await.unwrap();
         // A fill after a read that saw nothing: taken.
-        let seen = s.tier.read(&m, "42").await.unwrap();
+        let seen = s.tier.read(m, "42").await.unwrap();
         assert_eq!(seen.live(), None);
-        s.tier.fill(&m, "42", &seen, r#"{"id":42}"#).await.unwrap();
+        s.tier.fill(m, "42", &seen, r#"{"id":42}"#).await.unwrap();
         assert_eq!(
-            s.tier.read(&m, "42").await.unwrap().live().as_deref(),
+            s.tier.read(m, "42").await.unwrap().live().as_deref(),
             Some(r#"{"id":42}"#)
         );
         // A fill that raced a write: the write's entry stays.
-        let seen = s.tier.read(&m, "2").await.unwrap();
-        s.tier.write(&m, 6, &entries([2], 6, "b")).await.unwrap();
+        let seen = s.tier.read(m, "2").await.unwrap();
+        s.tier.write(m, 6, &entries([2], 6, "b")).await.unwrap();
         s.tier
-            .fill(&m, "2", &seen, r#"{"stale":true}"#)
+            .fill(m, "2", &seen, r#"{"stale":true}"#)
             .await
             .unwrap();
-        assert_eq!(s.version(&m, 2).await.map(|v| v.0), Some(6));
+        assert_eq!(s.version(m, 2).await.map(|v| v.0), Some(6));
         // Flushed, then warmed: dead entries are replaced, at the marker's
         // version; a flush during the warm would have stopped it.
         s.tier.flush("m", 10).await.unwrap();
-        assert_eq!(s.tier.read(&m, "1").await.unwrap().live(), None);
+        assert_eq!(s.tier.read(m, "1").await.unwrap().live(), None);
         s.tier
-            .warm(&m, &[("1".into(), r#"{"id":1,"w":1}"#.into())])
+            .warm(m, &[("1".into(), r#"{"id":1,"w":1}"#.into())])
             .await
             .unwrap();
         assert_eq!(
-            s.tier.read(&m, "1").await.unwrap().live().as_deref(),
+            s.tier.read(m, "1").await.unwrap().live().as_deref(),
             Some(r#"{"id":1,"w":1}"#)
         );
-        assert_eq!(s.version(&m, 1).await.map(|v| v.0), Some(10));
+        assert_eq!(s.version(m, 1).await.map(|v| v.0), Some(10));
     }
 }
