@@ -19,6 +19,10 @@ const SETTINGS: &[(&str, &str)] = &[
     ("NEXUS_REDIS_TIMEOUT", "redis_timeout"),
     ("NEXUS_CACHE_MEMORY", "cache_memory"),
     ("NEXUS_CACHE_WRITE_BEHIND", "cache_write_behind"),
+    (
+        "NEXUS_CACHE_WRITE_BEHIND_MEMORY",
+        "cache_write_behind_memory",
+    ),
     ("NEXUS_CACHE_WARM_ROWS", "cache_warm_rows"),
     ("NEXUS_MODELS", "models"),
     ("NEXUS_DATA_DIR", "data_dir"),
@@ -74,6 +78,9 @@ pub struct Config {
     pub cache_memory: u64,
     /// Rows the write-behind queue holds before it drops (and invalidates).
     pub cache_write_behind: usize,
+    /// Bytes of batch rows the write-behind queue keeps to print them
+    /// (beyond it rows are read back).
+    pub cache_write_behind_memory: u64,
     /// Rows per model warmed at startup (models with `warm = true`).
     pub cache_warm_rows: i64,
     pub models: Option<PathBuf>,
@@ -253,6 +260,11 @@ impl Config {
                 "NEXUS_CACHE_WRITE_BEHIND",
                 1_000_000,
                 number(0, 100_000_000),
+            )?,
+            cache_write_behind_memory: s.parse(
+                "NEXUS_CACHE_WRITE_BEHIND_MEMORY",
+                64 << 20,
+                parse_size,
             )?,
             cache_warm_rows: s.parse("NEXUS_CACHE_WARM_ROWS", 10_000, number(0, 10_000_000))?,
             models: s.get("NEXUS_MODELS").map(PathBuf::from),

@@ -853,11 +853,18 @@ fn every_mismatches(
 fn cached_rows_are_what_row_to_json_prints_for_every_type() {
     let db = TestDb::new();
     let redis = TestRedis::new();
-    let models = db.file("every.toml", EVERY_TYPE);
-    let load = |mode: &str, csv: String| {
+    let through = db.file("every.toml", EVERY_TYPE);
+    // Write-behind keeping no batch rows: every row is read back in binary.
+    let behind = db.file(
+        "every-behind.toml",
+        EVERY_TYPE.replace("write_through", "write_behind"),
+    );
+    let load_with = |models: &PathBuf, env: &[(&str, &str)], mode: &str, csv: String| {
         let file = db.file(&format!("every-{}.csv", uuid::Uuid::new_v4()), csv);
         let mut c = db.nexus();
-        c.env("NEXUS_MODELS", &models).envs(redis.env());
+        c.env("NEXUS_MODELS", models)
+            .envs(redis.env())
+            .envs(env.iter().copied());
         run(c.args([
             "load",
             "--model",
@@ -867,6 +874,7 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
             file.to_str().unwrap(),
         ]))
     };
+    let load = |mode: &str, csv: String| load_with(&through, &[], mode, csv);
     // An append whose ids 5 and 77 come twice: the second rows are refused
     // (the primary key), the first ones stay.
     let csv = [
@@ -907,6 +915,18 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
     assert_eq!(
         db.sql("SELECT count(*) FROM every WHERE note LIKE 'older%'")[0].get::<_, i64>(0),
         0
+    );
+    assert_every_cached(&db, &redis, (1, 260), &["5", "77"]);
+
+    // Write-behind beyond its byte budget (none here): every batch's rows
+    // are read back in binary after the load and print the same.
+    let no_bytes = [("NEXUS_CACHE_WRITE_BEHIND_MEMORY", "0")];
+    let csv = [EVERY_HEADER, &every_lines(90..=210, "behind")].concat();
+    let r = load_with(&behind, &no_bytes, "upsert", csv);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM every WHERE note LIKE 'behind%'")[0].get::<_, i64>(0),
+        121
     );
     assert_every_cached(&db, &redis, (1, 260), &["5", "77"]);
 

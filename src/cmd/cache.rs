@@ -46,6 +46,8 @@ pub fn open(config: &Config, local: bool, listening: Listening) -> anyhow::Resul
             prefix: config.redis_prefix.clone(),
             local_bytes: local.then_some(config.cache_memory),
             write_behind_capacity: config.cache_write_behind,
+            write_behind_bytes: usize::try_from(config.cache_write_behind_memory)
+                .unwrap_or(usize::MAX),
             redis_timeout: config.redis_timeout,
         },
         listening,

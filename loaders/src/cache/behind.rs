@@ -8,6 +8,8 @@
 //! rows' bytes (for the stage to print them) only within a second budget,
 //! in bytes; beyond it a batch waits as its keys alone, and the stage
 //! reads its rows back — slower, but nothing is dropped for memory's sake.
+//! A load's stage holds its write-behind batches while the load runs (see
+//! writes.rs) until the queue is [`WriteBehindQueue::nearly_full`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,12 +17,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// Bytes of batch rows the queue keeps at most.
-pub(crate) const ROW_BYTES: usize = 64 << 20;
-
 pub(crate) struct WriteBehindQueue {
     /// Rows the queue holds at most.
     capacity: usize,
+    /// Bytes of batch rows the queue keeps at most.
+    row_bytes: usize,
     /// Rows queued now.
     depth: AtomicUsize,
     /// Bytes of batch rows kept now.
@@ -38,9 +39,10 @@ pub(crate) struct Admitted {
 }
 
 impl WriteBehindQueue {
-    pub(crate) fn new(capacity: usize) -> Arc<WriteBehindQueue> {
+    pub(crate) fn new(capacity: usize, row_bytes: usize) -> Arc<WriteBehindQueue> {
         Arc::new(WriteBehindQueue {
             capacity,
+            row_bytes,
             depth: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             empty: Notify::new(),
@@ -57,6 +59,12 @@ impl WriteBehindQueue {
         let before = self.depth.fetch_add(rows, Ordering::SeqCst);
         // Over the budget: dropping `admitted` takes the rows back out.
         (before + rows <= self.capacity).then_some(admitted)
+    }
+
+    /// Whether the queue is past nine tenths of its rows: stages holding
+    /// their batches must start writing them before it drops any.
+    pub(crate) fn nearly_full(&self) -> bool {
+        self.depth() >= self.capacity - self.capacity / 10
     }
 
     /// Rows queued now.
@@ -83,7 +91,7 @@ impl Admitted {
     /// Keeps `n` bytes of the batch's rows if the byte budget has room.
     pub(crate) fn keep_bytes(&mut self, n: usize) -> bool {
         let before = self.queue.bytes.fetch_add(n, Ordering::SeqCst);
-        if before + n > ROW_BYTES {
+        if before.saturating_add(n) > self.queue.row_bytes {
             self.queue.bytes.fetch_sub(n, Ordering::SeqCst);
             return false;
         }
@@ -107,11 +115,13 @@ mod tests {
 
     #[tokio::test]
     async fn rows_leave_the_budget_when_written_or_dropped() {
-        let queue = WriteBehindQueue::new(10);
+        let queue = WriteBehindQueue::new(10, 0);
         let a = queue.admit(6).expect("room for 6");
         assert!(queue.admit(5).is_none(), "6 + 5 is over 10");
         assert_eq!(queue.depth(), 6, "a refused admission takes nothing");
+        assert!(!queue.nearly_full());
         let b = queue.admit(4).expect("room for 4");
+        assert!(queue.nearly_full(), "10 of 10");
         assert!(!queue.drain(Duration::from_millis(20)).await);
         drop(a);
         assert_eq!(queue.depth(), 4);
@@ -129,7 +139,8 @@ mod tests {
 
     #[test]
     fn row_bytes_are_kept_within_their_budget_and_given_back() {
-        let queue = WriteBehindQueue::new(10);
+        const ROW_BYTES: usize = 1000;
+        let queue = WriteBehindQueue::new(10, ROW_BYTES);
         let mut a = queue.admit(1).unwrap();
         assert!(a.keep_bytes(ROW_BYTES - 10));
         let mut b = queue.admit(1).unwrap();

@@ -5,13 +5,18 @@
 //! catalog: a plain table, no triggers of its own (they could change a
 //! row), every column either loaded with the model's type or — appends
 //! only — left out without a default (so NULL). Otherwise the stage reads
-//! rows back as before.
+//! rows back as `row_to_json` prints them. Where a batch's rows were not
+//! kept (write-behind beyond its byte budget), the rows are read back in
+//! binary, in the batch's layout, and printed the same way: the server's
+//! binary form prints as `row_to_json` does too (tests/row_json_differential.rs),
+//! at a fraction of the server's work.
 
 use bytes::Bytes;
 use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::row_json::RowJson;
-use nexus_pipeline::types::ColumnType;
+use nexus_pipeline::types::{ColumnType, quote_ident};
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::{FromSql, Type};
 
 use super::keys;
 
@@ -60,6 +65,42 @@ pub async fn row_json(
     )))
 }
 
+/// The query that reads rows back in a batch's layout: the load's COPY
+/// `columns` of `table`, for the keys in `$1` (as text).
+pub fn read_back_sql(
+    table: &str,
+    columns: &[String],
+    key_column: &str,
+    key_type: ColumnType,
+) -> String {
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|c| format!("t.{}", quote_ident(c)))
+        .collect();
+    format!(
+        "SELECT {} FROM {table} t WHERE t.{} = ANY($1::text[]::{key_type}[])",
+        columns.join(", "),
+        quote_ident(key_column)
+    )
+}
+
+/// A column's value as the server sent it, whatever its type.
+struct Raw<'a>(Option<&'a [u8]>);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw)))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
 /// A committed batch's rows, for the cache to print.
 pub struct BatchRows {
     pub body: Bytes,
@@ -73,6 +114,41 @@ pub struct BatchRows {
 pub type Entry = (String, Vec<u8>);
 
 impl BatchRows {
+    /// The committed rows of `keys`, read with `select` (from
+    /// [`read_back_sql`]) in binary and laid out as a batch's COPY rows.
+    pub async fn read_back(
+        db: &impl GenericClient,
+        select: &str,
+        keys: &[String],
+    ) -> Result<BatchRows, tokio_postgres::Error> {
+        let found = db.query(select, &[&keys]).await?;
+        let mut body = Vec::new();
+        let mut rows = Vec::with_capacity(found.len());
+        for (i, row) in found.iter().enumerate() {
+            let start = body.len() as u32;
+            body.extend_from_slice(&(row.len() as i16).to_be_bytes());
+            for c in 0..row.len() {
+                match row.try_get::<_, Raw>(c)?.0 {
+                    None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(v) => {
+                        body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        body.extend_from_slice(v);
+                    }
+                }
+            }
+            rows.push(EncodedRow {
+                start,
+                end: body.len() as u32,
+                record: i as u32,
+            });
+        }
+        Ok(BatchRows {
+            body: body.into(),
+            rows,
+            refused: Vec::new(),
+        })
+    }
+
     /// Every key of the batch with its row as committed: for a key loaded
     /// twice, the last row (an upsert keeps it; an append refuses the
     /// second); keys whose rows were all refused, or whose JSON cannot be

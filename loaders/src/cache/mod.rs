@@ -74,6 +74,8 @@ pub struct CacheConfig {
     pub local_bytes: Option<u64>,
     /// Rows the write-behind queue holds before it drops (and invalidates).
     pub write_behind_capacity: usize,
+    /// Bytes of batch rows it keeps to print them; the rest are read back.
+    pub write_behind_bytes: usize,
     /// How long one Redis call may take before it counts as failed.
     pub redis_timeout: Duration,
 }
@@ -202,7 +204,10 @@ impl Cache {
             .local_bytes
             .map(|b| LocalTier::new(b, listening, stats.clone()));
         Ok(Arc::new(Cache {
-            behind: behind::WriteBehindQueue::new(config.write_behind_capacity),
+            behind: behind::WriteBehindQueue::new(
+                config.write_behind_capacity,
+                config.write_behind_bytes,
+            ),
             redis,
             local,
             stats,

@@ -12,12 +12,17 @@
 //! replaced. Write-through batches wait for room in the stage (the cache
 //! keeps up or slows the load) and the job ends only when the stage has
 //! written them all; write-behind batches never wait — a full queue drops
-//! them, counts them and flushes the model in Redis instead; cache-aside
+//! them, counts them and flushes the model in Redis instead. On a machine
+//! the load keeps busy, any work beside it slows it, so a write-behind
+//! stage holds its batches while the load runs: until the load ends, the
+//! process's queue is nearly full, or its first batch has waited [`HOLD`];
+//! from then on it writes as the batches come. Cache-aside
 //! leaves tombstones. The local tier is filled by reads only: bulk loads
 //! would just churn its small budget. A batch stays `cache_pending` in its
 //! checkpoint until its Redis write is done; [`settle`] clears those and
 //! repairs what crashes and outages left.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,12 +30,12 @@ use nexus_pipeline::batch::EncodedRow;
 use nexus_pipeline::model::CacheStrategy;
 use nexus_pipeline::row_json::RowJson;
 use nexus_pipeline::types::ColumnType;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::behind::Admitted;
-use super::from_batch::{BatchRows, Entry};
+use super::from_batch::{BatchRows, Entry, read_back_sql};
 use super::keys::BatchKeys;
 use super::notice::notices;
 use super::{Cache, CacheError, CachedModel, keys};
@@ -47,21 +52,42 @@ const THROUGH_QUEUE: usize = 4;
 /// Batches a stage works on at once, each worker with its own connection.
 const STAGE_WORKERS: usize = 3;
 
+/// How long a write-behind stage holds its first batch while the load
+/// runs: the longest its entries trail their COMMIT for a hold, and well
+/// inside the time after which the repair takes a running job's pending
+/// batch for abandoned.
+const HOLD: Duration = Duration::from_secs(15);
+
 /// One load's handle on the cache.
 pub struct BatchCache {
     pub cache: Arc<Cache>,
     pub model: Arc<CachedModel>,
     /// The key's position among the COPY columns.
     key_field: usize,
-    /// How rows print from the batch; `None`: the stage reads them back.
-    json: Option<Arc<RowJson>>,
+    /// How the stage prints rows; `None`: it reads them back as JSON.
+    printing: Option<Arc<Printing>>,
     job_id: Uuid,
     /// The stage's queue and workers; `None` without Redis.
     stage: Mutex<Option<Stage>>,
 }
 
-/// A running stage: its queue and its workers.
-type Stage = (mpsc::Sender<Queued>, Vec<tokio::task::JoinHandle<()>>);
+/// How a load's stage prints rows itself: its batches', or those it reads
+/// back in their layout when a batch's were not kept.
+struct Printing {
+    json: RowJson,
+    /// The key's position among the COPY columns.
+    key_field: usize,
+    /// `from_batch::read_back_sql` for the load's columns.
+    read_back: String,
+}
+
+/// A running stage: its queue, its workers, and whether they may start
+/// (write-behind holds them; see the module's doc).
+struct Stage {
+    tx: mpsc::Sender<Queued>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    release: Arc<watch::Sender<bool>>,
+}
 
 /// A batch in the stage's queue; a write-behind batch holds its rows in
 /// the process's write-behind budget until a worker is done with it.
@@ -93,10 +119,21 @@ impl BatchCache {
         database_url: &str,
     ) -> Option<BatchCache> {
         let key_field = columns.iter().position(|c| *c == model.key_column)?;
-        let model = Arc::new(model);
-        let json = json
+        let printing = json
             .filter(|_| model.strategy != CacheStrategy::CacheAside)
-            .map(Arc::new);
+            .map(|json| {
+                Arc::new(Printing {
+                    json,
+                    key_field,
+                    read_back: read_back_sql(
+                        &model.table,
+                        columns,
+                        &model.key_column,
+                        model.key_type,
+                    ),
+                })
+            });
+        let model = Arc::new(model);
         let stage = cache.redis.is_some().then(|| {
             let capacity = match model.strategy {
                 // Bounded in rows by the process's write-behind budget.
@@ -105,25 +142,27 @@ impl BatchCache {
             };
             let (tx, rx) = mpsc::channel(capacity);
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let held = model.strategy == CacheStrategy::WriteBehind;
+            let release = Arc::new(watch::Sender::new(!held));
             let tasks = (0..STAGE_WORKERS)
                 .map(|_| {
                     tokio::spawn(run_stage(
                         cache.clone(),
                         model.clone(),
-                        (json.clone(), key_field),
+                        printing.clone(),
                         job_id,
                         database_url.to_string(),
-                        rx.clone(),
+                        (rx.clone(), release.clone()),
                     ))
                 })
                 .collect();
-            (tx, tasks)
+            Stage { tx, tasks, release }
         });
         Some(BatchCache {
             cache,
             model,
             key_field,
-            json,
+            printing,
             job_id,
             stage: Mutex::new(stage),
         })
@@ -137,7 +176,7 @@ impl BatchCache {
     /// Whether the stage makes rows' JSON from the batch, which then
     /// hands its rows over.
     pub fn takes_rows(&self) -> bool {
-        self.cache.redis.is_some() && self.json.is_some()
+        self.cache.redis.is_some() && self.printing.is_some()
     }
 
     /// The canonical keys of a batch's rows, each once. Integer keys are
@@ -190,12 +229,12 @@ impl BatchCache {
 
     /// After the COMMIT: hands the batch to the stage.
     pub async fn after_commit(&self, w: PendingWrite) {
-        let Some(tx) = self
+        let Some((tx, release)) = self
             .stage
             .lock()
             .expect("stage")
             .as_ref()
-            .map(|s| s.0.clone())
+            .map(|s| (s.tx.clone(), s.release.clone()))
         else {
             return;
         };
@@ -219,10 +258,14 @@ impl BatchCache {
                 {
                     w.rows = None;
                 }
-                match tx.try_send(Queued {
+                let sent = tx.try_send(Queued {
                     write: w,
                     admitted: Some(admitted),
-                }) {
+                });
+                if self.cache.behind.nearly_full() {
+                    release.send_replace(true);
+                }
+                match sent {
                     Ok(()) => return,
                     Err(e) => e.into_inner().write,
                 }
@@ -244,11 +287,12 @@ impl BatchCache {
         });
     }
 
-    /// The load is over: waits for the stage's write-through work; leaves
-    /// write-behind work running on its own.
+    /// The load is over: waits for the stage's write-through work; starts
+    /// write-behind work and leaves it running on its own.
     pub async fn finish(&self) {
         let stage = self.stage.lock().expect("stage").take();
-        if let Some((tx, tasks)) = stage {
+        if let Some(Stage { tx, tasks, release }) = stage {
+            release.send_replace(true);
             drop(tx);
             if self.model.strategy != CacheStrategy::WriteBehind {
                 for t in tasks {
@@ -291,13 +335,17 @@ impl BatchCache {
 async fn run_stage(
     cache: Arc<Cache>,
     model: Arc<CachedModel>,
-    (json, key_field): (Option<Arc<RowJson>>, usize),
+    printing: Option<Arc<Printing>>,
     job: Uuid,
     url: String,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
+    (rx, release): (
+        Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
+        Arc<watch::Sender<bool>>,
+    ),
 ) {
     let writes_rows = model.strategy != CacheStrategy::CacheAside;
     let mut db: Option<tokio_postgres::Client> = None;
+    let mut released = release.subscribe();
     loop {
         let Some(Queued {
             write: mut w,
@@ -306,17 +354,21 @@ async fn run_stage(
         else {
             break;
         };
+        if !*released.borrow() {
+            // Held: the first batch waits at most HOLD, then all go.
+            let _ = tokio::time::timeout(HOLD, released.wait_for(|go| *go)).await;
+            release.send_replace(true);
+        }
         let head = super::redis_tier::head(w.version, model.ttl).into_bytes();
-        let entries = match (w.rows.take(), &json) {
-            (Some(rows), Some(json)) => {
-                let (json, key_type, head) = (json.clone(), model.key_type, head.clone());
-                let print = move || rows.entries(&json, key_field, key_type, &head);
-                // Printing a batch is CPU work: off the runtime's threads,
-                // and behind a load at the lowest priority.
-                if model.strategy == CacheStrategy::WriteBehind {
-                    super::idle_thread::run(print).await
-                } else {
-                    tokio::task::spawn_blocking(print).await.ok()
+        let entries = match (w.rows.take(), &printing) {
+            (Some(rows), Some(p)) => print(p, &model, rows, &head).await,
+            (None, Some(p)) if writes_rows && !w.keys.is_empty() => {
+                let texts = w.keys.texts();
+                match read_back(&mut db, &url, p, &model, &texts).await {
+                    Some(rows) => print(p, &model, rows, &head)
+                        .await
+                        .map(|e| with_tombstones(&texts, e, &head)),
+                    None => None,
                 }
             }
             _ => None,
@@ -330,7 +382,9 @@ async fn run_stage(
                 } else {
                     None
                 };
-                read_back_entries(&texts, rows, &head)
+                let rows = rows.unwrap_or_default().into_iter();
+                let entries = rows.map(|(k, json)| (k, [&head, json.as_bytes()].concat()));
+                with_tombstones(&texts, entries.collect(), &head)
             }
         };
         write_redis(&cache, &model, job, &w, &entries).await;
@@ -346,24 +400,34 @@ async fn run_stage(
     }
 }
 
-/// The entries for keys whose rows were read back (`None`: they could not
-/// be): keys without a committed row (refused by the database) hold
-/// nothing new, and a tombstone keeps them from serving an old value.
-fn read_back_entries(
-    keys: &[String],
-    rows: Option<Vec<(String, String)>>,
+/// Prints a batch's rows (or rows read back in its layout) as entries,
+/// each value after `head`. Printing is CPU work: off the runtime's
+/// threads, and behind a load at the lowest priority. `None` if the
+/// printing thread was lost.
+async fn print(
+    p: &Arc<Printing>,
+    model: &CachedModel,
+    rows: BatchRows,
     head: &[u8],
-) -> Vec<Entry> {
-    let Some(rows) = rows else {
-        return keys.iter().map(|k| (k.clone(), head.to_vec())).collect();
-    };
-    let mut entries: Vec<Entry> = rows
-        .into_iter()
-        .map(|(k, json)| (k, [head, json.as_bytes()].concat()))
-        .collect();
+) -> Option<Vec<Entry>> {
+    let (p, key_type, head) = (p.clone(), model.key_type, head.to_vec());
+    let print = move || rows.entries(&p.json, p.key_field, key_type, &head);
+    if model.strategy == CacheStrategy::WriteBehind {
+        super::idle_thread::run(print).await
+    } else {
+        tokio::task::spawn_blocking(print).await.ok()
+    }
+}
+
+/// `entries` of the rows read back for `keys`, and a tombstone for each
+/// key without a committed row (refused by the database, or unreadable
+/// when the rows could not be read): it holds nothing new, and the
+/// tombstone keeps it from serving an old value.
+fn with_tombstones(keys: &[String], mut entries: Vec<Entry>, head: &[u8]) -> Vec<Entry> {
+    let found: HashSet<&str> = entries.iter().map(|e| e.0.as_str()).collect();
     let gone: Vec<Entry> = keys
         .iter()
-        .filter(|k| entries.binary_search_by(|e| e.0.cmp(k)).is_err())
+        .filter(|k| !found.contains(k.as_str()))
         .map(|k| (k.clone(), head.to_vec()))
         .collect();
     entries.extend(gone);
@@ -403,8 +467,26 @@ pub(super) async fn announce(
     Ok(())
 }
 
-/// The committed rows of `keys`; `None` (the keys are then invalidated
-/// instead) if PostgreSQL cannot be read.
+/// The committed rows of `keys` in binary, for the stage to print; `None`
+/// (they are then read as JSON) if PostgreSQL cannot be read.
+async fn read_back(
+    db: &mut Option<tokio_postgres::Client>,
+    url: &str,
+    p: &Printing,
+    model: &CachedModel,
+    keys: &[String],
+) -> Option<BatchRows> {
+    match BatchRows::read_back(connected(db, url).await?, &p.read_back, keys).await {
+        Ok(rows) => Some(rows),
+        Err(e) => {
+            tracing::warn!(error = %e, model = %model.name, "reading rows back for the cache failed");
+            None
+        }
+    }
+}
+
+/// The committed rows of `keys` as JSON; `None` (the keys are then
+/// invalidated instead) if PostgreSQL cannot be read.
 async fn fetch(
     db: &mut Option<tokio_postgres::Client>,
     url: &str,
@@ -412,10 +494,7 @@ async fn fetch(
     keys: &[String],
 ) -> Option<Vec<(String, String)>> {
     match model.fetch(connected(db, url).await?, keys).await {
-        Ok(mut rows) => {
-            rows.sort_unstable();
-            Some(rows)
-        }
+        Ok(rows) => Some(rows),
         Err(e) => {
             tracing::warn!(error = %e, model = %model.name, "reading rows back for the cache failed; invalidating them instead");
             None
