@@ -444,7 +444,18 @@ async fn connected<'a>(
     url: &str,
 ) -> Option<&'a tokio_postgres::Client> {
     if db.as_ref().is_none_or(|c| c.is_closed()) {
-        *db = crate::pg::connect_retrying(url, CONNECT_WINDOW).await.ok();
+        *db = match crate::pg::connect_retrying(url, CONNECT_WINDOW).await {
+            // The stage looks up a batch's keys: on a table just loaded,
+            // without statistics, the planner picks parallel workers for
+            // that, whose start costs more than the lookup (a load's
+            // read-back took 2.5x as long).
+            Ok(c) => c
+                .batch_execute("SET max_parallel_workers_per_gather = 0")
+                .await
+                .is_ok()
+                .then_some(c),
+            Err(_) => None,
+        };
     }
     db.as_ref()
 }
