@@ -924,6 +924,7 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
     let csv = [EVERY_HEADER, &every_lines(90..=210, "behind")].concat();
     let r = load_with(&behind, &no_bytes, "upsert", csv);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stderr.contains("reading rows back"), "{}", r.stderr);
     assert_eq!(
         db.sql("SELECT count(*) FROM every WHERE note LIKE 'behind%'")[0].get::<_, i64>(0),
         121

@@ -9,13 +9,15 @@
 //! in bytes; beyond it a batch waits as its keys alone, and the stage
 //! reads its rows back — slower, but nothing is dropped for memory's sake.
 //! A load's stage holds its write-behind batches while the load runs (see
-//! writes.rs) until the queue is [`WriteBehindQueue::nearly_full`].
+//! writes.rs); when the queue is nine tenths full it is
+//! [`WriteBehindQueue::pressed`], and every stage writes, so that none of
+//! them has its batches dropped for another's held ones.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 pub(crate) struct WriteBehindQueue {
     /// Rows the queue holds at most.
@@ -28,6 +30,8 @@ pub(crate) struct WriteBehindQueue {
     bytes: AtomicUsize,
     /// Woken when `depth` comes back to zero.
     empty: Notify,
+    /// Whether the queue was nine tenths full since it was last empty.
+    pressed: watch::Sender<bool>,
 }
 
 /// Rows admitted into the queue; they leave it when this is dropped.
@@ -46,6 +50,7 @@ impl WriteBehindQueue {
             depth: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             empty: Notify::new(),
+            pressed: watch::Sender::new(false),
         })
     }
 
@@ -57,14 +62,18 @@ impl WriteBehindQueue {
             bytes: 0,
         };
         let before = self.depth.fetch_add(rows, Ordering::SeqCst);
+        if before + rows >= self.capacity - self.capacity / 10 {
+            self.pressed
+                .send_if_modified(|p| !std::mem::replace(p, true));
+        }
         // Over the budget: dropping `admitted` takes the rows back out.
         (before + rows <= self.capacity).then_some(admitted)
     }
 
-    /// Whether the queue is past nine tenths of its rows: stages holding
-    /// their batches must start writing them before it drops any.
-    pub(crate) fn nearly_full(&self) -> bool {
-        self.depth() >= self.capacity - self.capacity / 10
+    /// Whether the queue was nine tenths full since it was last empty:
+    /// stages holding their batches must write them before it drops any.
+    pub(crate) fn pressed(&self) -> watch::Receiver<bool> {
+        self.pressed.subscribe()
     }
 
     /// Rows queued now.
@@ -104,6 +113,7 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         self.queue.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
         if self.queue.depth.fetch_sub(self.rows, Ordering::SeqCst) == self.rows {
+            self.queue.pressed.send_replace(false);
             self.queue.empty.notify_waiters();
         }
     }
@@ -116,12 +126,13 @@ mod tests {
     #[tokio::test]
     async fn rows_leave_the_budget_when_written_or_dropped() {
         let queue = WriteBehindQueue::new(10, 0);
+        let pressed = queue.pressed();
         let a = queue.admit(6).expect("room for 6");
+        assert!(!*pressed.borrow(), "6 of 10");
         assert!(queue.admit(5).is_none(), "6 + 5 is over 10");
         assert_eq!(queue.depth(), 6, "a refused admission takes nothing");
-        assert!(!queue.nearly_full());
+        assert!(*pressed.borrow(), "a refused admission presses");
         let b = queue.admit(4).expect("room for 4");
-        assert!(queue.nearly_full(), "10 of 10");
         assert!(!queue.drain(Duration::from_millis(20)).await);
         drop(a);
         assert_eq!(queue.depth(), 4);
@@ -135,6 +146,7 @@ mod tests {
             "draining ends when the last rows leave"
         );
         assert_eq!(queue.depth(), 0);
+        assert!(!*pressed.borrow(), "empty again: holding may resume");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! them, counts them and flushes the model in Redis instead. On a machine
 //! the load keeps busy, any work beside it slows it, so a write-behind
 //! stage holds its batches while the load runs: until the load ends, the
-//! process's queue is nearly full, or its first batch has waited [`HOLD`];
+//! process's queue is nine tenths full (behind.rs), or its first batch has
+//! waited [`HOLD`];
 //! from then on it writes as the batches come. Cache-aside
 //! leaves tombstones. The local tier is filled by reads only: bulk loads
 //! would just churn its small budget. A batch stays `cache_pending` in its
@@ -229,12 +230,12 @@ impl BatchCache {
 
     /// After the COMMIT: hands the batch to the stage.
     pub async fn after_commit(&self, w: PendingWrite) {
-        let Some((tx, release)) = self
+        let Some(tx) = self
             .stage
             .lock()
             .expect("stage")
             .as_ref()
-            .map(|s| (s.tx.clone(), s.release.clone()))
+            .map(|s| s.tx.clone())
         else {
             return;
         };
@@ -258,14 +259,10 @@ impl BatchCache {
                 {
                     w.rows = None;
                 }
-                let sent = tx.try_send(Queued {
+                match tx.try_send(Queued {
                     write: w,
                     admitted: Some(admitted),
-                });
-                if self.cache.behind.nearly_full() {
-                    release.send_replace(true);
-                }
-                match sent {
+                }) {
                     Ok(()) => return,
                     Err(e) => e.into_inner().write,
                 }
@@ -356,7 +353,12 @@ async fn run_stage(
         };
         if !*released.borrow() {
             // Held: the first batch waits at most HOLD, then all go.
-            let _ = tokio::time::timeout(HOLD, released.wait_for(|go| *go)).await;
+            let mut pressed = cache.behind.pressed();
+            tokio::select! {
+                _ = released.wait_for(|go| *go) => {}
+                _ = pressed.wait_for(|p| *p) => {}
+                _ = tokio::time::sleep(HOLD) => {}
+            }
             release.send_replace(true);
         }
         let head = super::redis_tier::head(w.version, model.ttl).into_bytes();
