@@ -42,10 +42,12 @@ use super::notice::notices;
 use super::{Cache, CacheError, CachedModel, keys};
 
 /// How long a batch may stay pending before the repair treats it as
-/// abandoned: while its job runs, and once the job has ended (its stage may
-/// still be writing behind).
+/// abandoned: after its COMMIT while its job runs (a write-behind stage
+/// holds batches for up to [`HOLD`]), and after the later of its COMMIT and
+/// its job's end once the job has ended (a write-behind stage writes what
+/// it held then, for as long as a command waits for it: src/cmd/cache.rs).
 const ABANDONED_RUNNING_SECS: f64 = 30.0;
-const ABANDONED_ENDED_SECS: f64 = 5.0;
+const ABANDONED_ENDED_SECS: f64 = 10.0;
 
 /// Write-through batches the stage holds before writers wait.
 const THROUGH_QUEUE: usize = 4;
@@ -569,7 +571,8 @@ pub(super) async fn settle(cache: &Cache, db: &impl GenericClient) -> Result<u64
         .query(
             crate::status_sql!("SELECT j.model, max(b.cache_version) FROM nexus.job_batches b JOIN nexus.jobs j ON j.id = b.job_id
              WHERE b.cache_pending AND b.cache_version IS NOT NULL
-               AND b.committed_at < now() - make_interval(secs => CASE WHEN j.status = {running} THEN $1::float8 ELSE $2::float8 END)
+               AND CASE WHEN j.status = {running} THEN b.committed_at < now() - make_interval(secs => $1::float8)
+                        ELSE greatest(b.committed_at, j.finished_at) < now() - make_interval(secs => $2::float8) END
              GROUP BY j.model"),
             &[&ABANDONED_RUNNING_SECS, &ABANDONED_ENDED_SECS],
         )
