@@ -84,12 +84,24 @@ struct Printing {
     read_back: String,
 }
 
-/// A running stage: its queue, its workers, and whether they may start
-/// (write-behind holds them; see the module's doc).
+/// A running stage: its queue, its workers, and where its load stands
+/// for them.
 struct Stage {
     tx: mpsc::Sender<Queued>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    release: Arc<watch::Sender<bool>>,
+    release: Arc<watch::Sender<Hold>>,
+}
+
+/// Where a stage's load stands for its workers (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Write-behind while the load runs: batches wait.
+    Held,
+    /// The load runs and batches are written as they come; write-behind
+    /// prints them at the lowest priority, behind the load.
+    Writing,
+    /// The load has ended: nothing to stay behind.
+    Ended,
 }
 
 /// A batch in the stage's queue; a write-behind batch holds its rows in
@@ -145,8 +157,11 @@ impl BatchCache {
             };
             let (tx, rx) = mpsc::channel(capacity);
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
-            let held = model.strategy == CacheStrategy::WriteBehind;
-            let release = Arc::new(watch::Sender::new(!held));
+            let hold = match model.strategy {
+                CacheStrategy::WriteBehind => Hold::Held,
+                _ => Hold::Writing,
+            };
+            let release = Arc::new(watch::Sender::new(hold));
             let tasks = (0..STAGE_WORKERS)
                 .map(|_| {
                     tokio::spawn(run_stage(
@@ -291,7 +306,7 @@ impl BatchCache {
     pub async fn finish(&self) {
         let stage = self.stage.lock().expect("stage").take();
         if let Some(Stage { tx, tasks, release }) = stage {
-            release.send_replace(true);
+            release.send_replace(Hold::Ended);
             drop(tx);
             if self.model.strategy != CacheStrategy::WriteBehind {
                 for t in tasks {
@@ -339,7 +354,7 @@ async fn run_stage(
     url: String,
     (rx, release): (
         Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
-        Arc<watch::Sender<bool>>,
+        Arc<watch::Sender<Hold>>,
     ),
 ) {
     let writes_rows = model.strategy != CacheStrategy::CacheAside;
@@ -353,23 +368,30 @@ async fn run_stage(
         else {
             break;
         };
-        if !*released.borrow() {
+        if *released.borrow() == Hold::Held {
             // Held: the first batch waits at most HOLD, then all go.
             let mut pressed = cache.behind.pressed();
             tokio::select! {
-                _ = released.wait_for(|go| *go) => {}
+                _ = released.wait_for(|h| *h != Hold::Held) => {}
                 _ = pressed.wait_for(|p| *p) => {}
                 _ = tokio::time::sleep(HOLD) => {}
             }
-            release.send_replace(true);
+            release.send_if_modified(|h| {
+                *h == Hold::Held && {
+                    *h = Hold::Writing;
+                    true
+                }
+            });
         }
+        let behind =
+            model.strategy == CacheStrategy::WriteBehind && *released.borrow() != Hold::Ended;
         let head = super::redis_tier::head(w.version, model.ttl).into_bytes();
         let entries = match (w.rows.take(), &printing) {
-            (Some(rows), Some(p)) => print(p, &model, rows, &head).await,
+            (Some(rows), Some(p)) => print(p, &model, rows, &head, behind).await,
             (None, Some(p)) if writes_rows && !w.keys.is_empty() => {
                 let texts = w.keys.texts();
                 match read_back(&mut db, &url, p, &model, &texts).await {
-                    Some(rows) => print(p, &model, rows, &head)
+                    Some(rows) => print(p, &model, rows, &head, behind)
                         .await
                         .map(|e| with_tombstones(&texts, e, &head)),
                     None => None,
@@ -406,17 +428,18 @@ async fn run_stage(
 
 /// Prints a batch's rows (or rows read back in its layout) as entries,
 /// each value after `head`. Printing is CPU work: off the runtime's
-/// threads, and behind a load at the lowest priority. `None` if the
-/// printing thread was lost.
+/// threads, and `behind` a running load at the lowest priority. `None` if
+/// the printing thread was lost.
 async fn print(
     p: &Arc<Printing>,
     model: &CachedModel,
     rows: BatchRows,
     head: &[u8],
+    behind: bool,
 ) -> Option<Vec<Entry>> {
     let (p, key_type, head) = (p.clone(), model.key_type, head.to_vec());
     let print = move || rows.entries(&p.json, p.key_field, key_type, &head);
-    if model.strategy == CacheStrategy::WriteBehind {
+    if behind {
         super::idle_thread::run(print).await
     } else {
         tokio::task::spawn_blocking(print).await.ok()
