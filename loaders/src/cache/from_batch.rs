@@ -115,7 +115,9 @@ pub type Entry = (String, Vec<u8>);
 
 impl BatchRows {
     /// The committed rows of `keys`, read with `select` (from
-    /// [`read_back_sql`]) in binary and laid out as a batch's COPY rows.
+    /// [`read_back_sql`]) in binary and laid out as a batch's COPY rows
+    /// (those past 4 GiB of them are left out, their keys then hold
+    /// tombstones).
     pub async fn read_back(
         db: &impl GenericClient,
         select: &str,
@@ -125,7 +127,10 @@ impl BatchRows {
         let mut body = Vec::new();
         let mut rows = Vec::with_capacity(found.len());
         for (i, row) in found.iter().enumerate() {
-            let start = body.len() as u32;
+            let Ok(start) = u32::try_from(body.len()) else {
+                break;
+            };
+            // At most 1,600 columns, each value at most 1 GB.
             body.extend_from_slice(&(row.len() as i16).to_be_bytes());
             for c in 0..row.len() {
                 match row.try_get::<_, Raw>(c)?.0 {
@@ -136,9 +141,12 @@ impl BatchRows {
                     }
                 }
             }
+            let Ok(end) = u32::try_from(body.len()) else {
+                break;
+            };
             rows.push(EncodedRow {
                 start,
-                end: body.len() as u32,
+                end,
                 record: i as u32,
             });
         }
