@@ -950,3 +950,76 @@ fn cached_rows_are_what_row_to_json_prints_for_every_type() {
     );
     assert_every_cached(&db, &redis, (250, 300), &[]);
 }
+
+/// The repair takes a pending batch for abandoned (and flushes its model)
+/// only well after anyone may still write it: while its job runs, 30 s
+/// after its COMMIT (a write-behind stage holds batches up to 15 s); once
+/// the job has ended, 10 s after the later of its COMMIT and the job's end
+/// (a write-behind stage writes what it held when its load ends).
+#[test]
+fn the_repair_waits_for_what_write_behind_holds() {
+    use nexus_loaders::cache::{Cache, CacheConfig, Listening};
+    let db = TestDb::new();
+    let redis = TestRedis::new();
+    let mut c = db.nexus();
+    let r = run(c.args(["migrate", "--schema-only"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _runtime = rt.enter();
+    let cache = Cache::new(
+        CacheConfig {
+            redis_url: Some(redis.url.clone()),
+            redis_ca: None,
+            prefix: redis.prefix.clone(),
+            local_bytes: None,
+            write_behind_capacity: 1000,
+            write_behind_bytes: 0,
+            redis_timeout: Duration::from_secs(5),
+        },
+        Listening::default(),
+    )
+    .unwrap();
+    // (status, seconds since the job ended, seconds since the COMMIT,
+    // abandoned?)
+    let cases = [
+        ("running", None, 20, false),
+        ("running", None, 40, true),
+        ("succeeded", Some(3), 60, false),
+        ("succeeded", Some(12), 60, true),
+        ("succeeded", Some(12), 4, false),
+    ];
+    for (i, (status, ended, committed, abandoned)) in cases.into_iter().enumerate() {
+        let model = format!("m{i}");
+        let ended = ended.map_or("NULL".to_string(), |s| format!("now() - interval '{s} s'"));
+        db.exec(&format!(
+            "INSERT INTO nexus.jobs (id, model, target, mode, status, file_hash, finished_at)
+               VALUES ('{id}', '{model}', '{model}', 'append', '{status}', 'x', {ended});
+             INSERT INTO nexus.job_batches (job_id, seq, rows_read, rows_committed, rows_rejected, bytes_end,
+                                            committed_at, cache_version, cache_pending)
+               VALUES ('{id}', 1, 1, 1, 0, 1, now() - interval '{committed} s', 7, true)",
+            id = uuid::Uuid::new_v4()
+        ));
+        let repaired = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            cache.settle(&client).await.unwrap()
+        });
+        assert_eq!(
+            repaired,
+            u64::from(abandoned),
+            "{status}, ended {ended}, committed {committed} s ago"
+        );
+        let still = db.sql(&format!(
+            "SELECT count(*) FROM nexus.job_batches b JOIN nexus.jobs j ON j.id = b.job_id
+             WHERE j.model = '{model}' AND b.cache_pending"
+        ))[0]
+            .get::<_, i64>(0);
+        assert_eq!(still, i64::from(!abandoned), "case {i}");
+        db.exec(&format!("UPDATE nexus.job_batches b SET cache_pending = false FROM nexus.jobs j WHERE j.id = b.job_id AND j.model = '{model}'"));
+    }
+}
