@@ -109,22 +109,17 @@ pub async fn live_principal(
     state: &AppState,
     session: uuid::Uuid,
 ) -> Result<Option<Principal>, Problem> {
-    let cache = &state.caches.sessions;
-    let live = match cache
-        .get(&session)
-        .filter(|s| s.expires_at > chrono::Utc::now())
-    {
-        Some(s) => Some(s),
-        None => {
-            let ticket = cache.ticket();
+    // A cached session past its expiry is not live: the database would
+    // not find it either (an extension is an update, which drops it here).
+    let live = state
+        .caches
+        .sessions
+        .get_or_read(&session, || async {
             let db = state.pool.get().await?;
-            let found = store::live_session(&**db, session).await?;
-            if let Some(s) = &found {
-                cache.fill(session, s.clone(), ticket);
-            }
-            found
-        }
-    };
+            Ok::<_, Problem>(store::live_session(&**db, session).await?)
+        })
+        .await?
+        .filter(|s| s.expires_at > chrono::Utc::now());
     Ok(live.map(|s| s.principal))
 }
 

@@ -510,19 +510,14 @@ pub(crate) const REJECT_GROUPS: i64 = 50;
 async fn visible(state: &AppState, user: &CurrentUser, id: Uuid) -> Result<JobRecord, Problem> {
     // Every change of a job record is announced (`crate::events`), so a
     // cached record is the committed one.
-    let cache = &state.caches.jobs;
-    let found = match cache.get(&id) {
-        Some(j) => Some(j),
-        None => {
-            let ticket = cache.ticket();
+    let found = state
+        .caches
+        .jobs
+        .get_or_read(&id, || async {
             let db = state.pool.get().await?;
-            let found = jobs::get(&**db, id).await?;
-            if let Some(j) = &found {
-                cache.fill(id, j.clone(), ticket);
-            }
-            found
-        }
-    };
+            Ok::<_, Problem>(jobs::get(&**db, id).await?)
+        })
+        .await?;
     let mut job = found
         .filter(|j| may_see(user.0.role, &user.0.username, j))
         .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;

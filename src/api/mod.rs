@@ -17,16 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use nexus_pipeline::ModelSet;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 
 use crate::auth::tokens::Keys;
@@ -52,6 +49,7 @@ pub struct Services {
     pub started: Instant,
     pub limiter: Arc<middleware::Limiter>,
     pub stats: Arc<middleware::HttpStats>,
+    pub request_ids: middleware::RequestIds,
     pub storage: Arc<dyn crate::jobs::storage::Storage>,
     /// Wakes a queue worker when a job is queued here.
     pub queue: Arc<tokio::sync::Notify>,
@@ -176,24 +174,21 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v2/records/{model}/{key}", get(records::show))
         .route("/api/v2/ws", get(ws::upgrade))
-        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT))
-        // Uploads stream for as long as they take: they are not under it.
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::deadline,
+            middleware::Gate::bounded(&state, JSON_BODY_LIMIT),
+            middleware::gate,
         ));
-    // Uploads stream to storage under their own limit (NEXUS_MAX_UPLOAD),
-    // gzip-decoded on the way in.
+    // Uploads stream to storage for as long as they take, under their own
+    // limit (NEXUS_MAX_UPLOAD), gzip-decoded on the way in.
     let uploads = Router::new()
         .route("/api/v2/jobs", post(jobs::create))
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(tower_http::decompression::RequestDecompressionLayer::new().gzip(true));
-    let api = api
-        .merge(uploads)
+        .layer(tower_http::decompression::RequestDecompressionLayer::new().gzip(true))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::rate_limit,
+            middleware::Gate::streaming(&state),
+            middleware::gate,
         ));
+    let api = api.merge(uploads);
     // MCP over Streamable HTTP: the API's users and limits; its streams
     // last as long as the calls they carry, so no request deadline.
     let mcp = Router::new()
@@ -203,8 +198,8 @@ pub fn router(state: AppState) -> Router {
             auth::authenticated,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::rate_limit,
+            middleware::Gate::streaming(&state),
+            middleware::gate,
         ));
     let api = api.merge(mcp);
     let compress_when = SizeAbove::new(1024)
@@ -222,13 +217,14 @@ pub fn router(state: AppState) -> Router {
     if state.config.metrics_bind.is_none() {
         app = app.route("/metrics", get(health::metrics));
     }
+    // Compression outside the front layer, which reads error bodies to
+    // rewrite them as problem+json.
     let mut app = app
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::observe,
+            middleware::front,
         ))
-        .layer(axum::middleware::from_fn(problem::problem_json))
         .layer(
             CompressionLayer::new()
                 .gzip(true)
@@ -250,28 +246,9 @@ pub fn router(state: AppState) -> Router {
                     header::CONTENT_TYPE,
                     header::CONTENT_ENCODING,
                 ])
-                .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+                .expose_headers([middleware::X_REQUEST_ID, header::RETRY_AFTER])
                 .max_age(Duration::from_secs(600)),
         );
     }
-    let x_request_id = HeaderName::from_static("x-request-id");
-    app.layer(SetResponseHeaderLayer::if_not_present(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    ))
-    .layer(SetResponseHeaderLayer::if_not_present(
-        header::X_FRAME_OPTIONS,
-        HeaderValue::from_static("DENY"),
-    ))
-    .layer(SetResponseHeaderLayer::if_not_present(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    ))
-    .layer(SetResponseHeaderLayer::if_not_present(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    ))
-    .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-    .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
-    .with_state(state)
+    app.with_state(state)
 }

@@ -1,12 +1,11 @@
 //! RFC 9457 problem details: every error the service answers is
 //! `application/problem+json`. Handlers return [`Problem`]; everything else
 //! that ends in an error (404, 405, 413, extractor rejections) is rewritten
-//! into one by [`problem_json`], in one place.
+//! into one by [`as_problem`], in one place (the front layer,
+//! `crate::api::middleware::front`).
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -128,8 +127,7 @@ impl IntoResponse for Problem {
 /// Rewrites any error response that is not already problem+json (axum's
 /// 404/405, body-limit 413, extractor rejections) into one, keeping its
 /// status, its headers and its text as the detail.
-pub async fn problem_json(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+pub async fn as_problem(res: Response) -> Response {
     let status = res.status();
     let is_problem = res
         .headers()

@@ -147,6 +147,7 @@ async fn serve(
         prometheus,
         started: Instant::now(),
         stats: Arc::new(middleware::HttpStats::new()),
+        request_ids: middleware::RequestIds::new(),
         storage,
         queue: Arc::new(tokio::sync::Notify::new()),
         instance: uuid::Uuid::new_v4(),
