@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::vocab::{JobStatus, Mode};
 
 /// A job as reported by `--json`, `jobs show` and the HTTP API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, schemars::JsonSchema))]
 pub struct JobRecord {
     pub job_id: Uuid,

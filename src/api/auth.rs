@@ -56,16 +56,27 @@ impl FromRequestParts<AppState> for CurrentUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Problem::unauthorized("an access token is required (Authorization: Bearer …)")
-            })?;
+        // The gate (`super::middleware::gate`) verified it already.
+        if let Some(Verified(claims)) = parts.extensions.get::<Verified>() {
+            return Ok(CurrentUser(live_user(state, claims).await?));
+        }
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            Problem::unauthorized("an access token is required (Authorization: Bearer …)")
+        })?;
         Ok(CurrentUser(authenticate(state, token).await?))
     }
+}
+
+/// The claims of a request's valid access token, once verified.
+#[derive(Clone)]
+pub struct Verified(pub tokens::AccessClaims);
+
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Lets through only requests with a valid access token, their user in
@@ -96,6 +107,11 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Pr
         .keys
         .verify(token.trim())
         .ok_or_else(|| Problem::unauthorized("the access token is invalid or expired"))?;
+    live_user(state, &claims).await
+}
+
+/// The user of a verified token's session, if it is live.
+async fn live_user(state: &AppState, claims: &tokens::AccessClaims) -> Result<Principal, Problem> {
     live_principal(state, claims.sid)
         .await?
         .filter(|p| p.user_id == claims.sub)

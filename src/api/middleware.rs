@@ -25,6 +25,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hdrhistogram::Histogram;
 
 use super::AppState;
+use super::auth::{Verified, bearer};
 use super::client_addr::ClientAddr;
 use super::problem::Problem;
 
@@ -324,23 +325,20 @@ impl Gate {
 /// for a request whose handler has not answered within
 /// `NEXUS_REQUEST_TIMEOUT`, rather than leaving the client hanging (the
 /// handler is dropped).
-pub async fn gate(State(gate): State<Gate>, req: Request, next: Next) -> Response {
+pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
     let state = &gate.state;
-    let user = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| state.keys.verify(t))
-        .map(|c| ClientKey::User(c.sub));
-    let key = user.unwrap_or_else(|| {
-        let client = ClientAddr::of(
-            req.extensions(),
-            req.headers(),
-            &state.config.trusted_proxies,
-        );
-        ClientKey::Addr(client.0)
-    });
+    let claims = bearer(req.headers()).and_then(|t| state.keys.verify(t));
+    let key = match &claims {
+        Some(c) => ClientKey::User(c.sub),
+        None => ClientKey::Addr(
+            ClientAddr::of(
+                req.extensions(),
+                req.headers(),
+                &state.config.trusted_proxies,
+            )
+            .0,
+        ),
+    };
     if let Err(not_until) = state.limiter.check_key(&key) {
         metrics::counter!("nexus_http_rate_limited_total").increment(1);
         let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -349,6 +347,9 @@ pub async fn gate(State(gate): State<Gate>, req: Request, next: Next) -> Respons
             "rate limit exceeded; retry after the time given",
         )
         .into_response();
+    }
+    if let Some(claims) = claims {
+        req.extensions_mut().insert(Verified(claims));
     }
     let Some(limit) = gate.bounded else {
         return next.run(req).await;

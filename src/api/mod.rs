@@ -50,6 +50,7 @@ pub struct Services {
     pub limiter: Arc<middleware::Limiter>,
     pub stats: Arc<middleware::HttpStats>,
     pub request_ids: middleware::RequestIds,
+    pub rendered_jobs: jobs::RenderedJobs,
     pub storage: Arc<dyn crate::jobs::storage::Storage>,
     /// Wakes a queue worker when a job is queued here.
     pub queue: Arc<tokio::sync::Notify>,

@@ -148,6 +148,7 @@ async fn serve(
         started: Instant::now(),
         stats: Arc::new(middleware::HttpStats::new()),
         request_ids: middleware::RequestIds::new(),
+        rendered_jobs: api::jobs::RenderedJobs::new(),
         storage,
         queue: Arc::new(tokio::sync::Notify::new()),
         instance: uuid::Uuid::new_v4(),
