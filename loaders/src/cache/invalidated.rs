@@ -92,6 +92,10 @@ where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Option<V>, E>>,
     {
+        if !self.listening.is_on() {
+            // Nothing is stored meanwhile: waiting for another's read gains nothing.
+            return read().await;
+        }
         if let Some(v) = self.get(key) {
             return Ok(Some(v));
         }
@@ -297,6 +301,33 @@ mod tests {
                 .await,
             Ok(Some(3))
         );
+    }
+
+    /// While notifications may be missed nothing is stored, so readers
+    /// do not queue for one another's reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_listener_readers_read_at_once() {
+        let cache = cache();
+        cache.listening.set(false);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let blocked = {
+            let (cache, mut released) = (cache.clone(), released.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_read(&4, || async move {
+                        let _ = released.wait_for(|r| *r).await;
+                        Ok::<_, ()>(Some(1))
+                    })
+                    .await
+            })
+        };
+        // Another reader of the key is not held up by the first.
+        let second = cache.get_or_read(&4, || async { Ok::<_, ()>(Some(2)) });
+        let second = tokio::time::timeout(Duration::from_secs(10), second).await;
+        assert_eq!(second, Ok(Ok(Some(2))), "the second reader waited");
+        release.send(true).unwrap();
+        assert_eq!(blocked.await.unwrap(), Ok(Some(1)));
+        assert_eq!(cache.get(&4), None);
     }
 
     #[tokio::test]
