@@ -138,7 +138,7 @@ impl HttpStats {
 
     fn record(&self, route: &str, method: &Method, status: u16, elapsed: Duration) {
         let micros = (elapsed.as_micros() as u64).clamp(1, 600_000_000);
-        let mut inner = self.inner.lock().expect("stats lock");
+        let mut inner = self.lock();
         let _ = inner.total.record(micros);
         if !inner.routes.contains_key(route) {
             let entry = Route {
@@ -171,7 +171,7 @@ impl HttpStats {
 
     /// Takes the current minute's figures, leaving it empty.
     pub fn take_minute(&self) -> HashMap<String, RouteStats> {
-        let mut inner = self.inner.lock().expect("stats lock");
+        let mut inner = self.lock();
         inner
             .routes
             .iter_mut()
@@ -185,9 +185,14 @@ impl HttpStats {
             .collect()
     }
 
+    /// Held only over counters: a poisoned lock's figures are still whole.
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// (count, p50, p95, p99) in milliseconds, since start.
     pub fn percentiles(&self) -> (u64, f64, f64, f64) {
-        let inner = self.inner.lock().expect("stats lock");
+        let inner = self.lock();
         let h = &inner.total;
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         (h.len(), ms(0.5), ms(0.95), ms(0.99))

@@ -51,10 +51,7 @@ const TOKEN_PROTOCOL: &str = "bearer.";
 /// "bearer." + token])`), or — a fallback that puts the token in URLs and
 /// logs — `?access_token=`.
 fn token(headers: &HeaderMap, q: WsQuery) -> Option<String> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = super::auth::bearer(headers);
     let offered = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()

@@ -100,7 +100,8 @@ where
             return Ok(Some(v));
         }
         let turn = {
-            let mut reading = self.reading.lock().expect("read-cache turns");
+            // Held only over a map entry: a poisoned lock's map is whole.
+            let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
             let (turn, readers) = reading.entry(key.clone()).or_default();
             *readers += 1;
             turn.clone()
@@ -174,9 +175,7 @@ struct Turn<'a, K: Hash + Eq> {
 
 impl<K: Hash + Eq> Drop for Turn<'_, K> {
     fn drop(&mut self) {
-        let Ok(mut reading) = self.reading.lock() else {
-            return;
-        };
+        let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, readers)) = reading.get_mut(self.key) {
             *readers -= 1;
             if *readers == 0 {
@@ -210,24 +209,34 @@ mod tests {
         }
     }
 
+    /// A reader of `key` whose read (counted in `reads`) finds `value` once
+    /// `released` says so.
+    fn held_read(
+        cache: &Arc<ReadCache<u32, u32>>,
+        key: u32,
+        released: &tokio::sync::watch::Receiver<bool>,
+        value: u32,
+        reads: &Arc<AtomicUsize>,
+    ) -> tokio::task::JoinHandle<Result<Option<u32>, ()>> {
+        let (cache, mut released, reads) = (cache.clone(), released.clone(), reads.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_read(&key, || async move {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    Ok(Some(value))
+                })
+                .await
+        })
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_of_one_key_read_the_row_once() {
         let cache = cache();
         let reads = Arc::new(AtomicUsize::new(0));
         let (release, released) = tokio::sync::watch::channel(false);
         let tasks: Vec<_> = (0..50)
-            .map(|_| {
-                let (cache, reads, mut released) = (cache.clone(), reads.clone(), released.clone());
-                tokio::spawn(async move {
-                    cache
-                        .get_or_read(&7, || async move {
-                            reads.fetch_add(1, Ordering::SeqCst);
-                            let _ = released.wait_for(|r| *r).await;
-                            Ok::<_, ()>(Some(42))
-                        })
-                        .await
-                })
-            })
+            .map(|_| held_read(&cache, 7, &released, 42, &reads))
             .collect();
         until(|| readers(&cache, 7) == 50).await;
         release.send(true).unwrap();
@@ -267,17 +276,8 @@ mod tests {
         );
         // A reader cancelled while it reads, and one cancelled while it waits.
         let (_hold, held) = tokio::sync::watch::channel(false);
-        let reading = {
-            let (cache, mut held) = (cache.clone(), held.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_read(&2, || async move {
-                        let _ = held.wait_for(|r| *r).await;
-                        Ok::<_, ()>(Some(1))
-                    })
-                    .await
-            })
-        };
+        let reads = Arc::new(AtomicUsize::new(0));
+        let reading = held_read(&cache, 2, &held, 1, &reads);
         until(|| readers(&cache, 2) == 1).await;
         let waiting = {
             let cache = cache.clone();
@@ -310,17 +310,7 @@ mod tests {
         let cache = cache();
         cache.listening.set(false);
         let (release, released) = tokio::sync::watch::channel(false);
-        let blocked = {
-            let (cache, mut released) = (cache.clone(), released.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_read(&4, || async move {
-                        let _ = released.wait_for(|r| *r).await;
-                        Ok::<_, ()>(Some(1))
-                    })
-                    .await
-            })
-        };
+        let blocked = held_read(&cache, 4, &released, 1, &Arc::new(AtomicUsize::new(0)));
         // Another reader of the key is not held up by the first.
         let second = cache.get_or_read(&4, || async { Ok::<_, ()>(Some(2)) });
         let second = tokio::time::timeout(Duration::from_secs(10), second).await;
