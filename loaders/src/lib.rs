@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod load;
 pub mod migrate;
 pub mod pg;
+pub mod queue;
 pub mod server_input;
 pub mod tls;
 pub mod vocab;

@@ -27,6 +27,7 @@ use crate::gate::SeqGate;
 use crate::jobs::{self, JobRecord, NewJob, Superseded};
 use crate::migrate::migrate;
 use crate::pg::{self, describe};
+use crate::queue::{BatchReceiver, QUEUE_BYTES, batch_queue};
 use crate::server_input;
 use crate::vocab::{JobStatus, Mode};
 use crate::writer::{BatchWriter, Committed, INSERT_REJECTS, Target, WriteError, insert_rejects};
@@ -611,7 +612,7 @@ pub async fn dry_run(url: &str, req: LoadRequest) -> Result<DryRun, LoadError> {
     client
         .execute("SELECT set_config('TimeZone', $1, false)", &[&timezone])
         .await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<EncodedBatch>(4);
+    let (tx, mut rx) = batch_queue(QUEUE_BYTES);
     let options = JobOptions::new(&req.model, req.has_header);
     let opts = RunOptions {
         batch_size: options.batch_size,
@@ -623,7 +624,7 @@ pub async fn dry_run(url: &str, req: LoadRequest) -> Result<DryRun, LoadError> {
         skip: Default::default(),
     };
     let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sink = move |batch: EncodedBatch| tx.blocking_send(batch).is_ok();
+    let sink = move |batch: EncodedBatch| tx.blocking_send(batch);
     let stages = start_reading(req.path.clone(), req.model.clone(), opts, bytes, sink)
         .await
         .map_err(|e| LoadError::Read(e.to_string()))?;
@@ -715,21 +716,19 @@ struct Ahead {
     /// The batch bounds they cut by.
     options: JobOptions,
     stages: tokio::task::JoinHandle<Result<runner::Stages, runner::PipelineError>>,
-    batches: tokio::sync::mpsc::Receiver<EncodedBatch>,
+    batches: BatchReceiver,
 }
 
 impl Ahead {
     fn start(
         req: &LoadRequest,
         shared: &Arc<Shared>,
-        plan: WriterPlan,
         options: &JobOptions,
         skip: HashSet<u64>,
     ) -> Ahead {
-        let (tx, batches) = tokio::sync::mpsc::channel::<EncodedBatch>(plan.connections() * 2);
+        let (tx, batches) = batch_queue(QUEUE_BYTES);
         let stop = shared.stop.clone();
-        let sink =
-            move |batch: EncodedBatch| !stop.is_cancelled() && tx.blocking_send(batch).is_ok();
+        let sink = move |batch: EncodedBatch| !stop.is_cancelled() && tx.blocking_send(batch);
         let stages = tokio::spawn(start_reading(
             req.path.clone(),
             req.model.clone(),
@@ -768,7 +767,7 @@ impl Load {
         let shared = Arc::new(Shared::new(&req, progress.clone()));
         let plan = WriterPlan::of(&req);
         let as_new = JobOptions::new(&req.model, req.has_header);
-        let ahead = Ahead::start(&req, &shared, plan, &as_new, HashSet::new());
+        let ahead = Ahead::start(&req, &shared, &as_new, HashSet::new());
         match Self::claimed(url, req, progress, started, shared, plan).await {
             Ok(Prepared::Ready(mut load)) => {
                 if load.committed.is_empty() && load.options.cuts_like(&ahead.options) {
@@ -908,13 +907,7 @@ impl Load {
         );
         let ahead = match self.ahead.take() {
             Some(a) => a,
-            None => Ahead::start(
-                &self.req,
-                &shared,
-                self.plan,
-                &self.options,
-                self.committed.clone(),
-            ),
+            None => Ahead::start(&self.req, &shared, &self.options, self.committed.clone()),
         };
         let stages = match ahead.stages.await {
             Ok(Ok(s)) => Some(s),
@@ -961,12 +954,7 @@ impl Load {
     }
 
     /// The writers of the plan, and the cache stage behind them.
-    async fn write(
-        &self,
-        stages: &runner::Stages,
-        rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
-        shared: &Arc<Shared>,
-    ) {
+    async fn write(&self, stages: &runner::Stages, rx: BatchReceiver, shared: &Arc<Shared>) {
         let req = &self.req;
         let target = Arc::new(Target {
             table: req.model.qualified_table(),
@@ -1362,13 +1350,6 @@ impl WriterPlan {
             }
         }
     }
-
-    fn connections(self) -> usize {
-        match self {
-            WriterPlan::Parallel { connections } => connections,
-            WriterPlan::Whole { .. } => 1,
-        }
-    }
 }
 
 /// What the writers of one load share.
@@ -1400,12 +1381,7 @@ async fn open_writer(
 impl Writers<'_> {
     /// `connections` writers, each committing whole batches in their own
     /// transactions; upserts merge in batch order (`SeqGate`).
-    async fn parallel(
-        &self,
-        rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
-        connections: usize,
-        committed: &HashSet<u64>,
-    ) {
+    async fn parallel(&self, rx: BatchReceiver, connections: usize, committed: &HashSet<u64>) {
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let gate = (self.target.mode == Mode::Upsert)
             .then(|| Arc::new(SeqGate::new(committed.iter().copied())));
@@ -1466,12 +1442,7 @@ impl Writers<'_> {
     /// One writer, one transaction for the whole load. Rejects go through
     /// the control connection so they outlive a rollback. It commits only
     /// what the verdict would call a success.
-    async fn whole(
-        &self,
-        mut rx: tokio::sync::mpsc::Receiver<EncodedBatch>,
-        replace: bool,
-        control: &Client,
-    ) {
+    async fn whole(&self, mut rx: BatchReceiver, replace: bool, control: &Client) {
         let shared = self.shared;
         let writer = open_writer(
             self.url,

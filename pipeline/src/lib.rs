@@ -16,6 +16,7 @@ pub mod formats;
 pub mod model;
 pub mod ndjson;
 pub mod plan;
+pub mod priority;
 pub mod progress;
 pub mod row_json;
 pub mod runner;

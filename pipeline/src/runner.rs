@@ -10,6 +10,8 @@
 //! batch's lines in the message; the stages then wind down instead of
 //! waiting for a batch that will never come.
 //!
+//! The stage threads run at a lower CPU priority ([`crate::priority`]).
+//!
 //! Batches that a previous run already committed (`skip`) are read past but
 //! never encoded; their bounds are the same because batch bounds depend only
 //! on the input and the batch limits.
@@ -29,6 +31,7 @@ use crate::csv::{RecordReader, parse_fields};
 use crate::model::InputFormat;
 use crate::model::Model;
 use crate::plan::{Plan, PlanError};
+use crate::priority::{STAGE_NICE, lower_this_thread};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -262,6 +265,7 @@ fn spawn_stages(
     let reader = std::thread::Builder::new()
         .name("nexus-read".into())
         .spawn(move || -> Result<SourceStats, PipelineError> {
+            lower_this_thread(STAGE_NICE);
             let mut stats = SourceStats::default();
             let mut seq = 0u64;
             while let Some(batch) = next(seq)? {
@@ -288,6 +292,7 @@ fn spawn_stages(
             let pool = match rayon::ThreadPoolBuilder::new()
                 .num_threads(workers)
                 .thread_name(|i| format!("nexus-worker-{i}"))
+                .start_handler(|_| lower_this_thread(STAGE_NICE))
                 .build()
             {
                 Ok(p) => p,
@@ -333,6 +338,7 @@ fn spawn_stages(
     let collector = std::thread::Builder::new()
         .name("nexus-order".into())
         .spawn(move || {
+            lower_this_thread(STAGE_NICE);
             let mut pending = BTreeMap::new();
             let mut next = 0u64;
             while skip.contains(&next) {
@@ -420,6 +426,9 @@ mod tests {
         Box::new(std::io::Cursor::new(text.into_bytes()))
     }
 
+    /// The nice value of the thread that last handed a batch to a sink.
+    static SINK_NICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
     /// Runs the stages to their end on another thread; a hang fails the test.
     fn run(encode: Encoder, rows: usize) -> (Result<SourceStats, PipelineError>, Vec<u64>) {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -433,6 +442,7 @@ mod tests {
                 Arc::new(AtomicU64::new(0)),
                 move |b| {
                     sink_seen.lock().unwrap().push(b.seq);
+                    SINK_NICE.store(crate::priority::this_thread_nice(), Ordering::SeqCst);
                     true
                 },
                 encode,
@@ -522,6 +532,27 @@ mod tests {
                     "batch {seq} started before batch 0 was done: {log:?}"
                 );
             }
+        }
+    }
+
+    static ENCODER_NICE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+    fn notes_its_nice(plan: &Plan, raw: RawBatch, s: &mut Scratch) -> EncodedBatch {
+        ENCODER_NICE
+            .lock()
+            .unwrap()
+            .push(crate::priority::this_thread_nice());
+        encode_batch(plan, raw, s)
+    }
+
+    #[test]
+    fn the_stages_run_below_the_default_priority() {
+        let (result, seen) = run(notes_its_nice, 100);
+        result.unwrap();
+        assert_eq!(seen.len(), 10);
+        if cfg!(target_os = "linux") {
+            assert_eq!(*ENCODER_NICE.lock().unwrap(), vec![STAGE_NICE; 10]);
+            assert_eq!(SINK_NICE.load(Ordering::SeqCst), STAGE_NICE);
         }
     }
 }

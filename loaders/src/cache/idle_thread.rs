@@ -38,24 +38,16 @@ pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> O
     rx.await.ok()
 }
 
-/// This thread's nice value to 19 (Linux schedules threads one by one).
+/// This thread's nice value to 19, the lowest priority.
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on this thread's own id; no memory is shared.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-    }
+    nexus_pipeline::priority::lower_this_thread(19);
 }
 
 #[cfg(test)]
 mod tests {
     #[tokio::test]
     async fn work_runs_at_the_lowest_priority_and_survives_a_panic() {
-        let nice = super::run(|| {
-            // SAFETY: reads this thread's own priority.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-        })
-        .await;
+        let nice = super::run(nexus_pipeline::priority::this_thread_nice).await;
         assert_eq!(nice, Some(19));
         assert_eq!(super::run(|| -> u8 { panic!("a bad batch") }).await, None);
         assert_eq!(super::run(|| 7).await, Some(7));
