@@ -22,14 +22,6 @@ use clap::{Parser, Subcommand};
 
 use crate::exit::Exit;
 
-/// mimalloc rather than glibc's malloc: under 500 connections reading job
-/// status beside a running load, glibc's arenas spent ~9% of the server's
-/// CPU (`_int_free`, consolidation after the batches' megabyte buffers);
-/// with mimalloc the reads' p99 fell by about a quarter (benches/ws-load.sh,
-/// six alternating runs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "nexus",
