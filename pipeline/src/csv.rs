@@ -200,6 +200,26 @@ pub fn parse_fields(
     scratch.clear();
     fields.clear();
     let bytes = record.as_bytes();
+    if memchr(quote, bytes).is_none() {
+        // The common record has no quote at all: its fields are its text
+        // cut at each delimiter, copied once rather than field by field.
+        scratch.push_str(record);
+        let mut start = 0u32;
+        for cut in memchr::memchr_iter(delimiter, bytes) {
+            fields.push(Field {
+                start,
+                end: cut as u32,
+                quoted: false,
+            });
+            start = cut as u32 + 1;
+        }
+        fields.push(Field {
+            start,
+            end: bytes.len() as u32,
+            quoted: false,
+        });
+        return Ok(());
+    }
     let n = bytes.len();
     let quote_char = quote as char;
     let mut i = 0;
@@ -274,6 +294,43 @@ mod tests {
         assert_eq!(r.read_record(&mut out).unwrap().map(|i| i.line), Some(2));
         assert_eq!(out, b"1\t\"q\"");
         assert!(r.read_record(&mut out).unwrap().is_none());
+    }
+
+    fn fields_by(record: &str, delimiter: u8) -> Vec<(String, bool)> {
+        let (mut buf, mut fields) = (String::new(), Vec::new());
+        parse_fields(record, delimiter, b'"', &mut buf, &mut fields).unwrap();
+        fields
+            .iter()
+            .map(|f| (buf[f.start as usize..f.end as usize].to_string(), f.quoted))
+            .collect()
+    }
+
+    #[test]
+    fn a_record_without_quotes_is_its_text_cut_at_each_delimiter() {
+        for (record, delimiter) in [
+            ("", b','),
+            ("a", b','),
+            ("a,,b,", b','),
+            (",", b','),
+            ("é;ü;🦀", b';'),
+            ("1\t2\tx y", b'\t'),
+            ("a,b;c", b';'),
+        ] {
+            let expected: Vec<(String, bool)> = record
+                .split(delimiter as char)
+                .map(|f| (f.to_string(), false))
+                .collect();
+            assert_eq!(fields_by(record, delimiter), expected, "{record:?}");
+        }
+        // A quote anywhere takes the quote-aware path.
+        assert_eq!(
+            fields_by("a,\"b,c\",d", b','),
+            [
+                ("a".to_string(), false),
+                ("b,c".to_string(), true),
+                ("d".to_string(), false)
+            ]
+        );
     }
 
     fn records(input: &[u8]) -> Vec<(String, RecordInfo)> {
