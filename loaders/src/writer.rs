@@ -258,6 +258,9 @@ struct Rows {
     /// Indexes with conflicts in a recent batch, probed before each COPY.
     hot: Vec<UniqueIndex>,
     cold_batches: u32,
+    /// Batches still to go in under a savepoint after one whose first,
+    /// unguarded try the table refused.
+    guarded_batches: u32,
     /// Per index, the bounds of its integer keys at the first probe.
     key_bounds: std::collections::HashMap<String, conflicts::KeyBounds>,
 }
@@ -299,6 +302,7 @@ impl BatchWriter {
                 unique_indexes: Default::default(),
                 hot: Vec::new(),
                 cold_batches: 0,
+                guarded_batches: 0,
                 key_bounds: Default::default(),
             },
             cache: None,
@@ -400,10 +404,15 @@ impl BatchWriter {
         gate: Option<&SeqGate>,
     ) -> Result<Committed, WriteError> {
         if !self.rows.expects_clean(parts) {
+            self.rows.guarded_batches = self.rows.guarded_batches.saturating_sub(1);
             return self.try_batch(parts, gate, Guard::Savepoint).await;
         }
         match self.try_batch(parts, gate, Guard::None).await {
             Err(WriteError::Db(e)) if classify(&e) == ErrorKind::Row => {
+                // Refused rows tend to come in runs (a missing parent, a
+                // rule the feed breaks): the next batches go guarded
+                // rather than each paying for a failed first try.
+                self.rows.guarded_batches = COLD_BATCHES;
                 self.try_batch(parts, gate, Guard::Savepoint).await
             }
             other => other,
@@ -582,9 +591,13 @@ enum Guard {
 
 impl Rows {
     /// Whether the batch's rows are expected to go in as they are: an
-    /// append with rows, and no recent conflict on the table's indexes.
+    /// append with rows, no recent conflict on the table's indexes and no
+    /// recent batch refused.
     fn expects_clean(&self, parts: &Parts<'_>) -> bool {
-        self.target.mode != Mode::Upsert && self.hot.is_empty() && !parts.batch.rows.is_empty()
+        self.target.mode != Mode::Upsert
+            && self.hot.is_empty()
+            && self.guarded_batches == 0
+            && !parts.batch.rows.is_empty()
     }
 
     /// Loads the batch's rows; rows the database refuses are narrowed out
