@@ -180,13 +180,11 @@ async fn serve(
     ));
     background.spawn(cache_upkeep(state.clone()));
     if let Some(metrics_addr) = state.config.metrics_bind {
-        let listener = tokio::net::TcpListener::bind(metrics_addr)
-            .await
-            .map_err(|e| {
-                exit::failed(format!(
-                    "cannot listen on {metrics_addr} (NEXUS_METRICS_BIND): {e}"
-                ))
-            })?;
+        let listener = listen(metrics_addr).map_err(|e| {
+            exit::failed(format!(
+                "cannot listen on {metrics_addr} (NEXUS_METRICS_BIND): {e}"
+            ))
+        })?;
         eprintln!(
             "nexus: metrics on http://{}/metrics",
             listener.local_addr()?
@@ -204,9 +202,8 @@ async fn serve(
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| exit::failed(format!("cannot listen on {addr}: {e}")))?;
+    let listener =
+        listen(addr).map_err(|e| exit::failed(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, https = tls.is_some(), "nexus serving");
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -432,6 +429,57 @@ async fn flush_stats(state: &AppState) {
             .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not record request statistics");
+        }
+    }
+}
+
+/// How many connections may wait to be accepted. The default (128, as the
+/// standard library's) overflowed when 500 clients connected at once
+/// (benches/ws-load.sh: ~440 overflows per run in `nstat`): the kernel then
+/// drops the handshake's last ACK, the client sends its first request
+/// anyway, and that request waits for TCP's retransmission — 200 ms and
+/// more. The kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's own `bind`: a restarted server may take its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// More clients than the old backlog (128) connect before any is
+    /// accepted: each connects at once instead of waiting for a SYN
+    /// retransmission (a second) after the accept queue overflowed.
+    #[tokio::test]
+    async fn a_burst_of_connections_queues_for_accept() {
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for i in 0..300 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            let client = tokio::time::timeout(Duration::from_millis(500), connect)
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} waited: the accept queue overflowed"))
+                .unwrap();
+            clients.push(client);
+        }
+        // All of them are there to be accepted.
+        for _ in 0..300 {
+            tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .unwrap()
+                .unwrap();
         }
     }
 }
