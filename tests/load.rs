@@ -736,7 +736,7 @@ fn migrate_is_idempotent_and_creates_model_tables() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout
-            .contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"),
+            .contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]"),
         "{r:?}"
     );
     let r = db.run(&["migrate"]);

@@ -420,3 +420,193 @@ fn a_job_whose_stored_options_do_not_read_back_is_not_resumed() {
     assert!(r.stderr.contains("stored options"), "{r:?}");
     assert_eq!(common::batches(&db), 0, "nothing loaded");
 }
+
+/// A load claims a file of a size its model has not had before the file's
+/// hash is known, so that its first COPYs need not wait for the hash; but
+/// no batch of it commits before the hash is recorded with the job (a
+/// re-run finds a file's jobs by their hash). Here the recording waits for
+/// the test's lock until rows are being copied; a deferred trigger checks
+/// at every batch's commit that its job has its hash.
+#[test]
+fn no_batch_commits_before_its_jobs_file_hash_is_recorded() {
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    db.exec(
+        "CREATE FUNCTION hash_first() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF (SELECT file_hash FROM nexus.jobs WHERE id = NEW.job_id) IS NULL THEN
+             RAISE EXCEPTION 'batch % committed before its file hash', NEW.seq;
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER hash_first AFTER INSERT ON nexus.job_batches
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hash_first();
+         CREATE FUNCTION hash_waits() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+         CREATE TRIGGER hash_waits BEFORE UPDATE OF file_hash ON nexus.jobs
+           FOR EACH ROW EXECUTE FUNCTION hash_waits();",
+    );
+    let rt = common::runtime();
+    let holder = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.execute("SELECT pg_advisory_lock(4242)", &[])
+            .await
+            .unwrap();
+        c
+    });
+    let mut child = Reaped(Some(
+        db.nexus()
+            .env("NEXUS_MODELS", &models)
+            .args(["load", "--json", "--model", "ev", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let count = |sql: &str| db.value(sql).unwrap_or_default();
+    wait_for(
+        "rows to be copied while the hash's recording waits",
+        Duration::from_secs(60),
+        || {
+            child.get().try_wait().unwrap().is_some()
+                || (count(
+                    "SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                ) != "0"
+                    && count(
+                        "SELECT count(*)::text FROM pg_stat_progress_copy WHERE datname = current_database()",
+                    ) != "0")
+        },
+    );
+    assert_eq!(common::batches(&db), 0, "nothing committed yet");
+    rt.block_on(holder.execute("SELECT pg_advisory_unlock(4242)", &[]))
+        .unwrap();
+    let out = child.take().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["status"], "succeeded");
+    assert_eq!(s["file_hash"].as_str().map(str::len), Some(64), "{s}");
+    assert_eq!(db.count("ev"), ROWS);
+    let size = std::fs::metadata(&file).unwrap().len().to_string();
+    assert_eq!(
+        db.value("SELECT file_size::text FROM nexus.loaded_files")
+            .as_deref(),
+        Some(size.as_str()),
+        "the ledger keeps the loaded file's size"
+    );
+}
+
+/// A file of the size of one loaded before needs its hash to be claimed:
+/// another file of that size loads, the same file is skipped.
+#[test]
+fn files_of_one_size_are_told_apart_by_their_hash() {
+    let db = TestDb::new();
+    let models = common::small_batch_model(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let text = |tag: &str| {
+        let mut csv = String::from("id,payload\n");
+        for i in 1..=2_000 {
+            csv.push_str(&format!("{i},{tag}\n"));
+        }
+        csv
+    };
+    let a = db.file("a.csv", text("aaaa"));
+    let b = db.file("b.csv", text("bbbb"));
+    let load = |f: &std::path::Path| {
+        let r = db.run_with_models(
+            &models,
+            &["load", "--json", "--model", "ev", f.to_str().unwrap()],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        s["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(load(&a), "succeeded");
+    assert_eq!(load(&b), "succeeded", "another file of the same size");
+    assert_eq!(load(&a), "skipped");
+    assert_eq!(load(&b), "skipped");
+    assert_eq!(db.count("ev"), 4_000);
+    assert_eq!(db.count("ev WHERE payload = 'bbbb'"), 2_000);
+}
+
+/// A load that died after claiming its file, before recording its hash,
+/// committed nothing; the next claim of a file of that size fails its job
+/// (it would otherwise stay `running`) and loads the file once.
+#[test]
+fn a_job_whose_load_died_before_recording_its_hash_is_failed_by_the_next() {
+    let db = TestDb::new();
+    let models = common::small_batch_model(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let mut csv = String::from("id,payload\n");
+    for i in 1..=3_000 {
+        csv.push_str(&format!("{i},p\n"));
+    }
+    let file = db.file("ev.csv", csv);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let r = db.run(&["migrate", "--schema-only"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    db.exec(&format!(
+        "INSERT INTO nexus.jobs (id, model, target, mode, atomic, status, file_hash, bytes_total, options)
+         VALUES (gen_random_uuid(), 'ev', 'ev', 'append', false, 'running', NULL, {size}, '{{}}')"
+    ));
+    let r = db.run_with_models(
+        &models,
+        &["load", "--json", "--model", "ev", file.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let s: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(s["status"], "succeeded");
+    assert_eq!(s["resumed"], false);
+    assert_eq!(db.count("ev"), 3_000);
+    let dead = db
+        .value("SELECT status || ': ' || error FROM nexus.jobs WHERE file_hash IS NULL")
+        .unwrap();
+    assert!(
+        dead.starts_with("failed: interrupted while its file was being hashed"),
+        "{dead}"
+    );
+}
+
+/// Two first runs of one file at once: one loads it, the other is refused
+/// or finds it loaded; every row is there once.
+#[test]
+fn two_first_runs_of_one_file_at_once_load_it_once() {
+    let db = TestDb::new();
+    let (models, file) = setup(&db);
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let args = ["load", "--json", "--model", "ev", file.to_str().unwrap()];
+    let spawn = || {
+        db.nexus()
+            .env("NEXUS_MODELS", &models)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    let mut outcomes: Vec<String> = [first, second]
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match out.status.code() {
+                Some(0) => {
+                    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    s["status"].as_str().unwrap().to_string()
+                }
+                Some(1) if stderr.contains("being loaded by another process") => "refused".into(),
+                other => panic!("{other:?}: {stderr}"),
+            }
+        })
+        .collect();
+    outcomes.sort();
+    assert!(
+        outcomes == ["refused", "succeeded"] || outcomes == ["skipped", "succeeded"],
+        "{outcomes:?}"
+    );
+    assert_eq!(db.count("ev"), ROWS);
+    assert_eq!(db.count("(SELECT DISTINCT id FROM ev) d"), ROWS);
+}

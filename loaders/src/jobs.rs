@@ -24,7 +24,9 @@ pub struct JobRecord {
     pub atomic: bool,
     pub status: JobStatus,
     pub file_name: Option<String>,
-    pub file_hash: String,
+    /// The file's SHA-256 (hex); `None` while a load that claimed the file
+    /// before its hash was known is still hashing it.
+    pub file_hash: Option<String>,
     pub rows_read: i64,
     pub rows_committed: i64,
     pub rows_rejected: i64,
@@ -92,7 +94,7 @@ pub struct NewJob<'a> {
     pub atomic: bool,
     pub status: JobStatus,
     pub file_name: Option<&'a str>,
-    pub file_hash: &'a str,
+    pub file_hash: Option<&'a str>,
     pub bytes_total: Option<i64>,
     pub options: serde_json::Value,
     pub owner: Option<&'a str>,
@@ -151,6 +153,60 @@ pub async fn find_resumable(
     )
     .await?
     .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Whether `model` has had a file of `size` bytes (or of a size not
+/// known): a job of it, or the ledger's record of a loaded one. Only such a
+/// file can be one loaded or begun before, so a file of any other size is
+/// new without its hash being known.
+pub async fn has_file_of_size(
+    c: &impl GenericClient,
+    model: &str,
+    size: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM nexus.jobs WHERE model = $1 AND file_hash IS NOT NULL
+                           AND (bytes_total = $2 OR bytes_total IS NULL))
+             OR EXISTS (SELECT 1 FROM nexus.loaded_files WHERE model = $1
+                           AND (file_size = $2 OR file_size IS NULL))",
+        &[&model, &size],
+    )
+    .await?
+    .get(0))
+}
+
+/// Fails the jobs of `model` that claimed a file of `size` bytes and never
+/// recorded its hash. The caller holds the lock such a load keeps until it
+/// records the hash, so their loads are gone; they committed nothing (a
+/// load commits no batch before its hash is recorded).
+pub async fn fail_unhashed(
+    c: &impl GenericClient,
+    model: &str,
+    size: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    c.execute(
+        crate::status_sql!(
+            "UPDATE nexus.jobs SET status = {failed}, finished_at = now(),
+                 error = 'interrupted while its file was being hashed, before any batch was committed; run the load again'
+             WHERE model = $1 AND bytes_total = $2 AND file_hash IS NULL AND status = {running}"
+        ),
+        &[&model, &size],
+    )
+    .await
+}
+
+/// Records the hash of the file a job claimed before it was known.
+pub async fn record_hash(
+    c: &impl GenericClient,
+    id: Uuid,
+    file_hash: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "UPDATE nexus.jobs SET file_hash = $2 WHERE id = $1",
+        &[&id, &file_hash],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The job that already loaded this file into this model, if any (the nil
@@ -374,11 +430,13 @@ pub async fn finish(
                      rows_read = counts.committed + counts.rejected, bytes_read = $4,
                      duration_ms = $5, finished_at = now()
                  FROM counts WHERE j.id = $1
-                 RETURNING j.id, j.model, j.file_hash, j.status),
+                 RETURNING j.id, j.model, j.file_hash, j.bytes_total, j.status),
              ledger AS (
-                 INSERT INTO nexus.loaded_files (model, file_hash, job_id)
-                 SELECT model, file_hash, id FROM done WHERE status = {succeeded}
-                 ON CONFLICT (model, file_hash) DO UPDATE SET job_id = EXCLUDED.job_id, loaded_at = now())
+                 INSERT INTO nexus.loaded_files (model, file_hash, job_id, file_size)
+                 SELECT model, file_hash, id, bytes_total FROM done
+                 WHERE status = {succeeded} AND file_hash IS NOT NULL
+                 ON CONFLICT (model, file_hash) DO UPDATE SET job_id = EXCLUDED.job_id, file_size = EXCLUDED.file_size,
+                                                               loaded_at = now())
              SELECT coalesce((SELECT status FROM done), $2)"),
             &[&id, &status, &error, &bytes_read, &duration_ms],
         )
@@ -652,7 +710,7 @@ pub struct Claimed {
     pub mode: Mode,
     pub atomic: bool,
     pub file_name: Option<String>,
-    pub file_hash: String,
+    pub file_hash: Option<String>,
     pub bytes_total: Option<i64>,
     pub storage_key: String,
     pub options: serde_json::Value,

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod catalog;
 pub mod conflicts;
 pub mod gate;
+pub mod hash_gate;
 pub mod jobs;
 pub mod load;
 pub mod migrate;

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::cache::{BatchCache, Cache, CachedModel, from_batch};
 use crate::catalog;
 use crate::gate::SeqGate;
+use crate::hash_gate::{FileHash, HashGate};
 use crate::jobs::{self, JobRecord, NewJob, Superseded};
 use crate::migrate::migrate;
 use crate::pg::{self, describe};
@@ -299,6 +300,177 @@ impl FileKey<'_> {
     }
 }
 
+/// The files of one size within a model, as the lock knows them that a
+/// load holds from claiming a file before its hash is known until it
+/// records the hash ([`claim_unhashed`]). Every other claim of a file of
+/// that size takes it too, and so waits for the hash (no longer than
+/// hashing the file takes) and then finds the job by it.
+struct SizeKey<'a> {
+    model: &'a str,
+    size: i64,
+}
+
+impl SizeKey<'_> {
+    fn lock_key(&self) -> String {
+        format!("{}\n{}", self.model, self.size)
+    }
+
+    async fn try_lock(
+        &self,
+        c: &impl tokio_postgres::GenericClient,
+    ) -> Result<bool, tokio_postgres::Error> {
+        Ok(c.query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 3))",
+            &[&self.lock_key()],
+        )
+        .await?
+        .get(0))
+    }
+
+    async fn unlock(
+        &self,
+        c: &impl tokio_postgres::GenericClient,
+    ) -> Result<(), tokio_postgres::Error> {
+        c.execute(
+            "SELECT pg_advisory_unlock(hashtextextended($1, 3))",
+            &[&self.lock_key()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Waits for the lock until the transaction `tx` ends, then fails the
+    /// jobs that claimed a file of this size and never recorded its hash
+    /// (their loads are gone: they would hold the lock).
+    async fn settle(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 3))",
+            &[&self.lock_key()],
+        )
+        .await?;
+        jobs::fail_unhashed(tx, self.model, self.size).await?;
+        Ok(())
+    }
+}
+
+/// The record of a new job of `req`'s file.
+fn new_job<'a>(
+    req: &'a LoadRequest,
+    target: &'a str,
+    status: JobStatus,
+    file_hash: Option<&'a str>,
+    bytes_total: Option<i64>,
+    options: &JobOptions,
+) -> NewJob<'a> {
+    NewJob {
+        model: &req.model_key,
+        target,
+        mode: req.mode,
+        atomic: req.atomic,
+        status,
+        file_name: req.file_name.as_deref(),
+        file_hash,
+        bytes_total,
+        options: serde_json::to_value(options).unwrap_or_default(),
+        owner: req.owner.as_deref(),
+        storage_key: None,
+    }
+}
+
+/// Claims a new job for a file whose hash is not known yet, when no job of
+/// the model has had a file of its size (so it is neither a file loaded
+/// before nor one to resume), holding the files of that size until the
+/// hash is recorded ([`record_hash_later`]). `None`: the file needs its
+/// hash to be claimed.
+async fn claim_unhashed(
+    control: &mut Client,
+    req: &LoadRequest,
+    size: &SizeKey<'_>,
+) -> Result<Option<Claim>, LoadError> {
+    if !size.try_lock(control).await? {
+        return Ok(None);
+    }
+    let tx = control.transaction().await?;
+    jobs::fail_unhashed(&tx, size.model, size.size).await?;
+    if jobs::has_file_of_size(&tx, size.model, size.size).await? {
+        tx.commit().await?;
+        size.unlock(control).await?;
+        return Ok(None);
+    }
+    let options = JobOptions::new(&req.model, req.has_header);
+    let target = req.model.def.table.clone();
+    let new = new_job(
+        req,
+        &target,
+        JobStatus::Running,
+        None,
+        Some(size.size),
+        &options,
+    );
+    let id = jobs::create(&tx, &new).await?;
+    // A job made in this transaction: nobody else can hold its lock.
+    lock_job(&tx, id).await?;
+    tx.commit().await?;
+    Ok(Some(Claim::Run {
+        id,
+        resumed: false,
+        options: Box::new(options),
+        superseded: None,
+    }))
+}
+
+/// Hashes the file of a job claimed without its hash, records the hash
+/// with the job, takes the file's lock and lets go of its size's: the gate
+/// the writers wait on before committing opens then. A failure fails the
+/// load (nothing of it has committed).
+fn record_hash_later(
+    control: Arc<Client>,
+    job_id: Uuid,
+    size: i64,
+    hashing: Hashing,
+    shared: Arc<Shared>,
+) -> HashGate {
+    let (tx, gate) = HashGate::pending();
+    let model = shared.model.clone();
+    tokio::spawn(async move {
+        let state = match hashing.await {
+            Err(e) => FileHash::Failed(e.to_string()),
+            Ok(hash) => {
+                let file = FileKey {
+                    model: &model,
+                    hash: &hash,
+                };
+                let size = SizeKey {
+                    model: &model,
+                    size,
+                };
+                let recorded = async {
+                    jobs::record_hash(&*control, job_id, &hash).await?;
+                    let locked = lock_file(&*control, &file).await?;
+                    size.unlock(&*control).await?;
+                    Ok::<_, tokio_postgres::Error>(locked)
+                };
+                match recorded.await {
+                    Ok(true) => FileHash::Recorded,
+                    Ok(false) => FileHash::Failed(LoadError::FileBusy(model.clone()).to_string()),
+                    Err(e) => FileHash::Failed(LoadError::Db(e).to_string()),
+                }
+            }
+        };
+        if let FileHash::Failed(reason) = &state {
+            shared.fail(reason.clone());
+        }
+        let _ = tx.send(state);
+    });
+    gate
+}
+
+/// The file's hash, being computed.
+type Hashing = std::pin::Pin<Box<dyn Future<Output = Result<String, LoadError>> + Send>>;
+
 /// Takes the lock that lets one process at a time run a job, for as long
 /// as this session lasts.
 async fn lock_job(
@@ -317,6 +489,7 @@ async fn claim(
     control: &mut Client,
     req: &LoadRequest,
     file: &FileKey<'_>,
+    size: Option<&SizeKey<'_>>,
 ) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
     tx.execute(
@@ -324,6 +497,9 @@ async fn claim(
         &[&file.ledger_key()],
     )
     .await?;
+    if let Some(size) = size {
+        size.settle(&tx).await?;
+    }
     let options = JobOptions::new(&req.model, req.has_header);
     // A loaded file is skipped unless forced. Else an unfinished job of it
     // resumes when this run reads the file as it did; `--force` or other
@@ -362,23 +538,13 @@ async fn claim(
         return Err(LoadError::FileBusy(req.model_key.clone()));
     }
     let target = req.model.def.table.clone();
-    let new = NewJob {
-        model: &req.model_key,
-        target: &target,
-        mode: req.mode,
-        atomic: req.atomic,
-        status: if already.is_some() {
-            JobStatus::Skipped
-        } else {
-            JobStatus::Running
-        },
-        file_name: req.file_name.as_deref(),
-        file_hash: file.hash,
-        bytes_total: req.bytes_total.map(|b| b as i64),
-        options: serde_json::to_value(&options).unwrap_or_default(),
-        owner: req.owner.as_deref(),
-        storage_key: None,
+    let status = if already.is_some() {
+        JobStatus::Skipped
+    } else {
+        JobStatus::Running
     };
+    let bytes_total = req.bytes_total.map(|b| b as i64);
+    let new = new_job(req, &target, status, Some(file.hash), bytes_total, &options);
     let id = jobs::create(&tx, &new).await?;
     let superseded = match superseded {
         Some(old) => Some(jobs::supersede(&tx, old, id).await?),
@@ -405,9 +571,13 @@ async fn adopt(
     control: &mut Client,
     req: &LoadRequest,
     file: &FileKey<'_>,
+    size: Option<&SizeKey<'_>>,
     id: Uuid,
 ) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
+    if let Some(size) = size {
+        size.settle(&tx).await?;
+    }
     if !lock_job(&tx, id).await? {
         return Err(LoadError::Busy(id));
     }
@@ -696,6 +866,8 @@ pub struct Load {
     /// The file's stages, started while the job was claimed, when they cut
     /// its batches as the job does.
     ahead: Option<Ahead>,
+    /// Open once the job's file hash is recorded; nothing commits before.
+    hash: HashGate,
 }
 
 /// What preparing a load came to.
@@ -794,34 +966,48 @@ impl Load {
         shared: Arc<Shared>,
         plan: WriterPlan,
     ) -> Result<Prepared, LoadError> {
-        // Started now, awaited at the claim.
-        let hashing: std::pin::Pin<Box<dyn Future<Output = Result<String, LoadError>> + Send>> =
-            match req.file_hash.clone() {
-                Some(known) => Box::pin(std::future::ready(Ok(known))),
-                None => {
-                    let path = req.path.clone();
-                    let task = tokio::task::spawn_blocking(move || source::hash_file(&path));
-                    let path = req.path.clone();
-                    Box::pin(async move {
-                        task.await
-                            .map_err(|e| LoadError::Read(e.to_string()))?
-                            .map_err(|e| LoadError::Read(format!("{}: {e}", path.display())))
-                    })
-                }
-            };
+        // Started now, awaited at the claim (or after it).
+        let hashing: Hashing = match req.file_hash.clone() {
+            Some(known) => Box::pin(std::future::ready(Ok(known))),
+            None => {
+                let path = req.path.clone();
+                let task = tokio::task::spawn_blocking(move || source::hash_file(&path));
+                let path = req.path.clone();
+                Box::pin(async move {
+                    task.await
+                        .map_err(|e| LoadError::Read(e.to_string()))?
+                        .map_err(|e| LoadError::Read(format!("{}: {e}", path.display())))
+                })
+            }
+        };
         let mut control = pg::connect_retrying(url, req.retry).await?;
         migrate(&mut control).await?;
         if req.create_table && !catalog::table_exists(&control, &req.model).await? {
             catalog::ensure_table(&mut control, &req.model).await?;
         }
-        let hash = hashing.await?;
-        let file = FileKey {
+        let file_size = std::fs::metadata(&req.path).ok().map(|m| m.len() as i64);
+        let size = file_size.map(|size| SizeKey {
             model: &req.model_key,
-            hash: &hash,
+            size,
+        });
+        let early = match (&req.file_hash, req.job, &size) {
+            (None, None, Some(size)) => claim_unhashed(&mut control, &req, size).await?,
+            _ => None,
         };
-        let claimed = match req.job {
-            Some(id) => adopt(&mut control, &req, &file, id).await?,
-            None => claim(&mut control, &req, &file).await?,
+        let (claimed, unhashed) = match early {
+            Some(claimed) => (claimed, Some(hashing)),
+            None => {
+                let hash = hashing.await?;
+                let file = FileKey {
+                    model: &req.model_key,
+                    hash: &hash,
+                };
+                let claimed = match req.job {
+                    Some(id) => adopt(&mut control, &req, &file, size.as_ref(), id).await?,
+                    None => claim(&mut control, &req, &file, size.as_ref()).await?,
+                };
+                (claimed, None)
+            }
         };
         let (job_id, resumed, options, superseded) = match claimed {
             Claim::Skipped(id) => {
@@ -843,10 +1029,11 @@ impl Load {
                 superseded,
             } => (id, resumed, options, superseded),
         };
-        let base = jobs::get(&control, job_id)
+        let control = Arc::new(control);
+        let base = jobs::get(&*control, job_id)
             .await?
             .ok_or(LoadError::Vanished(job_id))?;
-        let mut committed: HashSet<u64> = jobs::committed_seqs(&control, job_id)
+        let mut committed: HashSet<u64> = jobs::committed_seqs(&*control, job_id)
             .await?
             .into_iter()
             .collect();
@@ -857,7 +1044,7 @@ impl Load {
                 .await?;
             committed.clear();
         }
-        let (done_rows, done_rejects) = jobs::committed_counts(&control, job_id).await?;
+        let (done_rows, done_rejects) = jobs::committed_counts(&*control, job_id).await?;
         progress
             .earlier_rows
             .store((done_rows + done_rejects) as u64, Ordering::Relaxed);
@@ -870,13 +1057,22 @@ impl Load {
         progress
             .rows_read
             .store((done_rows + done_rejects) as u64, Ordering::Relaxed);
+        // Last on the control connection: what records the hash may wait
+        // there (for a lock on the job's row), and the load's setup need not.
+        let hash = match (unhashed, file_size) {
+            (Some(hashing), Some(size)) => {
+                record_hash_later(control.clone(), job_id, size, hashing, shared.clone())
+            }
+            _ => HashGate::recorded(),
+        };
         Ok(Prepared::Ready(Box::new(Load {
             url: url.to_string(),
             req,
             progress,
             started,
-            control: Arc::new(control),
+            control,
             job_id,
+            hash,
             resumed,
             superseded,
             options,
@@ -931,6 +1127,10 @@ impl Load {
         };
         watching.cancel();
         let _ = watcher.await;
+        // A job is not closed before its file's hash is recorded (one that
+        // committed nothing may get here first); a failure to record it
+        // failed the load already.
+        let _ = self.hash.wait().await;
         let req = &self.req;
         let mut end = shared.run_end();
         match (&mut end.stop, read_result) {
@@ -990,6 +1190,7 @@ impl Load {
             target,
             cache: cache.clone(),
             job_id: self.job_id,
+            hash: &self.hash,
             shared,
         };
         match self.plan {
@@ -1358,7 +1559,75 @@ struct Writers<'a> {
     target: Arc<Target>,
     cache: Option<Arc<BatchCache>>,
     job_id: Uuid,
+    hash: &'a HashGate,
     shared: &'a Arc<Shared>,
+}
+
+/// A writer's first batches, while the job's file hash is being recorded:
+/// applied in one transaction that commits once the hash is, so that the
+/// server loads rows meanwhile rather than waits. If the transaction fails,
+/// its batches go again one by one, as any batch does after an error.
+async fn hold_while_hashing(
+    writer: &mut BatchWriter,
+    rx: &tokio::sync::Mutex<BatchReceiver>,
+    hash: &HashGate,
+    shared: &Shared,
+) -> Result<(), WriteError> {
+    if !hash.is_pending() {
+        return Ok(());
+    }
+    let mut batches: Vec<EncodedBatch> = Vec::new();
+    let failed = match writer.hold().await {
+        Err(e) => Some(WriteError::Db(e)),
+        Ok(mut held) => {
+            let mut failed = None;
+            while !shared.stop.is_cancelled() {
+                let mut batch = tokio::select! {
+                    biased;
+                    _ = hash.wait() => break,
+                    b = async { rx.lock().await.recv().await } => match b {
+                        Some(b) => b,
+                        None => break,
+                    },
+                };
+                let applied = held.apply(&mut batch).await;
+                batches.push(batch);
+                if let Err(e) = applied {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if shared.stop.is_cancelled() {
+                // Stopped: nothing of it commits (dropped, it rolls back).
+                return Ok(());
+            }
+            match failed {
+                Some(e) => Some(e),
+                None => match held.commit().await {
+                    Ok(done) => {
+                        for (c, b) in done.into_iter().zip(&batches) {
+                            shared.count(c, b.rows_read, b.raw.bytes_end);
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => Some(e),
+                },
+            }
+        }
+    };
+    match failed {
+        Some(WriteError::Aborted) => return Err(WriteError::Aborted),
+        Some(e) => {
+            tracing::debug!(error = %e, "holding batches until the hash failed; writing them one by one")
+        }
+        None => {}
+    }
+    for batch in batches {
+        let (rows_read, bytes_end) = (batch.rows_read, batch.raw.bytes_end);
+        let c = writer.write_batch(batch, None).await?;
+        shared.count(c, rows_read, bytes_end);
+    }
+    Ok(())
 }
 
 /// A COPY writer for the load, or none (the load failed, saying why).
@@ -1367,10 +1636,11 @@ async fn open_writer(
     target: Arc<Target>,
     job_id: Uuid,
     cache: Option<Arc<BatchCache>>,
+    hash: &HashGate,
     shared: &Shared,
 ) -> Option<BatchWriter> {
     match BatchWriter::connect(url, target, job_id).await {
-        Ok(w) => Some(w.with_cache(cache)),
+        Ok(w) => Some(w.with_cache(cache).with_hash_gate(hash.clone())),
         Err(e) => {
             shared.fail_db("cannot connect a COPY writer: ", &e);
             None
@@ -1393,16 +1663,25 @@ impl Writers<'_> {
                 self.target.clone(),
                 self.cache.clone(),
             );
-            let job_id = self.job_id;
+            let (job_id, hash) = (self.job_id, self.hash.clone());
             tasks.push(tokio::spawn(async move {
                 // Writers connect at once, each retrying on its own.
-                let writer = open_writer(&url, target, job_id, cache, &shared).await;
+                let writer = open_writer(&url, target, job_id, cache, &hash, &shared).await;
                 let Some(mut writer) = writer else {
                     if let Some(g) = &gate {
                         g.abort();
                     }
                     return;
                 };
+                // Upserts merge in batch order, so they cannot hold batches
+                // back: theirs wait for the hash one at a time.
+                if gate.is_none() {
+                    match hold_while_hashing(&mut writer, &rx, &hash, &shared).await {
+                        Ok(()) => {}
+                        Err(WriteError::Aborted) => return,
+                        Err(e) => return shared.fail_write(e),
+                    }
+                }
                 loop {
                     if shared.stop.is_cancelled() {
                         break;
@@ -1449,6 +1728,7 @@ impl Writers<'_> {
             self.target.clone(),
             self.job_id,
             self.cache.clone(),
+            self.hash,
             shared,
         )
         .await;
@@ -1488,10 +1768,12 @@ impl Writers<'_> {
         let ended = if commit {
             whole.commit(control).await
         } else {
-            whole.rollback().await
+            whole.rollback().await.map_err(WriteError::from)
         };
-        if let Err(e) = ended {
-            shared.fail_db("", &e);
+        match ended {
+            // The hash was not recorded: the load failed, saying why.
+            Ok(()) | Err(WriteError::Aborted) => {}
+            Err(e) => shared.fail_write(e),
         }
         if !commit {
             // Nothing of this run is kept but its rejects.

@@ -352,6 +352,20 @@ FROM nexus.jobs j
 LEFT JOIN LATERAL (SELECT * FROM nexus.job_counts(j.id) WHERE j.status = 'running') c ON true;
 "#,
     ),
+    (
+        11,
+        "jobs claimed before their file's hash is known; the sizes of loaded files",
+        r#"
+-- A load claims a file of a size no job of its model has had before its
+-- hash is known (`file_hash` NULL until it is recorded): no earlier job can
+-- be the same file, so nothing needs the hash to decide. The ledger keeps
+-- each loaded file's size so that a purged job's file still counts.
+ALTER TABLE nexus.jobs ALTER COLUMN file_hash DROP NOT NULL;
+ALTER TABLE nexus.loaded_files ADD COLUMN file_size bigint;
+UPDATE nexus.loaded_files l SET file_size = j.bytes_total FROM nexus.jobs j WHERE j.id = l.job_id;
+CREATE INDEX jobs_model_size ON nexus.jobs (model, bytes_total);
+"#,
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations ("NXMG").

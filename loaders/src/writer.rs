@@ -24,10 +24,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, ToStatement, Transaction};
 use uuid::Uuid;
 
-use crate::cache::BatchCache;
 use crate::cache::from_batch::BatchRows;
+use crate::cache::{BatchCache, PendingWrite};
 use crate::conflicts::{self, UniqueIndex};
 use crate::gate::SeqGate;
+use crate::hash_gate::HashGate;
 use crate::pg::{ErrorKind, Retry, classify, describe};
 use crate::server_input;
 use crate::vocab::Mode;
@@ -244,6 +245,8 @@ pub struct BatchWriter {
     rows: Rows,
     /// The cache stage, for a cached model.
     cache: Option<Arc<BatchCache>>,
+    /// Opens once the job's file hash is recorded: nothing commits before.
+    hash: HashGate,
 }
 
 /// Applies a batch's rows inside a transaction it is given, narrowing out
@@ -306,7 +309,14 @@ impl BatchWriter {
                 key_bounds: Default::default(),
             },
             cache: None,
+            hash: HashGate::recorded(),
         })
+    }
+
+    /// Commits nothing before `hash` opens.
+    pub fn with_hash_gate(mut self, hash: HashGate) -> Self {
+        self.hash = hash;
+        self
     }
 
     /// Runs the cache stage around each commit.
@@ -428,62 +438,38 @@ impl BatchWriter {
     ) -> Result<Committed, WriteError> {
         let Session { client, statements } = &mut self.session;
         let mut tx = client.transaction().await?;
-        let mut rejects = parts.batch.rejects.clone();
-        let mut refused = Vec::new();
-        let committed = match guard {
-            Guard::None => {
-                copy(tx.client(), &self.rows.copy_sql, parts.body.clone()).await?;
-                parts.batch.rows.len() as u64
-            }
-            Guard::Savepoint => {
-                self.rows
-                    .apply(&mut tx, parts, gate, &mut rejects, &mut refused)
-                    .await?
-            }
-        };
-        let done = Committed {
-            committed,
-            rejected: rejects.len() as u64,
-        };
-        if !rejects.is_empty() {
-            insert_rejects(tx.client(), &statements.rejects, self.job_id, &rejects).await?;
-        }
         let cache = self.cache.as_deref();
-        let version = statements
-            .checkpoint(
-                tx.client(),
-                self.job_id,
-                parts,
-                done,
-                cache.map(BatchCache::pends),
-            )
-            .await?;
-        let pending = match (cache, version) {
-            (Some(c), Some(v)) => {
-                let keys = c.keys(&parts.body, &parts.batch.rows);
-                let rows = c.takes_rows().then(|| {
-                    refused.sort_unstable();
-                    BatchRows {
-                        body: parts.body.clone(),
-                        rows: parts.batch.rows.clone(),
-                        refused,
-                    }
-                });
-                Some(
-                    c.before_commit(tx.client(), parts.seq, v, keys, rows)
-                        .await?,
-                )
-            }
-            _ => None,
-        };
+        let staged = Staging {
+            statements,
+            job_id: self.job_id,
+            cache,
+        }
+        .stage(&mut tx, &mut self.rows, parts, gate, guard)
+        .await?;
+        self.hash.wait().await.map_err(|_| WriteError::Aborted)?;
         tx.commit().await?;
         if let Some(g) = gate {
             g.done(parts.seq);
         }
-        if let (Some(c), Some(w)) = (cache, pending) {
-            c.after_commit(w).await;
-        }
-        Ok(done)
+        Ok(staged.committed(cache).await)
+    }
+
+    /// Opens a transaction that holds batches uncommitted, for the time
+    /// before the job's file hash is recorded.
+    pub async fn hold(&mut self) -> Result<HeldBatches<'_>, tokio_postgres::Error> {
+        let Session { client, statements } = &mut self.session;
+        let tx = client.transaction().await?;
+        Ok(HeldBatches {
+            tx,
+            staging: Staging {
+                statements,
+                job_id: self.job_id,
+                cache: self.cache.as_deref(),
+            },
+            rows: &mut self.rows,
+            hash: &self.hash,
+            staged: Vec::new(),
+        })
     }
 
     /// Opens the one transaction of an atomic or replace load; `replace`
@@ -505,7 +491,146 @@ impl BatchWriter {
             rows: &mut self.rows,
             job_id: self.job_id,
             cache: self.cache.as_deref(),
+            hash: &self.hash,
         })
+    }
+}
+
+/// What staging a batch in a transaction needs besides its rows.
+struct Staging<'w> {
+    statements: &'w Statements,
+    job_id: Uuid,
+    cache: Option<&'w BatchCache>,
+}
+
+/// A batch applied in an open transaction, with what is left to do once
+/// the transaction commits.
+struct Staged {
+    done: Committed,
+    pending: Option<PendingWrite>,
+}
+
+impl Staged {
+    /// Finishes a batch whose transaction committed: hands its rows to the
+    /// cache.
+    async fn committed(self, cache: Option<&BatchCache>) -> Committed {
+        if let (Some(c), Some(w)) = (cache, self.pending) {
+            c.after_commit(w).await;
+        }
+        self.done
+    }
+}
+
+impl Staging<'_> {
+    /// The batch's rows (narrowed under `guard`), its rejects, its
+    /// checkpoint and its cache version in transaction `tx`.
+    async fn stage(
+        &self,
+        tx: &mut Transaction<'_>,
+        rows: &mut Rows,
+        parts: &Parts<'_>,
+        gate: Option<&SeqGate>,
+        guard: Guard,
+    ) -> Result<Staged, WriteError> {
+        let mut rejects = parts.batch.rejects.clone();
+        let mut refused = Vec::new();
+        let committed = match guard {
+            Guard::None => {
+                copy(tx.client(), &rows.copy_sql, parts.body.clone()).await?;
+                parts.batch.rows.len() as u64
+            }
+            Guard::Savepoint => {
+                rows.apply(tx, parts, gate, &mut rejects, &mut refused)
+                    .await?
+            }
+        };
+        let done = Committed {
+            committed,
+            rejected: rejects.len() as u64,
+        };
+        if !rejects.is_empty() {
+            insert_rejects(tx.client(), &self.statements.rejects, self.job_id, &rejects).await?;
+        }
+        let version = self
+            .statements
+            .checkpoint(
+                tx.client(),
+                self.job_id,
+                parts,
+                done,
+                self.cache.map(BatchCache::pends),
+            )
+            .await?;
+        let pending = match (self.cache, version) {
+            (Some(c), Some(v)) => {
+                let keys = c.keys(&parts.body, &parts.batch.rows);
+                let rows = c.takes_rows().then(|| {
+                    refused.sort_unstable();
+                    BatchRows {
+                        body: parts.body.clone(),
+                        rows: parts.batch.rows.clone(),
+                        refused,
+                    }
+                });
+                Some(
+                    c.before_commit(tx.client(), parts.seq, v, keys, rows)
+                        .await?,
+                )
+            }
+            _ => None,
+        };
+        Ok(Staged { done, pending })
+    }
+}
+
+/// Batches applied in one open transaction and committed together: a
+/// writer's first batches while the job's file hash is being recorded, so
+/// that the server loads rows meanwhile instead of waiting. Each batch has
+/// its own checkpoint, so what commits resumes batch by batch as usual.
+/// Dropped, it rolls back.
+pub struct HeldBatches<'w> {
+    tx: Transaction<'w>,
+    staging: Staging<'w>,
+    rows: &'w mut Rows,
+    hash: &'w HashGate,
+    staged: Vec<Staged>,
+}
+
+impl HeldBatches<'_> {
+    /// Applies a batch under a savepoint (rows the table refuses are
+    /// narrowed out, as ever) without committing it.
+    pub async fn apply(&mut self, batch: &mut EncodedBatch) -> Result<Committed, WriteError> {
+        server_input::settle(self.tx.client(), &self.rows.target.plan, batch).await?;
+        let body = Bytes::from(std::mem::take(&mut batch.copy));
+        let staged = {
+            let parts = Parts {
+                seq: batch.seq,
+                body: body.clone(),
+                batch,
+            };
+            self.staging
+                .stage(&mut self.tx, self.rows, &parts, None, Guard::Savepoint)
+                .await
+        };
+        // Kept for a retry one by one; the body's one owner again (unless
+        // the cache holds the rows), so it goes back without a copy.
+        batch.copy = Vec::from(body);
+        let staged = staged?;
+        let done = staged.done;
+        self.staged.push(staged);
+        Ok(done)
+    }
+
+    /// Commits the batches once the hash is recorded (`Aborted` if it will
+    /// not be: nothing is kept); says what each committed, in order.
+    pub async fn commit(self) -> Result<Vec<Committed>, WriteError> {
+        self.hash.wait().await.map_err(|_| WriteError::Aborted)?;
+        self.tx.commit().await?;
+        let mut done = Vec::with_capacity(self.staged.len());
+        for s in self.staged {
+            done.push(s.committed(self.staging.cache).await);
+        }
+        Ok(done)
     }
 }
 
@@ -518,6 +643,7 @@ pub struct WholeLoad<'w> {
     rows: &'w mut Rows,
     job_id: Uuid,
     cache: Option<&'w BatchCache>,
+    hash: &'w HashGate,
 }
 
 impl WholeLoad<'_> {
@@ -550,7 +676,8 @@ impl WholeLoad<'_> {
     /// transaction takes one version and the model is flushed, then
     /// announced through `announce_on` (this writer's session is the
     /// transaction's until it ends).
-    pub async fn commit(self, announce_on: &Client) -> Result<(), tokio_postgres::Error> {
+    pub async fn commit(self, announce_on: &Client) -> Result<(), WriteError> {
+        self.hash.wait().await.map_err(|_| WriteError::Aborted)?;
         let tx = self.tx;
         let version = match self.cache {
             Some(c) => {

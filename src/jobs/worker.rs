@@ -141,7 +141,7 @@ async fn run(state: &Arc<WorkerContext>, owner: &str, job: Claimed, interrupt: C
                 model: Arc::new(model),
                 path: copy.path().to_path_buf(),
                 file_name: job.file_name.clone(),
-                file_hash: Some(job.file_hash.clone()),
+                file_hash: job.file_hash.clone(),
                 bytes_total: job.bytes_total.map(|b| b as u64),
                 mode: job.mode,
                 atomic: job.atomic,
