@@ -279,9 +279,30 @@ async fn lock_file(
     c: &impl tokio_postgres::GenericClient,
     file: &FileKey<'_>,
 ) -> Result<bool, tokio_postgres::Error> {
+    try_lock(c, &file.ledger_key(), LockSpace::File).await
+}
+
+/// The kinds of advisory locks a load takes by a text key, each hashed in
+/// a space of its own.
+#[derive(Debug, Clone, Copy)]
+enum LockSpace {
+    /// A claim of a file, for its transaction.
+    Claim = 0,
+    /// A load of a file, for its session.
+    File = 2,
+    /// Claims of a model's files of one size ([`SizeKey`]).
+    Size = 3,
+}
+
+/// Takes session advisory lock `key` of `space` when it is free.
+async fn try_lock(
+    c: &impl tokio_postgres::GenericClient,
+    key: &str,
+    space: LockSpace,
+) -> Result<bool, tokio_postgres::Error> {
     Ok(c.query_one(
-        "SELECT pg_try_advisory_lock(hashtextextended($1, 2))",
-        &[&file.ledger_key()],
+        "SELECT pg_try_advisory_lock(hashtextextended($1, $2))",
+        &[&key, &(space as i64)],
     )
     .await?
     .get(0))
@@ -319,12 +340,7 @@ impl SizeKey<'_> {
         &self,
         c: &impl tokio_postgres::GenericClient,
     ) -> Result<bool, tokio_postgres::Error> {
-        Ok(c.query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended($1, 3))",
-            &[&self.lock_key()],
-        )
-        .await?
-        .get(0))
+        try_lock(c, &self.lock_key(), LockSpace::Size).await
     }
 
     async fn unlock(
@@ -332,8 +348,8 @@ impl SizeKey<'_> {
         c: &impl tokio_postgres::GenericClient,
     ) -> Result<(), tokio_postgres::Error> {
         c.execute(
-            "SELECT pg_advisory_unlock(hashtextextended($1, 3))",
-            &[&self.lock_key()],
+            "SELECT pg_advisory_unlock(hashtextextended($1, $2))",
+            &[&self.lock_key(), &(LockSpace::Size as i64)],
         )
         .await?;
         Ok(())
@@ -347,8 +363,8 @@ impl SizeKey<'_> {
         tx: &tokio_postgres::Transaction<'_>,
     ) -> Result<(), tokio_postgres::Error> {
         tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 3))",
-            &[&self.lock_key()],
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+            &[&self.lock_key(), &(LockSpace::Size as i64)],
         )
         .await?;
         jobs::fail_unhashed(tx, self.model, self.size).await?;
@@ -493,8 +509,8 @@ async fn claim(
 ) -> Result<Claim, LoadError> {
     let tx = control.transaction().await?;
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&file.ledger_key()],
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+        &[&file.ledger_key(), &(LockSpace::Claim as i64)],
     )
     .await?;
     if let Some(size) = size {
