@@ -1581,8 +1581,9 @@ struct Writers<'a> {
 
 /// A writer's first batches, while the job's file hash is being recorded:
 /// applied in one transaction that commits once the hash is, so that the
-/// server loads rows meanwhile rather than waits. If the transaction fails,
-/// its batches go again one by one, as any batch does after an error.
+/// server loads rows meanwhile rather than waits; up to [`HOLD_BYTES`] of
+/// them, as they are kept until then. If the transaction fails, its
+/// batches go again one by one, as any batch does after an error.
 async fn hold_while_hashing(
     writer: &mut BatchWriter,
     rx: &tokio::sync::Mutex<BatchReceiver>,
@@ -1593,11 +1594,12 @@ async fn hold_while_hashing(
         return Ok(());
     }
     let mut batches: Vec<EncodedBatch> = Vec::new();
+    let mut held_bytes = 0;
     let failed = match writer.hold().await {
         Err(e) => Some(WriteError::Db(e)),
         Ok(mut held) => {
             let mut failed = None;
-            while !shared.stop.is_cancelled() {
+            while !shared.stop.is_cancelled() && held_bytes < HOLD_BYTES {
                 let mut batch = tokio::select! {
                     biased;
                     _ = hash.wait() => break,
@@ -1607,6 +1609,7 @@ async fn hold_while_hashing(
                     },
                 };
                 let applied = held.apply(&mut batch).await;
+                held_bytes += batch.copy.len();
                 batches.push(batch);
                 if let Err(e) = applied {
                     failed = Some(e);
@@ -1645,6 +1648,10 @@ async fn hold_while_hashing(
     }
     Ok(())
 }
+
+/// How much of its batches a writer holds while the file's hash is
+/// recorded (a large file takes long to hash): it then waits for the hash.
+const HOLD_BYTES: usize = 16 << 20;
 
 /// A COPY writer for the load, or none (the load failed, saying why).
 async fn open_writer(
