@@ -27,11 +27,21 @@ fn setup(db: &TestDb) -> (std::path::PathBuf, std::path::PathBuf) {
     (models, db.file("ev.csv", csv))
 }
 
+/// [`setup`], and the table `ev` without a key (where a duplicate shows).
+fn setup_with_table(db: &TestDb) -> (std::path::PathBuf, std::path::PathBuf) {
+    let made = setup(db);
+    create_ev(db);
+    made
+}
+
+fn create_ev(db: &TestDb) {
+    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+}
+
 #[test]
 fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
     let db = TestDb::new();
-    let (models, file) = setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let (models, file) = setup_with_table(&db);
     let args = ["load", "--json", "--model", "ev", file.to_str().unwrap()];
     let listed = || {
         let r = db.run(&["jobs", "list", "--json"]);
@@ -125,8 +135,7 @@ fn sigkill_at_any_moment_then_rerun_loads_every_row_once() {
 #[test]
 fn sigterm_stops_at_a_batch_boundary_and_stays_resumable() {
     let db = TestDb::new();
-    let (models, file) = setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let (models, file) = setup_with_table(&db);
     let args = ["load", "--json", "--model", "ev", file.to_str().unwrap()];
     let mut child = Reaped(Some(
         db.nexus()
@@ -158,8 +167,7 @@ fn sigterm_stops_at_a_batch_boundary_and_stays_resumable() {
 #[test]
 fn a_second_concurrent_run_of_the_same_file_refuses() {
     let db = TestDb::new();
-    let (models, file) = setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let (models, file) = setup_with_table(&db);
     let args = ["load", "--model", "ev", file.to_str().unwrap()];
     let mut first = Reaped(Some(
         db.nexus()
@@ -188,8 +196,7 @@ fn a_second_concurrent_run_of_the_same_file_refuses() {
 #[test]
 fn a_job_succeeds_only_with_its_file_recorded_as_loaded() {
     let db = TestDb::new();
-    let (models, file) = setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let (models, file) = setup_with_table(&db);
     db.exec(
         "CREATE FUNCTION refuse_ledger() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN RAISE EXCEPTION 'the ledger is unavailable'; END $$;
@@ -223,8 +230,7 @@ fn a_job_succeeds_only_with_its_file_recorded_as_loaded() {
 #[test]
 fn jobs_cancel_stops_a_running_load() {
     let db = TestDb::new();
-    let (models, file) = setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let (models, file) = setup_with_table(&db);
     let child = Reaped(Some(
         db.nexus()
             .env("NEXUS_MODELS", &models)
@@ -251,8 +257,7 @@ fn jobs_cancel_stops_a_running_load() {
 #[test]
 fn writer_connections_killed_mid_load_are_retried_without_loss_or_duplicates() {
     let db = TestDb::new();
-    let (models, file) = setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let (models, file) = setup_with_table(&db);
     let mut child = Reaped(Some(
         db.nexus()
             .env("NEXUS_MODELS", &models)
@@ -337,8 +342,7 @@ fn load_through(db: &TestDb, proxy: &common::proxy::Proxy, retry: &str) -> Reape
 #[test]
 fn a_failover_within_the_retry_window_is_ridden_out() {
     let db = TestDb::new();
-    setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    setup_with_table(&db);
     let proxy = common::proxy::Proxy::start("127.0.0.1:5432");
     let child = load_through(&db, &proxy, "60s");
     wait_for("batches to commit", Duration::from_secs(120), || {
@@ -369,8 +373,7 @@ fn a_failover_within_the_retry_window_is_ridden_out() {
 #[test]
 fn a_load_that_outlasts_the_retry_window_prints_its_summary_and_resumes() {
     let db = TestDb::new();
-    setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    setup_with_table(&db);
     let proxy = common::proxy::Proxy::start("127.0.0.1:5432");
     let child = load_through(&db, &proxy, "2s");
     wait_for("batches to commit", Duration::from_secs(120), || {
@@ -430,8 +433,7 @@ fn a_job_whose_stored_options_do_not_read_back_is_not_resumed() {
 #[test]
 fn no_batch_commits_before_its_jobs_file_hash_is_recorded() {
     let db = TestDb::new();
-    let (models, file) = setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let (models, file) = setup_with_table(&db);
     db.exec(
         "CREATE FUNCTION hash_first() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
@@ -504,7 +506,7 @@ fn no_batch_commits_before_its_jobs_file_hash_is_recorded() {
 fn files_of_one_size_are_told_apart_by_their_hash() {
     let db = TestDb::new();
     let models = common::small_batch_model(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    create_ev(&db);
     let text = |tag: &str| {
         let mut csv = String::from("id,payload\n");
         for i in 1..=2_000 {
@@ -538,7 +540,7 @@ fn files_of_one_size_are_told_apart_by_their_hash() {
 fn a_job_whose_load_died_before_recording_its_hash_is_failed_by_the_next() {
     let db = TestDb::new();
     let models = common::small_batch_model(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    create_ev(&db);
     let mut csv = String::from("id,payload\n");
     for i in 1..=3_000 {
         csv.push_str(&format!("{i},p\n"));
@@ -574,8 +576,7 @@ fn a_job_whose_load_died_before_recording_its_hash_is_failed_by_the_next() {
 #[test]
 fn two_first_runs_of_one_file_at_once_load_it_once() {
     let db = TestDb::new();
-    let (models, file) = setup(&db);
-    db.exec("CREATE TABLE ev (id bigint NOT NULL, payload text)");
+    let (models, file) = setup_with_table(&db);
     let args = ["load", "--json", "--model", "ev", file.to_str().unwrap()];
     let spawn = || {
         db.nexus()

@@ -1001,17 +1001,19 @@ impl Load {
         if req.create_table && !catalog::table_exists(&control, &req.model).await? {
             catalog::ensure_table(&mut control, &req.model).await?;
         }
-        let file_size = std::fs::metadata(&req.path).ok().map(|m| m.len() as i64);
-        let size = file_size.map(|size| SizeKey {
+        let size = std::fs::metadata(&req.path).ok().map(|m| SizeKey {
             model: &req.model_key,
-            size,
+            size: m.len() as i64,
         });
         let early = match (&req.file_hash, req.job, &size) {
-            (None, None, Some(size)) => claim_unhashed(&mut control, &req, size).await?,
+            (None, None, Some(size)) => claim_unhashed(&mut control, &req, size)
+                .await?
+                .map(|claimed| (claimed, size.size)),
             _ => None,
         };
+        // The hash still to record, with the size the file was claimed by.
         let (claimed, unhashed) = match early {
-            Some(claimed) => (claimed, Some(hashing)),
+            Some((claimed, size)) => (claimed, Some((hashing, size))),
             None => {
                 let hash = hashing.await?;
                 let file = FileKey {
@@ -1075,11 +1077,11 @@ impl Load {
             .store((done_rows + done_rejects) as u64, Ordering::Relaxed);
         // Last on the control connection: what records the hash may wait
         // there (for a lock on the job's row), and the load's setup need not.
-        let hash = match (unhashed, file_size) {
-            (Some(hashing), Some(size)) => {
+        let hash = match unhashed {
+            Some((hashing, size)) => {
                 record_hash_later(control.clone(), job_id, size, hashing, shared.clone())
             }
-            _ => HashGate::recorded(),
+            None => HashGate::recorded(),
         };
         Ok(Prepared::Ready(Box::new(Load {
             url: url.to_string(),
