@@ -270,7 +270,8 @@ pub fn numeric(v: &str, typmod: Option<(u16, u16)>, out: &mut Vec<u8>) -> Verdic
     while ds.len() - point < dscale {
         ds.push(0);
     }
-    if ds.len() - point > dscale {
+    let rounded = ds.len() - point > dscale;
+    if rounded {
         let round_up = ds[point + dscale] >= 5;
         ds.truncate(point + dscale);
         if round_up {
@@ -326,8 +327,31 @@ pub fn numeric(v: &str, typmod: Option<(u16, u16)>, out: &mut Vec<u8>) -> Verdic
     for g in &groups {
         out.extend_from_slice(&g.to_be_bytes());
     }
-    let approx: f64 = t.parse().unwrap_or(0.0);
+    // Range rules judge the value stored, as a CHECK constraint would: the
+    // text's own value unless the scale rounded it.
+    let approx: f64 = if rounded {
+        stored_approx(d.neg, &ds, point)
+    } else {
+        t.parse().unwrap_or(0.0)
+    };
     Verdict::Value(approx)
+}
+
+/// The nearest `f64` to the decimal digits `ds` with the point after the
+/// first `point` of them.
+fn stored_approx(neg: bool, ds: &[u8], point: usize) -> f64 {
+    let mut text = String::with_capacity(ds.len() + 2);
+    if neg {
+        text.push('-');
+    }
+    let (int, frac) = ds.split_at(point.min(ds.len()));
+    // A leading and a trailing zero keep either side of the point non-empty.
+    text.push('0');
+    text.extend(int.iter().map(|d| char::from(b'0' + d)));
+    text.push('.');
+    text.extend(frac.iter().map(|d| char::from(b'0' + d)));
+    text.push('0');
+    text.parse().unwrap_or(0.0)
 }
 
 fn put_numeric_head(out: &mut Vec<u8>, ndigits: usize, weight: i16, neg: bool, dscale: usize) {
@@ -1210,6 +1234,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest::proptest! {
+        /// A decimal written plainly and with an exponent stores the same
+        /// bytes and gives range rules the same value: the one stored.
+        #[test]
+        fn a_decimal_and_its_exponent_form_agree(
+            unscaled in proptest::prop_oneof![
+                -10i128.pow(30)..10i128.pow(30),
+                -100_000i128..100_000,
+            ],
+            scale in 0i8..=36,
+            typmod in proptest::option::of(proptest::strategy::Strategy::prop_flat_map(1u16..=40, |p| (proptest::strategy::Just(p), 0..=p))),
+        ) {
+            let plain = decimal_text(unscaled.to_string(), scale);
+            let exponent = format!("{unscaled}e-{scale}");
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            match (numeric(&plain, typmod, &mut a), numeric(&exponent, typmod, &mut b)) {
+                (Verdict::Value(x), Verdict::Value(y)) => {
+                    proptest::prop_assert_eq!(&a, &b, "{} {:?}", plain, typmod);
+                    proptest::prop_assert!((x - y).abs() <= y.abs() * 4.0 * f64::EPSILON, "{plain} {typmod:?}: {x} vs {y}");
+                }
+                (Verdict::Invalid(_), Verdict::Invalid(_)) => {}
+                (x, y) => proptest::prop_assert!(false, "{plain} {typmod:?}: {x:?} vs {y:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn range_rules_judge_the_value_stored() {
+        for v in ["-0.001", "-1e-3", "-0.0001e1"] {
+            let mut out = Vec::new();
+            let Verdict::Value(x) = numeric(v, Some((5, 2)), &mut out) else {
+                panic!("{v} is a number");
+            };
+            assert!(x == 0.0, "{v} is stored as 0.00: {x}");
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            numeric("99.995e0", Some((5, 2)), &mut out),
+            Verdict::Value(100.0)
+        );
     }
 
     #[test]
