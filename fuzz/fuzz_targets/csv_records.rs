@@ -42,19 +42,28 @@ fuzz_target!(|data: &[u8]| {
     };
     let max = 16 + (knobs as usize & 0x3f) * 8;
     let whole = records(input, max);
-    let trickled = records(Trickle { data: input, step: 1 + (knobs as usize >> 6) * 3 }, max);
+    let trickled = records(
+        Trickle {
+            data: input,
+            step: 1 + (knobs as usize >> 6) * 3,
+        },
+        max,
+    );
     assert_eq!(whole, trickled, "records depend on how the input arrives");
     let mut last_line = 1;
     for (rec, line, oversized, _) in &whole {
         assert!(*line >= last_line, "line numbers go back");
         last_line = *line;
-        assert!(*oversized || rec.len() <= max, "a record over the limit is not flagged");
+        assert!(
+            *oversized || rec.len() <= max,
+            "a record over the limit is not flagged"
+        );
         let Ok(text) = std::str::from_utf8(rec) else {
             continue;
         };
         let (mut scratch, mut fields) = (String::new(), Vec::new());
         let delimiter = if knobs & 1 == 0 { b',' } else { b'\t' };
-        if parse_fields(text, delimiter, b'"', &mut scratch, &mut fields).is_ok() {
+        if let Ok(scratch) = parse_fields(text, delimiter, b'"', &mut scratch, &mut fields) {
             assert!(!fields.is_empty());
             for f in &fields {
                 assert!(f.start <= f.end && f.end as usize <= scratch.len());

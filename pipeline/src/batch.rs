@@ -242,6 +242,11 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
     let mut rejects = Vec::new();
     let mut deferred: Vec<Deferred> = Vec::new();
     let default_null = input.null.len() == 1 && input.null[0].is_empty();
+    // Most batches are all valid text: one check of the whole costs less
+    // than one per record, which then needs only its ends on character
+    // boundaries (a character split by a line end is whole in `data`).
+    let data_text = std::str::from_utf8(&raw.data).ok();
+    let has_nul = memchr::memchr(0, &raw.data).is_some();
 
     'records: for (ri, meta) in raw.records.iter().enumerate() {
         let mut reject = |column: Option<&str>, reason: String| {
@@ -268,7 +273,8 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
         }
         // Transcoded input is UTF-8 by construction; this also catches bytes
         // that are not UTF-8 in a file read as UTF-8.
-        let record = match std::str::from_utf8(raw.record(ri)) {
+        let whole = data_text.and_then(|t| t.get(meta.start as usize..meta.end as usize));
+        let record = match whole.map_or_else(|| std::str::from_utf8(raw.record(ri)), Ok) {
             Ok(r) => r,
             Err(e) => {
                 reject(
@@ -281,7 +287,7 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                 continue;
             }
         };
-        if memchr::memchr(0, record.as_bytes()).is_some() {
+        if has_nul && memchr::memchr(0, record.as_bytes()).is_some() {
             // PostgreSQL's COPY refuses the whole input at a NUL byte.
             reject(
                 None,
@@ -291,20 +297,20 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
         }
         // Columnar batches never get here (they carry `columns`): every
         // other format is read as CSV fields.
-        match input.format {
-            InputFormat::Csv | InputFormat::Parquet | InputFormat::Arrow => {
-                if parse_fields(
-                    record,
-                    input.delimiter,
-                    input.quote,
-                    &mut scratch.fields_buf,
-                    &mut scratch.fields,
-                ) == Err(Unterminated)
-                {
+        let fields_text = match input.format {
+            InputFormat::Csv | InputFormat::Parquet | InputFormat::Arrow => match parse_fields(
+                record,
+                input.delimiter,
+                input.quote,
+                &mut scratch.fields_buf,
+                &mut scratch.fields,
+            ) {
+                Ok(text) => text,
+                Err(Unterminated) => {
                     reject(None, "unterminated quoted field".into());
                     continue;
                 }
-            }
+            },
             InputFormat::Ndjson => {
                 let null_text = input.null.first().map_or(&[][..], Vec::as_slice);
                 if let Err(e) = crate::ndjson::object_fields(
@@ -318,8 +324,9 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
                     reject(e.column.as_deref(), e.reason);
                     continue;
                 }
+                scratch.fields_buf.as_str()
             }
-        }
+        };
         if scratch.fields.len() != plan.input_fields {
             reject(
                 None,
@@ -336,7 +343,7 @@ pub fn encode_batch(plan: &Plan, raw: RawBatch, scratch: &mut Scratch) -> Encode
         for (k, &ci) in plan.copy_columns.iter().enumerate() {
             let col = &model.columns[ci];
             let f = scratch.fields[plan.field_of[k]];
-            let text = &scratch.fields_buf[f.start as usize..f.end as usize];
+            let text = &fields_text[f.start as usize..f.end as usize];
             let is_null = !f.quoted
                 && if default_null {
                     text.is_empty()
@@ -454,5 +461,75 @@ pub(crate) fn put_text(
 pub(crate) fn undefer(deferred: &mut Vec<Deferred>, row: usize) {
     while deferred.last().is_some_and(|d| d.row as usize == row) {
         deferred.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::ModelSet;
+
+    proptest::proptest! {
+        /// Each record is text by itself, whatever its neighbours: a
+        /// record loads if and only if it is valid UTF-8 with no NUL, even
+        /// where the batch's bytes as a whole are valid (a character cut
+        /// in two by a line end).
+        #[test]
+        fn a_record_is_judged_as_text_by_its_own_bytes(
+            pieces in proptest::collection::vec(proptest::prop_oneof![
+                8 => proptest::sample::select(vec!["a", ",", "\"", "é", "€"]),
+                1 => proptest::sample::select(vec!["\0", "\u{ff}"]),
+            ], 0..40),
+            cuts in proptest::collection::vec(0usize..200, 0..10),
+        ) {
+            // Whole characters cut into records anywhere, as line ends may
+            // cut them; a stray byte (0xFF) now and then.
+            let bytes: Vec<u8> = pieces
+                .iter()
+                .flat_map(|p| if *p == "\u{ff}" { vec![0xFF] } else { p.as_bytes().to_vec() })
+                .collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut records = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                records.push(bytes[at..c].to_vec());
+                at = c;
+            }
+            let model = ModelSet::parse(
+                "[models.m]\ntable='t'\n[[models.m.columns]]\nname='a'\ntype='text'\n",
+            )
+            .unwrap()
+            .get("m")
+            .unwrap();
+            let plan = Plan::positional(Arc::clone(&model), false);
+            let mut raw = RawBatch::default();
+            for (i, r) in records.iter().enumerate() {
+                let start = raw.data.len() as u32;
+                raw.data.extend_from_slice(r);
+                raw.records.push(RecordMeta {
+                    start,
+                    end: raw.data.len() as u32,
+                    line: i as u64 + 1,
+                    oversized: false,
+                    unterminated: false,
+                });
+            }
+            let out = encode_batch(&plan, raw, &mut Scratch::default());
+            for (i, r) in records.iter().enumerate() {
+                let text = std::str::from_utf8(r).is_ok() && !r.contains(&0);
+                let rejected = out
+                    .rejects
+                    .iter()
+                    .find(|j| j.line == i as u64 + 1)
+                    .map(|j| j.reason.as_str());
+                let as_text = rejected.is_none_or(|reason| {
+                    !reason.starts_with("invalid UTF-8") && !reason.contains("NUL byte")
+                });
+                proptest::prop_assert_eq!(text, as_text, "{:?}: {:?}", r, rejected);
+            }
+        }
     }
 }

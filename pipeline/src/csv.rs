@@ -174,7 +174,7 @@ fn append(out: &mut Vec<u8>, seg: &[u8], start: usize, max: usize, info: &mut Re
     }
 }
 
-/// One parsed field: a range of the scratch text [`parse_fields`] fills.
+/// One parsed field: a range of the text [`parse_fields`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Field {
     pub start: u32,
@@ -187,23 +187,24 @@ pub struct Field {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unterminated;
 
-/// Splits `record` into fields with PostgreSQL's CSV rules (escape = quote).
+/// Splits `record` into fields with PostgreSQL's CSV rules (escape = quote)
+/// and returns the text `fields` are ranges of: the record itself when it
+/// has no quote, else `scratch`, which holds the fields unquoted.
 /// Delimiter and quote are ASCII, so every cut falls on a character
 /// boundary and the fields stay valid text without being checked again.
-pub fn parse_fields(
-    record: &str,
+pub fn parse_fields<'a>(
+    record: &'a str,
     delimiter: u8,
     quote: u8,
-    scratch: &mut String,
+    scratch: &'a mut String,
     fields: &mut Vec<Field>,
-) -> Result<(), Unterminated> {
+) -> Result<&'a str, Unterminated> {
     scratch.clear();
     fields.clear();
     let bytes = record.as_bytes();
     if memchr(quote, bytes).is_none() {
         // The common record has no quote at all: its fields are its text
-        // cut at each delimiter, copied once rather than field by field.
-        scratch.push_str(record);
+        // cut at each delimiter, not copied.
         let mut start = 0u32;
         for cut in memchr::memchr_iter(delimiter, bytes) {
             fields.push(Field {
@@ -218,7 +219,7 @@ pub fn parse_fields(
             end: bytes.len() as u32,
             quoted: false,
         });
-        return Ok(());
+        return Ok(record);
     }
     let n = bytes.len();
     let quote_char = quote as char;
@@ -234,7 +235,7 @@ pub fn parse_fields(
                     end: scratch.len() as u32,
                     quoted,
                 });
-                return Ok(());
+                return Ok(scratch);
             };
             scratch.push_str(&record[i..i + j]);
             i += j + 1;
@@ -298,7 +299,7 @@ mod tests {
 
     fn fields_by(record: &str, delimiter: u8) -> Vec<(String, bool)> {
         let (mut buf, mut fields) = (String::new(), Vec::new());
-        parse_fields(record, delimiter, b'"', &mut buf, &mut fields).unwrap();
+        let buf = parse_fields(record, delimiter, b'"', &mut buf, &mut fields).unwrap();
         fields
             .iter()
             .map(|f| (buf[f.start as usize..f.end as usize].to_string(), f.quoted))
@@ -346,7 +347,7 @@ mod tests {
 
     fn fields(rec: &str) -> Vec<(String, bool)> {
         let (mut s, mut f) = (String::new(), Vec::new());
-        parse_fields(rec, b',', b'"', &mut s, &mut f).unwrap();
+        let s = parse_fields(rec, b',', b'"', &mut s, &mut f).unwrap();
         f.iter()
             .map(|f| (s[f.start as usize..f.end as usize].to_string(), f.quoted))
             .collect()

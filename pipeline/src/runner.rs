@@ -138,7 +138,7 @@ fn start_with(
         }
         let text = std::str::from_utf8(&header).map_err(|_| PlanError::HeaderEncoding)?;
         let (mut buf, mut fields) = (String::new(), Vec::new());
-        parse_fields(
+        let buf = parse_fields(
             text,
             model.input.delimiter,
             model.input.quote,
