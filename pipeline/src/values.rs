@@ -418,7 +418,7 @@ pub fn numeric_scaled(
     typmod: Option<(u16, u16)>,
     out: &mut Vec<u8>,
 ) -> Option<Result<f64, (u16, u16)>> {
-    let pow = |n: u32| 10u128.checked_pow(n);
+    let pow = |n: u32| POW10.get(n as usize).copied();
     let mut value = unscaled.unsigned_abs();
     // A negative scale appends zeros: the value is whole.
     let scale = if scale < 0 {
@@ -439,11 +439,30 @@ pub fn numeric_scaled(
     } else {
         value = value.checked_mul(pow((dscale - scale) as u32)?)?;
     }
-    if value >= 10u128.pow(34) {
+    if value >= POW10[34] {
         return None;
     }
     Some(put_scaled(unscaled < 0, value, dscale, typmod, out))
 }
+
+/// The powers of ten a `u128` holds, looked up rather than multiplied out
+/// for every value.
+const POW10: [u128; 39] = {
+    let mut table = [1u128; 39];
+    let mut i = 1;
+    while i < 39 {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
+/// 10^0 to 10^34, each the nearest `f64`.
+const F64_POW10: [f64; 35] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25, 1e26, 1e27, 1e28, 1e29, 1e30, 1e31, 1e32,
+    1e33, 1e34,
+];
 
 /// Writes `value` / 10^`dscale` (both below 10^34 and 34, so that padding
 /// the fraction to whole base-10000 digits stays inside a u128) as binary
@@ -455,12 +474,10 @@ fn put_scaled(
     typmod: Option<(u16, u16)>,
     out: &mut Vec<u8>,
 ) -> Result<f64, (u16, u16)> {
-    let pow = |n: usize| 10u128.pow(n as u32);
+    let pow = |n: usize| POW10[n];
     // 10^p past u128 (a precision over 38) holds any value below 10^34.
     if let Some((p, s)) = typmod
-        && 10u128
-            .checked_pow(p as u32)
-            .is_some_and(|limit| value >= limit)
+        && POW10.get(p as usize).is_some_and(|limit| value >= *limit)
     {
         return Err((p, s));
     }
@@ -504,7 +521,9 @@ fn put_scaled(
     for g in digits {
         out.extend_from_slice(&g.to_be_bytes());
     }
-    let approx = value as f64 / 10f64.powi(dscale as i32);
+    // Both conversions rounded once: most values fit 64 bits, whose
+    // conversion is one instruction where a u128's is a call.
+    let approx = u64::try_from(value).map_or(value as f64, |v| v as f64) / F64_POW10[dscale];
     Ok(if neg { -approx } else { approx })
 }
 
