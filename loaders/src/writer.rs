@@ -147,9 +147,15 @@ struct Session {
     statements: Statements,
 }
 
+/// A writer's statements, prepared once per session: each batch then
+/// sends them without a round trip to parse them first.
 struct Statements {
     rejects: Statement,
     checkpoint: Statement,
+    /// The batch's COPY (into the table, or an upsert's stage).
+    copy: Statement,
+    /// Announces a batch's keys to other processes' caches.
+    notify: Statement,
 }
 
 impl Session {
@@ -174,16 +180,25 @@ impl Session {
 
     async fn open_once(url: &str, target: &Target) -> Result<Session, tokio_postgres::Error> {
         let client = Self::connect(url, &target.timezone).await?;
-        let rejects = client.prepare(INSERT_REJECTS).await?;
-        let checkpoint = client.prepare(INSERT_CHECKPOINT).await?;
+        // The stage first: an upsert's COPY goes into it.
         if let Some(sql) = target.session_sql() {
             client.batch_execute(&sql).await?;
         }
+        let copy_sql = target.copy_sql();
+        // Prepared together, in one round trip.
+        let (rejects, checkpoint, copy, notify) = tokio::try_join!(
+            client.prepare(INSERT_REJECTS),
+            client.prepare(INSERT_CHECKPOINT),
+            client.prepare(&copy_sql),
+            client.prepare(crate::cache::NOTIFY_SQL),
+        )?;
         Ok(Session {
             client,
             statements: Statements {
                 rejects,
                 checkpoint,
+                copy,
+                notify,
             },
         })
     }
@@ -253,7 +268,6 @@ pub struct BatchWriter {
 /// the rows the table refuses; keeps what it learns across batches.
 struct Rows {
     target: Arc<Target>,
-    copy_sql: String,
     merge_sql: String,
     probe_sql: String,
     /// Unique indexes by name, as far as conflicts on them can be probed.
@@ -298,7 +312,6 @@ impl BatchWriter {
             job_id,
             session,
             rows: Rows {
-                copy_sql: target.copy_sql(),
                 merge_sql: target.merge_sql(),
                 probe_sql: conflicts::probe_table_sql(&target.table, &target.columns),
                 target,
@@ -534,36 +547,62 @@ impl Staging<'_> {
     ) -> Result<Staged, WriteError> {
         let mut rejects = parts.batch.rejects.clone();
         let mut refused = Vec::new();
-        let committed = match guard {
-            Guard::None => {
-                copy(tx.client(), &rows.copy_sql, parts.body.clone()).await?;
-                parts.batch.rows.len() as u64
-            }
+        // Unguarded, the rows go in whole or not at all: what the batch
+        // commits is known before its COPY, which then goes with the rest.
+        let (committed, copy_now) = match guard {
+            Guard::None => (parts.batch.rows.len() as u64, true),
             Guard::Savepoint => {
-                rows.apply(tx, parts, gate, &mut rejects, &mut refused)
-                    .await?
+                let copy = &self.statements.copy;
+                let n = rows
+                    .apply(tx, copy, parts, gate, &mut rejects, &mut refused)
+                    .await?;
+                (n, false)
             }
         };
         let done = Committed {
             committed,
             rejected: rejects.len() as u64,
         };
-        if !rejects.is_empty() {
-            insert_rejects(tx.client(), &self.statements.rejects, self.job_id, &rejects).await?;
-        }
-        let version = self
-            .statements
-            .checkpoint(
-                tx.client(),
+        let db = tx.client();
+        let keys = self.cache.map(|c| c.keys(&parts.body, &parts.batch.rows));
+        // The COPY, the rejects, the checkpoint and the keys' announcement
+        // in one round trip. The server runs them in this order, and an
+        // error in one fails the rest: each is awaited, so that the first
+        // error is the one reported (the COPY's, which narrowing
+        // classifies, not the "transaction is aborted" that follows it).
+        let (copied, rejected, version, announced) = tokio::join!(
+            async {
+                if !copy_now {
+                    return Ok(());
+                }
+                copy(db, &self.statements.copy, parts.body.clone()).await
+            },
+            async {
+                if rejects.is_empty() {
+                    return Ok(());
+                }
+                insert_rejects(db, &self.statements.rejects, self.job_id, &rejects).await
+            },
+            self.statements.checkpoint(
+                db,
                 self.job_id,
                 parts,
                 done,
-                self.cache.map(BatchCache::pends),
-            )
-            .await?;
-        let pending = match (self.cache, version) {
-            (Some(c), Some(v)) => {
-                let keys = c.keys(&parts.body, &parts.batch.rows);
+                self.cache.map(BatchCache::pends)
+            ),
+            async {
+                match (self.cache, &keys) {
+                    (Some(c), Some(keys)) => c.announce(db, &self.statements.notify, keys).await,
+                    _ => Ok(()),
+                }
+            },
+        );
+        copied?;
+        rejected?;
+        let version = version?;
+        announced?;
+        let pending = match (self.cache, version, keys) {
+            (Some(c), Some(v), Some(keys)) => {
                 let rows = c.takes_rows().then(|| {
                     refused.sort_unstable();
                     BatchRows {
@@ -572,10 +611,7 @@ impl Staging<'_> {
                         refused,
                     }
                 });
-                Some(
-                    c.before_commit(tx.client(), parts.seq, v, keys, rows)
-                        .await?,
-                )
+                Some(c.pending(parts.seq, v, keys, rows))
             }
             _ => None,
         };
@@ -660,7 +696,14 @@ impl WholeLoad<'_> {
         let mut rejects = parts.batch.rejects.clone();
         let committed = self
             .rows
-            .apply(&mut self.tx, &parts, None, &mut rejects, &mut Vec::new())
+            .apply(
+                &mut self.tx,
+                &self.statements.copy,
+                &parts,
+                None,
+                &mut rejects,
+                &mut Vec::new(),
+            )
             .await?;
         let done = Committed {
             committed,
@@ -727,12 +770,13 @@ impl Rows {
             && !parts.batch.rows.is_empty()
     }
 
-    /// Loads the batch's rows; rows the database refuses are narrowed out
-    /// into `rejects` (and their indices into `refused`). Returns how many
-    /// rows were applied.
+    /// Loads the batch's rows with the session's prepared `copy`; rows the
+    /// database refuses are narrowed out into `rejects` (and their indices
+    /// into `refused`). Returns how many rows were applied.
     async fn apply(
         &mut self,
         tx: &mut Transaction<'_>,
+        copy_rows: &Statement,
         parts: &Parts<'_>,
         gate: Option<&SeqGate>,
         rejects: &mut Vec<Reject>,
@@ -757,7 +801,7 @@ impl Rows {
             // the batch is narrowed from the start, staging each part again.
             tx.batch_execute(STAGE_TRUNCATE).await?;
             let rows_sp = tx.savepoint(ROWS_SAVEPOINT).await?;
-            match copy(rows_sp.client(), &self.copy_sql, parts.body.clone()).await {
+            match copy(rows_sp.client(), copy_rows, parts.body.clone()).await {
                 Ok(()) => rows_sp.commit().await?,
                 Err(e) if classify(&e) == ErrorKind::Row => {
                     rows_sp.rollback().await?;
@@ -810,16 +854,16 @@ impl Rows {
             let result = if first && upsert {
                 db.batch_execute(&self.merge_sql).await
             } else if first {
-                copy(db, &self.copy_sql, parts.body.clone()).await
+                copy(db, copy_rows, parts.body.clone()).await
             } else {
                 let body = Bytes::from(copy_subset(
                     &parts.body,
                     list.iter().map(|&i| &rows[i as usize]),
                 ));
                 if upsert {
-                    self.stage_and_merge(db, body).await
+                    self.stage_and_merge(db, copy_rows, body).await
                 } else {
-                    copy(db, &self.copy_sql, body).await
+                    copy(db, copy_rows, body).await
                 }
             };
             first = false;
@@ -982,16 +1026,25 @@ impl Rows {
         Ok((keep, found.len()))
     }
 
-    async fn stage_and_merge(&self, db: &Client, body: Bytes) -> Result<(), tokio_postgres::Error> {
+    async fn stage_and_merge(
+        &self,
+        db: &Client,
+        copy_rows: &Statement,
+        body: Bytes,
+    ) -> Result<(), tokio_postgres::Error> {
         db.batch_execute(STAGE_TRUNCATE).await?;
-        copy(db, &self.copy_sql, body).await?;
+        copy(db, copy_rows, body).await?;
         db.batch_execute(&self.merge_sql).await
     }
 }
 
-/// COPYs `body` with `sql`.
-async fn copy(db: &Client, sql: &str, body: Bytes) -> Result<(), tokio_postgres::Error> {
-    let sink = db.copy_in::<_, Bytes>(sql).await?;
+/// COPYs `body` with `statement` (a COPY … FROM STDIN).
+async fn copy<T: ToStatement + ?Sized>(
+    db: &Client,
+    statement: &T,
+    body: Bytes,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = db.copy_in::<_, Bytes>(statement).await?;
     let mut sink = pin!(sink);
     sink.send(body).await?;
     sink.as_mut().finish().await?;

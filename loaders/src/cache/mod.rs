@@ -43,7 +43,7 @@ use redis_tier::RedisTier;
 pub use invalidated::Listening;
 pub use keys::KeyError;
 pub use stats::{ModelStats, StatsSnapshot};
-pub use writes::{BatchCache, PendingWrite, pending_batches};
+pub use writes::{BatchCache, NOTIFY_SQL, PendingWrite, pending_batches};
 
 /// Where a read was answered from (`X-Cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,7 @@ use nexus_pipeline::model::CacheStrategy;
 use nexus_pipeline::row_json::RowJson;
 use nexus_pipeline::types::ColumnType;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Statement, ToStatement};
 use uuid::Uuid;
 
 use super::behind::Admitted;
@@ -224,25 +224,35 @@ impl BatchCache {
         BatchKeys::Texts(keys)
     }
 
-    /// Inside the batch's transaction: without Redis, announces the keys.
-    /// `rows` are the batch's, when the stage takes them ([`Self::takes_rows`]).
-    pub async fn before_commit(
+    /// Inside the batch's transaction: without Redis, announces the keys
+    /// with `notify` ([`NOTIFY_SQL`], prepared).
+    pub async fn announce(
         &self,
         db: &impl GenericClient,
+        notify: &Statement,
+        keys: &BatchKeys,
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.cache.redis.is_some() {
+            return Ok(());
+        }
+        announce_with(db, notify, &self.model.name, Some(keys)).await
+    }
+
+    /// What is left to do for a batch once it commits. `rows` are the
+    /// batch's, when the stage takes them ([`Self::takes_rows`]).
+    pub fn pending(
+        &self,
         seq: u64,
         version: i64,
         keys: BatchKeys,
         rows: Option<BatchRows>,
-    ) -> Result<PendingWrite, tokio_postgres::Error> {
-        if self.cache.redis.is_none() {
-            announce(db, &self.model.name, Some(&keys)).await?;
-        }
-        Ok(PendingWrite {
+    ) -> PendingWrite {
+        PendingWrite {
             version,
             keys,
             seq: seq as i64,
             rows: rows.filter(|_| self.takes_rows()),
-        })
+        }
     }
 
     /// After the COMMIT: hands the batch to the stage.
@@ -493,15 +503,24 @@ pub(super) async fn announce(
     model: &str,
     keys: Option<&BatchKeys>,
 ) -> Result<(), tokio_postgres::Error> {
+    announce_with(db, NOTIFY_SQL, model, keys).await
+}
+
+/// Sends a model's cache notices (all its keys, or `keys`).
+pub const NOTIFY_SQL: &str = "SELECT pg_notify('nexus_cache', n) FROM unnest($1::text[]) n";
+
+/// [`announce`] with [`NOTIFY_SQL`] as given: its text, or prepared.
+async fn announce_with<T: ToStatement + ?Sized + Sync + Send>(
+    db: &impl GenericClient,
+    notify: &T,
+    model: &str,
+    keys: Option<&BatchKeys>,
+) -> Result<(), tokio_postgres::Error> {
     if keys.is_some_and(|k| k.is_empty()) {
         return Ok(());
     }
     let n = notices(model, keys);
-    db.execute(
-        "SELECT pg_notify('nexus_cache', n) FROM unnest($1::text[]) n",
-        &[&n],
-    )
-    .await?;
+    db.execute(notify, &[&n]).await?;
     Ok(())
 }
 
