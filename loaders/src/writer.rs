@@ -566,11 +566,13 @@ impl Staging<'_> {
         let db = tx.client();
         let keys = self.cache.map(|c| c.keys(&parts.body, &parts.batch.rows));
         // The COPY, the rejects, the checkpoint and the keys' announcement
-        // in one round trip. The server runs them in this order, and an
-        // error in one fails the rest: each is awaited, so that the first
-        // error is the one reported (the COPY's, which narrowing
-        // classifies, not the "transaction is aborted" that follows it).
+        // in one round trip. Polled in this order (`biased`), each sends
+        // its statement in it, and the server runs them so; an error in
+        // one fails the rest: each is awaited, so that the first error is
+        // the one reported (the COPY's, which narrowing classifies, not
+        // the "transaction is aborted" that follows it).
         let (copied, rejected, version, announced) = tokio::join!(
+            biased;
             async {
                 if !copy_now {
                     return Ok(());
