@@ -127,35 +127,29 @@ fn is_email(v: &str) -> bool {
 }
 
 /// The bytes a domain's label may hold (a hyphen's place is checked apart).
-const DOMAIN_LABEL: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        table[c] = b.is_ascii_alphanumeric() || b >= 0x80 || b == b'-';
-        c += 1;
-    }
-    table
-};
+const DOMAIN_LABEL: [bool; 256] = address_bytes(b"-");
 
 /// The bytes an address's local part may hold (a dot's place is checked
 /// apart).
-const LOCAL_PART: [bool; 256] = {
+const LOCAL_PART: [bool; 256] = address_bytes(b".!#$%&'*+/=?^_`{|}~-");
+
+/// A table of the bytes an address part may hold: letters, digits, any
+/// non-ASCII byte and `extra`.
+const fn address_bytes(extra: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut c = 0;
     while c < 256 {
         let b = c as u8;
-        table[c] = b.is_ascii_alphanumeric() || b >= 0x80 || b == b'.';
+        table[c] = b.is_ascii_alphanumeric() || b >= 0x80;
         c += 1;
     }
-    let specials = b"!#$%&'*+/=?^_`{|}~-";
     let mut i = 0;
-    while i < specials.len() {
-        table[specials[i] as usize] = true;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
         i += 1;
     }
     table
-};
+}
 
 fn is_mime_type(v: &str) -> bool {
     let token = |s: &str| {
